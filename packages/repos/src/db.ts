@@ -1,0 +1,133 @@
+import * as schema from "@stroem/schema";
+import { runMigrations } from "@stroem/schema";
+import type { ExtractTablesWithRelations } from "drizzle-orm";
+import { drizzle, type NodePgDatabase, type NodePgQueryResultHKT } from "drizzle-orm/node-postgres";
+import type { PgDatabase, PgTransaction } from "drizzle-orm/pg-core";
+import pg from "pg";
+import { ConstraintViolationError, InvalidInputError, type Target, translateError } from "./errors.js";
+
+export type Schema = typeof schema;
+
+/** The database `createPool` returns: Drizzle over a `pg.Pool` (`db.$client`). */
+export type Database = NodePgDatabase<Schema> & { $client: pg.Pool };
+
+/** A transaction opened with `db.transaction(...)`. */
+export type Transaction = PgTransaction<NodePgQueryResultHKT, Schema, ExtractTablesWithRelations<Schema>>;
+
+/**
+ * What every repo function takes first: a database or a transaction. Any
+ * Drizzle node-postgres database works, whatever schema it was built with.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the schema type parameter is irrelevant to these queries
+export type Executor = PgDatabase<NodePgQueryResultHKT, any, any>;
+
+export interface PoolOptions {
+  /** Most connections the pool opens. Default 10. */
+  max?: number;
+  /** Server-side `statement_timeout` for every statement, in ms; 0 disables. Default 60,000. */
+  statementTimeoutMs?: number;
+  /** How long to wait for a connection (new or from the pool) before failing, in ms. Default 10,000. */
+  connectionTimeoutMs?: number;
+  /** Idle connections are closed after this many ms. Default 30,000. */
+  idleTimeoutMs?: number;
+  /** `application_name`, shown in `pg_stat_activity`. Default "stroem". */
+  applicationName?: string;
+  /**
+   * Called when an idle pooled connection fails (server restart, killed
+   * backend). The pool drops that connection either way; without a handler
+   * node-postgres would crash the process. Default: ignore.
+   */
+  onIdleError?: (error: Error) => void;
+}
+
+export const POOL_DEFAULTS = {
+  max: 10,
+  statementTimeoutMs: 60_000,
+  connectionTimeoutMs: 10_000,
+  idleTimeoutMs: 30_000,
+  applicationName: "stroem",
+} as const;
+
+const targets = new WeakMap<object, Target>();
+
+/**
+ * Opens a pool to `url` (`postgres://` or `postgresql://`) and returns the
+ * Drizzle database over it; `db.$client` is the `pg.Pool`, end it with
+ * `await db.$client.end()`. Connections open lazily: an unreachable server
+ * shows as a `ConnectionError` naming host and port on the first query,
+ * after at most `connectionTimeoutMs`. Throws `InvalidInputError` for a URL
+ * that is not a Postgres URL.
+ */
+export function createPool(url: string, options: PoolOptions = {}): Database {
+  const target = parseDatabaseUrl(url);
+  const o = { ...POOL_DEFAULTS, ...options };
+  for (const key of ["max", "statementTimeoutMs", "connectionTimeoutMs", "idleTimeoutMs"] as const) {
+    const value = o[key];
+    if (!Number.isInteger(value) || value < 0 || (key === "max" && value < 1)) {
+      throw new InvalidInputError(`options.${key}`, `must be a ${key === "max" ? "positive" : "non-negative"} integer`);
+    }
+  }
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: o.max,
+    connectionTimeoutMillis: o.connectionTimeoutMs,
+    idleTimeoutMillis: o.idleTimeoutMs,
+    application_name: o.applicationName,
+    ...(o.statementTimeoutMs > 0 ? { statement_timeout: o.statementTimeoutMs } : {}),
+  });
+  pool.on("error", (error) => options.onIdleError?.(error));
+  targets.set(pool, target);
+  return drizzle({ client: pool, schema }) as Database;
+}
+
+/** Host and port of a Postgres URL; throws `InvalidInputError` for anything else. */
+export function parseDatabaseUrl(url: string): Target {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidInputError("url", `not a valid database URL: "${redact(url)}"`);
+  }
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+    throw new InvalidInputError("url", `expected postgres:// or postgresql://, got ${parsed.protocol}//`);
+  }
+  const socketHost = parsed.searchParams.get("host") ?? undefined;
+  return { host: parsed.hostname || socketHost || "localhost", port: Number(parsed.port || 5432) };
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/([^:/@]*):[^@]*@/, "//$1:***@");
+}
+
+/** Verifies the server answers (one round trip); throws `ConnectionError` otherwise. */
+export async function ping(db: Executor): Promise<void> {
+  await run(db, async () => {
+    await db.execute("select 1");
+  });
+}
+
+/**
+ * Runs one repo operation and translates what it throws into the typed
+ * errors of `errors.ts`; `onConstraint` may name a more precise error for a
+ * constraint violation (a foreign key to a missing worker, say). Every
+ * exported repo function goes through here.
+ */
+export async function run<T>(
+  db: Executor,
+  fn: () => Promise<T>,
+  onConstraint?: (error: ConstraintViolationError) => Error | undefined,
+): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    const translated = translateError(error, targetOf(db));
+    throw (translated instanceof ConstraintViolationError && onConstraint?.(translated)) || translated;
+  }
+}
+
+function targetOf(db: Executor): Target {
+  const client = (db as { $client?: object }).$client;
+  return (client && targets.get(client)) ?? {};
+}
+
+export { runMigrations };

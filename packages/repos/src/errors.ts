@@ -1,0 +1,262 @@
+/**
+ * Typed errors of the repos boundary. Driver and Drizzle errors never leave
+ * this package untranslated: callers match on these classes (or on `code`),
+ * and the original error stays available as `cause`.
+ */
+
+/** Postgres SQLSTATE codes this package reacts to. */
+export const PG = {
+  UNIQUE_VIOLATION: "23505",
+  FOREIGN_KEY_VIOLATION: "23503",
+  CHECK_VIOLATION: "23514",
+  NOT_NULL_VIOLATION: "23502",
+  INVALID_TEXT_REPRESENTATION: "22P02",
+  QUERY_CANCELED: "57014",
+  ADMIN_SHUTDOWN: "57P01",
+  CANNOT_CONNECT_NOW: "57P03",
+  SERIALIZATION_FAILURE: "40001",
+  DEADLOCK_DETECTED: "40P01",
+} as const;
+
+export class StroemDbError extends Error {
+  override name = "StroemDbError";
+}
+
+/** Input rejected before anything was written. */
+export class InvalidInputError extends StroemDbError {
+  override name = "InvalidInputError";
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field}: ${message}`);
+  }
+}
+
+export class NotFoundError extends StroemDbError {
+  override name = "NotFoundError";
+}
+
+export class JobNotFoundError extends NotFoundError {
+  override name = "JobNotFoundError";
+  constructor(
+    readonly jobId: string,
+    options?: ErrorOptions,
+  ) {
+    super(`job ${jobId} not found`, options);
+  }
+}
+
+export class StepNotFoundError extends NotFoundError {
+  override name = "StepNotFoundError";
+  constructor(
+    readonly jobId: string,
+    readonly stepName: string,
+  ) {
+    super(`step "${stepName}" of job ${jobId} not found`);
+  }
+}
+
+export class WorkerNotFoundError extends NotFoundError {
+  override name = "WorkerNotFoundError";
+  constructor(
+    readonly workerId: string,
+    options?: ErrorOptions,
+  ) {
+    super(`worker ${workerId} not found (register it first)`, options);
+  }
+}
+
+/** A status change the state machine forbids (e.g. anything out of a terminal status). */
+export class InvalidTransitionError extends StroemDbError {
+  override name = "InvalidTransitionError";
+  constructor(
+    readonly entity: "job" | "step",
+    readonly jobId: string,
+    readonly stepName: string | undefined,
+    readonly currentStatus: string,
+    readonly requestedStatus: string,
+  ) {
+    super(
+      `${entity === "job" ? `job ${jobId}` : `step "${stepName}" of job ${jobId}`} cannot go from ${currentStatus} to ${requestedStatus}`,
+    );
+  }
+}
+
+/** A step name used twice within one job. */
+export class DuplicateStepError extends StroemDbError {
+  override name = "DuplicateStepError";
+  constructor(
+    readonly jobId: string | undefined,
+    readonly stepName: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(
+      stepName !== undefined
+        ? `step "${stepName}" already exists in job ${jobId}`
+        : "a step name is used twice in one job",
+      options,
+    );
+  }
+}
+
+/** A constraint the database enforced. `constraint` names it; `code` is the SQLSTATE. */
+export class ConstraintViolationError extends StroemDbError {
+  override name = "ConstraintViolationError";
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly constraint: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+export class CheckViolationError extends ConstraintViolationError {
+  override name = "CheckViolationError";
+}
+export class UniqueViolationError extends ConstraintViolationError {
+  override name = "UniqueViolationError";
+}
+export class ForeignKeyViolationError extends ConstraintViolationError {
+  override name = "ForeignKeyViolationError";
+}
+
+/** The server could not be reached, refused us, or went away. */
+export class ConnectionError extends StroemDbError {
+  override name = "ConnectionError";
+  constructor(
+    message: string,
+    readonly host: string | undefined,
+    readonly port: number | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** Any other database error; `code` is the SQLSTATE when Postgres sent one. */
+export class DatabaseError extends StroemDbError {
+  override name = "DatabaseError";
+  constructor(
+    message: string,
+    readonly code: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+interface PgErrorLike {
+  code?: string;
+  constraint?: string;
+  detail?: string;
+  message: string;
+  severity?: string;
+}
+
+const CONNECTION_CODES = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "ETIMEDOUT",
+  "ECONNRESET",
+  "EHOSTUNREACH",
+  "EPIPE",
+]);
+
+/** The innermost error carrying a Postgres SQLSTATE or a socket error code, following `cause`. */
+function rootCause(error: unknown): { pg?: PgErrorLike; sys?: NodeJS.ErrnoException } {
+  let current: unknown = error;
+  for (let depth = 0; current && depth < 10; depth++) {
+    const e = current as PgErrorLike & NodeJS.ErrnoException & { cause?: unknown };
+    if (typeof e.code === "string") {
+      if (/^[0-9A-Z]{5}$/.test(e.code) && e.severity !== undefined) return { pg: e };
+      if (CONNECTION_CODES.has(e.code)) return { sys: e };
+    }
+    current = e.cause;
+  }
+  return {};
+}
+
+export interface Target {
+  host?: string;
+  port?: number;
+}
+
+const isConnectionMessage = (m: string) =>
+  /timeout exceeded when trying to connect|Connection terminated|connection timeout|Client has encountered a connection error/i.test(
+    m,
+  );
+
+/**
+ * Turns whatever a query threw into one of the errors above. Errors that are
+ * already ours pass through unchanged. `target` names the server for
+ * connection errors.
+ */
+export function translateError(error: unknown, target: Target = {}): Error {
+  if (error instanceof StroemDbError) return error;
+  const where = `${target.host ?? "?"}:${target.port ?? "?"}`;
+  const { pg, sys } = rootCause(error);
+  if (sys) {
+    return new ConnectionError(
+      `cannot reach PostgreSQL at ${where}: ${sys.code} (${sys.message})`,
+      target.host,
+      target.port,
+      {
+        cause: error,
+      },
+    );
+  }
+  if (pg?.code) {
+    const detail = pg.detail ? ` (${pg.detail})` : "";
+    switch (pg.code) {
+      case PG.CHECK_VIOLATION:
+        return new CheckViolationError(`check constraint ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
+          cause: error,
+        });
+      case PG.UNIQUE_VIOLATION:
+        return new UniqueViolationError(
+          `unique constraint ${pg.constraint} violated${detail}`,
+          pg.code,
+          pg.constraint,
+          {
+            cause: error,
+          },
+        );
+      case PG.FOREIGN_KEY_VIOLATION:
+        return new ForeignKeyViolationError(`foreign key ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
+          cause: error,
+        });
+      case PG.ADMIN_SHUTDOWN:
+      case PG.CANNOT_CONNECT_NOW:
+        return new ConnectionError(
+          `PostgreSQL at ${where} is shutting down or starting: ${pg.message}`,
+          target.host,
+          target.port,
+          {
+            cause: error,
+          },
+        );
+      default:
+        if (pg.code.startsWith("28") || pg.code.startsWith("3D") || pg.code.startsWith("08")) {
+          return new ConnectionError(
+            `cannot connect to PostgreSQL at ${where}: ${pg.message}`,
+            target.host,
+            target.port,
+            {
+              cause: error,
+            },
+          );
+        }
+        return new DatabaseError(pg.message, pg.code, { cause: error });
+    }
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  if (isConnectionMessage(message)) {
+    return new ConnectionError(`cannot reach PostgreSQL at ${where}: ${message}`, target.host, target.port, {
+      cause: error,
+    });
+  }
+  return new DatabaseError(message, undefined, { cause: error });
+}

@@ -1,0 +1,19 @@
+export type { AdvanceResult } from "./advance.js";
+export {
+  createPool,
+  type Database,
+  type Executor,
+  POOL_DEFAULTS,
+  type PoolOptions,
+  parseDatabaseUrl,
+  ping,
+  runMigrations,
+  type Transaction,
+} from "./db.js";
+export * from "./errors.js";
+export type { ListJobs, NewFlowStep, NewJob } from "./job-repo.js";
+export * as JobRepo from "./job-repo.js";
+export type { NewJobStep, ReadyBacklog, StepAudit } from "./job-step-repo.js";
+export * as JobStepRepo from "./job-step-repo.js";
+export type { RegisterWorker } from "./worker-repo.js";
+export * as WorkerRepo from "./worker-repo.js";

@@ -1,0 +1,370 @@
+import type { Flow } from "@stroem/orchestrator";
+import {
+  ACTION_TYPES,
+  type JobStep,
+  jobStep,
+  type NewJobStep,
+  STEP_INITIAL_STATUSES,
+  STEP_STATUSES,
+  STEP_TERMINAL_STATUSES,
+  type StepStatus,
+} from "@stroem/schema";
+import { and, asc, count, eq, inArray, min, notInArray, sql } from "drizzle-orm";
+import { applyPlan } from "./advance.js";
+import { type Executor, run } from "./db.js";
+import {
+  type ConstraintViolationError,
+  DuplicateStepError,
+  InvalidInputError,
+  InvalidTransitionError,
+  JobNotFoundError,
+  StepNotFoundError,
+  WorkerNotFoundError,
+} from "./errors.js";
+import { mapRow } from "./rows.js";
+import {
+  optionalJson,
+  optionalText,
+  requireCapabilities,
+  requireInt,
+  requireOneOf,
+  requireText,
+  requireUuid,
+} from "./validate.js";
+
+export type { NewJobStep };
+
+/** Rows per INSERT: 11 bound values a row keeps a statement far below Postgres' 65,535 parameters. */
+const INSERT_CHUNK = 2000;
+/** Most steps one batch claim may take. */
+export const MAX_CLAIM_BATCH = 1000;
+
+/**
+ * Inserts steps, all or nothing: one transaction (a savepoint when `db` is
+ * already one) of multi-row INSERTs of at most 2,000 rows, so a call may
+ * carry tens of thousands of steps. Steps created `ready` get `ready_at =
+ * now()`. An empty list is a no-op. Throws, having written nothing:
+ * `InvalidInputError` for a bad field, `DuplicateStepError` for a name used
+ * twice in the call or already in the job, `JobNotFoundError` for an unknown job.
+ */
+export async function createSteps(db: Executor, steps: readonly NewJobStep[]): Promise<void> {
+  if (steps.length === 0) return;
+  const rows = steps.map((s, i) => toInsertRow(s, `steps[${i}]`));
+  const seen = new Set<string>();
+  for (const r of rows) {
+    const key = `${r.jobId}\u0000${r.stepName}`;
+    if (seen.has(key)) throw new DuplicateStepError(r.jobId, r.stepName);
+    seen.add(key);
+  }
+  await run(
+    db,
+    () =>
+      db.transaction(async (tx) => {
+        for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+          await tx.insert(jobStep).values(rows.slice(i, i + INSERT_CHUNK));
+        }
+      }),
+    (e) => constraintError(e, rows),
+  );
+}
+
+function toInsertRow(s: NewJobStep, at: string) {
+  if (typeof s !== "object" || s === null) throw new InvalidInputError(at, "must be an object");
+  const status = requireOneOf(`${at}.status`, s.status, STEP_INITIAL_STATUSES);
+  const dependsOn = s.dependsOn ?? [];
+  if (!Array.isArray(dependsOn)) throw new InvalidInputError(`${at}.dependsOn`, "must be an array of step names");
+  for (const [j, d] of dependsOn.entries()) requireText(`${at}.dependsOn[${j}]`, d);
+  if (s.continueOnFailure !== undefined && typeof s.continueOnFailure !== "boolean") {
+    throw new InvalidInputError(`${at}.continueOnFailure`, "must be a boolean");
+  }
+  return {
+    jobId: requireUuid(`${at}.jobId`, s.jobId),
+    stepName: requireText(`${at}.stepName`, s.stepName),
+    actionName: requireText(`${at}.actionName`, s.actionName),
+    actionType: requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES),
+    actionImage: optionalText(`${at}.actionImage`, s.actionImage),
+    actionSpec: optionalJson(`${at}.actionSpec`, s.actionSpec),
+    input: optionalJson(`${at}.input`, s.input),
+    status,
+    dependsOn: [...dependsOn],
+    continueOnFailure: s.continueOnFailure ?? false,
+    readyAt: status === "ready" ? sql`now()` : null,
+  };
+}
+
+function constraintError(e: ConstraintViolationError, rows: ReadonlyArray<{ jobId: string; stepName: string }>) {
+  if (e.constraint === "job_step_job_id_job_job_id_fk") {
+    const jobId = /\(job_id\)=\(([^)]+)\)/.exec(String((e.cause as { detail?: string })?.detail ?? e.message))?.[1];
+    return new JobNotFoundError(jobId ?? rows[0]?.jobId ?? "?", { cause: e });
+  }
+  if (e.constraint === "job_step_job_id_step_name_pk") {
+    const m = /\(job_id, step_name\)=\(([^,]+), (.*)\) already exists/.exec(
+      String((e.cause as { detail?: string })?.detail ?? e.message),
+    );
+    return new DuplicateStepError(m?.[1], m?.[2], { cause: e });
+  }
+  return undefined;
+}
+
+/**
+ * Claims the oldest ready step whose action type the worker runs: moves it
+ * to `running` with `worker_id`, `started_at` and `attempts + 1`, in one
+ * statement with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any
+ * number of connections never get the same step. The step's job becomes
+ * `running` if it was `pending`. Returns `undefined` when nothing is ready.
+ * Throws `WorkerNotFoundError` for an unregistered worker.
+ */
+export async function claimReadyStep(
+  db: Executor,
+  capabilities: readonly string[],
+  workerId: string,
+): Promise<JobStep | undefined> {
+  const [step] = await claimReadySteps(db, capabilities, workerId, 1);
+  return step;
+}
+
+/**
+ * Claims up to `limit` (1 to 1,000) ready steps in one round trip, oldest
+ * ready first (`ready_at`, then job id and step name), the same way as
+ * `claimReadyStep`. Served by the partial index `idx_job_step_claim`, which
+ * holds only ready rows: the cost does not grow with the history the table
+ * keeps (`pnpm bench` measures it).
+ */
+export async function claimReadySteps(
+  db: Executor,
+  capabilities: readonly string[],
+  workerId: string,
+  limit: number,
+): Promise<JobStep[]> {
+  const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
+  requireUuid("workerId", workerId);
+  requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
+  // The CTE fences the locked sub-select: Postgres runs it once, so the
+  // UPDATE touches exactly the rows it locked (Oban's lesson).
+  const result = await run(
+    db,
+    () =>
+      db.execute<Record<string, unknown>>(sql`
+        with next as (
+          select job_id, step_name
+          from job_step
+          where status = 'ready' and action_type = any(${sql.param(caps)}::text[])
+          order by ready_at, job_id, step_name
+          limit ${limit}
+          for update skip locked
+        ), claimed as (
+          update job_step s
+          set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
+          from next
+          where s.job_id = next.job_id and s.step_name = next.step_name
+          returning s.*
+        ), started_jobs as (
+          update job
+          set status = 'running', started_at = coalesce(job.started_at, now())
+          where job.job_id in (select job_id from claimed) and job.status = 'pending'
+        )
+        select * from claimed order by ready_at, job_id, step_name`),
+    (e) => (e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined),
+  );
+  return result.rows.map((r) => mapRow(jobStep, r));
+}
+
+/**
+ * Changes one step's status if it is in one of `from`, else explains why not.
+ * One round trip when it succeeds; the failure path reads the row to tell
+ * `StepNotFoundError` from `InvalidTransitionError`.
+ */
+async function transition(
+  db: Executor,
+  jobId: string,
+  stepName: string,
+  from: readonly StepStatus[],
+  to: StepStatus,
+  set: Partial<typeof jobStep.$inferInsert> | Record<string, unknown>,
+  onConstraint?: (e: ConstraintViolationError) => Error | undefined,
+): Promise<void> {
+  requireUuid("jobId", jobId);
+  requireText("stepName", stepName);
+  const where = and(eq(jobStep.jobId, jobId), eq(jobStep.stepName, stepName));
+  const rows = await run(
+    db,
+    () =>
+      db
+        .update(jobStep)
+        .set({ ...set, status: to })
+        .where(and(where, inArray(jobStep.status, [...from])))
+        .returning({ status: jobStep.status }),
+    onConstraint,
+  );
+  if (rows.length > 0) return;
+  const [current] = await run(db, () => db.select({ status: jobStep.status }).from(jobStep).where(where));
+  if (!current) throw new StepNotFoundError(jobId, stepName);
+  throw new InvalidTransitionError("step", jobId, stepName, current.status, to);
+}
+
+/**
+ * Moves a specific ready step to `running` for `workerId` (a directed claim,
+ * without SKIP LOCKED). Throws `InvalidTransitionError` unless the step is
+ * ready, `StepNotFoundError`, `WorkerNotFoundError`.
+ */
+export async function markRunning(db: Executor, jobId: string, stepName: string, workerId: string): Promise<void> {
+  requireUuid("workerId", workerId);
+  await transition(
+    db,
+    jobId,
+    stepName,
+    ["ready"],
+    "running",
+    { workerId, startedAt: sql`now()`, attempts: sql`${jobStep.attempts} + 1` },
+    (e) => (e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined),
+  );
+}
+
+/**
+ * Records a running step's success with its output and `completed_at`.
+ * Throws `InvalidTransitionError` unless the step is running (a terminal step
+ * never changes again), `StepNotFoundError`. Follow with `JobRepo.advance`
+ * in the same transaction to promote what it unblocks.
+ */
+export async function markCompleted(db: Executor, jobId: string, stepName: string, output?: unknown): Promise<void> {
+  const value = optionalJson("output", output);
+  await transition(db, jobId, stepName, ["running"], "completed", { output: value, completedAt: sql`now()` });
+}
+
+/**
+ * Records a running step's failure with its error message and
+ * `completed_at`. Same errors as `markCompleted`.
+ */
+export async function markFailed(db: Executor, jobId: string, stepName: string, error: string): Promise<void> {
+  if (typeof error !== "string") throw new InvalidInputError("error", "must be a string");
+  await transition(db, jobId, stepName, ["running"], "failed", { errorMessage: error, completedAt: sql`now()` });
+}
+
+/** Every step of the job, ordered by step name; `[]` for an unknown job. */
+export async function getStepsForJob(db: Executor, jobId: string): Promise<JobStep[]> {
+  requireUuid("jobId", jobId);
+  return run(db, () => db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(asc(jobStep.stepName)));
+}
+
+/** The job's ready steps, oldest ready first. */
+export async function getReadySteps(db: Executor, jobId: string): Promise<JobStep[]> {
+  requireUuid("jobId", jobId);
+  return run(db, () =>
+    db
+      .select()
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "ready")))
+      .orderBy(asc(jobStep.readyAt), asc(jobStep.stepName)),
+  );
+}
+
+/** True when no step of the job is pending, ready or running (also for a job without steps). */
+export async function allStepsTerminal(db: Executor, jobId: string): Promise<boolean> {
+  requireUuid("jobId", jobId);
+  const rows = await run(db, () =>
+    db
+      .select({ one: sql<number>`1` })
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), notInArray(jobStep.status, [...STEP_TERMINAL_STATUSES])))
+      .limit(1),
+  );
+  return rows.length === 0;
+}
+
+/** True when some step of the job failed. */
+export async function anyStepFailed(db: Executor, jobId: string): Promise<boolean> {
+  requireUuid("jobId", jobId);
+  const rows = await run(db, () =>
+    db
+      .select({ one: sql<number>`1` })
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "failed")))
+      .limit(1),
+  );
+  return rows.length > 0;
+}
+
+/**
+ * Promotes the job's pending steps that `flow` says may run now, and returns
+ * their names. Built on the orchestrator's `planAdvance`; it also skips the
+ * steps that can never run, since a promotion may rest on such a skip (a
+ * join whose other parent was skipped). Locks the job row for the decision,
+ * so concurrent calls for one job are serialised; each UPDATE is guarded by
+ * `status = 'pending'`. Throws `JobNotFoundError`, `FlowValidationError`.
+ */
+export async function promoteReadySteps(db: Executor, jobId: string, flow: Flow): Promise<string[]> {
+  requireUuid("jobId", jobId);
+  const result = await run(db, () => db.transaction((tx) => applyPlan(tx, jobId, { flow, promote: true, skip: true })));
+  return result.promoted;
+}
+
+/**
+ * Skips the job's pending steps that can never run under `flow` (below a
+ * failure without `continueOnFailure`, or below only skipped steps), the
+ * whole cascade at once, and returns their names. Promotes nothing. Locks
+ * the job row like `promoteReadySteps`.
+ */
+export async function skipUnreachableSteps(db: Executor, jobId: string, flow: Flow): Promise<string[]> {
+  requireUuid("jobId", jobId);
+  const result = await run(db, () =>
+    db.transaction((tx) => applyPlan(tx, jobId, { flow, promote: false, skip: true })),
+  );
+  return result.skipped;
+}
+
+export interface ReadyBacklog {
+  actionType: string;
+  ready: number;
+  oldestReadyAt: Date | null;
+}
+
+/** Ready steps by action type with the oldest `ready_at` (served by the claim index). */
+export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
+  return run(db, () =>
+    db
+      .select({ actionType: jobStep.actionType, ready: count(), oldestReadyAt: min(jobStep.readyAt) })
+      .from(jobStep)
+      .where(eq(jobStep.status, "ready"))
+      .groupBy(jobStep.actionType)
+      .orderBy(jobStep.actionType),
+  );
+}
+
+export interface StepAudit {
+  /** Steps per status, every status present. */
+  byStatus: Record<StepStatus, number>;
+  /** Steps claimed more than once (`attempts > 1`): none, while there is no retry. */
+  claimedMoreThanOnce: number;
+  /** Completed or failed steps never claimed (`attempts = 0`): none, when all went through a claim. */
+  finishedUnclaimed: number;
+}
+
+/** Counts for checking a run: steps by status and claim anomalies, over all jobs or the given ones. */
+export async function audit(db: Executor, jobIds?: readonly string[]): Promise<StepAudit> {
+  for (const [i, id] of (jobIds ?? []).entries()) requireUuid(`jobIds[${i}]`, id);
+  const filter = jobIds ? sql`${jobStep.jobId} = any(${sql.param(jobIds)}::uuid[])` : sql`true`;
+  const rows = await run(db, () =>
+    db
+      .select({
+        status: jobStep.status,
+        n: count(),
+        multi: sql<number>`count(*) filter (where ${jobStep.attempts} > 1)`.mapWith(Number),
+        unclaimed:
+          sql<number>`count(*) filter (where ${jobStep.attempts} = 0 and ${jobStep.status} in ('completed', 'failed'))`.mapWith(
+            Number,
+          ),
+      })
+      .from(jobStep)
+      .where(filter)
+      .groupBy(jobStep.status),
+  );
+  const byStatus = Object.fromEntries(STEP_STATUSES.map((s) => [s, 0])) as Record<StepStatus, number>;
+  let claimedMoreThanOnce = 0;
+  let finishedUnclaimed = 0;
+  for (const r of rows) {
+    byStatus[r.status] = r.n;
+    claimedMoreThanOnce += r.multi;
+    finishedUnclaimed += r.unclaimed;
+  }
+  return { byStatus, claimedMoreThanOnce, finishedUnclaimed };
+}

@@ -1,0 +1,3 @@
+import { stroemTestConfig } from "@stroem/testing/config";
+
+export default stroemTestConfig();

@@ -1,0 +1,40 @@
+/**
+ * Every value a status, mode, source or action column may hold. The database
+ * enforces the same lists with CHECK constraints (see `tables.ts`); these
+ * arrays are the single source both are built from.
+ */
+export const WORKER_STATUSES = ["active", "inactive"] as const;
+export type WorkerStatus = (typeof WORKER_STATUSES)[number];
+
+export const JOB_MODES = ["local", "distributed"] as const;
+export type JobMode = (typeof JOB_MODES)[number];
+
+export const JOB_STATUSES = ["pending", "running", "completed", "failed", "cancelled"] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+
+/** Job statuses a job never leaves. */
+export const JOB_TERMINAL_STATUSES = ["completed", "failed", "cancelled"] as const satisfies readonly JobStatus[];
+
+export const SOURCE_TYPES = ["trigger", "user", "api", "webhook"] as const;
+export type SourceType = (typeof SOURCE_TYPES)[number];
+
+export const ACTION_TYPES = ["shell", "docker", "pod"] as const;
+export type ActionType = (typeof ACTION_TYPES)[number];
+
+export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped"] as const;
+export type StepStatus = (typeof STEP_STATUSES)[number];
+
+/** Step statuses a step never leaves. */
+export const STEP_TERMINAL_STATUSES = ["completed", "failed", "skipped"] as const satisfies readonly StepStatus[];
+
+/** Statuses a step may be created with. */
+export const STEP_INITIAL_STATUSES = ["pending", "ready"] as const satisfies readonly StepStatus[];
+export type StepInitialStatus = (typeof STEP_INITIAL_STATUSES)[number];
+
+export function isJobTerminal(status: JobStatus): boolean {
+  return (JOB_TERMINAL_STATUSES as readonly JobStatus[]).includes(status);
+}
+
+export function isStepTerminal(status: StepStatus): boolean {
+  return (STEP_TERMINAL_STATUSES as readonly StepStatus[]).includes(status);
+}

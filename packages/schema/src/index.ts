@@ -1,0 +1,11 @@
+export * from "./constants.js";
+export {
+  MIGRATION_LOCK_KEY,
+  MIGRATIONS_FOLDER,
+  MIGRATIONS_SCHEMA,
+  MIGRATIONS_TABLE,
+  type MigrationResult,
+  runMigrations,
+} from "./migrate.js";
+export * from "./tables.js";
+export type { NewJobStep } from "./types.js";

@@ -1,0 +1,107 @@
+import { randomBytes } from "node:crypto";
+import path from "node:path";
+import * as schema from "@stroem/schema";
+import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
+import pg from "pg";
+import { afterAll, beforeAll, beforeEach, inject } from "vitest";
+import { countConnections, createDatabaseFromTemplate, dropDatabase } from "./admin.js";
+import { withDatabase } from "./server.js";
+
+export type TestDatabase = NodePgDatabase<typeof schema> & { $client: pg.Pool };
+
+export interface TestDb {
+  /** A Drizzle database over a pool (max 10) on this file's own database. */
+  readonly db: TestDatabase;
+  /** URL of this file's database. */
+  readonly url: string;
+  /** Name of this file's database. */
+  readonly name: string;
+  /**
+   * Opens another pool to the same database (for workers on separate
+   * connections). The fixture ends any pool still open after the file and
+   * fails the file for the leak: end it yourself with `await db.$client.end()`.
+   */
+  openPool(options?: { max?: number; applicationName?: string }): TestDatabase;
+}
+
+/**
+ * Gives the calling test file a fresh, migrated database copied from the run's
+ * template (`CREATE DATABASE ... TEMPLATE`). Call once at the top of a file.
+ * After the file: every pool is ended and the database dropped, unless a test
+ * failed, in which case it is kept and its URL printed for inspection. A pool
+ * left open by the test, or any other connection still open to the database,
+ * fails the file.
+ */
+export function useTestDb(): TestDb {
+  let state: { adminUrl: string; name: string; url: string; db: TestDatabase } | undefined;
+  const extraPools: pg.Pool[] = [];
+  let failed = false;
+
+  const open = (url: string, options: { max?: number; applicationName?: string } = {}): TestDatabase => {
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: options.max ?? 10,
+      application_name: options.applicationName ?? "stroem-test",
+    });
+    pool.on("error", () => {}); // idle clients killed by the server (e.g. pg_terminate_backend tests)
+    return drizzle({ client: pool, schema }) as TestDatabase;
+  };
+
+  // Vitest reads the first parameter's pattern for fixtures; the suite comes second.
+  // biome-ignore lint/correctness/noEmptyPattern: required shape, see above
+  beforeAll(async ({}, suite) => {
+    const { adminUrl, template } = inject("stroemPg");
+    const file = path
+      .basename((suite as { file?: { filepath?: string } }).file?.filepath ?? "test", ".ts")
+      .replace(/[^a-z0-9]+/gi, "_")
+      .toLowerCase();
+    const name = `stroem_t_${file.slice(0, 30)}_${randomBytes(4).toString("hex")}`;
+    await createDatabaseFromTemplate(adminUrl, name, template);
+    const url = withDatabase(adminUrl, name);
+    state = { adminUrl, name, url, db: open(url) };
+  });
+
+  beforeEach(({ onTestFailed }) => {
+    onTestFailed(() => {
+      failed = true;
+    });
+  });
+
+  afterAll(async () => {
+    if (!state) return;
+    const { adminUrl, name, url, db } = state;
+    const leaked = extraPools.filter((p) => !p.ended);
+    await Promise.all([db.$client.end(), ...leaked.map((p) => p.end())]);
+    const stray = await countConnections(adminUrl, name);
+    if (failed) {
+      console.warn(`[stroem-testing] a test failed: kept database ${name} for inspection (${url})`);
+    } else {
+      await dropDatabase(adminUrl, name);
+    }
+    if (leaked.length > 0)
+      throw new Error(`${leaked.length} pool(s) opened with openPool() were not ended by the test`);
+    if (stray > 0) throw new Error(`${stray} connection(s) to ${name} were still open after the file's tests`);
+  });
+
+  const get = () => {
+    if (!state) throw new Error("useTestDb(): the database exists only inside tests and hooks, after beforeAll");
+    return state;
+  };
+
+  return {
+    get db() {
+      return get().db;
+    },
+    get url() {
+      return get().url;
+    },
+    get name() {
+      return get().name;
+    },
+    openPool(options) {
+      const db = open(get().url, options);
+      extraPools.push(db.$client);
+      return db;
+    },
+  };
+}

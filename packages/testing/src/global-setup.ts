@@ -1,0 +1,54 @@
+import { randomBytes } from "node:crypto";
+import { runMigrations } from "@stroem/schema";
+import { drizzle } from "drizzle-orm/node-postgres";
+import pg from "pg";
+import type { TestProject } from "vitest/node";
+import { dropDatabase, withClient } from "./admin.js";
+import { redactUrl, startTestServer, withDatabase } from "./server.js";
+
+export interface ProvidedPg {
+  /** URL of the server's `postgres` database, for CREATE/DROP DATABASE. */
+  adminUrl: string;
+  /** The migrated database each test file's database is copied from. */
+  template: string;
+  kind: string;
+}
+
+declare module "vitest" {
+  export interface ProvidedContext {
+    stroemPg: ProvidedPg;
+  }
+}
+
+/**
+ * Vitest global setup: starts (or finds) one server for the run, creates a
+ * template database and migrates it once. Test files copy it with
+ * `useTestDb()`. The teardown drops the template and stops the server, also
+ * when tests failed.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const server = await startTestServer();
+  console.log(`[stroem-testing] PostgreSQL: ${server.kind} (${server.reason}) at ${redactUrl(server.url)}`);
+  const template = `stroem_tpl_${randomBytes(5).toString("hex")}`;
+  try {
+    await withClient(server.url, (c) => c.query(`create database ${c.escapeIdentifier(template)}`));
+    const pool = new pg.Pool({ connectionString: withDatabase(server.url, template), max: 1 });
+    try {
+      await runMigrations(drizzle({ client: pool }));
+    } finally {
+      await pool.end();
+    }
+  } catch (error) {
+    await dropDatabase(server.url, template).catch(() => undefined);
+    await server.stop();
+    throw error;
+  }
+  project.provide("stroemPg", { adminUrl: server.url, template, kind: server.kind });
+  return async () => {
+    try {
+      await dropDatabase(server.url, template);
+    } finally {
+      await server.stop();
+    }
+  };
+}

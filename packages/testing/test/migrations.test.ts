@@ -1,0 +1,105 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
+import { drizzle } from "drizzle-orm/node-postgres";
+import pg from "pg";
+import { afterAll, describe, expect, inject, it } from "vitest";
+import { dropDatabase, withClient } from "../src/admin.js";
+import { withDatabase } from "../src/server.js";
+
+const ROOT = path.resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
+const { adminUrl } = inject("stroemPg");
+const created: string[] = [];
+
+async function emptyDatabase(): Promise<string> {
+  const name = `stroem_mig_${Math.random().toString(36).slice(2, 10)}`;
+  await withClient(adminUrl, (c) => c.query(`create database ${name}`));
+  created.push(name);
+  return withDatabase(adminUrl, name);
+}
+
+afterAll(async () => {
+  for (const name of created) await dropDatabase(adminUrl, name);
+});
+
+/** Columns, constraints and indexes of the public schema, in a comparable form. */
+async function describeSchema(url: string) {
+  return withClient(url, async (c) => {
+    const columns = await c.query(
+      `select table_name, column_name, data_type, udt_name, column_default, is_nullable
+       from information_schema.columns where table_schema = 'public' order by table_name, ordinal_position`,
+    );
+    const constraints = await c.query(
+      `select conrelid::regclass::text as tbl, conname, pg_get_constraintdef(oid) as def
+       from pg_constraint where connamespace = 'public'::regnamespace order by 1, 2`,
+    );
+    const indexes = await c.query(
+      `select tablename, indexname, indexdef from pg_indexes where schemaname = 'public' order by 1, 2`,
+    );
+    const applied = await c.query(`select hash, created_at from ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE} order by id`);
+    return { columns: columns.rows, constraints: constraints.rows, indexes: indexes.rows, applied: applied.rows };
+  });
+}
+
+async function migrate(url: string) {
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  try {
+    return await runMigrations(drizzle({ client: pool }));
+  } finally {
+    await pool.end();
+  }
+}
+
+describe("runMigrations", () => {
+  it("applies every migration to an empty database, and a second run is a no-op", async () => {
+    const url = await emptyDatabase();
+    const first = await migrate(url);
+    expect(first.applied).toEqual(first.all);
+    expect(first.all.length).toBeGreaterThan(0);
+    const before = await describeSchema(url);
+    expect(before.columns.map((c) => c.table_name)).toContain("job_step");
+    const second = await migrate(url);
+    expect(second.applied).toEqual([]);
+    expect(await describeSchema(url)).toEqual(before);
+  });
+
+  it("ten concurrent calls on one empty database all succeed, and exactly one applies", async () => {
+    const url = await emptyDatabase();
+    const pools = Array.from({ length: 10 }, () => new pg.Pool({ connectionString: url, max: 1 }));
+    try {
+      const results = await Promise.all(pools.map((p) => runMigrations(drizzle({ client: p }))));
+      const appliers = results.filter((r) => r.applied.length > 0);
+      expect(appliers).toHaveLength(1);
+      const { applied } = await describeSchema(url);
+      expect(applied).toHaveLength(results[0]?.all.length ?? -1);
+    } finally {
+      await Promise.all(pools.map((p) => p.end()));
+    }
+  });
+
+  it("drizzle-kit migrate gives the same schema as runMigrations, and each is up to date for the other", async () => {
+    const viaKit = await emptyDatabase();
+    const viaRun = await emptyDatabase();
+    await promisify(execFile)("pnpm", ["exec", "drizzle-kit", "migrate"], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: viaKit },
+    });
+    await migrate(viaRun);
+    const kit = await describeSchema(viaKit);
+    const mine = await describeSchema(viaRun);
+    expect(kit.columns).toEqual(mine.columns);
+    expect(kit.constraints).toEqual(mine.constraints);
+    expect(kit.indexes).toEqual(mine.indexes);
+    expect(kit.applied).toEqual(mine.applied);
+    // runMigrations finds nothing to do on drizzle-kit's database...
+    expect((await migrate(viaKit)).applied).toEqual([]);
+    // ...and drizzle-kit finds nothing to do on ours.
+    await promisify(execFile)("pnpm", ["exec", "drizzle-kit", "migrate"], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: viaRun },
+    });
+    expect((await describeSchema(viaRun)).applied).toEqual(mine.applied);
+  }, 120_000);
+});
