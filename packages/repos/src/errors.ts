@@ -1,3 +1,5 @@
+import { DrizzleQueryError } from "drizzle-orm/errors";
+
 /**
  * Typed errors of the repos boundary. Driver and Drizzle errors never leave
  * this package untranslated: callers match on these classes (or on `code`),
@@ -258,5 +260,7 @@ export function translateError(error: unknown, target: Target = {}): Error {
       cause: error,
     });
   }
-  return new DatabaseError(message, undefined, { cause: error });
+  if (error instanceof DrizzleQueryError) return new DatabaseError(message, undefined, { cause: error });
+  // Not from the database (a FlowValidationError from the planner, say): already typed, pass it on.
+  return error instanceof Error ? error : new DatabaseError(message, undefined, { cause: error });
 }

@@ -9,7 +9,7 @@ import {
   STEP_TERMINAL_STATUSES,
   type StepStatus,
 } from "@stroem/schema";
-import { and, asc, count, eq, inArray, min, notInArray, sql } from "drizzle-orm";
+import { and, asc, count, eq, inArray, min, notInArray, type SQL, sql } from "drizzle-orm";
 import { applyPlan } from "./advance.js";
 import { type Executor, run } from "./db.js";
 import {
@@ -139,34 +139,50 @@ export async function claimReadySteps(
   const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
-  // The CTE fences the locked sub-select: Postgres runs it once, so the
-  // UPDATE touches exactly the rows it locked (Oban's lesson).
   const result = await run(
     db,
-    () =>
-      db.execute<Record<string, unknown>>(sql`
-        with next as (
-          select job_id, step_name
-          from job_step
-          where status = 'ready' and action_type = any(${sql.param(caps)}::text[])
-          order by ready_at, job_id, step_name
-          limit ${limit}
-          for update skip locked
-        ), claimed as (
-          update job_step s
-          set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
-          from next
-          where s.job_id = next.job_id and s.step_name = next.step_name
-          returning s.*
-        ), started_jobs as (
-          update job
-          set status = 'running', started_at = coalesce(job.started_at, now())
-          where job.job_id in (select job_id from claimed) and job.status = 'pending'
-        )
-        select * from claimed order by ready_at, job_id, step_name`),
+    () => db.execute<Record<string, unknown>>(claimStatement(caps, workerId, limit)),
     (e) => (e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined),
   );
   return result.rows.map((r) => mapRow(jobStep, r));
+}
+
+/**
+ * The claim statement (exported for EXPLAIN tests and benchmarks; use
+ * `claimReadySteps`). The CTE fences the locked sub-select: Postgres runs it
+ * once, so the UPDATE touches exactly the rows it locked (Oban's lesson).
+ * The sub-select's WHERE matches the partial index's predicate and its ORDER
+ * BY the index's columns, so the scan starts at the oldest ready row and
+ * stops after `limit` rows it could lock.
+ */
+export function claimStatement(capabilities: readonly string[], workerId: string, limit: number): SQL {
+  return sql`
+    with next as (
+      select job_id, step_name
+      from job_step
+      where status = 'ready' and action_type = any(${sql.param(capabilities)}::text[])
+      order by ready_at, job_id, step_name
+      limit ${limit}
+      for update skip locked
+    ), claimed as (
+      update job_step s
+      set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
+      from next
+      where s.job_id = next.job_id and s.step_name = next.step_name
+      returning s.*
+    ), started_jobs as (
+      -- A job starts with its first claimed step. SKIP LOCKED again: a job row
+      -- locked by another claimer (who starts it) or by an advance (which
+      -- settles it) must not make this claim wait.
+      update job
+      set status = 'running', started_at = coalesce(job.started_at, now())
+      where job.job_id in (
+        select j.job_id from job j
+        where j.job_id in (select job_id from claimed) and j.status = 'pending'
+        for update skip locked
+      )
+    )
+    select * from claimed order by ready_at, job_id, step_name`;
 }
 
 /**

@@ -1,0 +1,254 @@
+import { randomUUID } from "node:crypto";
+import { jobStep, type NewJobStep } from "@stroem/schema";
+import { useTestDb } from "@stroem/testing/fixture";
+import { eq, sql } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { InvalidInputError, JobRepo, JobStepRepo, WorkerNotFoundError } from "../src/index.js";
+import { deferred, errorOf, jobWithReadySteps, newJob, registerWorker } from "./helpers.js";
+
+const t = useTestDb();
+
+// Claims are global: every test starts from an empty queue.
+beforeEach(async () => {
+  await t.db.execute(sql`delete from job`);
+  await t.db.execute(sql`delete from worker`);
+});
+
+const step = (jobId: string, stepName: string, extra: Partial<NewJobStep> = {}): NewJobStep => ({
+  jobId,
+  stepName,
+  actionName: "run",
+  actionType: "shell",
+  status: "pending",
+  ...extra,
+});
+
+/** Every step row: the ground truth for "claimed exactly once". */
+async function stepRows() {
+  return t.db.select().from(jobStep);
+}
+
+describe("claimReadyStep", () => {
+  it("creates steps and a worker claims the ready one; a second claim finds nothing", async () => {
+    const jobId = await newJob(t.db);
+    await JobStepRepo.createSteps(t.db, [
+      step(jobId, "checkout", {
+        actionName: "git-clone",
+        status: "ready",
+        actionSpec: { cmd: "git clone ..." },
+      }),
+      step(jobId, "build", {
+        actionName: "npm-build",
+        actionImage: "node:20",
+        actionSpec: { cmd: "npm ci && npm run build" },
+        dependsOn: ["checkout"],
+      }),
+    ]);
+    const workerId = await registerWorker(t.db, ["shell"]);
+    const claimed = await JobStepRepo.claimReadyStep(t.db, ["shell"], workerId);
+    expect(claimed).toMatchObject({ jobId, stepName: "checkout", status: "running", workerId, attempts: 1 });
+    expect(claimed?.startedAt).toBeInstanceOf(Date);
+    expect(claimed?.actionSpec).toEqual({ cmd: "git clone ..." });
+    expect(await JobStepRepo.claimReadyStep(t.db, ["shell"], workerId)).toBeUndefined();
+    const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
+    expect(steps.map((s) => [s.stepName, s.status, s.dependsOn])).toEqual([
+      ["build", "pending", ["checkout"]],
+      ["checkout", "running", []],
+    ]);
+    // The claim started the job.
+    expect((await JobRepo.get(t.db, jobId))?.status).toBe("running");
+  });
+
+  it("serves the oldest ready step first, then job id and step name", async () => {
+    const first = await jobWithReadySteps(t.db, 2);
+    const second = await jobWithReadySteps(t.db, 1);
+    const workerId = await registerWorker(t.db);
+    const order: string[] = [];
+    for (;;) {
+      const s = await JobStepRepo.claimReadyStep(t.db, ["shell"], workerId);
+      if (!s) break;
+      order.push(`${s.jobId === first ? "first" : s.jobId === second ? "second" : "?"}/${s.stepName}`);
+    }
+    expect(order).toEqual(["first/s0000", "first/s0001", "second/s0000"]);
+  });
+
+  it("filters by capability: shell-only and docker-only workers each get their own kind", async () => {
+    const shellJob = await jobWithReadySteps(t.db, 2, "shell");
+    const dockerJob = await jobWithReadySteps(t.db, 2, "docker");
+    const shellWorker = await registerWorker(t.db, ["shell"]);
+    const dockerWorker = await registerWorker(t.db, ["docker"]);
+    const podWorker = await registerWorker(t.db, ["pod"]);
+    expect(await JobStepRepo.claimReadyStep(t.db, ["pod"], podWorker)).toBeUndefined();
+    const d = await JobStepRepo.claimReadySteps(t.db, ["docker"], dockerWorker, 10);
+    const s = await JobStepRepo.claimReadySteps(t.db, ["shell"], shellWorker, 10);
+    expect(d.map((x) => [x.jobId, x.actionType])).toEqual([
+      [dockerJob, "docker"],
+      [dockerJob, "docker"],
+    ]);
+    expect(s.map((x) => [x.jobId, x.actionType])).toEqual([
+      [shellJob, "shell"],
+      [shellJob, "shell"],
+    ]);
+  });
+
+  it("an unregistered worker gets WorkerNotFoundError and claims nothing", async () => {
+    await jobWithReadySteps(t.db, 1);
+    expect(await errorOf(() => JobStepRepo.claimReadyStep(t.db, ["shell"], randomUUID()))).toBeInstanceOf(
+      WorkerNotFoundError,
+    );
+    expect((await stepRows()).map((r) => [r.status, r.attempts])).toEqual([["ready", 0]]);
+  });
+
+  it("validates capabilities and limit", async () => {
+    const workerId = await registerWorker(t.db);
+    for (const attempt of [
+      () => JobStepRepo.claimReadySteps(t.db, [], workerId, 1),
+      () => JobStepRepo.claimReadySteps(t.db, ["shell", "'; --"], workerId, 1),
+      () => JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 0),
+      () => JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 1001),
+      () => JobStepRepo.claimReadySteps(t.db, ["shell"], "nope", 1),
+    ]) {
+      expect(await errorOf(attempt)).toBeInstanceOf(InvalidInputError);
+    }
+  });
+
+  it("skips a step another worker holds locked instead of waiting for it", async () => {
+    await jobWithReadySteps(t.db, 2);
+    const a = await registerWorker(t.db);
+    const b = await registerWorker(t.db);
+    const poolA = t.openPool({ max: 1 });
+    const poolB = t.openPool({ max: 1 });
+    try {
+      const holding = deferred();
+      const claimedByA = deferred<string | undefined>();
+      // A claims inside a transaction it keeps open: its row stays locked.
+      const txA = poolA.transaction(async (tx) => {
+        const s = await JobStepRepo.claimReadyStep(tx, ["shell"], a);
+        claimedByA.resolve(s?.stepName);
+        await holding.promise;
+      });
+      expect(await claimedByA.promise).toBe("s0000");
+      // B is not blocked by A's lock: it gets the next step at once.
+      const s = await JobStepRepo.claimReadyStep(poolB, ["shell"], b);
+      expect(s?.stepName).toBe("s0001");
+      expect(await JobStepRepo.claimReadyStep(poolB, ["shell"], b)).toBeUndefined();
+      holding.resolve();
+      await txA;
+      const rows = await stepRows();
+      expect(rows.map((r) => [r.stepName, r.workerId, r.attempts]).sort()).toEqual([
+        ["s0000", a, 1],
+        ["s0001", b, 1],
+      ]);
+    } finally {
+      await poolA.$client.end();
+      await poolB.$client.end();
+    }
+  });
+
+  it("a rolled-back claim gives the step back", async () => {
+    const jobId = await jobWithReadySteps(t.db, 1);
+    const workerId = await registerWorker(t.db);
+    await expect(
+      t.db.transaction(async (tx) => {
+        expect(await JobStepRepo.claimReadyStep(tx, ["shell"], workerId)).toBeDefined();
+        throw new Error("worker crashed before commit");
+      }),
+    ).rejects.toThrow("worker crashed");
+    expect((await JobStepRepo.getReadySteps(t.db, jobId)).map((s) => s.attempts)).toEqual([0]);
+  });
+});
+
+describe("concurrent claims", () => {
+  it("10 workers, 10 ready steps: each step claimed exactly once", async () => {
+    await jobWithReadySteps(t.db, 10);
+    const workers = await Promise.all(Array.from({ length: 10 }, () => registerWorker(t.db)));
+    const pools = workers.map(() => t.openPool({ max: 1 }));
+    try {
+      const claimed = await Promise.all(
+        workers.map((w, i) => JobStepRepo.claimReadyStep(pools[i] as typeof t.db, ["shell"], w)),
+      );
+      const names = claimed.map((s) => s?.stepName).filter(Boolean);
+      expect(new Set(names).size).toBe(names.length);
+      const rows = await stepRows();
+      expect(rows.filter((r) => r.status === "running")).toHaveLength(names.length);
+      for (const r of rows) expect(r.attempts).toBeLessThanOrEqual(1);
+      // Whoever lost a race finds the rest: nothing is left behind.
+      for (const [i, w] of workers.entries()) {
+        while (await JobStepRepo.claimReadyStep(pools[i] as typeof t.db, ["shell"], w)) {}
+      }
+      expect((await stepRows()).every((r) => r.status === "running" && r.attempts === 1)).toBe(true);
+    } finally {
+      await Promise.all(pools.map((p) => p.$client.end()));
+    }
+  });
+
+  it("32 workers on separate pools race over 2,000 steps: every step claimed exactly once", async () => {
+    for (let j = 0; j < 4; j++) await jobWithReadySteps(t.db, 500, j % 2 ? "docker" : "shell");
+    const workers = await Promise.all(Array.from({ length: 32 }, () => registerWorker(t.db, ["shell", "docker"])));
+    const pools = workers.map(() => t.openPool({ max: 1 }));
+    const returned = new Map<string, string>();
+    try {
+      await Promise.all(
+        workers.map(async (w, i) => {
+          const db = pools[i] as typeof t.db;
+          for (;;) {
+            // Mix batch and single claims so both shapes race each other.
+            const got =
+              i % 2 === 0
+                ? await JobStepRepo.claimReadySteps(db, ["shell", "docker"], w, 1 + (i % 7))
+                : [await JobStepRepo.claimReadyStep(db, ["shell", "docker"], w)].filter((s) => s !== undefined);
+            if (got.length === 0) return;
+            for (const s of got) {
+              const key = `${s.jobId}/${s.stepName}`;
+              expect(returned.has(key), `${key} returned twice`).toBe(false);
+              returned.set(key, w);
+            }
+          }
+        }),
+      );
+    } finally {
+      await Promise.all(pools.map((p) => p.$client.end()));
+    }
+    const rows = await stepRows();
+    expect(rows).toHaveLength(2000);
+    for (const r of rows) {
+      expect(r.status).toBe("running");
+      expect(r.attempts).toBe(1);
+      // The row names the same worker the claim returned the step to.
+      expect(returned.get(`${r.jobId}/${r.stepName}`)).toBe(r.workerId);
+    }
+    expect(returned.size).toBe(2000);
+  });
+});
+
+describe("the claim's plan", () => {
+  it("uses the partial claim index, without a sort, over a large backlog and a larger history", async () => {
+    const jobId = await newJob(t.db);
+    // 100,000 finished steps and 20,000 ready ones, written in bulk. (With a
+    // few hundred ready rows the planner may as well sort them: that is cheap.)
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, status, attempts, completed_at)
+      select ${jobId}, 'done-' || g, 'run', 'completed', 1, now() from generate_series(1, 100000) g`);
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
+      select ${jobId}, 'ready-' || g, 'run', 'shell', 'ready', now() from generate_series(1, 20000) g`);
+    await t.db.execute(sql`analyze job_step`);
+    const workerId = await registerWorker(t.db);
+    const plan = await t.db.execute<{ "QUERY PLAN": string }>(
+      sql`explain ${JobStepRepo.claimStatement(["shell"], workerId, 10)}`,
+    );
+    const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
+    const lockRows = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
+    expect(lockRows).toContain("idx_job_step_claim");
+    expect(lockRows).not.toMatch(/Sort|Seq Scan/);
+    // And it claims them in order.
+    const got = await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 3);
+    expect(got).toHaveLength(3);
+    expect((await JobRepo.get(t.db, jobId))?.status).toBe("running");
+    const [{ n } = { n: 0 }] = await t.db
+      .select({ n: sql<number>`count(*)::int` })
+      .from(jobStep)
+      .where(eq(jobStep.status, "running"));
+    expect(n).toBe(3);
+  });
+});

@@ -1,0 +1,52 @@
+import { randomUUID } from "node:crypto";
+import type { ActionType, NewJobStep } from "@stroem/schema";
+import { type Executor, JobRepo, JobStepRepo, WorkerRepo } from "../src/index.js";
+
+export async function registerWorker(db: Executor, capabilities: ActionType[] = ["shell", "docker", "pod"]) {
+  const workerId = randomUUID();
+  await WorkerRepo.register(db, { workerId, name: `w-${workerId.slice(0, 8)}`, capabilities });
+  return workerId;
+}
+
+export function newJob(db: Executor, overrides: Partial<JobRepo.NewJob> = {}) {
+  return JobRepo.create(db, {
+    workspace: "default",
+    taskName: "task",
+    mode: "distributed",
+    sourceType: "user",
+    ...overrides,
+  });
+}
+
+/** A job with `n` independent ready steps named s0000, s0001, ... */
+export async function jobWithReadySteps(db: Executor, n: number, actionType: ActionType = "shell") {
+  const jobId = await newJob(db);
+  const steps: NewJobStep[] = Array.from({ length: n }, (_, i) => ({
+    jobId,
+    stepName: `s${String(i).padStart(4, "0")}`,
+    actionName: "run",
+    actionType,
+    status: "ready",
+  }));
+  await JobStepRepo.createSteps(db, steps);
+  return jobId;
+}
+
+/** What `fn` threw; fails the test if it did not throw. */
+export async function errorOf(fn: () => Promise<unknown>): Promise<Error> {
+  try {
+    await fn();
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error("expected an error");
+}
+
+/** A promise with its resolve exposed, to hold work open in concurrency tests. */
+export function deferred<T = void>() {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}

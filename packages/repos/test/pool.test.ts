@@ -1,0 +1,107 @@
+import { useTestDb } from "@stroem/testing/fixture";
+import { sql } from "drizzle-orm";
+import pg from "pg";
+import { describe, expect, it } from "vitest";
+import {
+  ConnectionError,
+  createPool,
+  DatabaseError,
+  InvalidInputError,
+  JobRepo,
+  PG,
+  ping,
+  runMigrations,
+  translateError,
+} from "../src/index.js";
+import { errorOf } from "./helpers.js";
+
+const t = useTestDb();
+
+describe("createPool", () => {
+  it("returns Drizzle over a pg.Pool with the given options", async () => {
+    const db = createPool(t.url, { max: 3, applicationName: "stroem-pool-test", statementTimeoutMs: 1234 });
+    try {
+      expect(db.$client).toBeInstanceOf(pg.Pool);
+      expect(db.$client.options.max).toBe(3);
+      const res = await db.execute<{ app: string; timeout: string }>(
+        sql`select current_setting('application_name') as app, current_setting('statement_timeout') as timeout`,
+      );
+      expect(res.rows[0]).toEqual({ app: "stroem-pool-test", timeout: "1234ms" });
+      // runMigrations is re-exported, and a no-op on a migrated database.
+      expect((await runMigrations(db)).applied).toEqual([]);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("rejects what is not a Postgres URL, and bad options", () => {
+    expect(() => createPool("not a url")).toThrow(InvalidInputError);
+    expect(() => createPool("mysql://localhost/db")).toThrow(/expected postgres:\/\//);
+    expect(() => createPool(t.url, { max: 0 })).toThrow(InvalidInputError);
+    expect(() => createPool(t.url, { statementTimeoutMs: -1 })).toThrow(InvalidInputError);
+  });
+
+  it("an unreachable server is a ConnectionError naming host and port, not a hang", async () => {
+    const db = createPool("postgres://u:p@127.0.0.1:1/x", { connectionTimeoutMs: 2000 });
+    try {
+      const error = await errorOf(() => JobRepo.get(db, "00000000-0000-4000-8000-000000000000"));
+      expect(error).toBeInstanceOf(ConnectionError);
+      expect(error.message).toContain("127.0.0.1:1");
+      expect(error).toMatchObject({ host: "127.0.0.1", port: 1 });
+      expect(error.cause).toBeDefined();
+      expect(await errorOf(() => ping(db))).toBeInstanceOf(ConnectionError);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("a wrong password or database is a ConnectionError too", async () => {
+    const u = new URL(t.url);
+    u.pathname = "/no_such_database";
+    const db = createPool(u.toString());
+    try {
+      expect(await errorOf(() => ping(db))).toBeInstanceOf(ConnectionError);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("the statement timeout cancels a slow statement with a typed error", async () => {
+    const db = createPool(t.url, { statementTimeoutMs: 50 });
+    try {
+      const error = await errorOf(() =>
+        ping(db).then(() =>
+          db.execute(sql`select pg_sleep(2)`).catch((e) => {
+            throw translateError(e);
+          }),
+        ),
+      );
+      expect(error).toBeInstanceOf(DatabaseError);
+      expect((error as DatabaseError).code).toBe(PG.QUERY_CANCELED);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("a killed backend surfaces as a typed error, and the pool recovers", async () => {
+    const db = createPool(t.url, { max: 1 });
+    try {
+      await ping(db);
+      const [{ pid } = { pid: 0 }] = (await db.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)).rows;
+      await t.db.execute(sql`select pg_terminate_backend(${pid})`);
+      // The dead idle connection is dropped by the pool; the next query works.
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        try {
+          await ping(db);
+          break;
+        } catch (error) {
+          expect(error).toBeInstanceOf(ConnectionError);
+          if (Date.now() > deadline) throw error;
+        }
+      }
+    } finally {
+      await db.$client.end();
+    }
+  });
+});

@@ -1,0 +1,54 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import { describe, expect, it } from "vitest";
+import {
+  ACTION_TYPES,
+  isJobTerminal,
+  isStepTerminal,
+  JOB_MODES,
+  JOB_STATUSES,
+  job,
+  jobStep,
+  MIGRATIONS_FOLDER,
+  SOURCE_TYPES,
+  STEP_STATUSES,
+  WORKER_STATUSES,
+  worker,
+} from "../src/index.js";
+
+/** Every CREATE/ALTER in the committed migrations, concatenated. */
+const migrationSql = readdirSync(MIGRATIONS_FOLDER)
+  .filter((f) => f.endsWith(".sql"))
+  .map((f) => readFileSync(`${MIGRATIONS_FOLDER}/${f}`, "utf8"))
+  .join("\n");
+
+describe("status constants", () => {
+  it.each([
+    ["worker_status_check", WORKER_STATUSES],
+    ["job_mode_check", JOB_MODES],
+    ["job_status_check", JOB_STATUSES],
+    ["job_source_type_check", SOURCE_TYPES],
+    ["job_step_action_type_check", ACTION_TYPES],
+    ["job_step_status_check", STEP_STATUSES],
+  ])("%s in the committed migrations allows exactly the constant's values", (name, values) => {
+    const line = migrationSql.split("\n").find((l) => l.includes(`"${name}"`));
+    expect(line, name).toBeDefined();
+    const allowed = [...(line?.match(/in \(([^)]*)\)/)?.[1] ?? "").matchAll(/'([^']*)'/g)].map((m) => m[1]);
+    expect(allowed).toEqual([...values]);
+  });
+
+  it("each table declares its CHECK constraints", () => {
+    expect(getTableConfig(worker).checks.map((c) => c.name)).toEqual(["worker_status_check"]);
+    expect(getTableConfig(job).checks).toHaveLength(3);
+    expect(getTableConfig(jobStep).checks).toHaveLength(3);
+  });
+
+  it("tells terminal statuses", () => {
+    expect(STEP_STATUSES.filter(isStepTerminal)).toEqual(["completed", "failed", "skipped"]);
+    expect(JOB_STATUSES.filter(isJobTerminal)).toEqual(["completed", "failed", "cancelled"]);
+  });
+
+  it("ships the migrations folder with a journal", () => {
+    expect(readdirSync(`${MIGRATIONS_FOLDER}/meta`)).toContain("_journal.json");
+  });
+});
