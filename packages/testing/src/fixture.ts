@@ -5,6 +5,9 @@ import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, inject } from "vitest";
 import { countConnections, createDatabaseFromTemplate, dropDatabase } from "./admin.js";
+
+export type { ProvidedPg } from "./provided.js";
+
 import { withDatabase } from "./server.js";
 
 export type TestDatabase = NodePgDatabase<typeof schema> & { $client: pg.Pool };
@@ -74,7 +77,12 @@ export function useTestDb(): TestDb {
     await Promise.all([db.$client.end(), ...leaked.map((p) => p.end())]);
     const stray = await countConnections(adminUrl, name);
     if (failed) {
-      console.warn(`[stroem-testing] a test failed: kept database ${name} for inspection (${url})`);
+      const { kind } = inject("stroemPg");
+      console.warn(
+        kind === "url"
+          ? `[stroem-testing] a test failed: kept database ${name} for inspection (${url})`
+          : `[stroem-testing] a test failed: database ${name} stays until the ${kind} server stops at the end of the run; set STROEM_TEST_DATABASE_URL to keep it`,
+      );
     } else {
       await dropDatabase(adminUrl, name);
     }

@@ -4,21 +4,8 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { dropDatabase, withClient } from "./admin.js";
+import type {} from "./provided.js";
 import { redactUrl, startTestServer, withDatabase } from "./server.js";
-
-export interface ProvidedPg {
-  /** URL of the server's `postgres` database, for CREATE/DROP DATABASE. */
-  adminUrl: string;
-  /** The migrated database each test file's database is copied from. */
-  template: string;
-  kind: string;
-}
-
-declare module "vitest" {
-  export interface ProvidedContext {
-    stroemPg: ProvidedPg;
-  }
-}
 
 /**
  * Vitest global setup: starts (or finds) one server for the run, creates a

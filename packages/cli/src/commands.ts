@@ -1,0 +1,108 @@
+import {
+  createPool,
+  type Database,
+  JobNotFoundError,
+  JobRepo,
+  JobStepRepo,
+  ping,
+  runMigrations,
+  WorkerRepo,
+} from "@stroem/repos";
+import { age, table } from "./format.js";
+import { renderMermaid, renderText } from "./graph.js";
+
+/** A failure to report as one line, exit code 1. */
+export class CliError extends Error {
+  override name = "CliError";
+}
+
+export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  const url = flag ?? env.DATABASE_URL;
+  if (!url) throw new CliError("no database URL: pass --url or set DATABASE_URL");
+  return url;
+}
+
+async function withDb<T>(url: string, fn: (db: Database) => Promise<T>): Promise<T> {
+  // Operators' commands: no statement timeout (migrations may build indexes), fail fast on connect.
+  const db = createPool(url, {
+    max: 2,
+    statementTimeoutMs: 0,
+    connectionTimeoutMs: 5000,
+    applicationName: "stroem-db-cli",
+  });
+  try {
+    await ping(db);
+    return await fn(db);
+  } finally {
+    await db.$client.end();
+  }
+}
+
+export async function migrateCommand(url: string, say: (s: string) => void): Promise<void> {
+  await withDb(url, async (db) => {
+    const result = await runMigrations(db);
+    if (result.applied.length === 0) say(`Already up to date (${result.all.length} migrations).`);
+    else for (const tag of result.applied) say(`applied ${tag}`);
+  });
+}
+
+export async function statusCommand(url: string, staleAfterMs: number, say: (s: string) => void): Promise<void> {
+  await withDb(url, async (db) => {
+    const now = new Date();
+    const [workers, jobs, backlog] = await Promise.all([
+      WorkerRepo.list(db),
+      JobRepo.countByStatus(db),
+      JobStepRepo.readyBacklog(db),
+    ]);
+    say("Workers");
+    say(
+      workers.length === 0
+        ? "  (none registered)"
+        : table(
+            ["worker", "name", "capabilities", "status", "last heartbeat", "health"],
+            workers.map((w) => [
+              w.workerId,
+              w.name,
+              w.capabilities.join(","),
+              w.status,
+              `${age(w.lastHeartbeat, now)} ago`,
+              w.status === "active" && w.lastHeartbeat && now.getTime() - w.lastHeartbeat.getTime() <= staleAfterMs
+                ? "alive"
+                : "stale",
+            ]),
+          ),
+    );
+    say("");
+    say("Jobs");
+    say(table(["status", "jobs"], Object.entries(jobs)));
+    say("");
+    say("Ready steps");
+    say(
+      backlog.length === 0
+        ? "  (none ready)"
+        : table(
+            ["action type", "ready", "oldest waiting"],
+            backlog.map((b) => [b.actionType, b.ready, age(b.oldestReadyAt, now)]),
+          ),
+    );
+  });
+}
+
+export async function graphCommand(
+  url: string,
+  jobId: string,
+  format: "text" | "mermaid",
+  say: (s: string) => void,
+): Promise<void> {
+  await withDb(url, async (db) => {
+    const job = await JobRepo.get(db, jobId);
+    if (!job) throw new JobNotFoundError(jobId);
+    const steps = await JobStepRepo.getStepsForJob(db, jobId);
+    if (format === "mermaid") {
+      say(renderMermaid(steps));
+      return;
+    }
+    say(`job ${job.jobId}  ${job.workspace}/${job.taskName}  ${job.status}`);
+    say(steps.length ? renderText(steps) : "  (no steps)");
+  });
+}

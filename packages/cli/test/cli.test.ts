@@ -1,0 +1,191 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
+import { dropDatabase, withClient, withDatabase } from "@stroem/testing";
+import { useTestDb } from "@stroem/testing/fixture";
+import { afterAll, describe, expect, inject, it } from "vitest";
+import { PIPELINE } from "../src/demo.js";
+
+const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const t = useTestDb();
+const { adminUrl } = inject("stroemPg");
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [BIN, ...args],
+      { env: { ...process.env, DATABASE_URL: undefined, ...env }, timeout: 120_000 },
+      (error, stdout, stderr) => {
+        resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      },
+    );
+  });
+}
+
+const created: string[] = [];
+afterAll(async () => {
+  for (const name of created) await dropDatabase(adminUrl, name);
+});
+
+describe("stroem-db migrate", () => {
+  it("applies the migrations to an empty database, then finds nothing to do", async () => {
+    const name = `stroem_cli_${Date.now()}`;
+    await withClient(adminUrl, (c) => c.query(`create database ${name}`));
+    created.push(name);
+    const url = withDatabase(adminUrl, name);
+    const first = await cli(["migrate", "--url", url]);
+    expect(first).toMatchObject({ code: 0, stderr: "" });
+    expect(first.stdout).toMatch(/^applied 0000_initial$/m);
+    // DATABASE_URL is the default.
+    const second = await cli(["migrate"], { DATABASE_URL: url });
+    expect(second.code).toBe(0);
+    expect(second.stdout).toMatch(/Already up to date/);
+  });
+});
+
+describe("stroem-db status and graph", () => {
+  it("shows workers, jobs and the ready backlog", async () => {
+    await WorkerRepo.register(t.db, { workerId: crypto.randomUUID(), name: "status-worker", capabilities: ["shell"] });
+    await JobRepo.createWithSteps(t.db, { taskName: "ci", sourceType: "api" }, PIPELINE);
+    const { code, stdout } = await cli(["status", "--url", t.url]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/status-worker\s+shell\s+active\s+\S+ ago\s+alive/);
+    expect(stdout).toMatch(/pending\s+1/);
+    expect(stdout).toMatch(/shell\s+1\s+\S+/);
+  });
+
+  it("draws a job's DAG as text and as Mermaid", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, { taskName: "ci", sourceType: "api" }, PIPELINE);
+    const workerId = crypto.randomUUID();
+    await WorkerRepo.register(t.db, { workerId, name: "g", capabilities: ["shell"] });
+    await JobStepRepo.markRunning(t.db, jobId, "checkout", workerId);
+    await JobStepRepo.markFailed(t.db, jobId, "checkout", "exit 128");
+    await JobRepo.advance(t.db, jobId);
+    const text = await cli(["graph", jobId, "--url", t.url]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toContain(`job ${jobId}`);
+    expect(text.stdout).toMatch(/✘ failed\s+checkout\s+\[shell\]\s+\(exit 128\)/);
+    expect(text.stdout).toMatch(/⊘ skipped\s+deploy\s+\[shell\]\s+← package/);
+    expect(text.stdout).toMatch(/○ ready\s+notify/);
+    const mermaid = await cli(["graph", jobId, "--url", t.url, "--format", "mermaid"]);
+    expect(mermaid.code).toBe(0);
+    expect(mermaid.stdout.split("\n")[0]).toBe("flowchart LR");
+    expect(mermaid.stdout).toContain('s0["checkout<br/><i>failed</i>"]:::failed');
+    expect(mermaid.stdout).toMatch(/s\d --> s\d/);
+  });
+});
+
+describe("errors are one line and a non-zero exit", () => {
+  it.each([
+    [
+      "an unknown job",
+      ["graph", "00000000-0000-4000-8000-000000000000"],
+      /^stroem-db: JobNotFoundError: job 0{8}-.* not found\n$/,
+    ],
+    ["a job id that is not a UUID", ["graph", "nope"], /^stroem-db: InvalidInputError: jobId: must be a UUID/],
+    ["a bad format", ["graph", "x", "--format", "svg"], /error: option '--format <format>' argument 'svg' is invalid/],
+    ["a bad flag value", ["demo", "--jobs", "0"], /error: option '--jobs <n>' argument '0' is invalid/],
+    ["an unknown flag", ["status", "--verbose"], /error: unknown option '--verbose'/],
+    ["an unknown command", ["frobnicate"], /error: unknown command 'frobnicate'/],
+  ])("%s", async (_, args, expected) => {
+    const { code, stdout, stderr } = await cli([
+      ...args,
+      ...(args[0] === "graph" && args[1] !== "x" ? ["--url", t.url] : []),
+    ]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(expected);
+    expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
+    expect(stdout).toBe("");
+  });
+
+  it("no URL", async () => {
+    const { code, stderr } = await cli(["status"]);
+    expect(code).toBe(1);
+    expect(stderr).toBe("stroem-db: no database URL: pass --url or set DATABASE_URL\n");
+  });
+
+  it("an unreachable server names host and port", async () => {
+    const { code, stderr } = await cli(["status", "--url", "postgres://u:p@127.0.0.1:1/db"]);
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^stroem-db: ConnectionError: cannot reach PostgreSQL at 127\.0\.0\.1:1: ECONNREFUSED/);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("--help works on every command", async () => {
+    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"]]) {
+      const { code, stdout } = await cli([...command, "--help"]);
+      expect(code).toBe(0);
+      expect(stdout).toMatch(/^Usage: stroem-db/);
+    }
+  });
+});
+
+describe("stroem-db demo", () => {
+  it("--url runs in a database of its own, passes its checks and drops the database", async () => {
+    const { code, stdout, stderr } = await cli([
+      "demo",
+      "--url",
+      adminUrl,
+      "--jobs",
+      "12",
+      "--workers",
+      "4",
+      "--seed",
+      "7",
+    ]);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    const database = /Using database (stroem_demo_[0-9a-f]+)/.exec(stdout)?.[1];
+    expect(database).toBeDefined();
+    expect(stdout).toMatch(/✔ every job is terminal \(12\/12\)/);
+    expect(stdout).toMatch(/✔ no step was claimed twice/);
+    expect(stdout).not.toMatch(/✘ (every|no|each|job)/);
+    const left = await withClient(adminUrl, (c) => c.query("select 1 from pg_database where datname = $1", [database]));
+    expect(left.rowCount).toBe(0);
+    // The same seed gives the same outcome.
+    const again = await cli(["demo", "--url", adminUrl, "--jobs", "12", "--workers", "2", "--seed", "7"]);
+    const outcome = (s: string) => /jobs completed\s+(\d+)\njobs failed\s+(\d+)/.exec(s)?.slice(1);
+    expect(outcome(again.stdout)).toEqual(outcome(stdout));
+  });
+
+  it("with no flags, runs on an embedded PostgreSQL and removes it", async () => {
+    const { code, stdout } = await cli(["demo"]);
+    expect(code).toBe(0);
+    const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
+    expect(dir).toBeDefined();
+    expect(stdout).toMatch(/✔ every job is terminal \(50\/50\)/);
+    expect(stdout).toMatch(/A failed job, /);
+    expect(existsSync(dir as string)).toBe(false);
+  });
+
+  it("Ctrl-C stops the workers, exits 130 and still removes the embedded server", async () => {
+    const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--jobs", "2000", "--workers", "4"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      const deadline = setTimeout(() => reject(new Error(`no progress line in time:\n${stdout}`)), 60_000);
+      child.stdout?.on("data", (chunk: Buffer) => {
+        stdout += chunk.toString();
+        if (/^jobs +\d+\/2000/m.test(stdout)) {
+          clearTimeout(deadline);
+          resolve();
+        }
+      });
+    });
+    child.kill("SIGINT");
+    const code = await exited;
+    expect(code).toBe(130);
+    const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
+    expect(existsSync(dir as string)).toBe(false);
+  });
+});
