@@ -269,7 +269,7 @@ async function run(
   say();
   say(
     table(
-      ["", "count"],
+      ["summary", ""],
       [
         ["jobs completed", jobs.completed],
         ["jobs failed", jobs.failed],

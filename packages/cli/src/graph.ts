@@ -45,7 +45,7 @@ export function renderText(steps: readonly GraphStep[]): string {
       const name = `${indent}${s.stepName}`.padEnd(width);
       const deps = s.dependsOn.length ? `  ← ${s.dependsOn.join(", ")}` : "";
       const error = s.status === "failed" && s.errorMessage ? `  (${s.errorMessage})` : "";
-      return `  ${SYMBOL[s.status] ?? "?"} ${s.status.padEnd(9)} ${name}  ${`[${s.actionType}]`.padEnd(8)}${deps}${error}`;
+      return `  ${SYMBOL[s.status] ?? "?"} ${s.status.padEnd(9)} ${name}  ${`[${s.actionType}]`.padEnd(8)}${deps}${error}`.trimEnd();
     })
     .join("\n");
 }
