@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { flowFromEntries, planAdvance } from "@stroem/orchestrator";
+import { planAdvance } from "@stroem/orchestrator";
 import {
   createPool,
   type Database,
@@ -7,6 +7,7 @@ import {
   JobStepRepo,
   type NewFlowStep,
   runMigrations,
+  storedFlow,
   WorkerRepo,
 } from "@stroem/repos";
 import type { ActionType, JobStatus } from "@stroem/schema";
@@ -319,15 +320,7 @@ async function run(
     let mismatched = 0;
     for (const jobId of jobIds) {
       const [row, steps] = await Promise.all([JobRepo.get(db, jobId), JobStepRepo.getStepsForJob(db, jobId)]);
-      const flow = flowFromEntries(
-        steps.map((s) => ({
-          stepName: s.stepName,
-          action: s.actionName,
-          dependsOn: s.dependsOn,
-          continueOnFailure: s.continueOnFailure,
-        })),
-      );
-      const plan = planAdvance(steps, flow);
+      const plan = planAdvance(steps, storedFlow(steps));
       if (plan.jobOutcome !== row?.status || plan.promote.length || plan.skip.length) mismatched++;
     }
     check("job outcomes follow the orchestrator's rules", mismatched === 0, `${mismatched} mismatched`);

@@ -1,4 +1,5 @@
-import { type Flow, validateFlow } from "@stroem/orchestrator";
+import { validateFlow } from "@stroem/orchestrator";
+import { storedFlow } from "@stroem/repos";
 import type { JobStep } from "@stroem/schema";
 
 const SYMBOL: Record<string, string> = {
@@ -10,16 +11,16 @@ const SYMBOL: Record<string, string> = {
   skipped: "⊘",
 };
 
-type GraphStep = Pick<JobStep, "stepName" | "status" | "dependsOn" | "actionName" | "actionType" | "errorMessage">;
+type GraphStep = Pick<
+  JobStep,
+  "stepName" | "status" | "dependsOn" | "continueOnFailure" | "actionName" | "actionType" | "errorMessage"
+>;
 
 /** The steps in topological order (the stored graph), falling back to name order if it is broken. */
 function ordered(steps: readonly GraphStep[]): GraphStep[] {
-  const flow: Flow = Object.fromEntries(
-    steps.map((s) => [s.stepName, { action: s.actionName, dependsOn: s.dependsOn }]),
-  );
   const byName = new Map(steps.map((s) => [s.stepName, s]));
   try {
-    return validateFlow(flow).map((n) => byName.get(n) as GraphStep);
+    return validateFlow(storedFlow(steps)).map((n) => byName.get(n) as GraphStep);
   } catch {
     return [...steps].sort((a, b) => a.stepName.localeCompare(b.stepName));
   }

@@ -1,5 +1,5 @@
 import { type Flow, flowFromEntries, planAdvance } from "@stroem/orchestrator";
-import { isJobTerminal, type JobStatus, job, jobStep } from "@stroem/schema";
+import { isJobTerminal, type JobStatus, type JobStep, job, jobStep } from "@stroem/schema";
 import { and, eq, sql } from "drizzle-orm";
 import type { Executor } from "./db.js";
 import { JobNotFoundError } from "./errors.js";
@@ -13,12 +13,30 @@ export interface AdvanceResult {
   jobStatus: JobStatus;
 }
 
+/**
+ * The flow a job was created with, from its step rows (each row stores its
+ * dependencies). Throws `FlowValidationError` on repeated names; the graph
+ * itself is validated where it is used.
+ */
+export function storedFlow(
+  steps: ReadonlyArray<Pick<JobStep, "stepName" | "actionName" | "dependsOn" | "continueOnFailure">>,
+): Flow {
+  return flowFromEntries(
+    steps.map((s) => ({
+      stepName: s.stepName,
+      action: s.actionName,
+      dependsOn: s.dependsOn,
+      continueOnFailure: s.continueOnFailure,
+    })),
+  );
+}
+
 interface ApplyOptions {
   /** The flow to decide with; default: the graph stored on the job's step rows. */
   flow?: Flow;
   promote: boolean;
   skip: boolean;
-  /** Also settle the job's own status (running / completed / failed). */
+  /** Also settle the job's own status (running / completed / failed); only with `promote` and `skip`. */
   updateJob?: boolean;
 }
 
@@ -48,24 +66,14 @@ export async function applyPlan(tx: Executor, jobId: string, options: ApplyOptio
     .where(eq(jobStep.jobId, jobId));
   if (steps.length === 0) return { promoted: [], skipped: [], jobStatus: locked.status };
 
-  const flow =
-    options.flow ??
-    flowFromEntries(
-      steps.map((s) => ({
-        stepName: s.stepName,
-        action: s.actionName,
-        dependsOn: s.dependsOn,
-        continueOnFailure: s.continueOnFailure,
-      })),
-    );
+  const flow = options.flow ?? storedFlow(steps);
   const plan = planAdvance(steps, flow);
   const skipped = options.skip ? await setPending(tx, jobId, plan.skip, "skipped") : [];
   const promoted = options.promote ? await setPending(tx, jobId, plan.promote, "ready") : [];
 
   let jobStatus = locked.status;
   if (options.updateJob) {
-    const everythingApplied = options.promote && options.skip;
-    if (everythingApplied && plan.jobOutcome !== "running") {
+    if (plan.jobOutcome !== "running") {
       jobStatus = plan.jobOutcome;
       await tx
         .update(job)

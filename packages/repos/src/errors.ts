@@ -109,10 +109,13 @@ export class ConstraintViolationError extends StroemDbError {
     message: string,
     readonly code: string,
     readonly constraint: string | undefined,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { detail?: string },
   ) {
     super(message, options);
+    this.detail = options?.detail;
   }
+  /** Postgres' DETAIL line, e.g. `Key (job_id, step_name)=(…, build) already exists.` */
+  readonly detail: string | undefined;
 }
 export class CheckViolationError extends ConstraintViolationError {
   override name = "CheckViolationError";
@@ -216,19 +219,19 @@ export function translateError(error: unknown, target: Target = {}): Error {
       case PG.CHECK_VIOLATION:
         return new CheckViolationError(`check constraint ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
           cause: error,
+          detail: pg.detail,
         });
       case PG.UNIQUE_VIOLATION:
         return new UniqueViolationError(
           `unique constraint ${pg.constraint} violated${detail}`,
           pg.code,
           pg.constraint,
-          {
-            cause: error,
-          },
+          { cause: error, detail: pg.detail },
         );
       case PG.FOREIGN_KEY_VIOLATION:
         return new ForeignKeyViolationError(`foreign key ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
           cause: error,
+          detail: pg.detail,
         });
       case PG.ADMIN_SHUTDOWN:
       case PG.CANNOT_CONNECT_NOW:

@@ -1,4 +1,4 @@
-export type { AdvanceResult } from "./advance.js";
+export { type AdvanceResult, storedFlow } from "./advance.js";
 export {
   createPool,
   type Database,

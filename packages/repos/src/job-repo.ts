@@ -2,13 +2,13 @@ import { randomUUID } from "node:crypto";
 import { flowFromEntries, initialStatus, validateFlow } from "@stroem/orchestrator";
 import {
   ACTION_TYPES,
-  type ActionType,
   JOB_MODES,
   JOB_STATUSES,
   type Job,
   type JobMode,
   type JobStatus,
   job,
+  type NewJobStep,
   SOURCE_TYPES,
   type SourceType,
 } from "@stroem/schema";
@@ -57,17 +57,8 @@ export async function create(db: Executor, input: NewJob): Promise<string> {
   return row.jobId;
 }
 
-/** One step of `createWithSteps`: the flow step plus how its action runs. */
-export interface NewFlowStep {
-  stepName: string;
-  actionName: string;
-  actionType: ActionType;
-  actionImage?: string | null;
-  actionSpec?: unknown;
-  input?: unknown;
-  dependsOn?: readonly string[];
-  continueOnFailure?: boolean;
-}
+/** One step of `createWithSteps`: the flow step plus how its action runs (status comes from the flow). */
+export type NewFlowStep = Omit<NewJobStep, "jobId" | "status">;
 
 /**
  * Creates a job and all its steps in one transaction and returns the job

@@ -94,13 +94,11 @@ function toInsertRow(s: NewJobStep, at: string) {
 
 function constraintError(e: ConstraintViolationError, rows: ReadonlyArray<{ jobId: string; stepName: string }>) {
   if (e.constraint === "job_step_job_id_job_job_id_fk") {
-    const jobId = /\(job_id\)=\(([^)]+)\)/.exec(String((e.cause as { detail?: string })?.detail ?? e.message))?.[1];
+    const jobId = /\(job_id\)=\(([^)]+)\)/.exec(e.detail ?? "")?.[1];
     return new JobNotFoundError(jobId ?? rows[0]?.jobId ?? "?", { cause: e });
   }
   if (e.constraint === "job_step_job_id_step_name_pk") {
-    const m = /\(job_id, step_name\)=\(([^,]+), (.*)\) already exists/.exec(
-      String((e.cause as { detail?: string })?.detail ?? e.message),
-    );
+    const m = /\(job_id, step_name\)=\(([^,]+), (.*)\) already exists/.exec(e.detail ?? "");
     return new DuplicateStepError(m?.[1], m?.[2], { cause: e });
   }
   return undefined;

@@ -1,10 +1,10 @@
 import { randomUUID } from "node:crypto";
-import { jobStep, type NewJobStep } from "@stroem/schema";
+import { jobStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { InvalidInputError, JobRepo, JobStepRepo, WorkerNotFoundError } from "../src/index.js";
-import { deferred, errorOf, jobWithReadySteps, newJob, registerWorker } from "./helpers.js";
+import { deferred, errorOf, jobWithReadySteps, newJob, registerWorker, step } from "./helpers.js";
 
 const t = useTestDb();
 
@@ -12,15 +12,6 @@ const t = useTestDb();
 beforeEach(async () => {
   await t.db.execute(sql`delete from job`);
   await t.db.execute(sql`delete from worker`);
-});
-
-const step = (jobId: string, stepName: string, extra: Partial<NewJobStep> = {}): NewJobStep => ({
-  jobId,
-  stepName,
-  actionName: "run",
-  actionType: "shell",
-  status: "pending",
-  ...extra,
 });
 
 /** Every step row: the ground truth for "claimed exactly once". */

@@ -50,3 +50,13 @@ export function deferred<T = void>() {
   });
   return { promise, resolve };
 }
+
+/** A pending shell step; override what the test cares about. */
+export const step = (jobId: string, stepName: string, extra: Partial<NewJobStep> = {}): NewJobStep => ({
+  jobId,
+  stepName,
+  actionName: "run",
+  actionType: "shell",
+  status: "pending",
+  ...extra,
+});

@@ -13,18 +13,9 @@ import {
   StepNotFoundError,
   WorkerNotFoundError,
 } from "../src/index.js";
-import { errorOf, jobWithReadySteps, newJob, registerWorker } from "./helpers.js";
+import { errorOf, jobWithReadySteps, newJob, registerWorker, step } from "./helpers.js";
 
 const t = useTestDb();
-
-const step = (jobId: string, stepName: string, extra: Partial<NewJobStep> = {}): NewJobStep => ({
-  jobId,
-  stepName,
-  actionName: "run",
-  actionType: "shell",
-  status: "pending",
-  ...extra,
-});
 
 async function stepCount(jobId: string) {
   const [row] = await t.db.select({ n: sql<number>`count(*)::int` }).from(jobStep).where(eq(jobStep.jobId, jobId));
