@@ -211,8 +211,11 @@ async function run(
         const { fail, ms } = stepOutcome(o.seed, jobIndex.get(step.jobId) ?? -1, step.stepName, o.failRate, maxStepMs);
         await sleep(ms);
         const result = await wdb.transaction(async (tx) => {
-          if (fail) await JobStepRepo.markFailed(tx, step.jobId, step.stepName, `simulated failure (seed ${o.seed})`);
-          else await JobStepRepo.markCompleted(tx, step.jobId, step.stepName, { durationMs: ms, worker: i });
+          // Guarded: only this worker, in this claim, may report the step.
+          const guard = { workerId, attempt: step.attempts };
+          if (fail)
+            await JobStepRepo.markFailed(tx, step.jobId, step.stepName, `simulated failure (seed ${o.seed})`, guard);
+          else await JobStepRepo.markCompleted(tx, step.jobId, step.stepName, { durationMs: ms, worker: i }, guard);
           return JobRepo.advance(tx, step.jobId);
         });
         stats.running--;

@@ -85,6 +85,21 @@ export class InvalidTransitionError extends StroemDbError {
   }
 }
 
+/** A report on a step by a worker that no longer holds it (see `StepGuard`). */
+export class StepOwnershipError extends StroemDbError {
+  override name = "StepOwnershipError";
+  constructor(
+    readonly jobId: string,
+    readonly stepName: string,
+    readonly expected: { workerId?: string; attempt?: number },
+    readonly actual: { workerId: string | null; attempt: number },
+  ) {
+    super(
+      `step "${stepName}" of job ${jobId} is held by worker ${actual.workerId ?? "none"} in attempt ${actual.attempt}, not by ${expected.workerId ?? "any worker"} in attempt ${expected.attempt ?? "any"}`,
+    );
+  }
+}
+
 /** A step name used twice within one job. */
 export class DuplicateStepError extends StroemDbError {
   override name = "DuplicateStepError";

@@ -19,6 +19,7 @@ import {
   InvalidTransitionError,
   JobNotFoundError,
   StepNotFoundError,
+  StepOwnershipError,
   WorkerNotFoundError,
 } from "./errors.js";
 import { mapRow } from "./rows.js";
@@ -195,10 +196,11 @@ async function transition(
   from: readonly StepStatus[],
   to: StepStatus,
   set: Partial<typeof jobStep.$inferInsert> | Record<string, unknown>,
-  onConstraint?: (e: ConstraintViolationError) => Error | undefined,
+  options: { guard?: StepGuard; onConstraint?: (e: ConstraintViolationError) => Error | undefined } = {},
 ): Promise<void> {
   requireUuid("jobId", jobId);
   requireText("stepName", stepName);
+  const guard = checkGuard(options.guard);
   const where = and(eq(jobStep.jobId, jobId), eq(jobStep.stepName, stepName));
   const rows = await run(
     db,
@@ -206,14 +208,46 @@ async function transition(
       db
         .update(jobStep)
         .set({ ...set, status: to })
-        .where(and(where, inArray(jobStep.status, [...from])))
+        .where(
+          and(
+            where,
+            inArray(jobStep.status, [...from]),
+            guard.workerId === undefined ? undefined : eq(jobStep.workerId, guard.workerId),
+            guard.attempt === undefined ? undefined : eq(jobStep.attempts, guard.attempt),
+          ),
+        )
         .returning({ status: jobStep.status }),
-    onConstraint,
+    options.onConstraint,
   );
   if (rows.length > 0) return;
-  const [current] = await run(db, () => db.select({ status: jobStep.status }).from(jobStep).where(where));
+  const [current] = await run(db, () =>
+    db
+      .select({ status: jobStep.status, workerId: jobStep.workerId, attempts: jobStep.attempts })
+      .from(jobStep)
+      .where(where),
+  );
   if (!current) throw new StepNotFoundError(jobId, stepName);
-  throw new InvalidTransitionError("step", jobId, stepName, current.status, to);
+  if (!from.includes(current.status)) throw new InvalidTransitionError("step", jobId, stepName, current.status, to);
+  throw new StepOwnershipError(jobId, stepName, guard, { workerId: current.workerId, attempt: current.attempts });
+}
+
+/**
+ * What a worker believes about the step it reports on: that it holds it
+ * (`workerId`) in the claim it made (`attempt`, the `attempts` value its claim
+ * returned). When the row says otherwise (the step was rescued and claimed
+ * again, or it is someone else's), the report is refused and nothing is
+ * written: a late or foreign report never overwrites the real outcome.
+ */
+export interface StepGuard {
+  workerId?: string;
+  attempt?: number;
+}
+
+function checkGuard(guard: StepGuard | undefined): StepGuard {
+  if (guard === undefined) return {};
+  if (guard.workerId !== undefined) requireUuid("guard.workerId", guard.workerId);
+  if (guard.attempt !== undefined) requireInt("guard.attempt", guard.attempt, 1, 2 ** 31 - 1);
+  return guard;
 }
 
 /**
@@ -230,28 +264,61 @@ export async function markRunning(db: Executor, jobId: string, stepName: string,
     ["ready"],
     "running",
     { workerId, startedAt: sql`now()`, attempts: sql`${jobStep.attempts} + 1` },
-    (e) => (e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined),
+    {
+      onConstraint: (e) =>
+        e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined,
+    },
   );
 }
 
 /**
  * Records a running step's success with its output and `completed_at`.
  * Throws `InvalidTransitionError` unless the step is running (a terminal step
- * never changes again), `StepNotFoundError`. Follow with `JobRepo.advance`
- * in the same transaction to promote what it unblocks.
+ * never changes again), `StepNotFoundError`, and `StepOwnershipError` when a
+ * `guard` is given and the row does not match it (pass the claiming worker and
+ * the claim's `attempts`). Follow with `JobRepo.advance` in the same
+ * transaction to promote what it unblocks.
  */
-export async function markCompleted(db: Executor, jobId: string, stepName: string, output?: unknown): Promise<void> {
+export async function markCompleted(
+  db: Executor,
+  jobId: string,
+  stepName: string,
+  output?: unknown,
+  guard?: StepGuard,
+): Promise<void> {
   const value = optionalJson("output", output);
-  await transition(db, jobId, stepName, ["running"], "completed", { output: value, completedAt: sql`now()` });
+  await transition(
+    db,
+    jobId,
+    stepName,
+    ["running"],
+    "completed",
+    { output: value, completedAt: sql`now()` },
+    { guard },
+  );
 }
 
 /**
  * Records a running step's failure with its error message and
- * `completed_at`. Same errors as `markCompleted`.
+ * `completed_at`. Same errors and guard as `markCompleted`.
  */
-export async function markFailed(db: Executor, jobId: string, stepName: string, error: string): Promise<void> {
+export async function markFailed(
+  db: Executor,
+  jobId: string,
+  stepName: string,
+  error: string,
+  guard?: StepGuard,
+): Promise<void> {
   if (typeof error !== "string") throw new InvalidInputError("error", "must be a string");
-  await transition(db, jobId, stepName, ["running"], "failed", { errorMessage: error, completedAt: sql`now()` });
+  await transition(
+    db,
+    jobId,
+    stepName,
+    ["running"],
+    "failed",
+    { errorMessage: error, completedAt: sql`now()` },
+    { guard },
+  );
 }
 
 /** Every step of the job, ordered by step name; `[]` for an unknown job. */

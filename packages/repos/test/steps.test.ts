@@ -11,6 +11,7 @@ import {
   JobRepo,
   JobStepRepo,
   StepNotFoundError,
+  StepOwnershipError,
   WorkerNotFoundError,
 } from "../src/index.js";
 import { errorOf, jobWithReadySteps, newJob, registerWorker, step } from "./helpers.js";
@@ -173,6 +174,32 @@ describe("step lifecycle", () => {
       expect(error).toMatchObject({ entity: "step", jobId, stepName: "s0000", currentStatus: "completed" });
     }
     expect((await JobStepRepo.getStepsForJob(t.db, jobId))[0]).toEqual(before);
+  });
+
+  it("a guarded report from a worker that does not hold the step is refused and writes nothing", async () => {
+    const jobId = await jobWithReadySteps(t.db, 1);
+    const holder = await registerWorker(t.db);
+    const other = await registerWorker(t.db);
+    await JobStepRepo.markRunning(t.db, jobId, "s0000", holder);
+    const [claimed] = await JobStepRepo.getStepsForJob(t.db, jobId);
+    for (const guard of [{ workerId: other }, { workerId: holder, attempt: 2 }]) {
+      const error = await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", { late: true }, guard));
+      expect(error).toBeInstanceOf(StepOwnershipError);
+      expect(error).toMatchObject({ jobId, stepName: "s0000", actual: { workerId: holder, attempt: 1 } });
+      expect(await errorOf(() => JobStepRepo.markFailed(t.db, jobId, "s0000", "late", guard))).toBeInstanceOf(
+        StepOwnershipError,
+      );
+    }
+    expect((await JobStepRepo.getStepsForJob(t.db, jobId))[0]).toEqual(claimed);
+    // The holder, in its attempt, may report.
+    await JobStepRepo.markCompleted(t.db, jobId, "s0000", { ok: true }, { workerId: holder, attempt: 1 });
+    // Once terminal, the transition error wins over the guard.
+    expect(
+      await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", {}, { workerId: holder, attempt: 1 })),
+    ).toBeInstanceOf(InvalidTransitionError);
+    expect(
+      await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", {}, { workerId: "nope" })),
+    ).toBeInstanceOf(InvalidInputError);
   });
 
   it("completing a step that is not running is refused", async () => {
