@@ -33,11 +33,13 @@ export interface PoolOptions {
   /** `application_name`, shown in `pg_stat_activity`. Default "stroem". */
   applicationName?: string;
   /**
-   * Called when an idle pooled connection fails (server restart, killed
-   * backend). The pool drops that connection either way; without a handler
-   * node-postgres would crash the process. Default: ignore.
+   * Called when a pooled connection fails outside a query (server restart,
+   * killed backend, idle-in-transaction timeout), idle or checked out. The
+   * pool drops an idle one; a checked-out one fails its next query, which
+   * surfaces as a `ConnectionError`. Without a listener node-postgres would
+   * crash the process. Default: ignore.
    */
-  onIdleError?: (error: Error) => void;
+  onConnectionError?: (error: Error) => void;
 }
 
 export const POOL_DEFAULTS = {
@@ -75,7 +77,10 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
     application_name: o.applicationName,
     ...(o.statementTimeoutMs > 0 ? { statement_timeout: o.statementTimeoutMs } : {}),
   });
-  pool.on("error", (error) => options.onIdleError?.(error));
+  const onError = (error: Error) => options.onConnectionError?.(error);
+  pool.on("error", onError);
+  // The pool listens for errors only on idle clients; this covers checked-out ones.
+  pool.on("connect", (client) => client.on("error", onError));
   targets.set(pool, target);
   return drizzle({ client: pool, schema }) as Database;
 }

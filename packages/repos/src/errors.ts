@@ -199,6 +199,12 @@ function rootCause(error: unknown): { pg?: PgErrorLike; sys?: NodeJS.ErrnoExcept
   return {};
 }
 
+function causeChain(error: unknown): unknown[] {
+  const chain: unknown[] = [];
+  for (let e = error; e && chain.length < 10; e = (e as { cause?: unknown }).cause) chain.push(e);
+  return chain;
+}
+
 export interface Target {
   host?: string;
   port?: number;
@@ -273,7 +279,7 @@ export function translateError(error: unknown, target: Target = {}): Error {
     }
   }
   const message = error instanceof Error ? error.message : String(error);
-  if (isConnectionMessage(message)) {
+  if (causeChain(error).some((e) => isConnectionMessage(e instanceof Error ? e.message : String(e)))) {
     return new ConnectionError(`cannot reach PostgreSQL at ${where}: ${message}`, target.host, target.port, {
       cause: error,
     });

@@ -4,8 +4,15 @@ import { job, jobStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
-import { type Executor, InvalidInputError, JobNotFoundError, JobRepo, JobStepRepo } from "../src/index.js";
-import { errorOf, registerWorker } from "./helpers.js";
+import {
+  type AdvanceResult,
+  type Executor,
+  InvalidInputError,
+  JobNotFoundError,
+  JobRepo,
+  JobStepRepo,
+} from "../src/index.js";
+import { deferred, errorOf, registerWorker } from "./helpers.js";
 
 const t = useTestDb();
 
@@ -42,6 +49,22 @@ async function finish(db: Executor, jobId: string, stepName: string, workerId: s
     return JobRepo.advance(tx, jobId);
   });
 }
+
+/** Polls `check` until it holds, failing after `ms`. */
+async function waitFor(check: () => Promise<boolean>, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Completes an already running step and advances, in one transaction. */
+const finishRunning = (db: Executor, jobId: string, stepName: string) =>
+  db.transaction(async (tx) => {
+    await JobStepRepo.markCompleted(tx, jobId, stepName);
+    return JobRepo.advance(tx, jobId);
+  });
 
 describe("createWithSteps", () => {
   it("writes the job and its steps with initial statuses and stored dependencies", async () => {
@@ -192,6 +215,70 @@ describe("JobRepo.advance", () => {
 });
 
 describe("race-free advancement", () => {
+  it("the second parent's advance waits for the first's lock, then sees its commit and promotes the join", async () => {
+    const jobId = await createJob(t.db, diamondFlow);
+    const w = await registerWorker(t.db);
+    await finish(t.db, jobId, "step1", w);
+    await JobStepRepo.markRunning(t.db, jobId, "step2", w);
+    await JobStepRepo.markRunning(t.db, jobId, "step4", w);
+    const a = t.openPool({ max: 1, applicationName: "parent-a" });
+    const b = t.openPool({ max: 1, applicationName: "parent-b" });
+    try {
+      const release = deferred();
+      const aAdvanced = deferred<AdvanceResult>();
+      const txA = a.transaction(async (tx) => {
+        await JobStepRepo.markCompleted(tx, jobId, "step2");
+        aAdvanced.resolve(await JobRepo.advance(tx, jobId));
+        await release.promise; // A holds the job lock, uncommitted
+      });
+      // A saw step4 still running: no promotion.
+      expect((await aAdvanced.promise).promoted).toEqual([]);
+      const txB = b.transaction(async (tx) => {
+        await JobStepRepo.markCompleted(tx, jobId, "step4");
+        return JobRepo.advance(tx, jobId);
+      });
+      // Wait (with a deadline) until B is blocked on A's job-row lock.
+      await waitFor(async () => {
+        const rows = await t.db.execute<{ n: number }>(
+          sql`select count(*)::int as n from pg_stat_activity where application_name = 'parent-b' and wait_event_type = 'Lock'`,
+        );
+        return (rows.rows[0]?.n ?? 0) > 0;
+      });
+      release.resolve();
+      await txA;
+      // B's read after the lock sees A's commit: step3 is promoted, once.
+      expect(await txB).toEqual({ promoted: ["step3"], skipped: [], jobStatus: "running" });
+      expect((await statuses(jobId)).step3).toBe("ready");
+    } finally {
+      await a.$client.end();
+      await b.$client.end();
+    }
+  });
+
+  it("a report whose connection dies mid-transaction leaves nothing half-applied", async () => {
+    const jobId = await createJob(t.db, diamondFlow);
+    const w = await registerWorker(t.db);
+    await JobStepRepo.markRunning(t.db, jobId, "step1", w);
+    const worker = t.openPool({ max: 1 });
+    try {
+      const error = await errorOf(() =>
+        worker.transaction(async (tx) => {
+          await JobStepRepo.markCompleted(tx, jobId, "step1");
+          const [{ pid } = { pid: 0 }] = (await tx.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)).rows;
+          await t.db.execute(sql`select pg_terminate_backend(${pid})`); // the worker's backend is killed
+          await JobRepo.advance(tx, jobId);
+        }),
+      );
+      expect(error).toBeInstanceOf(Error);
+    } finally {
+      await worker.$client.end();
+    }
+    // The completion rolled back with the transaction: step1 is still running, nothing promoted.
+    expect(await statuses(jobId)).toEqual({ step1: "running", step2: "pending", step3: "pending", step4: "pending" });
+    // The worker retries on a fresh connection and the job moves on.
+    expect((await finishRunning(t.db, jobId, "step1")).promoted).toEqual(["step2", "step4"]);
+  });
+
   it("hundreds of diamonds whose parents finish concurrently: every join ready exactly once, every job finished", async () => {
     const JOBS = 200;
     const w = await registerWorker(t.db);

@@ -83,6 +83,28 @@ describe("createPool", () => {
     }
   });
 
+  it("a connection killed while checked out fails its next query with ConnectionError, not the process", async () => {
+    const seen: Error[] = [];
+    const db = createPool(t.url, { max: 1, onConnectionError: (e) => seen.push(e) });
+    try {
+      const error = await errorOf(() =>
+        db.transaction(async (tx) => {
+          const [{ pid } = { pid: 0 }] = (await tx.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)).rows;
+          await t.db.execute(sql`select pg_terminate_backend(${pid})`);
+          await new Promise((r) => setTimeout(r, 100)); // let the termination arrive while idle in transaction
+          await JobRepo.list(tx, { limit: 1, offset: 0 });
+        }),
+      );
+      // What escapes the caller's own transaction is Drizzle's (its ROLLBACK failed too);
+      // translateError, exported for such callers, still names it for what it is.
+      expect(translateError(error)).toBeInstanceOf(ConnectionError);
+      expect(seen.length).toBeGreaterThan(0);
+      await ping(db); // the pool replaced the dead connection
+    } finally {
+      await db.$client.end();
+    }
+  });
+
   it("a killed backend surfaces as a typed error, and the pool recovers", async () => {
     const db = createPool(t.url, { max: 1 });
     try {

@@ -46,7 +46,10 @@ export function useTestDb(): TestDb {
       max: options.max ?? 10,
       application_name: options.applicationName ?? "stroem-test",
     });
-    pool.on("error", () => {}); // idle clients killed by the server (e.g. pg_terminate_backend tests)
+    // Connections killed by the server (pg_terminate_backend tests), idle or checked out,
+    // must fail their queries, not crash the runner.
+    pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
     return drizzle({ client: pool, schema }) as TestDatabase;
   };
 
