@@ -35,7 +35,7 @@ import {
 
 export type { NewJobStep };
 
-/** Rows per INSERT: 11 bound values a row keeps a statement far below Postgres' 65,535 parameters. */
+/** Rows per INSERT: at most 10 bound values a row, so 20,000 per statement, far below Postgres' 65,535. */
 const INSERT_CHUNK = 2000;
 /** Most steps one batch claim may take. */
 export const MAX_CLAIM_BATCH = 1000;
@@ -127,7 +127,10 @@ export async function claimReadyStep(
  * ready first (`ready_at`, then job id and step name), the same way as
  * `claimReadyStep`. Served by the partial index `idx_job_step_claim`, which
  * holds only ready rows: the cost does not grow with the history the table
- * keeps (`pnpm bench` measures it).
+ * keeps. Measured by `pnpm bench` (2 cores, embedded PostgreSQL 18, 100,000
+ * ready steps): ~1,650 single claims/s on one connection both with and
+ * without 300,000 finished steps around (the design note's claim falls to
+ * ~840/s with them), and ~23,000 steps/s in batches of 50.
  */
 export async function claimReadySteps(
   db: Executor,
