@@ -223,8 +223,8 @@ describe("race-free advancement", () => {
     await JobStepRepo.markRunning(t.db, jobId, "step4", w);
     const a = t.openPool({ max: 1, applicationName: "parent-a" });
     const b = t.openPool({ max: 1, applicationName: "parent-b" });
+    const release = deferred();
     try {
-      const release = deferred();
       const aAdvanced = deferred<AdvanceResult>();
       const txA = a.transaction(async (tx) => {
         await JobStepRepo.markCompleted(tx, jobId, "step2");
@@ -250,6 +250,7 @@ describe("race-free advancement", () => {
       expect(await txB).toEqual({ promoted: ["step3"], skipped: [], jobStatus: "running" });
       expect((await statuses(jobId)).step3).toBe("ready");
     } finally {
+      release.resolve(); // a failed expectation must not leave A's transaction (and the test) hanging
       await a.$client.end();
       await b.$client.end();
     }

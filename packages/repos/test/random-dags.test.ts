@@ -1,0 +1,134 @@
+import { type Flow, planAdvance } from "@stroem/orchestrator";
+import { useTestDb } from "@stroem/testing/fixture";
+import { describe, expect, it } from "vitest";
+import { type Executor, JobRepo, JobStepRepo, storedFlow } from "../src/index.js";
+import { registerWorker } from "./helpers.js";
+
+const t = useTestDb();
+
+/** A small seeded PRNG (mulberry32): the same seed gives the same graphs and outcomes. */
+function rng(seed: number) {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let r = Math.imul(a ^ (a >>> 15), 1 | a);
+    r = (r + Math.imul(r ^ (r >>> 7), 61 | r)) ^ r;
+    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A random DAG of 2..14 steps: step i depends on some earlier steps; some steps continue on failure. */
+function randomFlow(next: () => number): Flow {
+  const n = 2 + Math.floor(next() * 13);
+  const flow: Flow = {};
+  for (let i = 0; i < n; i++) {
+    const deps: string[] = [];
+    for (let j = 0; j < i; j++) if (next() < 0.3) deps.push(`s${j}`);
+    flow[`s${i}`] = { action: "x", dependsOn: deps, continueOnFailure: next() < 0.15 };
+  }
+  return flow;
+}
+
+describe("random DAGs run by concurrent workers", () => {
+  it("every job ends as the orchestrator's rules say, and no step starts before its dependencies finished", async () => {
+    const next = rng(20261126);
+    const flows = Array.from({ length: 40 }, () => randomFlow(next));
+    const jobIds: string[] = [];
+    for (const flow of flows) {
+      jobIds.push(
+        await JobRepo.createWithSteps(
+          t.db,
+          { taskName: "random", sourceType: "api" },
+          Object.entries(flow).map(([stepName, s]) => ({
+            stepName,
+            actionName: s.action,
+            actionType: next() < 0.5 ? ("shell" as const) : ("docker" as const),
+            dependsOn: s.dependsOn,
+            continueOnFailure: s.continueOnFailure,
+          })),
+        ),
+      );
+    }
+    const outcomes = new Map<string, boolean>(); // job/step -> fails
+    for (const [i, flow] of flows.entries()) {
+      for (const name of Object.keys(flow)) outcomes.set(`${jobIds[i]}/${name}`, next() < 0.2);
+    }
+    const finished = new Set<string>();
+    const capabilities = [
+      ["shell", "docker"],
+      ["shell"],
+      ["docker"],
+      ["shell", "docker"],
+      ["shell"],
+      ["docker"],
+    ] as const;
+    const workers = await Promise.all(capabilities.map((c) => registerWorker(t.db, [...c])));
+    const pools = workers.map(() => t.openPool({ max: 1 }));
+    try {
+      await Promise.all(
+        workers.map(async (workerId, i) => {
+          const db = pools[i] as Executor;
+          const deadline = Date.now() + 60_000;
+          while (finished.size < jobIds.length) {
+            if (Date.now() > deadline) throw new Error("the run is stuck");
+            const batch = await JobStepRepo.claimReadySteps(db, [...(capabilities[i] ?? [])], workerId, 1 + (i % 3));
+            if (batch.length === 0) {
+              await new Promise((r) => setTimeout(r, 2));
+              continue;
+            }
+            for (const step of batch) {
+              const result = await db.transaction(async (tx) => {
+                const guard = { workerId, attempt: step.attempts };
+                if (outcomes.get(`${step.jobId}/${step.stepName}`)) {
+                  await JobStepRepo.markFailed(tx, step.jobId, step.stepName, "random failure", guard);
+                } else {
+                  await JobStepRepo.markCompleted(tx, step.jobId, step.stepName, null, guard);
+                }
+                return JobRepo.advance(tx, step.jobId);
+              });
+              if (result.jobStatus !== "running") finished.add(step.jobId);
+            }
+          }
+        }),
+      );
+    } finally {
+      await Promise.all(pools.map((p) => p.$client.end()));
+    }
+
+    for (const [i, jobId] of jobIds.entries()) {
+      const job = await JobRepo.get(t.db, jobId);
+      const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
+      const byName = new Map(steps.map((s) => [s.stepName, s]));
+      // The stored graph is the one the job was created with.
+      expect(storedFlow(steps)).toEqual(
+        Object.fromEntries(
+          Object.entries(flows[i] as Flow).map(([n, s]) => [
+            n,
+            { action: s.action, dependsOn: s.dependsOn, continueOnFailure: s.continueOnFailure },
+          ]),
+        ),
+      );
+      const plan = planAdvance(steps, storedFlow(steps));
+      expect(plan.promote).toEqual([]);
+      expect(plan.skip).toEqual([]);
+      expect(job?.status).toBe(plan.jobOutcome);
+      for (const s of steps) {
+        expect(["completed", "failed", "skipped"]).toContain(s.status);
+        // Ran steps were claimed once, by the outcome chosen for them.
+        if (s.status !== "skipped") {
+          expect(s.attempts).toBe(1);
+          expect(s.status).toBe(outcomes.get(`${jobId}/${s.stepName}`) ? "failed" : "completed");
+        } else {
+          expect(s.attempts).toBe(0);
+        }
+        for (const d of s.dependsOn) {
+          const dep = byName.get(d);
+          expect(dep?.completedAt).toBeInstanceOf(Date);
+          // No step started before each of its dependencies had finished.
+          if (s.startedAt)
+            expect(s.startedAt.getTime()).toBeGreaterThanOrEqual(dep?.completedAt?.getTime() ?? Infinity);
+        }
+      }
+    }
+  });
+});
