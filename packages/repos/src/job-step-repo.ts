@@ -128,9 +128,9 @@ export async function claimReadyStep(
  * `claimReadyStep`. Served by the partial index `idx_job_step_claim`, which
  * holds only ready rows: the cost does not grow with the history the table
  * keeps. Measured by `pnpm bench` (2 cores, embedded PostgreSQL 18, 100,000
- * ready steps): ~1,650 single claims/s on one connection both with and
- * without 300,000 finished steps around (the design note's claim falls to
- * ~840/s with them), and ~23,000 steps/s in batches of 50.
+ * ready steps): ~1,700 single claims/s on one connection both with and
+ * without 300,000 finished steps around (the design note's claim: ~1,600/s
+ * without them, ~790/s with them), and ~23,000 steps/s in batches of 50.
  */
 export async function claimReadySteps(
   db: Executor,
