@@ -12,7 +12,7 @@ import {
   JobRepo,
   JobStepRepo,
 } from "../src/index.js";
-import { deferred, errorOf, registerWorker } from "./helpers.js";
+import { deferred, errorOf, registerWorker, waitFor } from "./helpers.js";
 
 const t = useTestDb();
 
@@ -48,15 +48,6 @@ async function finish(db: Executor, jobId: string, stepName: string, workerId: s
     else await JobStepRepo.markFailed(tx, jobId, stepName, "boom");
     return JobRepo.advance(tx, jobId);
   });
-}
-
-/** Polls `check` until it holds, failing after `ms`. */
-async function waitFor(check: () => Promise<boolean>, ms = 10_000) {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 /** Completes an already running step and advances, in one transaction. */

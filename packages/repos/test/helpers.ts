@@ -60,3 +60,12 @@ export const step = (jobId: string, stepName: string, extra: Partial<NewJobStep>
   status: "pending",
   ...extra,
 });
+
+/** Polls `check` until it holds, failing after `ms`: wait for a condition, never sleep and hope. */
+export async function waitFor(check: () => Promise<boolean>, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -13,7 +13,7 @@ import {
   runMigrations,
   translateError,
 } from "../src/index.js";
-import { errorOf } from "./helpers.js";
+import { errorOf, waitFor } from "./helpers.js";
 
 const t = useTestDb();
 
@@ -91,7 +91,11 @@ describe("createPool", () => {
         db.transaction(async (tx) => {
           const [{ pid } = { pid: 0 }] = (await tx.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)).rows;
           await t.db.execute(sql`select pg_terminate_backend(${pid})`);
-          await new Promise((r) => setTimeout(r, 100)); // let the termination arrive while idle in transaction
+          // The backend is gone while this transaction sits idle on it.
+          await waitFor(async () => {
+            const rows = await t.db.execute(sql`select 1 from pg_stat_activity where pid = ${pid}`);
+            return rows.rows.length === 0;
+          });
           await JobRepo.list(tx, { limit: 1, offset: 0 });
         }),
       );
