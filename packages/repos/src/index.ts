@@ -13,7 +13,7 @@ export {
 export * from "./errors.js";
 export type { ListJobs, NewFlowStep, NewJob } from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
-export type { NewJobStep, ReadyBacklog, StepAudit, StepGuard } from "./job-step-repo.js";
+export type { NewJobStep, ReadyBacklog, RescueOptions, StepAudit, StepGuard, StepRef } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export type { RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

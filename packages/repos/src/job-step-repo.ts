@@ -396,6 +396,92 @@ export async function skipUnreachableSteps(db: Executor, jobId: string, flow: Fl
   return result.skipped;
 }
 
+export interface StepRef {
+  jobId: string;
+  stepName: string;
+  /** Claims of the step so far. */
+  attempts: number;
+  /** The worker that held it. */
+  workerId: string;
+}
+
+export interface RescueOptions {
+  /** A running step is rescued when its worker's last heartbeat is older than this. */
+  staleAfterMs: number;
+  /** A step already claimed this many times is failed instead of requeued. Default 3. */
+  maxAttempts?: number;
+}
+
+/**
+ * Recovers the steps of workers that stopped heartbeating (crashed, killed,
+ * partitioned): a running step whose worker's `last_heartbeat` is older than
+ * `staleAfterMs` (by the database's clock) goes back to `ready` (new
+ * `ready_at`, no worker), or, once claimed `maxAttempts` times, to `failed`,
+ * after which its job is advanced. Rows are locked with SKIP LOCKED and each
+ * UPDATE re-checks `status = 'running'`, so a rescue never overwrites a step
+ * its worker just finished; a late report from the rescued worker is refused
+ * when it passes its guard (`StepOwnershipError`). Safe to run from several
+ * processes. Returns what it requeued and failed.
+ */
+export async function rescueStaleSteps(
+  db: Executor,
+  options: RescueOptions,
+): Promise<{ requeued: StepRef[]; failed: StepRef[] }> {
+  const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
+  const maxAttempts = requireInt("maxAttempts", options.maxAttempts ?? 3, 1, 1000);
+  return run(db, () =>
+    db.transaction(async (tx) => {
+      const result = await tx.execute<{
+        job_id: string;
+        step_name: string;
+        attempts: number;
+        worker_id: string;
+        outcome: string;
+      }>(sql`
+        with stale as (
+          select s.job_id, s.step_name, s.worker_id
+          from job_step s
+          join worker w on w.worker_id = s.worker_id
+          where s.status = 'running'
+            and (w.last_heartbeat is null or w.last_heartbeat < now() - make_interval(secs => ${staleAfterMs / 1000}))
+          for update of s skip locked
+        ), requeued as (
+          update job_step s
+          set status = 'ready', ready_at = now(), worker_id = null, started_at = null
+          from stale
+          where s.job_id = stale.job_id and s.step_name = stale.step_name
+            and s.status = 'running' and s.attempts < ${maxAttempts}
+          returning s.job_id, s.step_name, s.attempts, stale.worker_id, 'requeued' as outcome
+        ), failed as (
+          update job_step s
+          set status = 'failed', completed_at = now(),
+              error_message = 'worker ' || stale.worker_id || ' stopped heartbeating; gave up after ' || s.attempts || ' attempts'
+          from stale
+          where s.job_id = stale.job_id and s.step_name = stale.step_name
+            and s.status = 'running' and s.attempts >= ${maxAttempts}
+          returning s.job_id, s.step_name, s.attempts, stale.worker_id, 'failed' as outcome
+        )
+        select * from requeued union all select * from failed
+        order by job_id, step_name`);
+      const refs = (outcome: string) =>
+        result.rows
+          .filter((r) => r.outcome === outcome)
+          .map((r) => ({
+            jobId: r.job_id,
+            stepName: r.step_name,
+            attempts: Number(r.attempts),
+            workerId: r.worker_id,
+          }));
+      const failed = refs("failed");
+      // A failure changes what may run: move those jobs on, as a worker's report would.
+      for (const jobId of new Set(failed.map((f) => f.jobId))) {
+        await applyPlan(tx, jobId, { promote: true, skip: true, updateJob: true });
+      }
+      return { requeued: refs("requeued"), failed };
+    }),
+  );
+}
+
 export interface ReadyBacklog {
   actionType: string;
   ready: number;
