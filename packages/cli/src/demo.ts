@@ -201,12 +201,17 @@ async function run(
     try {
       await WorkerRepo.register(wdb, { workerId, name: `demo-worker-${i} (${caps.join("+")})`, capabilities: caps });
       beat = setInterval(() => void WorkerRepo.heartbeat(wdb, workerId).catch(() => undefined), 500);
+      // Idle workers back off (5 ms doubling to 80 ms) so polling does not
+      // crowd out the workers that have steps to run.
+      let idleMs = 5;
       while (!stop.signal.aborted && finished.size < o.jobs) {
         const step = await JobStepRepo.claimReadyStep(wdb, caps, workerId);
         if (!step) {
-          await sleep(5);
+          await sleep(idleMs);
+          idleMs = Math.min(idleMs * 2, 80);
           continue;
         }
+        idleMs = 5;
         stats.running++;
         const { fail, ms } = stepOutcome(o.seed, jobIndex.get(step.jobId) ?? -1, step.stepName, o.failRate, maxStepMs);
         await sleep(ms);

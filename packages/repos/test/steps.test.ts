@@ -25,7 +25,10 @@ async function stepCount(jobId: string) {
 
 describe("createSteps", () => {
   it("an empty list is a no-op", async () => {
+    const jobId = await newJob(t.db);
+    await JobStepRepo.createSteps(t.db, [step(jobId, "existing")]);
     await JobStepRepo.createSteps(t.db, []);
+    expect(await stepCount(jobId)).toBe(1);
   });
 
   it("inserts 20,000 steps in one call", async () => {

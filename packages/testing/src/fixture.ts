@@ -78,7 +78,13 @@ export function useTestDb(): TestDb {
     const { adminUrl, name, url, db } = state;
     const leaked = extraPools.filter((p) => !p.ended);
     await Promise.all([db.$client.end(), ...leaked.map((p) => p.end())]);
-    const stray = await countConnections(adminUrl, name);
+    // A backend leaves pg_stat_activity a moment after its client hung up:
+    // wait (with a deadline) for the ones just closed before calling any a leak.
+    let stray = await countConnections(adminUrl, name);
+    for (const deadline = Date.now() + 5000; stray > 0 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 20));
+      stray = await countConnections(adminUrl, name);
+    }
     if (failed) {
       const { kind } = inject("stroemPg");
       console.warn(
