@@ -91,7 +91,7 @@ export function parseDatabaseUrl(url: string): Target {
   try {
     parsed = new URL(url);
   } catch {
-    throw new InvalidInputError("url", `not a valid database URL: "${redact(url)}"`);
+    throw new InvalidInputError("url", `not a valid database URL: "${redactUrl(url)}"`);
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     throw new InvalidInputError("url", `expected postgres:// or postgresql://, got ${parsed.protocol}//`);
@@ -100,8 +100,18 @@ export function parseDatabaseUrl(url: string): Target {
   return { host: parsed.hostname || socketHost || "localhost", port: Number(parsed.port || 5432) };
 }
 
-function redact(url: string): string {
-  return url.replace(/\/\/([^:/@]*):[^@]*@/, "//$1:***@");
+/**
+ * The URL with its password masked, for logs and error messages; also for a
+ * string that does not parse as a URL (the password is masked by pattern).
+ */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return String(url).replace(/\/\/([^:/@]*):[^@]*@/, "//$1:***@");
+  }
 }
 
 /** Verifies the server answers (one round trip); throws `ConnectionError` otherwise. */

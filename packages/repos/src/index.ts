@@ -6,6 +6,7 @@ export {
   POOL_DEFAULTS,
   type PoolOptions,
   parseDatabaseUrl,
+  redactUrl,
   ping,
   runMigrations,
   type Transaction,
