@@ -1,11 +1,11 @@
 import { FlowValidationError } from "./errors.js";
-import type { AdvancePlan, Flow, FlowProblem, StepState, StepStatusView } from "./types.js";
+import type { AdvancePlan, Flow, FlowProblem, StepStatus, StepStatusView } from "./types.js";
 import { validateFlow } from "./validate.js";
 
-const TERMINAL: ReadonlySet<StepState> = new Set(["completed", "failed", "skipped"]);
+const TERMINAL: ReadonlySet<StepStatus> = new Set(["completed", "failed", "skipped"]);
 
 /** True for the statuses a step never leaves. */
-export function isTerminal(status: StepState): boolean {
+export function isTerminal(status: StepStatus): boolean {
   return TERMINAL.has(status);
 }
 
@@ -39,7 +39,7 @@ export function initialSteps(flow: Flow): Array<{ stepName: string; status: "pen
  */
 export function planAdvance(steps: readonly StepStatusView[], flow: Flow): AdvancePlan {
   const order = validateFlow(flow);
-  const status = new Map<string, StepState>();
+  const status = new Map<string, StepStatus>();
   const problems: FlowProblem[] = [];
   for (const s of steps) {
     if (!Object.hasOwn(flow, s.stepName)) problems.push(unknownStep(s.stepName));
@@ -59,7 +59,7 @@ export function planAdvance(steps: readonly StepStatusView[], flow: Flow): Advan
   for (const name of order) {
     if (status.get(name) !== "pending") continue;
     const step = flow[name] as Flow[string];
-    const deps = (step.dependsOn ?? []).map((d) => status.get(d) as StepState);
+    const deps = (step.dependsOn ?? []).map((d) => status.get(d) as StepStatus);
     let decision: "promote" | "skip" | undefined;
     if (step.continueOnFailure) {
       if (deps.every(isTerminal)) decision = "promote";
@@ -81,16 +81,16 @@ export function planAdvance(steps: readonly StepStatusView[], flow: Flow): Advan
     }
   }
 
-  let jobOutcome: AdvancePlan["jobOutcome"] = "completed";
+  let jobStatus: AdvancePlan["jobStatus"] = "completed";
   for (const name of order) {
-    const s = status.get(name) as StepState;
+    const s = status.get(name) as StepStatus;
     if (!isTerminal(s)) {
-      jobOutcome = "running";
+      jobStatus = "running";
       break;
     }
-    if (s === "failed" && !flow[name]?.continueOnFailure) jobOutcome = "failed";
+    if (s === "failed" && !flow[name]?.continueOnFailure) jobStatus = "failed";
   }
-  return { promote, skip, jobOutcome };
+  return { promote, skip, jobStatus };
 }
 
 function unknownStep(step: string): FlowProblem {

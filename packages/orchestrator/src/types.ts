@@ -1,8 +1,7 @@
-/** One step of a flow: what runs, and after what. */
+/** One step of a flow: what runs (`actionName`), and after what. */
 export interface FlowStep {
-  action: string;
+  actionName: string;
   dependsOn?: readonly string[];
-  input?: Record<string, unknown>;
   /**
    * Runs once every dependency is terminal even if some failed or were
    * skipped (clean-up, notification); its own failure does not fail the job.
@@ -13,23 +12,30 @@ export interface FlowStep {
 /** A workflow: step name to step. */
 export type Flow = Record<string, FlowStep>;
 
-/** The step statuses the orchestrator reasons about (same values as the `job_step.status` column). */
-export type StepState = "pending" | "ready" | "running" | "completed" | "failed" | "skipped";
+/** A flow step with its name: how job creation and the stored graph list steps. */
+export type NamedFlowStep = FlowStep & { stepName: string };
+
+/**
+ * A step's status (the values of the `job_step.status` column; a type test in
+ * @stroem/schema checks the two lists agree).
+ */
+export type StepStatus = "pending" | "ready" | "running" | "completed" | "failed" | "skipped";
 
 export interface StepStatusView {
   stepName: string;
-  status: StepState;
+  status: StepStatus;
 }
 
-export type JobOutcome = "running" | "completed" | "failed";
+/** The statuses advancing gives a job (the job row has `pending` and `cancelled` too). */
+export type AdvancedJobStatus = "running" | "completed" | "failed";
 
 export interface AdvancePlan {
   /** Pending steps that may run now, in topological order. */
   promote: string[];
   /** Pending steps that can never run, in topological order. */
   skip: string[];
-  /** The job's state once the plan is applied. */
-  jobOutcome: JobOutcome;
+  /** The job's status once the plan is applied. */
+  jobStatus: AdvancedJobStatus;
 }
 
 export type FlowProblem =

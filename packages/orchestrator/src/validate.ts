@@ -19,7 +19,7 @@ export function validateFlow(flow: Flow): string[] {
   for (const name of names) {
     const step = flow[name] as FlowStep;
     if (name.trim() === "") problems.push({ kind: "empty-name", message: "a step has an empty name" });
-    if (typeof step?.action !== "string" || step.action.trim() === "") {
+    if (typeof step?.actionName !== "string" || step.actionName.trim() === "") {
       problems.push({ kind: "missing-action", step: name, message: `step "${name}" has no action` });
     }
     const seen = new Set<string>();

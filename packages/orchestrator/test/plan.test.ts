@@ -7,17 +7,18 @@ import {
   initialSteps,
   isTerminal,
   planAdvance,
-  type StepState,
+  type StepStatus,
 } from "../src/index.js";
+import { dagArb } from "./dags.js";
 
-type States = Record<string, StepState>;
+type States = Record<string, StepStatus>;
 const view = (states: States) => Object.entries(states).map(([stepName, status]) => ({ stepName, status }));
 
 const diamond: Flow = {
-  step1: { action: "a" },
-  step2: { action: "a", dependsOn: ["step1"] },
-  step4: { action: "a", dependsOn: ["step1"] },
-  step3: { action: "a", dependsOn: ["step2", "step4"] },
+  step1: { actionName: "a" },
+  step2: { actionName: "a", dependsOn: ["step1"] },
+  step4: { actionName: "a", dependsOn: ["step1"] },
+  step3: { actionName: "a", dependsOn: ["step2", "step4"] },
 };
 
 describe("initial statuses", () => {
@@ -36,81 +37,81 @@ describe("initial statuses", () => {
 describe("planAdvance", () => {
   it("diamond: completing step1 promotes exactly step2 and step4, then both promote step3", () => {
     const s: States = { step1: "completed", step2: "pending", step4: "pending", step3: "pending" };
-    expect(planAdvance(view(s), diamond)).toEqual({ promote: ["step2", "step4"], skip: [], jobOutcome: "running" });
+    expect(planAdvance(view(s), diamond)).toEqual({ promote: ["step2", "step4"], skip: [], jobStatus: "running" });
     // One parent done, the other still running: the join waits.
     expect(planAdvance(view({ ...s, step2: "completed", step4: "running" }), diamond).promote).toEqual([]);
     expect(planAdvance(view({ ...s, step2: "completed", step4: "completed" }), diamond)).toEqual({
       promote: ["step3"],
       skip: [],
-      jobOutcome: "running",
+      jobStatus: "running",
     });
     expect(
       planAdvance(view({ step1: "completed", step2: "completed", step4: "completed", step3: "completed" }), diamond),
-    ).toEqual({ promote: [], skip: [], jobOutcome: "completed" });
+    ).toEqual({ promote: [], skip: [], jobStatus: "completed" });
   });
 
   it("skips a whole deep chain below a failure in one call", () => {
     const flow: Flow = {};
     const s: States = {};
     for (let i = 0; i < 500; i++) {
-      flow[`s${i}`] = { action: "x", dependsOn: i ? [`s${i - 1}`] : [] };
+      flow[`s${i}`] = { actionName: "x", dependsOn: i ? [`s${i - 1}`] : [] };
       s[`s${i}`] = i === 0 ? "failed" : "pending";
     }
     const plan = planAdvance(view(s), flow);
     expect(plan.skip).toHaveLength(499);
     expect(plan.promote).toEqual([]);
-    expect(plan.jobOutcome).toBe("failed");
+    expect(plan.jobStatus).toBe("failed");
   });
 
   it("skips a wide fan-out below a failure, and keeps siblings running", () => {
-    const flow: Flow = { root: { action: "x" }, other: { action: "x" } };
+    const flow: Flow = { root: { actionName: "x" }, other: { actionName: "x" } };
     const s: States = { root: "failed", other: "running" };
     for (let i = 0; i < 1000; i++) {
-      flow[`c${i}`] = { action: "x", dependsOn: ["root"] };
+      flow[`c${i}`] = { actionName: "x", dependsOn: ["root"] };
       s[`c${i}`] = "pending";
     }
     const plan = planAdvance(view(s), flow);
     expect(plan.skip).toHaveLength(1000);
-    expect(plan.jobOutcome).toBe("running");
+    expect(plan.jobStatus).toBe("running");
   });
 
   it("a failed dependency skips a join even while its other parent still runs", () => {
     expect(
       planAdvance(view({ step1: "completed", step2: "failed", step4: "running", step3: "pending" }), diamond),
-    ).toEqual({ promote: [], skip: ["step3"], jobOutcome: "running" });
+    ).toEqual({ promote: [], skip: ["step3"], jobStatus: "running" });
   });
 
   it("continueOnFailure waits for every dependency to be terminal, then runs even if none completed", () => {
     const flow: Flow = {
-      a: { action: "x" },
-      b: { action: "x" },
-      notify: { action: "n", dependsOn: ["a", "b"], continueOnFailure: true },
+      a: { actionName: "x" },
+      b: { actionName: "x" },
+      notify: { actionName: "n", dependsOn: ["a", "b"], continueOnFailure: true },
     };
     expect(planAdvance(view({ a: "failed", b: "running", notify: "pending" }), flow).promote).toEqual([]);
     expect(planAdvance(view({ a: "failed", b: "skipped", notify: "pending" }), flow)).toEqual({
       promote: ["notify"],
       skip: [],
-      jobOutcome: "running",
+      jobStatus: "running",
     });
     // Its own failure does not fail the job; the others' does.
-    expect(planAdvance(view({ a: "completed", b: "completed", notify: "failed" }), flow).jobOutcome).toBe("completed");
-    expect(planAdvance(view({ a: "failed", b: "completed", notify: "completed" }), flow).jobOutcome).toBe("failed");
+    expect(planAdvance(view({ a: "completed", b: "completed", notify: "failed" }), flow).jobStatus).toBe("completed");
+    expect(planAdvance(view({ a: "failed", b: "completed", notify: "completed" }), flow).jobStatus).toBe("failed");
   });
 
   it("all-skipped dependencies cascade; skipped plus completed promotes", () => {
     const flow: Flow = {
-      a: { action: "x" },
-      b: { action: "x", dependsOn: ["a"] },
-      c: { action: "x", dependsOn: ["b"] },
-      d: { action: "x" },
-      e: { action: "x", dependsOn: ["c", "d"] },
-      f: { action: "x", dependsOn: ["c"] },
+      a: { actionName: "x" },
+      b: { actionName: "x", dependsOn: ["a"] },
+      c: { actionName: "x", dependsOn: ["b"] },
+      d: { actionName: "x" },
+      e: { actionName: "x", dependsOn: ["c", "d"] },
+      f: { actionName: "x", dependsOn: ["c"] },
     };
     const plan = planAdvance(
       view({ a: "failed", b: "pending", c: "pending", d: "completed", e: "pending", f: "pending" }),
       flow,
     );
-    expect(plan).toEqual({ promote: ["e"], skip: ["b", "c", "f"], jobOutcome: "running" });
+    expect(plan).toEqual({ promote: ["e"], skip: ["b", "c", "f"], jobStatus: "running" });
   });
 
   it("leaves non-pending steps alone and reports running while any is not terminal", () => {
@@ -119,7 +120,7 @@ describe("planAdvance", () => {
     ).toEqual({
       promote: [],
       skip: [],
-      jobOutcome: "running",
+      jobStatus: "running",
     });
   });
 
@@ -133,23 +134,6 @@ describe("planAdvance", () => {
 // Properties over random DAGs.
 
 /** A random DAG: step i may depend only on steps before it, so no cycles. */
-const dagArb = fc.integer({ min: 1, max: 25 }).chain((n) =>
-  fc
-    .tuple(
-      fc.array(fc.array(fc.boolean(), { minLength: n, maxLength: n }), { minLength: n, maxLength: n }),
-      fc.array(fc.boolean(), { minLength: n, maxLength: n }),
-    )
-    .map(([matrix, cof]) => {
-      const flow: Flow = {};
-      for (let i = 0; i < n; i++) {
-        const deps: string[] = [];
-        for (let j = 0; j < i; j++) if (matrix[i]?.[j]) deps.push(`s${j}`);
-        flow[`s${i}`] = { action: "x", dependsOn: deps, continueOnFailure: cof[i] === true && i % 3 === 0 };
-      }
-      return flow;
-    }),
-);
-
 describe("planAdvance properties", () => {
   it("a simulated run ends with every step terminal, ordered, and the outcome the rules give", () => {
     fc.assert(
@@ -179,7 +163,7 @@ describe("planAdvance properties", () => {
         }
         // Every step terminal, and the plan agrees the job is over.
         for (const s of Object.values(states)) expect(isTerminal(s)).toBe(true);
-        expect(plan.jobOutcome).not.toBe("running");
+        expect(plan.jobStatus).not.toBe("running");
         for (const [name, step] of Object.entries(flow)) {
           // No step ran before all its dependencies were terminal.
           if (startedAt.has(name)) {
@@ -196,19 +180,19 @@ describe("planAdvance properties", () => {
         const expected = Object.entries(states).some(([n, s]) => s === "failed" && !flow[n]?.continueOnFailure)
           ? "failed"
           : "completed";
-        expect(plan.jobOutcome).toBe(expected);
+        expect(plan.jobStatus).toBe(expected);
       }),
       { numRuns: 300 },
     );
-  });
+  }, 60_000);
 
   it("is idempotent: applying a plan and planning again changes nothing", () => {
-    const stateArb = fc.constantFrom<StepState>("pending", "ready", "running", "completed", "failed", "skipped");
+    const stateArb = fc.constantFrom<StepStatus>("pending", "ready", "running", "completed", "failed", "skipped");
     fc.assert(
       fc.property(dagArb, fc.array(stateArb, { minLength: 25, maxLength: 25 }), (flow, picks) => {
         const states: States = {};
         Object.keys(flow).forEach((n, i) => {
-          states[n] = picks[i] as StepState;
+          states[n] = picks[i] as StepStatus;
         });
         const first = planAdvance(view(states), flow);
         for (const n of first.promote) states[n] = "ready";
@@ -216,11 +200,11 @@ describe("planAdvance properties", () => {
         const second = planAdvance(view(states), flow);
         expect(second.promote).toEqual([]);
         expect(second.skip).toEqual([]);
-        expect(second.jobOutcome).toBe(first.jobOutcome);
+        expect(second.jobStatus).toBe(first.jobStatus);
       }),
       { numRuns: 300 },
     );
-  });
+  }, 60_000);
 });
 
 function hasFailedAncestor(flow: Flow, states: States, name: string): boolean {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { type Flow, type FlowProblem, FlowValidationError, flowFromEntries, validateFlow } from "../src/index.js";
+import { type Flow, type FlowProblem, FlowValidationError, toFlow, validateFlow } from "../src/index.js";
 
 function problemsOf(fn: () => unknown): FlowProblem[] {
   try {
@@ -12,10 +12,10 @@ function problemsOf(fn: () => unknown): FlowProblem[] {
 }
 
 const diamond: Flow = {
-  step1: { action: "a" },
-  step2: { action: "a", dependsOn: ["step1"] },
-  step4: { action: "a", dependsOn: ["step1"] },
-  step3: { action: "a", dependsOn: ["step2", "step4"] },
+  step1: { actionName: "a" },
+  step2: { actionName: "a", dependsOn: ["step1"] },
+  step4: { actionName: "a", dependsOn: ["step1"] },
+  step3: { actionName: "a", dependsOn: ["step2", "step4"] },
 };
 
 describe("validateFlow", () => {
@@ -34,16 +34,16 @@ describe("validateFlow", () => {
   });
 
   it("rejects empty names and missing actions", () => {
-    const kinds = problemsOf(() => validateFlow({ "": { action: "x" }, b: { action: " " } })).map((p) => p.kind);
+    const kinds = problemsOf(() => validateFlow({ "": { actionName: "x" }, b: { actionName: " " } })).map((p) => p.kind);
     expect(kinds).toEqual(["empty-name", "missing-action"]);
   });
 
   it("rejects unknown, repeated and self dependencies, all at once", () => {
     const problems = problemsOf(() =>
       validateFlow({
-        a: { action: "x", dependsOn: ["nope"] },
-        b: { action: "x", dependsOn: ["b"] },
-        c: { action: "x", dependsOn: ["a", "a"] },
+        a: { actionName: "x", dependsOn: ["nope"] },
+        b: { actionName: "x", dependsOn: ["b"] },
+        c: { actionName: "x", dependsOn: ["a", "a"] },
       }),
     );
     expect(problems.map((p) => p.kind)).toEqual(["unknown-dependency", "self-dependency", "duplicate-dependency"]);
@@ -53,13 +53,13 @@ describe("validateFlow", () => {
   it("reports each cycle as its path in run order", () => {
     const problems = problemsOf(() =>
       validateFlow({
-        a: { action: "x", dependsOn: ["c"] },
-        b: { action: "x", dependsOn: ["a"] },
-        c: { action: "x", dependsOn: ["b"] },
-        d: { action: "x", dependsOn: ["e"] },
-        e: { action: "x", dependsOn: ["d"] },
-        f: { action: "x", dependsOn: ["a"] }, // behind a cycle, not on one
-        g: { action: "x" },
+        a: { actionName: "x", dependsOn: ["c"] },
+        b: { actionName: "x", dependsOn: ["a"] },
+        c: { actionName: "x", dependsOn: ["b"] },
+        d: { actionName: "x", dependsOn: ["e"] },
+        e: { actionName: "x", dependsOn: ["d"] },
+        f: { actionName: "x", dependsOn: ["a"] }, // behind a cycle, not on one
+        g: { actionName: "x" },
       }),
     );
     expect(problems.map((p) => p.message)).toEqual(["cycle: a -> b -> c -> a", "cycle: d -> e -> d"]);
@@ -67,38 +67,38 @@ describe("validateFlow", () => {
 
   it("validates a 10,000-step chain and a 10,000-step fan-in without recursion", () => {
     const chain: Flow = {};
-    for (let i = 0; i < 10_000; i++) chain[`s${i}`] = { action: "x", dependsOn: i ? [`s${i - 1}`] : [] };
+    for (let i = 0; i < 10_000; i++) chain[`s${i}`] = { actionName: "x", dependsOn: i ? [`s${i - 1}`] : [] };
     expect(validateFlow(chain)).toHaveLength(10_000);
-    const fan: Flow = { root: { action: "x" } };
+    const fan: Flow = { root: { actionName: "x" } };
     const leaves: string[] = [];
     for (let i = 0; i < 10_000; i++) {
-      fan[`l${i}`] = { action: "x", dependsOn: ["root"] };
+      fan[`l${i}`] = { actionName: "x", dependsOn: ["root"] };
       leaves.push(`l${i}`);
     }
-    fan.join = { action: "x", dependsOn: leaves };
+    fan.join = { actionName: "x", dependsOn: leaves };
     expect(validateFlow(fan).at(-1)).toBe("join");
     // A 10,000-step cycle is found too.
     const ring: Flow = {};
-    for (let i = 0; i < 10_000; i++) ring[`r${i}`] = { action: "x", dependsOn: [`r${(i + 1) % 10_000}`] };
+    for (let i = 0; i < 10_000; i++) ring[`r${i}`] = { actionName: "x", dependsOn: [`r${(i + 1) % 10_000}`] };
     const [cycle] = problemsOf(() => validateFlow(ring));
     expect(cycle?.kind === "cycle" && cycle.path.length).toBe(10_001);
   });
 });
 
-describe("flowFromEntries", () => {
+describe("toFlow", () => {
   it("rejects a repeated step name", () => {
     const problems = problemsOf(() =>
-      flowFromEntries([
-        { stepName: "a", action: "x" },
-        { stepName: "a", action: "y" },
+      toFlow([
+        { stepName: "a", actionName: "x" },
+        { stepName: "a", actionName: "y" },
       ]),
     );
     expect(problems).toEqual([{ kind: "duplicate-name", step: "a", message: 'step name "a" is used twice' }]);
   });
 
   it("keeps the step fields", () => {
-    expect(flowFromEntries([{ stepName: "a", action: "x", dependsOn: [], continueOnFailure: true }])).toEqual({
-      a: { action: "x", dependsOn: [], continueOnFailure: true },
+    expect(toFlow([{ stepName: "a", actionName: "x", dependsOn: [], continueOnFailure: true }])).toEqual({
+      a: { actionName: "x", dependsOn: [], continueOnFailure: true },
     });
   });
 });

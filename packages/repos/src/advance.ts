@@ -1,118 +1,55 @@
-import { type Flow, flowFromEntries, planAdvance } from "@stroem/orchestrator";
-import { isJobTerminal, type JobStatus, type JobStep, job, jobStep } from "@stroem/schema";
-import { and, eq, sql } from "drizzle-orm";
-import type { Executor } from "./db.js";
+import { type Flow, planAdvance } from "@stroem/orchestrator";
+import { type JobStatus, jobStep } from "@stroem/schema";
+import { eq } from "drizzle-orm";
+import { type Executor, translateErrors } from "./db.js";
 import { JobNotFoundError } from "./errors.js";
+import { advanceStatement } from "./sql/report.js";
+import { requireUuid } from "./validate.js";
 
 export interface AdvanceResult {
-  /** Steps made ready, in topological order. */
+  /** Steps made ready, cascade level by level (by name within a level). */
   promoted: string[];
-  /** Steps skipped because they can never run, in topological order. */
+  /** Steps skipped because they can never run, in the same order. */
   skipped: string[];
   /** The job's status after the call. */
   jobStatus: JobStatus;
 }
 
 /**
- * The flow a job was created with, from its step rows (each row stores its
- * dependencies). Throws `FlowValidationError` on repeated names; the graph
- * itself is validated where it is used.
+ * Moves a job on after some of its steps were marked without advancing (bare
+ * `markCompleted` / `markFailed`, a rescue's failures), in one statement
+ * (`stroem_advance`): locks the job row, applies every outcome not yet
+ * applied to the dependants' counts, promotes what may now run, skips what
+ * never can (the whole cascade), and settles the job (`completed` or
+ * `failed` with `completed_at` once every step is terminal). Also decides
+ * pending steps whose counts already allow it (steps added by `createSteps`).
+ * Idempotent; a finished or cancelled job is left alone. Throws `JobNotFoundError`.
+ *
+ * Reports through `JobStepRepo.complete` / `fail` / `reportMany` advance by
+ * themselves; this is for callers that compose:
+ * `db.transaction(async (tx) => { await JobStepRepo.markCompleted(tx, …); …; return JobRepo.advance(tx, jobId); })`.
+ * Run at READ COMMITTED (the default).
  */
-export function storedFlow(
-  steps: ReadonlyArray<Pick<JobStep, "stepName" | "actionName" | "dependsOn" | "continueOnFailure">>,
-): Flow {
-  return flowFromEntries(
-    steps.map((s) => ({
-      stepName: s.stepName,
-      action: s.actionName,
-      dependsOn: s.dependsOn,
-      continueOnFailure: s.continueOnFailure,
-    })),
+export async function advanceJob(db: Executor, jobId: string): Promise<AdvanceResult> {
+  requireUuid("jobId", jobId);
+  const { rows } = await translateErrors(db, () =>
+    db.execute<{ promoted: string[]; skipped: string[]; job_status: JobStatus | null }>(advanceStatement(jobId)),
   );
-}
-
-interface ApplyOptions {
-  /** The flow to decide with; default: the graph stored on the job's step rows. */
-  flow?: Flow;
-  promote: boolean;
-  skip: boolean;
-  /** Also settle the job's own status (running / completed / failed); only with `promote` and `skip`. */
-  updateJob?: boolean;
+  const row = rows[0];
+  if (!row?.job_status) throw new JobNotFoundError(jobId);
+  return { promoted: row.promoted ?? [], skipped: row.skipped ?? [], jobStatus: row.job_status };
 }
 
 /**
- * The one place a job's steps move on. Must run inside a transaction: it
- * locks the job row (`FOR UPDATE`) first, so decisions for one job are
- * serialised, and in READ COMMITTED each later statement sees what the
- * previous holder committed. That is what keeps two workers finishing the two
- * parents of a join from each seeing the other unfinished. Every UPDATE is
- * guarded by `status = 'pending'`, so a step is promoted or skipped once.
+ * Checks that `flow` is the graph stored on the job's steps (same names;
+ * `FlowValidationError` otherwise) before advancing by the stored graph. For
+ * the seed-facing calls that take the caller's flow.
  */
-export async function applyPlan(tx: Executor, jobId: string, options: ApplyOptions): Promise<AdvanceResult> {
-  const [locked] = await tx.select({ status: job.status }).from(job).where(eq(job.jobId, jobId)).for("update");
-  if (!locked) throw new JobNotFoundError(jobId);
-  // A cancelled (or otherwise finished) job does not move any more.
-  if (isJobTerminal(locked.status)) return { promoted: [], skipped: [], jobStatus: locked.status };
-
-  const steps = await tx
-    .select({
-      stepName: jobStep.stepName,
-      status: jobStep.status,
-      actionName: jobStep.actionName,
-      dependsOn: jobStep.dependsOn,
-      continueOnFailure: jobStep.continueOnFailure,
-    })
-    .from(jobStep)
-    .where(eq(jobStep.jobId, jobId));
-  if (steps.length === 0) return { promoted: [], skipped: [], jobStatus: locked.status };
-
-  const flow = options.flow ?? storedFlow(steps);
-  const plan = planAdvance(steps, flow);
-  const skipped = options.skip ? await setPending(tx, jobId, plan.skip, "skipped") : [];
-  const promoted = options.promote ? await setPending(tx, jobId, plan.promote, "ready") : [];
-
-  let jobStatus = locked.status;
-  if (options.updateJob) {
-    if (plan.jobOutcome !== "running") {
-      jobStatus = plan.jobOutcome;
-      await tx
-        .update(job)
-        .set({
-          status: jobStatus,
-          completedAt: sql`now()`,
-          startedAt: sql`coalesce(${job.startedAt}, ${firstStepStart(jobId)}, now())`,
-        })
-        .where(eq(job.jobId, jobId));
-    } else if (jobStatus === "pending" && steps.some((s) => s.status !== "pending" && s.status !== "ready")) {
-      // A step started (say through markRunning) without the claim's own job update.
-      jobStatus = "running";
-      await tx
-        .update(job)
-        .set({ status: "running", startedAt: sql`coalesce(${job.startedAt}, ${firstStepStart(jobId)}, now())` })
-        .where(eq(job.jobId, jobId));
-    }
-  }
-  return { promoted, skipped, jobStatus };
-}
-
-function firstStepStart(jobId: string) {
-  return sql`(select min(${jobStep.startedAt}) from ${jobStep} where ${jobStep.jobId} = ${jobId})`;
-}
-
-/** One batched UPDATE of pending steps; returns the names it changed, in the given order. */
-async function setPending(tx: Executor, jobId: string, names: string[], to: "ready" | "skipped"): Promise<string[]> {
-  if (names.length === 0) return [];
-  const changed = await tx
-    .update(jobStep)
-    .set(to === "ready" ? { status: "ready", readyAt: sql`now()` } : { status: "skipped", completedAt: sql`now()` })
-    .where(
-      and(
-        eq(jobStep.jobId, jobId),
-        eq(jobStep.status, "pending"),
-        sql`${jobStep.stepName} = any(${sql.param(names)}::text[])`,
-      ),
-    )
-    .returning({ stepName: jobStep.stepName });
-  const done = new Set(changed.map((r) => r.stepName));
-  return names.filter((n) => done.has(n));
+export async function advanceWithFlow(db: Executor, jobId: string, flow: Flow): Promise<AdvanceResult> {
+  requireUuid("jobId", jobId);
+  const steps = await translateErrors(db, () =>
+    db.select({ stepName: jobStep.stepName, status: jobStep.status }).from(jobStep).where(eq(jobStep.jobId, jobId)),
+  );
+  if (steps.length > 0) planAdvance(steps, flow); // throws FlowValidationError when they disagree
+  return advanceJob(db, jobId);
 }

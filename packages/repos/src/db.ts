@@ -116,7 +116,7 @@ export function redactUrl(url: string): string {
 
 /** Verifies the server answers (one round trip); throws `ConnectionError` otherwise. */
 export async function ping(db: Executor): Promise<void> {
-  await run(db, async () => {
+  await translateErrors(db, async () => {
     await db.execute("select 1");
   });
 }
@@ -127,7 +127,7 @@ export async function ping(db: Executor): Promise<void> {
  * constraint violation (a foreign key to a missing worker, say). Every
  * exported repo function goes through here.
  */
-export async function run<T>(
+export async function translateErrors<T>(
   db: Executor,
   fn: () => Promise<T>,
   onConstraint?: (error: ConstraintViolationError) => Error | undefined,

@@ -1,4 +1,4 @@
-export { type AdvanceResult, storedFlow } from "./advance.js";
+export type { AdvanceResult } from "./advance.js";
 export {
   createPool,
   type Database,
@@ -6,15 +6,27 @@ export {
   POOL_DEFAULTS,
   type PoolOptions,
   parseDatabaseUrl,
-  redactUrl,
   ping,
+  redactUrl,
   runMigrations,
   type Transaction,
 } from "./db.js";
 export * from "./errors.js";
-export type { ListJobs, NewFlowStep, NewJob } from "./job-repo.js";
+export type { ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
-export type { NewJobStep, ReadyBacklog, RescueOptions, StepAudit, StepGuard, StepRef } from "./job-step-repo.js";
+export type {
+  ReadyBacklog,
+  ReportOutcome,
+  ReportResult,
+  RescuedStep,
+  RescueOptions,
+  StepAudit,
+  StepGuard,
+  StepRef,
+  StepReport,
+} from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
+export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export type { NewJobStep } from "@stroem/schema";
 export type { RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

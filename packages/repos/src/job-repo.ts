@@ -1,25 +1,27 @@
 import { randomUUID } from "node:crypto";
-import { flowFromEntries, initialStatus, validateFlow } from "@stroem/orchestrator";
+import { toFlow, validateFlow } from "@stroem/orchestrator";
 import {
-  ACTION_TYPES,
+  CONSTRAINTS,
   JOB_MODES,
   JOB_STATUSES,
   type Job,
   type JobMode,
   type JobStatus,
   job,
-  type NewJobStep,
+  type NewFlowStep,
   SOURCE_TYPES,
   type SourceType,
 } from "@stroem/schema";
-import { and, count, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
-import { type AdvanceResult, applyPlan } from "./advance.js";
-import { type Executor, run } from "./db.js";
-import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
-import { createSteps } from "./job-step-repo.js";
+import { and, count, desc, eq, type SQL, sql } from "drizzle-orm";
+import { type AdvanceResult, advanceJob } from "./advance.js";
+import { type Executor, translateErrors } from "./db.js";
+import { InvalidInputError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
+import { createJobsStatement } from "./sql/create.js";
+import { checkFlowStep, stepConstraintError } from "./steps/create.js";
+import { transitionJob } from "./transition.js";
 import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
 
-export type { AdvanceResult };
+export type { AdvanceResult, NewFlowStep };
 
 export interface NewJob {
   /** Default "default". */
@@ -36,64 +38,118 @@ export interface NewJob {
 /** Largest page `list` returns. */
 export const MAX_PAGE = 1000;
 
-function toJobRow(input: NewJob) {
-  if (typeof input !== "object" || input === null) throw new InvalidInputError("job", "must be an object");
+/** A job's fields, checked, with a new id; `at` prefixes field names in errors. Throws `InvalidInputError`. */
+function toJobRow(input: NewJob, at = "") {
+  if (typeof input !== "object" || input === null) throw new InvalidInputError(at || "job", "must be an object");
   return {
     jobId: randomUUID(),
-    workspace: input.workspace === undefined ? "default" : requireText("workspace", input.workspace),
-    taskName: requireText("taskName", input.taskName),
-    mode: input.mode === undefined ? ("distributed" as const) : requireOneOf("mode", input.mode, JOB_MODES),
-    input: optionalJson("input", input.input),
-    sourceType: requireOneOf("sourceType", input.sourceType, SOURCE_TYPES),
-    sourceId: optionalText("sourceId", input.sourceId),
-    revision: optionalText("revision", input.revision),
+    workspace: input.workspace === undefined ? "default" : requireText(`${at}workspace`, input.workspace),
+    taskName: requireText(`${at}taskName`, input.taskName),
+    mode: input.mode === undefined ? ("distributed" as const) : requireOneOf(`${at}mode`, input.mode, JOB_MODES),
+    input: optionalJson(`${at}input`, input.input),
+    sourceType: requireOneOf(`${at}sourceType`, input.sourceType, SOURCE_TYPES),
+    sourceId: optionalText(`${at}sourceId`, input.sourceId),
+    revision: optionalText(`${at}revision`, input.revision),
   };
 }
 
-/** Creates a pending job and returns its id (a new UUID). Throws `InvalidInputError`. */
+/** Creates a pending job without steps and returns its id (a new UUID). Throws `InvalidInputError`. */
 export async function create(db: Executor, input: NewJob): Promise<string> {
   const row = toJobRow(input);
-  await run(db, () => db.insert(job).values(row));
+  await translateErrors(db, () => db.insert(job).values(row));
   return row.jobId;
 }
 
-/** One step of `createWithSteps`: the flow step plus how its action runs (status comes from the flow). */
-export type NewFlowStep = Omit<NewJobStep, "jobId" | "status">;
+/** One job of `createMany`: the job and the steps of its flow. */
+export interface NewJobWithSteps {
+  job: NewJob;
+  steps: readonly NewFlowStep[];
+}
+
+/** Most jobs one `createMany` call takes. */
+export const MAX_CREATE_BATCH = 10_000;
 
 /**
- * Creates a job and all its steps in one transaction and returns the job
- * id. The steps form the flow: it is validated first (`FlowValidationError`
- * lists every problem) and nothing is written if it or any field is invalid.
- * Steps without dependencies start `ready`, the others `pending`, each row
- * storing its dependencies.
+ * Creates many jobs with their steps in one statement (all or nothing) and
+ * returns their ids in order. Every flow is validated first
+ * (`FlowValidationError` lists every problem of the first bad one;
+ * `InvalidInputError` names the bad field, e.g. `items[3].steps[1].actionType`)
+ * and nothing is written if any is invalid. Steps without dependencies start
+ * `ready`, the others `pending`; each row stores its dependencies and the
+ * graph's counts, so reports advance the job in O(dependants). Wakes
+ * `listenForReady` listeners on commit. Up to 10,000 jobs a call.
  */
-export async function createWithSteps(db: Executor, input: NewJob, steps: readonly NewFlowStep[]): Promise<string> {
-  const row = toJobRow(input);
-  if (!Array.isArray(steps)) throw new InvalidInputError("steps", "must be an array");
-  for (const [i, s] of steps.entries()) requireOneOf(`steps[${i}].actionType`, s?.actionType, ACTION_TYPES);
-  const flow = flowFromEntries(
-    steps.map((s) => ({
-      stepName: s.stepName,
-      action: s.actionName,
-      dependsOn: s.dependsOn ?? [],
-      continueOnFailure: s.continueOnFailure ?? false,
+export async function createMany(db: Executor, items: readonly NewJobWithSteps[]): Promise<string[]> {
+  if (!Array.isArray(items)) throw new InvalidInputError("items", "must be an array");
+  if (items.length > MAX_CREATE_BATCH) {
+    throw new InvalidInputError("items", `must hold at most ${MAX_CREATE_BATCH} jobs, got ${items.length}`);
+  }
+  if (items.length === 0) return [];
+  const jobs: Array<ReturnType<typeof toJobRow> & { stepsUnfinished: number }> = [];
+  const steps: Array<Record<string, unknown>> = [];
+  for (const [i, item] of items.entries()) {
+    const at = items.length === 1 ? "" : `items[${i}].`;
+    if (typeof item !== "object" || item === null) throw new InvalidInputError(`items[${i}]`, "must be an object");
+    const row = toJobRow(item.job, at);
+    if (!Array.isArray(item.steps)) throw new InvalidInputError(`${at}steps`, "must be an array");
+    const checked = (item.steps as readonly NewFlowStep[]).map((s, j) => checkFlowStep(s, `${at}steps[${j}]`));
+    const flow = toFlow(checked);
+    validateFlow(flow);
+    const dependants = new Map<string, string[]>(checked.map((s) => [s.stepName, []]));
+    for (const s of checked) for (const d of s.dependsOn) dependants.get(d)?.push(s.stepName);
+    jobs.push({ ...row, stepsUnfinished: checked.length });
+    for (const s of checked) {
+      steps.push({
+        job_id: row.jobId,
+        step_name: s.stepName,
+        action_name: s.actionName,
+        action_type: s.actionType,
+        action_image: s.actionImage,
+        action_spec: s.actionSpec,
+        input: s.input,
+        status: s.dependsOn.length === 0 ? "ready" : "pending",
+        depends_on: s.dependsOn,
+        continue_on_failure: s.continueOnFailure,
+        dependants: (dependants.get(s.stepName) ?? []).sort(),
+        deps_unfinished: s.dependsOn.length,
+      });
+    }
+  }
+  const jobJson = JSON.stringify(
+    jobs.map((j) => ({
+      job_id: j.jobId,
+      workspace: j.workspace,
+      task_name: j.taskName,
+      mode: j.mode,
+      input: j.input,
+      source_type: j.sourceType,
+      source_id: j.sourceId,
+      revision: j.revision,
+      steps_unfinished: j.stepsUnfinished,
     })),
   );
-  validateFlow(flow);
-  const rows = steps.map((s) => ({ ...s, jobId: row.jobId, status: initialStatus(flow, s.stepName) }));
-  await run(db, () =>
-    db.transaction(async (tx) => {
-      await tx.insert(job).values(row);
-      await createSteps(tx, rows);
-    }),
+  await translateErrors(
+    db,
+    () => db.execute(createJobsStatement(jobJson, JSON.stringify(steps))),
+    (e) => stepConstraintError(e, undefined),
   );
-  return row.jobId;
+  return jobs.map((j) => j.jobId);
+}
+
+/**
+ * Creates a job and all its steps (one statement, all or nothing) and returns
+ * the job id: `createMany` with one item (its errors name fields without the
+ * `items[0].` prefix).
+ */
+export async function createWithSteps(db: Executor, input: NewJob, steps: readonly NewFlowStep[]): Promise<string> {
+  const [jobId] = await createMany(db, [{ job: input, steps }]);
+  return jobId as string;
 }
 
 /** The job, or `undefined`. */
 export async function get(db: Executor, jobId: string): Promise<Job | undefined> {
   requireUuid("jobId", jobId);
-  const rows = await run(db, () => db.select().from(job).where(eq(job.jobId, jobId)));
+  const rows = await translateErrors(db, () => db.select().from(job).where(eq(job.jobId, jobId)));
   return rows[0];
 }
 
@@ -115,7 +171,7 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   if (query.workspace !== undefined) filters.push(eq(job.workspace, requireText("workspace", query.workspace)));
   if (query.status !== undefined) filters.push(eq(job.status, requireOneOf("status", query.status, JOB_STATUSES)));
   if (query.taskName !== undefined) filters.push(eq(job.taskName, requireText("taskName", query.taskName)));
-  return run(db, () =>
+  return translateErrors(db, () =>
     db
       .select()
       .from(job)
@@ -128,36 +184,10 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
 
 /** Jobs per status, every status present. */
 export async function countByStatus(db: Executor): Promise<Record<JobStatus, number>> {
-  const rows = await run(db, () => db.select({ status: job.status, n: count() }).from(job).groupBy(job.status));
+  const rows = await translateErrors(db, () => db.select({ status: job.status, n: count() }).from(job).groupBy(job.status));
   const out = Object.fromEntries(JOB_STATUSES.map((s) => [s, 0])) as Record<JobStatus, number>;
   for (const r of rows) out[r.status] = r.n;
   return out;
-}
-
-async function transition(
-  db: Executor,
-  jobId: string,
-  from: readonly JobStatus[],
-  to: JobStatus,
-  set: Record<string, unknown>,
-  workerId?: string,
-): Promise<void> {
-  requireUuid("jobId", jobId);
-  const rows = await run(
-    db,
-    () =>
-      db
-        .update(job)
-        .set({ ...set, status: to })
-        .where(and(eq(job.jobId, jobId), inArray(job.status, [...from])))
-        .returning({ id: job.jobId }),
-    (e) =>
-      workerId && e.constraint?.includes("worker_id") ? new WorkerNotFoundError(workerId, { cause: e }) : undefined,
-  );
-  if (rows.length > 0) return;
-  const [current] = await run(db, () => db.select({ status: job.status }).from(job).where(eq(job.jobId, jobId)));
-  if (!current) throw new JobNotFoundError(jobId);
-  throw new InvalidTransitionError("job", jobId, undefined, current.status, to);
 }
 
 /**
@@ -167,45 +197,33 @@ async function transition(
  */
 export async function markRunning(db: Executor, jobId: string, workerId: string): Promise<void> {
   requireUuid("workerId", workerId);
-  await transition(db, jobId, ["pending"], "running", { workerId, startedAt: sql`now()` }, workerId);
+  requireUuid("jobId", jobId);
+  await transitionJob(db, jobId, ["pending"], "running", { workerId, startedAt: sql`now()` }, (e) =>
+    e.constraint === CONSTRAINTS.jobWorkerFk ? new WorkerNotFoundError(workerId, { cause: e }) : undefined,
+  );
 }
 
 /** running -> completed with the output and `completed_at`. Throws `InvalidTransitionError`, `JobNotFoundError`. */
 export async function markCompleted(db: Executor, jobId: string, output?: unknown): Promise<void> {
   const value = optionalJson("output", output);
-  await transition(db, jobId, ["running"], "completed", { output: value, completedAt: sql`now()` });
+  requireUuid("jobId", jobId);
+  await transitionJob(db, jobId, ["running"], "completed", { output: value, completedAt: sql`now()` });
 }
 
 /** pending or running -> failed with `completed_at`. Throws `InvalidTransitionError`, `JobNotFoundError`. */
 export async function markFailed(db: Executor, jobId: string): Promise<void> {
-  await transition(db, jobId, ["pending", "running"], "failed", { completedAt: sql`now()` });
+  requireUuid("jobId", jobId);
+  await transitionJob(db, jobId, ["pending", "running"], "failed", { completedAt: sql`now()` });
 }
 
 /** Sets where the job's log is kept, in any status. Throws `JobNotFoundError`. */
 export async function setLogPath(db: Executor, jobId: string, logPath: string): Promise<void> {
   requireUuid("jobId", jobId);
   const path = requireText("logPath", logPath);
-  const rows = await run(db, () =>
+  const rows = await translateErrors(db, () =>
     db.update(job).set({ logPath: path }).where(eq(job.jobId, jobId)).returning({ id: job.jobId }),
   );
   if (rows.length === 0) throw new JobNotFoundError(jobId);
 }
 
-/**
- * Moves a job on after some of its steps changed, in one transaction (a
- * savepoint inside the caller's): locks the job row, reads the steps and the
- * graph stored on them, promotes the steps that may now run, skips those
- * that never can (the whole cascade), and settles the job: `running` once a
- * step started, then `completed` or `failed` with `completed_at` when every
- * step is terminal. Idempotent: a second call changes nothing. A finished or
- * cancelled job is left alone.
- *
- * A worker reports a step with the mark and the advance in one transaction:
- * `db.transaction(async (tx) => { await JobStepRepo.markCompleted(tx, ...); return JobRepo.advance(tx, jobId); })`.
- * Run it at READ COMMITTED (the default): the lock only helps if the read
- * after it sees what the previous holder committed.
- */
-export async function advance(db: Executor, jobId: string): Promise<AdvanceResult> {
-  requireUuid("jobId", jobId);
-  return run(db, () => db.transaction((tx) => applyPlan(tx, jobId, { promote: true, skip: true, updateJob: true })));
-}
+export { advanceJob as advance };

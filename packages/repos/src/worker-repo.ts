@@ -1,6 +1,6 @@
 import { ACTION_TYPES, type Worker, worker } from "@stroem/schema";
 import { desc, eq, sql } from "drizzle-orm";
-import { type Executor, run } from "./db.js";
+import { type Executor, translateErrors } from "./db.js";
 import { WorkerNotFoundError } from "./errors.js";
 import { requireCapabilities, requireText, requireUuid } from "./validate.js";
 
@@ -20,7 +20,7 @@ export async function register(db: Executor, input: RegisterWorker): Promise<voi
   const workerId = requireUuid("workerId", input.workerId);
   const name = requireText("name", input.name);
   const capabilities = requireCapabilities("capabilities", input.capabilities, ACTION_TYPES);
-  await run(db, () =>
+  await translateErrors(db, () =>
     db
       .insert(worker)
       .values({ workerId, name, capabilities, status: "active", lastHeartbeat: sql`now()` })
@@ -34,7 +34,7 @@ export async function register(db: Executor, input: RegisterWorker): Promise<voi
 /** Records that the worker is alive (`last_heartbeat = now()`). Throws `WorkerNotFoundError`. */
 export async function heartbeat(db: Executor, workerId: string): Promise<void> {
   requireUuid("workerId", workerId);
-  const rows = await run(db, () =>
+  const rows = await translateErrors(db, () =>
     db
       .update(worker)
       .set({ lastHeartbeat: sql`now()` })
@@ -47,7 +47,7 @@ export async function heartbeat(db: Executor, workerId: string): Promise<void> {
 /** Marks a worker inactive (clean shutdown). Throws `WorkerNotFoundError`. */
 export async function deactivate(db: Executor, workerId: string): Promise<void> {
   requireUuid("workerId", workerId);
-  const rows = await run(db, () =>
+  const rows = await translateErrors(db, () =>
     db
       .update(worker)
       .set({ status: "inactive" })
@@ -60,13 +60,13 @@ export async function deactivate(db: Executor, workerId: string): Promise<void> 
 /** The worker, or `undefined`. */
 export async function get(db: Executor, workerId: string): Promise<Worker | undefined> {
   requireUuid("workerId", workerId);
-  const rows = await run(db, () => db.select().from(worker).where(eq(worker.workerId, workerId)));
+  const rows = await translateErrors(db, () => db.select().from(worker).where(eq(worker.workerId, workerId)));
   return rows[0];
 }
 
 /** Every worker, most recent heartbeat first (never-seen workers last). */
 export async function list(db: Executor): Promise<Worker[]> {
-  return run(db, () =>
+  return translateErrors(db, () =>
     db
       .select()
       .from(worker)

@@ -17,16 +17,16 @@ import { deferred, errorOf, registerWorker, waitFor } from "./helpers.js";
 const t = useTestDb();
 
 const diamondFlow: Flow = {
-  step1: { action: "a" },
-  step2: { action: "a", dependsOn: ["step1"] },
-  step4: { action: "a", dependsOn: ["step1"] },
-  step3: { action: "a", dependsOn: ["step2", "step4"] },
+  step1: { actionName: "a" },
+  step2: { actionName: "a", dependsOn: ["step1"] },
+  step4: { actionName: "a", dependsOn: ["step1"] },
+  step3: { actionName: "a", dependsOn: ["step2", "step4"] },
 };
 
 const asSteps = (flow: Flow) =>
   Object.entries(flow).map(([stepName, s]) => ({
     stepName,
-    actionName: s.action,
+    actionName: s.actionName,
     actionType: "shell" as const,
     dependsOn: s.dependsOn,
     continueOnFailure: s.continueOnFailure,
@@ -68,7 +68,7 @@ describe("createWithSteps", () => {
 
   it("rejects an invalid flow before writing anything", async () => {
     const [{ before } = { before: -1 }] = await t.db.select({ before: sql<number>`count(*)::int` }).from(job);
-    const cyclic: Flow = { a: { action: "x", dependsOn: ["b"] }, b: { action: "x", dependsOn: ["a"] } };
+    const cyclic: Flow = { a: { actionName: "x", dependsOn: ["b"] }, b: { actionName: "x", dependsOn: ["a"] } };
     const error = await errorOf(() => createJob(t.db, cyclic));
     expect(error).toBeInstanceOf(FlowValidationError);
     expect(error.message).toContain("cycle: a -> b -> a");
@@ -121,9 +121,9 @@ describe("promoteReadySteps", () => {
 
 describe("skipUnreachableSteps", () => {
   it("skips the whole chain below a failure at once and promotes nothing", async () => {
-    const flow: Flow = { root: { action: "x" }, other: { action: "x" } };
-    for (let i = 0; i < 50; i++) flow[`c${i}`] = { action: "x", dependsOn: [i ? `c${i - 1}` : "root"] };
-    flow.join = { action: "x", dependsOn: ["c49", "other"] };
+    const flow: Flow = { root: { actionName: "x" }, other: { actionName: "x" } };
+    for (let i = 0; i < 50; i++) flow[`c${i}`] = { actionName: "x", dependsOn: [i ? `c${i - 1}` : "root"] };
+    flow.join = { actionName: "x", dependsOn: ["c49", "other"] };
     const jobId = await createJob(t.db, flow);
     const w = await registerWorker(t.db);
     await JobStepRepo.markRunning(t.db, jobId, "root", w);
@@ -157,12 +157,12 @@ describe("JobRepo.advance", () => {
 
   it("a failure skips what depends on it, runs continueOnFailure steps, and fails the job", async () => {
     const flow: Flow = {
-      checkout: { action: "git" },
-      lint: { action: "lint", dependsOn: ["checkout"] },
-      test: { action: "test", dependsOn: ["checkout"] },
-      package: { action: "pkg", dependsOn: ["lint", "test"] },
-      deploy: { action: "deploy", dependsOn: ["package"] },
-      notify: { action: "notify", dependsOn: ["deploy"], continueOnFailure: true },
+      checkout: { actionName: "git" },
+      lint: { actionName: "lint", dependsOn: ["checkout"] },
+      test: { actionName: "test", dependsOn: ["checkout"] },
+      package: { actionName: "pkg", dependsOn: ["lint", "test"] },
+      deploy: { actionName: "deploy", dependsOn: ["package"] },
+      notify: { actionName: "notify", dependsOn: ["deploy"], continueOnFailure: true },
     };
     const jobId = await createJob(t.db, flow);
     const w = await registerWorker(t.db);
@@ -178,7 +178,7 @@ describe("JobRepo.advance", () => {
   });
 
   it("a failing continueOnFailure step does not fail the job", async () => {
-    const flow: Flow = { a: { action: "x" }, notify: { action: "n", dependsOn: ["a"], continueOnFailure: true } };
+    const flow: Flow = { a: { actionName: "x" }, notify: { actionName: "n", dependsOn: ["a"], continueOnFailure: true } };
     const jobId = await createJob(t.db, flow);
     const w = await registerWorker(t.db);
     await finish(t.db, jobId, "a", w);
@@ -196,7 +196,7 @@ describe("JobRepo.advance", () => {
 
   it("leaves a cancelled job alone", async () => {
     const jobId = await createJob(t.db, diamondFlow);
-    await t.db.update(job).set({ status: "cancelled" }).where(eq(job.jobId, jobId));
+    await t.db.update(job).set({ status: "cancelled", completedAt: new Date() }).where(eq(job.jobId, jobId));
     const w = await registerWorker(t.db);
     await JobStepRepo.markRunning(t.db, jobId, "step1", w);
     await JobStepRepo.markCompleted(t.db, jobId, "step1");

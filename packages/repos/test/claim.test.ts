@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { jobStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
+import { claimStatement } from "../src/internal.js";
 import { eq, sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { InvalidInputError, JobRepo, JobStepRepo, WorkerNotFoundError } from "../src/index.js";
@@ -226,7 +227,7 @@ describe("the claim's plan", () => {
     await t.db.execute(sql`analyze job_step`);
     const workerId = await registerWorker(t.db);
     const plan = await t.db.execute<{ "QUERY PLAN": string }>(
-      sql`explain ${JobStepRepo.claimStatement(["shell"], workerId, 10)}`,
+      sql`explain ${claimStatement(["shell"], workerId, 10)}`,
     );
     const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
     const lockRows = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));

@@ -1,7 +1,7 @@
-import { type Flow, planAdvance } from "@stroem/orchestrator";
+import { type Flow, planAdvance, toFlow } from "@stroem/orchestrator";
 import { useTestDb } from "@stroem/testing/fixture";
 import { describe, expect, it } from "vitest";
-import { type Executor, JobRepo, JobStepRepo, storedFlow } from "../src/index.js";
+import { type Executor, JobRepo, JobStepRepo } from "../src/index.js";
 import { registerWorker } from "./helpers.js";
 
 const t = useTestDb();
@@ -24,7 +24,7 @@ function randomFlow(next: () => number): Flow {
   for (let i = 0; i < n; i++) {
     const deps: string[] = [];
     for (let j = 0; j < i; j++) if (next() < 0.3) deps.push(`s${j}`);
-    flow[`s${i}`] = { action: "x", dependsOn: deps, continueOnFailure: next() < 0.15 };
+    flow[`s${i}`] = { actionName: "x", dependsOn: deps, continueOnFailure: next() < 0.15 };
   }
   return flow;
 }
@@ -41,7 +41,7 @@ describe("random DAGs run by concurrent workers", () => {
           { taskName: "random", sourceType: "api" },
           Object.entries(flow).map(([stepName, s]) => ({
             stepName,
-            actionName: s.action,
+            actionName: s.actionName,
             actionType: next() < 0.5 ? ("shell" as const) : ("docker" as const),
             dependsOn: s.dependsOn,
             continueOnFailure: s.continueOnFailure,
@@ -76,16 +76,41 @@ describe("random DAGs run by concurrent workers", () => {
               await new Promise((r) => setTimeout(r, 2));
               continue;
             }
+            // Three report paths side by side: one call each, a batch, and
+            // the composed bare mark + advance.
+            const fails = (s: { jobId: string; stepName: string }) => outcomes.get(`${s.jobId}/${s.stepName}`);
+            if (i % 3 === 1) {
+              const results = await JobStepRepo.reportMany(
+                db,
+                batch.map((step) => ({
+                  jobId: step.jobId,
+                  stepName: step.stepName,
+                  workerId,
+                  attempt: step.attempts,
+                  ...(fails(step) ? { outcome: "failed" as const, error: "random failure" } : { outcome: "completed" as const }),
+                })),
+              );
+              for (const [k, r] of results.entries()) {
+                if (!r.ok) throw r.error;
+                if (r.jobStatus !== "running") finished.add((batch[k] as { jobId: string }).jobId);
+              }
+              continue;
+            }
             for (const step of batch) {
-              const result = await db.transaction(async (tx) => {
-                const guard = { workerId, attempt: step.attempts };
-                if (outcomes.get(`${step.jobId}/${step.stepName}`)) {
-                  await JobStepRepo.markFailed(tx, step.jobId, step.stepName, "random failure", guard);
-                } else {
-                  await JobStepRepo.markCompleted(tx, step.jobId, step.stepName, null, guard);
-                }
-                return JobRepo.advance(tx, step.jobId);
-              });
+              const guard = { workerId, attempt: step.attempts };
+              const result =
+                i % 3 === 0
+                  ? fails(step)
+                    ? await JobStepRepo.fail(db, { jobId: step.jobId, stepName: step.stepName, ...guard }, "random failure")
+                    : await JobStepRepo.complete(db, { jobId: step.jobId, stepName: step.stepName, ...guard })
+                  : await db.transaction(async (tx) => {
+                      if (fails(step)) {
+                        await JobStepRepo.markFailed(tx, step.jobId, step.stepName, "random failure", guard);
+                      } else {
+                        await JobStepRepo.markCompleted(tx, step.jobId, step.stepName, null, guard);
+                      }
+                      return JobRepo.advance(tx, step.jobId);
+                    });
               if (result.jobStatus !== "running") finished.add(step.jobId);
             }
           }
@@ -100,18 +125,18 @@ describe("random DAGs run by concurrent workers", () => {
       const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
       const byName = new Map(steps.map((s) => [s.stepName, s]));
       // The stored graph is the one the job was created with.
-      expect(storedFlow(steps)).toEqual(
+      expect(toFlow(steps)).toEqual(
         Object.fromEntries(
           Object.entries(flows[i] as Flow).map(([n, s]) => [
             n,
-            { action: s.action, dependsOn: s.dependsOn, continueOnFailure: s.continueOnFailure },
+            { actionName: s.actionName, dependsOn: s.dependsOn, continueOnFailure: s.continueOnFailure },
           ]),
         ),
       );
-      const plan = planAdvance(steps, storedFlow(steps));
+      const plan = planAdvance(steps, toFlow(steps));
       expect(plan.promote).toEqual([]);
       expect(plan.skip).toEqual([]);
-      expect(job?.status).toBe(plan.jobOutcome);
+      expect(job?.status).toBe(plan.jobStatus);
       for (const s of steps) {
         expect(["completed", "failed", "skipped"]).toContain(s.status);
         // Ran steps were claimed once, by the outcome chosen for them.
@@ -131,4 +156,38 @@ describe("random DAGs run by concurrent workers", () => {
       }
     }
   });
+
+  it("each report's promotions, skips and job status are those planAdvance gives, one report at a time", async () => {
+    const next = rng(4242);
+    const workerId = await registerWorker(t.db);
+    for (let round = 0; round < 60; round++) {
+      const flow = randomFlow(next);
+      const jobId = await JobRepo.createWithSteps(
+        t.db,
+        { taskName: "oracle", sourceType: "api" },
+        Object.entries(flow).map(([stepName, s]) => ({ stepName, actionType: "shell" as const, ...s })),
+      );
+      for (;;) {
+        const [step] = await JobStepRepo.getReadySteps(t.db, jobId);
+        if (!step) break;
+        await JobStepRepo.markRunning(t.db, jobId, step.stepName, workerId);
+        const failed = next() < 0.3;
+        // The oracle: the full re-plan of the job once this step has its outcome.
+        const before = await JobStepRepo.getStepsForJob(t.db, jobId);
+        const plan = planAdvance(
+          before.map((s) => ({
+            stepName: s.stepName,
+            status: s.stepName === step.stepName ? (failed ? "failed" : "completed") : s.status,
+          })),
+          flow,
+        );
+        const ref = { jobId, stepName: step.stepName, workerId, attempt: 1 };
+        const got = failed ? await JobStepRepo.fail(t.db, ref, "boom") : await JobStepRepo.complete(t.db, ref);
+        expect([...got.promoted].sort()).toEqual([...plan.promote].sort());
+        expect([...got.skipped].sort()).toEqual([...plan.skip].sort());
+        expect(got.jobStatus).toBe(plan.jobStatus);
+      }
+      expect((await JobRepo.get(t.db, jobId))?.status).not.toBe("running");
+    }
+  }, 60_000);
 });

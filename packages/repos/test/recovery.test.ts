@@ -16,14 +16,14 @@ beforeEach(async () => {
   await t.db.execute(sql`delete from worker`);
 });
 
-const chain: Flow = { build: { action: "b" }, deploy: { action: "d", dependsOn: ["build"] } };
+const chain: Flow = { build: { actionName: "b" }, deploy: { actionName: "d", dependsOn: ["build"] } };
 const createChain = () =>
   JobRepo.createWithSteps(
     t.db,
     { taskName: "chain", sourceType: "api" },
     Object.entries(chain).map(([stepName, s]) => ({
       stepName,
-      actionName: s.action,
+      actionName: s.actionName,
       actionType: "shell" as const,
       dependsOn: s.dependsOn,
     })),

@@ -196,9 +196,12 @@ describe("step lifecycle", () => {
     expect((await JobStepRepo.getStepsForJob(t.db, jobId))[0]).toEqual(claimed);
     // The holder, in its attempt, may report.
     await JobStepRepo.markCompleted(t.db, jobId, "s0000", { ok: true }, { workerId: holder, attempt: 1 });
-    // Once terminal, the transition error wins over the guard.
+    // Once terminal: the same report again (a retry whose first reply was
+    // lost) succeeds and writes nothing; another outcome is a transition error.
+    await JobStepRepo.markCompleted(t.db, jobId, "s0000", { second: true }, { workerId: holder, attempt: 1 });
+    expect((await JobStepRepo.getStepsForJob(t.db, jobId))[0]?.output).toEqual({ ok: true });
     expect(
-      await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", {}, { workerId: holder, attempt: 1 })),
+      await errorOf(() => JobStepRepo.markFailed(t.db, jobId, "s0000", "late", { workerId: holder, attempt: 1 })),
     ).toBeInstanceOf(InvalidTransitionError);
     expect(
       await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", {}, { workerId: "nope" })),

@@ -8,4 +8,4 @@ export {
   runMigrations,
 } from "./migrate.js";
 export * from "./tables.js";
-export type { NewJobStep } from "./types.js";
+export type { NewFlowStep, NewJobStep } from "./types.js";

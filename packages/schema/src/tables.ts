@@ -3,6 +3,7 @@ import {
   type AnyPgColumn,
   boolean,
   check,
+  foreignKey,
   index,
   integer,
   jsonb,
@@ -18,19 +19,34 @@ import {
   JOB_MODES,
   JOB_STATUSES,
   type JobMode,
+  JOB_TERMINAL_STATUSES,
   type JobStatus,
   SOURCE_TYPES,
   type SourceType,
   STEP_STATUSES,
+  STEP_TERMINAL_STATUSES,
   type StepStatus,
   WORKER_STATUSES,
   type WorkerStatus,
 } from "./constants.js";
 
-/** `column IN ('a', 'b')` for a CHECK constraint, from one of the constant lists. */
+/**
+ * Names of the constraints the repos translate into typed errors. The tables
+ * below are built with these names, so a rename shows up as a migration
+ * (and in the drift check), never as a silently broken error translation.
+ */
+export const CONSTRAINTS = {
+  jobWorkerFk: "job_worker_id_worker_worker_id_fk",
+  stepJobFk: "job_step_job_id_job_job_id_fk",
+  stepWorkerFk: "job_step_worker_id_worker_worker_id_fk",
+  stepPk: "job_step_job_id_step_name_pk",
+} as const;
+
+/** `status in (...)` over a constant list, for CHECK constraints and partial indexes. */
 function oneOf(column: AnyPgColumn, values: readonly string[]) {
   return sql`${column} in (${sql.raw(values.map((v) => `'${v}'`).join(", "))})`;
 }
+
 
 const tz = { withTimezone: true, mode: "date" } as const;
 
@@ -59,18 +75,34 @@ export const job = pgTable(
     status: text("status").$type<JobStatus>().notNull().default("pending"),
     sourceType: text("source_type").$type<SourceType>().notNull(),
     sourceId: text("source_id"),
-    workerId: uuid("worker_id").references(() => worker.workerId),
+    workerId: uuid("worker_id"),
     revision: text("revision"),
     createdAt: timestamp("created_at", tz).notNull().defaultNow(),
     startedAt: timestamp("started_at", tz),
     completedAt: timestamp("completed_at", tz),
     logPath: text("log_path"),
+    /**
+     * Steps not yet terminal, as far as advancing has applied their outcomes
+     * (see `job_step.propagated`): the job is finished when it reaches 0.
+     */
+    stepsUnfinished: integer("steps_unfinished").notNull().default(0),
+    /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
+    stepsFailed: integer("steps_failed").notNull().default(0),
   },
   (t) => [
+    foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
     check("job_mode_check", oneOf(t.mode, JOB_MODES)),
     check("job_status_check", oneOf(t.status, JOB_STATUSES)),
     check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
-    index("idx_job_status").on(t.status),
+    // A job has `completed_at` exactly when it is finished.
+    check(
+      "job_completed_at_check",
+      sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
+    ),
+    check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+    // No index on status (the design note had one): a job changes status two
+    // or three times and an index on it makes each such UPDATE non-HOT, for
+    // no hot query. Listing by status walks idx_job_created_at, newest first.
     index("idx_job_created_at").on(t.createdAt),
     index("idx_job_workspace_task").on(t.workspace, t.taskName),
   ],
@@ -79,9 +111,7 @@ export const job = pgTable(
 export const jobStep = pgTable(
   "job_step",
   {
-    jobId: uuid("job_id")
-      .notNull()
-      .references(() => job.jobId, { onDelete: "cascade" }),
+    jobId: uuid("job_id").notNull(),
     stepName: text("step_name").notNull(),
     actionName: text("action_name").notNull(),
     actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
@@ -90,7 +120,7 @@ export const jobStep = pgTable(
     input: jsonb("input").$type<unknown>(),
     output: jsonb("output").$type<unknown>(),
     status: text("status").$type<StepStatus>().notNull().default("pending"),
-    workerId: uuid("worker_id").references(() => worker.workerId),
+    workerId: uuid("worker_id"),
     startedAt: timestamp("started_at", tz),
     completedAt: timestamp("completed_at", tz),
     errorMessage: text("error_message"),
@@ -105,17 +135,54 @@ export const jobStep = pgTable(
     attempts: integer("attempts").notNull().default(0),
     /** When the step last became ready: the claim serves the oldest first. */
     readyAt: timestamp("ready_at", tz),
+    /** The steps that list this one in `depends_on` (the graph's reverse edges), so advancing reads only them. */
+    dependants: text("dependants").array().notNull().default(sql`'{}'::text[]`),
+    /** Dependencies whose outcome has not reached this step yet. */
+    depsUnfinished: integer("deps_unfinished").notNull().default(0),
+    /** Dependencies that failed. */
+    depsFailed: integer("deps_failed").notNull().default(0),
+    /** Dependencies that completed. */
+    depsCompleted: integer("deps_completed").notNull().default(0),
+    /**
+     * A terminal step's outcome has been applied to its dependants' counts and
+     * to the job's (by the report that finished it, or by `advance`). False on
+     * a step finished by a bare mark (`markCompleted` without `advance`).
+     */
+    propagated: boolean("propagated").notNull().default(false),
   },
   (t) => [
-    primaryKey({ columns: [t.jobId, t.stepName] }),
+    primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
+    foreignKey({ name: CONSTRAINTS.stepJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
+    foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
     check("job_step_action_type_check", oneOf(t.actionType, ACTION_TYPES)),
     check("job_step_status_check", oneOf(t.status, STEP_STATUSES)),
     check("job_step_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
-    index("idx_job_step_status").on(t.status),
-    // The claim's index: only claimable rows, in the claim's order. Its size
-    // follows the ready backlog, not the history kept in the table, so a claim
-    // costs the same with 0 or 1,000,000 finished steps around.
-    index("idx_job_step_claim").on(t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
+    // A running step is held by a worker since a start time.
+    check(
+      "job_step_running_check",
+      sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
+    ),
+    // A step has `completed_at` exactly when it is finished.
+    check(
+      "job_step_completed_at_check",
+      sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
+    ),
+    check(
+      "job_step_dep_counts_check",
+      sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
+    ),
+    // The claim's index: only claimable rows, per action type, in the claim's
+    // order. Its size follows the ready backlog, not the history kept in the
+    // table, and a claim for one action type never walks past the ready steps
+    // of another.
+    index("idx_job_step_claim")
+      .on(t.actionType, t.readyAt, t.jobId, t.stepName)
+      .where(sql`${t.status} = 'ready'`),
+    // Advance's look-up of a job's finished steps whose outcome has not been
+    // applied yet; empty unless callers compose a bare mark with `advance`.
+    index("idx_job_step_unpropagated")
+      .on(t.jobId)
+      .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
     // Workers' and recovery's look-up of what a worker holds.
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],

@@ -1,0 +1,20 @@
+import fc from "fast-check";
+import type { Flow } from "../src/index.js";
+
+/** Random DAGs of 1 to 25 steps (edges only to earlier steps), some with continueOnFailure. */
+export const dagArb = fc.integer({ min: 1, max: 25 }).chain((n) =>
+  fc
+    .tuple(
+      fc.array(fc.array(fc.boolean(), { minLength: n, maxLength: n }), { minLength: n, maxLength: n }),
+      fc.array(fc.boolean(), { minLength: n, maxLength: n }),
+    )
+    .map(([matrix, cof]) => {
+      const flow: Flow = {};
+      for (let i = 0; i < n; i++) {
+        const deps: string[] = [];
+        for (let j = 0; j < i; j++) if (matrix[i]?.[j]) deps.push(`s${j}`);
+        flow[`s${i}`] = { actionName: "x", dependsOn: deps, continueOnFailure: cof[i] === true && i % 3 === 0 };
+      }
+      return flow;
+    }),
+);

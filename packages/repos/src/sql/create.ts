@@ -1,0 +1,33 @@
+import { type SQL, sql } from "drizzle-orm";
+
+/**
+ * Inserts jobs and their steps in one statement, whatever their number: each
+ * list goes in as one JSON parameter (`jsonb_to_recordset`), so the statement
+ * and its plan are the same for 1 or 10,000 jobs. The steps carry their graph
+ * counts (`dependants`, `deps_unfinished`) and the jobs `steps_unfinished`,
+ * computed by the caller from the validated flow. Notifies `stroem_ready`
+ * for the action types of the steps created ready.
+ */
+export function createJobsStatement(jobs: string, steps: string): SQL {
+  return sql`
+    with jobs as (
+      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished)
+      select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision, x.steps_unfinished
+      from jsonb_to_recordset(${jobs}::jsonb) as x(
+        job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
+        revision text, steps_unfinished integer)
+    ), steps as (
+      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input, status,
+                            depends_on, continue_on_failure, dependants, deps_unfinished, ready_at)
+      select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input, x.status,
+             x.depends_on, x.continue_on_failure, x.dependants, x.deps_unfinished,
+             case when x.status = 'ready' then now() end
+      from jsonb_to_recordset(${steps}::jsonb) as x(
+        job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
+        input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
+        deps_unfinished integer)
+      returning action_type, status
+    )
+    select pg_notify('stroem_ready', r.action_type)
+    from (select distinct action_type from steps where status = 'ready') as r`;
+}

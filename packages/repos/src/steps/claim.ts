@@ -1,0 +1,71 @@
+import { ACTION_TYPES, CONSTRAINTS, type JobStep, jobStep } from "@stroem/schema";
+import { type Executor, translateErrors } from "../db.js";
+import { WorkerNotFoundError } from "../errors.js";
+import { mapRow } from "../rows.js";
+import { claimStatement, directedClaimStatement } from "../sql/claim.js";
+import { explainRefusal } from "../transition.js";
+import { requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
+
+/** Most steps one batch claim may take. */
+export const MAX_CLAIM_BATCH = 1000;
+
+const workerMissing = (workerId: string) => (e: { constraint?: string; cause?: unknown }) =>
+  e.constraint === CONSTRAINTS.stepWorkerFk ? new WorkerNotFoundError(workerId, { cause: e }) : undefined;
+
+/**
+ * Claims the oldest ready step whose action type the worker runs: moves it
+ * to `running` with `worker_id`, `started_at` and `attempts + 1`, in one
+ * statement with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any
+ * number of connections never get the same step. The step's job becomes
+ * `running` if it was `pending`. Returns `undefined` when nothing is ready.
+ * Throws `WorkerNotFoundError` for an unregistered worker.
+ */
+export async function claimReadyStep(
+  db: Executor,
+  capabilities: readonly string[],
+  workerId: string,
+): Promise<JobStep | undefined> {
+  const [step] = await claimReadySteps(db, capabilities, workerId, 1);
+  return step;
+}
+
+/**
+ * Claims up to `limit` (1 to 1,000) ready steps in one round trip, oldest
+ * ready first (`ready_at`, then job id and step name), the same way as
+ * `claimReadyStep` (see `claimStatement` in `sql/claim.ts` for the index it
+ * walks). Figures: the repos README.
+ */
+export async function claimReadySteps(
+  db: Executor,
+  capabilities: readonly string[],
+  workerId: string,
+  limit: number,
+): Promise<JobStep[]> {
+  const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
+  requireUuid("workerId", workerId);
+  requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
+  const result = await translateErrors(
+    db,
+    () => db.execute<Record<string, unknown>>(claimStatement(caps, workerId, limit)),
+    workerMissing(workerId),
+  );
+  return result.rows.map((r) => mapRow(jobStep, r));
+}
+
+/**
+ * Moves a specific ready step to `running` for `workerId` (a directed claim,
+ * without SKIP LOCKED), starting its job if it was pending. Throws
+ * `InvalidTransitionError` unless the step is ready, `StepNotFoundError`,
+ * `WorkerNotFoundError`.
+ */
+export async function markRunning(db: Executor, jobId: string, stepName: string, workerId: string): Promise<void> {
+  requireUuid("jobId", jobId);
+  requireText("stepName", stepName);
+  requireUuid("workerId", workerId);
+  const result = await translateErrors(
+    db,
+    () => db.execute(directedClaimStatement(jobId, stepName, workerId)),
+    workerMissing(workerId),
+  );
+  if (result.rows.length === 0) await explainRefusal(db, { entity: "step", jobId, stepName }, "running");
+}

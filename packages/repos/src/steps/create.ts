@@ -1,0 +1,96 @@
+import {
+  ACTION_TYPES,
+  CONSTRAINTS,
+  jobStep,
+  type NewFlowStep,
+  type NewJobStep,
+  STEP_INITIAL_STATUSES,
+} from "@stroem/schema";
+import { sql } from "drizzle-orm";
+import { type Executor, translateErrors } from "../db.js";
+import { type ConstraintViolationError, DuplicateStepError, InvalidInputError, JobNotFoundError } from "../errors.js";
+import { notifyReadyStatement, recountStatement } from "../sql/report.js";
+import { optionalJson, optionalText, requireOneOf, requireText, requireUuid } from "../validate.js";
+
+/** Rows per INSERT: at most 10 bound values a row, so 20,000 per statement, far below Postgres' 65,535. */
+const INSERT_CHUNK = 2000;
+
+/** A flow step's fields, checked; `at` names it in errors (`steps[3]`). Throws `InvalidInputError`. */
+export function checkFlowStep(s: NewFlowStep, at: string) {
+  if (typeof s !== "object" || s === null) throw new InvalidInputError(at, "must be an object");
+  const dependsOn = s.dependsOn ?? [];
+  if (!Array.isArray(dependsOn)) throw new InvalidInputError(`${at}.dependsOn`, "must be an array of step names");
+  for (const [j, d] of dependsOn.entries()) requireText(`${at}.dependsOn[${j}]`, d);
+  if (s.continueOnFailure !== undefined && typeof s.continueOnFailure !== "boolean") {
+    throw new InvalidInputError(`${at}.continueOnFailure`, "must be a boolean");
+  }
+  return {
+    stepName: requireText(`${at}.stepName`, s.stepName),
+    actionName: requireText(`${at}.actionName`, s.actionName),
+    actionType: requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES),
+    actionImage: optionalText(`${at}.actionImage`, s.actionImage),
+    actionSpec: optionalJson(`${at}.actionSpec`, s.actionSpec),
+    input: optionalJson(`${at}.input`, s.input),
+    dependsOn: [...dependsOn] as string[],
+    continueOnFailure: s.continueOnFailure ?? false,
+  };
+}
+
+/**
+ * Inserts steps into existing jobs, all or nothing: one transaction (a
+ * savepoint when `db` is already one) of multi-row INSERTs of at most 2,000
+ * rows, so a call may carry tens of thousands of steps. Each step gets the
+ * status the caller gives (`pending` or `ready`; ready ones get `ready_at =
+ * now()`); then the touched jobs' graph counts are recomputed from their
+ * steps (`stroem_recount`), so steps may be added to a job over several
+ * calls. Prefer `JobRepo.createWithSteps` / `createMany`, which derive the
+ * statuses from the flow. An empty list is a no-op. Throws, having written
+ * nothing: `InvalidInputError` for a bad field, `DuplicateStepError` for a
+ * name used twice in the call or already in the job, `JobNotFoundError`.
+ */
+export async function createSteps(db: Executor, steps: readonly NewJobStep[]): Promise<void> {
+  if (steps.length === 0) return;
+  const rows = steps.map((s, i) => {
+    const at = `steps[${i}]`;
+    const status = requireOneOf(`${at}.status`, s?.status, STEP_INITIAL_STATUSES);
+    return {
+      ...checkFlowStep(s, at),
+      jobId: requireUuid(`${at}.jobId`, s.jobId),
+      status,
+      readyAt: status === "ready" ? sql`now()` : null,
+    };
+  });
+  const seen = new Set<string>();
+  for (const r of rows) {
+    const key = `${r.jobId}\u0000${r.stepName}`;
+    if (seen.has(key)) throw new DuplicateStepError(r.jobId, r.stepName);
+    seen.add(key);
+  }
+  const jobIds = [...new Set(rows.map((r) => r.jobId))];
+  const readyTypes = [...new Set(rows.filter((r) => r.status === "ready").map((r) => r.actionType))];
+  await translateErrors(
+    db,
+    () =>
+      db.transaction(async (tx) => {
+        for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+          await tx.insert(jobStep).values(rows.slice(i, i + INSERT_CHUNK));
+        }
+        await tx.execute(recountStatement(jobIds));
+        if (readyTypes.length > 0) await tx.execute(notifyReadyStatement(readyTypes));
+      }),
+    (e) => stepConstraintError(e, rows[0]?.jobId),
+  );
+}
+
+/** The typed error for a violated step key or job reference (names from `CONSTRAINTS`). */
+export function stepConstraintError(e: ConstraintViolationError, fallbackJobId: string | undefined) {
+  if (e.constraint === CONSTRAINTS.stepJobFk) {
+    const jobId = /\(job_id\)=\(([^)]+)\)/.exec(e.detail ?? "")?.[1];
+    return new JobNotFoundError(jobId ?? fallbackJobId ?? "?", { cause: e });
+  }
+  if (e.constraint === CONSTRAINTS.stepPk) {
+    const m = /\(job_id, step_name\)=\(([^,]+), (.*)\) already exists/.exec(e.detail ?? "");
+    return new DuplicateStepError(m?.[1], m?.[2], { cause: e });
+  }
+  return undefined;
+}

@@ -1,0 +1,65 @@
+import { type Executor, translateErrors } from "../db.js";
+import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
+import { rescueStatement } from "../sql/rescue.js";
+import { requireInt } from "../validate.js";
+
+/** A step a rescue moved, and the worker that had held it. */
+export interface RescuedStep {
+  jobId: string;
+  stepName: string;
+  /** Claims of the step so far. */
+  attempts: number;
+  /** The worker that held it. */
+  workerId: string;
+}
+
+export interface RescueOptions {
+  /** A running step is rescued when its worker's last heartbeat is older than this. */
+  staleAfterMs: number;
+  /** A step already claimed this many times is failed instead of requeued. Default 3. */
+  maxAttempts?: number;
+}
+
+/**
+ * Recovers the steps of workers that stopped heartbeating (crashed, killed,
+ * partitioned): a running step whose worker's `last_heartbeat` is older than
+ * `staleAfterMs` (by the database's clock) goes back to `ready` (new
+ * `ready_at`, no worker), or, once claimed `maxAttempts` times, to `failed`,
+ * after which its job is advanced, in one transaction. Locks each job row
+ * before its steps, skipping jobs locked by a report in flight (they are
+ * rescued on the next run), and each UPDATE re-checks `status = 'running'`
+ * and the worker, so a rescue never overwrites a step its worker just
+ * finished; a late report from the rescued worker is refused by its guard
+ * (`StepOwnershipError`). Safe to run from several processes. Wakes
+ * `listenForReady` listeners for requeued steps. Returns what it requeued and failed.
+ */
+export async function rescueStaleSteps(
+  db: Executor,
+  options: RescueOptions,
+): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[] }> {
+  const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
+  const maxAttempts = requireInt("maxAttempts", options.maxAttempts ?? 3, 1, 1000);
+  return translateErrors(db, () =>
+    db.transaction(async (tx) => {
+      const { rows } = await tx.execute<{
+        job_id: string;
+        step_name: string;
+        attempts: number;
+        worker_id: string;
+        action_type: string;
+        outcome: "requeued" | "failed";
+      }>(rescueStatement(staleAfterMs, maxAttempts));
+      const refs = (outcome: string) =>
+        rows
+          .filter((r) => r.outcome === outcome)
+          .map((r) => ({ jobId: r.job_id, stepName: r.step_name, attempts: Number(r.attempts), workerId: r.worker_id }));
+      const failed = refs("failed");
+      // A failure changes what may run: move those jobs on, as a worker's report would.
+      const failedJobs = [...new Set(failed.map((f) => f.jobId))];
+      if (failedJobs.length > 0) await tx.execute(advanceManyStatement(failedJobs));
+      const requeuedTypes = [...new Set(rows.filter((r) => r.outcome === "requeued").map((r) => r.action_type))];
+      if (requeuedTypes.length > 0) await tx.execute(notifyReadyStatement(requeuedTypes));
+      return { requeued: refs("requeued"), failed };
+    }),
+  );
+}

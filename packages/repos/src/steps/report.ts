@@ -1,0 +1,199 @@
+import type { JobStatus } from "@stroem/schema";
+import type { AdvanceResult } from "../advance.js";
+import { type Executor, translateErrors } from "../db.js";
+import {
+  InvalidInputError,
+  InvalidTransitionError,
+  StepNotFoundError,
+  StepOwnershipError,
+  type StroemDbError,
+} from "../errors.js";
+import { type FinishArgs, type FinishRow, finishStepStatement, reportManyStatement } from "../sql/report.js";
+import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
+
+/**
+ * The step a report is about, and what the reporting worker believes about
+ * it: that it holds it (`workerId`) in the claim it made (`attempt`, the
+ * `attempts` value its claim returned). Give both (the guard): when the row
+ * says otherwise (the step was rescued and claimed again, or it is someone
+ * else's), the report is refused and nothing is written, so a late or
+ * foreign report never overwrites the real outcome.
+ */
+export interface StepRef {
+  jobId: string;
+  stepName: string;
+  workerId?: string;
+  attempt?: number;
+}
+
+/** The guard part of a `StepRef`. */
+export type StepGuard = Pick<StepRef, "workerId" | "attempt">;
+
+/** What a report did. */
+export interface ReportResult extends AdvanceResult {
+  /**
+   * The step already held this worker's same outcome for this attempt (a
+   * retried call whose first reply was lost): nothing was written, and
+   * `promoted` / `skipped` are empty (the first call did that work).
+   */
+  repeated: boolean;
+}
+
+/** One report of `reportMany`. */
+export interface StepReport extends StepRef {
+  outcome: "completed" | "failed";
+  /** With `completed`: the step's output (any JSON value). */
+  output?: unknown;
+  /** With `failed`: the error message. */
+  error?: string;
+}
+
+/** `reportMany`'s answer for one report: what it did, or why it was refused (nothing written for it). */
+export type ReportOutcome = ({ ok: true } & ReportResult) | { ok: false; error: StroemDbError };
+
+/** Most reports one `reportMany` call takes. */
+export const MAX_REPORT_BATCH = 10_000;
+
+const OUTCOMES = ["completed", "failed"] as const;
+
+function checkReport(r: StepReport, at: string): FinishArgs {
+  if (typeof r !== "object" || r === null) throw new InvalidInputError(at, "must be an object");
+  const outcome = requireOneOf(`${at}.outcome`, r.outcome, OUTCOMES);
+  if (outcome === "failed" && typeof r.error !== "string") {
+    throw new InvalidInputError(`${at}.error`, "must be a string");
+  }
+  const output = outcome === "completed" ? optionalJson(`${at}.output`, r.output) : null;
+  return {
+    jobId: requireUuid(`${at}.jobId`, r.jobId),
+    stepName: requireText(`${at}.stepName`, r.stepName),
+    outcome,
+    output,
+    error: outcome === "failed" ? (r.error as string) : null,
+    workerId: r.workerId === undefined ? null : requireUuid(`${at}.workerId`, r.workerId),
+    attempt: r.attempt === undefined ? null : requireInt(`${at}.attempt`, r.attempt, 1, 2 ** 31 - 1),
+  };
+}
+
+/** The typed error for a refused report, or the result of an accepted one. */
+function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
+  switch (row.result) {
+    case "ok":
+    case "repeated":
+      return {
+        ok: true,
+        promoted: row.promoted ?? [],
+        skipped: row.skipped ?? [],
+        jobStatus: row.job_status as JobStatus,
+        repeated: row.result === "repeated",
+      };
+    case "not_found":
+      return { ok: false, error: new StepNotFoundError(a.jobId, a.stepName) };
+    case "invalid_transition":
+      return {
+        ok: false,
+        error: new InvalidTransitionError("step", a.jobId, a.stepName, row.step_status ?? "?", a.outcome),
+      };
+    case "not_owner":
+      return {
+        ok: false,
+        error: new StepOwnershipError(
+          a.jobId,
+          a.stepName,
+          { workerId: a.workerId ?? undefined, attempt: a.attempt ?? undefined },
+          { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
+        ),
+      };
+  }
+}
+
+async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<ReportResult> {
+  const { rows } = await translateErrors(db, () => db.execute<FinishRow>(finishStepStatement(a, propagate)));
+  const outcome = toOutcome(a, rows[0] as FinishRow);
+  if (!outcome.ok) throw outcome.error;
+  const { ok: _, ...result } = outcome;
+  return result;
+}
+
+/**
+ * A worker's report of success, in one round trip: records the running
+ * step's output and `completed_at`, then advances its job (promotes the
+ * dependants it unblocks, skips what can no longer run, settles the job).
+ * Locks the job row, then the step and its dependants; costs O(dependants),
+ * whatever the job's size. Returns what it promoted and skipped and the job's
+ * status. A repeated report (same worker, attempt and outcome, already
+ * recorded) succeeds with `repeated: true` and changes nothing. Throws, having
+ * written nothing: `InvalidInputError`, `StepNotFoundError`,
+ * `InvalidTransitionError` (the step is not running), `StepOwnershipError`
+ * (the guard does not match). A finished job (cancelled, say) records the
+ * outcome but does not move.
+ */
+export async function complete(db: Executor, ref: StepRef, output?: unknown): Promise<ReportResult> {
+  return finish(db, checkReport({ ...ref, outcome: "completed", output }, "ref"), true);
+}
+
+/** A worker's report of failure with its error message; otherwise as `complete`. */
+export async function fail(db: Executor, ref: StepRef, error: string): Promise<ReportResult> {
+  return finish(db, checkReport({ ...ref, outcome: "failed", error }, "ref"), true);
+}
+
+/**
+ * Any number of reports (up to 10,000, across jobs) in one round trip, one
+ * outcome per report in the given order. A refused report (not found, not
+ * running, not this worker's) is answered `{ ok: false, error }` and does not
+ * spoil the others. Jobs are locked in job id order, so concurrent batches
+ * cannot deadlock. Bad input throws `InvalidInputError` before anything is
+ * written.
+ */
+export async function reportMany(db: Executor, reports: readonly StepReport[]): Promise<ReportOutcome[]> {
+  if (!Array.isArray(reports)) throw new InvalidInputError("reports", "must be an array");
+  if (reports.length > MAX_REPORT_BATCH) {
+    throw new InvalidInputError("reports", `must hold at most ${MAX_REPORT_BATCH} reports, got ${reports.length}`);
+  }
+  if (reports.length === 0) return [];
+  const args = reports.map((r, i) => checkReport(r, `reports[${i}]`));
+  const json = JSON.stringify(
+    args.map((a, i) => ({
+      i,
+      job_id: a.jobId,
+      step_name: a.stepName,
+      outcome: a.outcome,
+      output: a.output,
+      error: a.error,
+      worker_id: a.workerId,
+      attempt: a.attempt,
+    })),
+  );
+  const { rows } = await translateErrors(db, () =>
+    db.execute<FinishRow & { ord: number }>(reportManyStatement(json)),
+  );
+  const out = new Array<ReportOutcome>(args.length);
+  for (const row of rows) out[row.ord] = toOutcome(args[row.ord] as FinishArgs, row);
+  return out;
+}
+
+/**
+ * Records a running step's success without advancing its job (a bare mark),
+ * for callers that compose it with other writes and `JobRepo.advance` in one
+ * transaction; `complete` does both in one call. Same guard and errors as
+ * `complete`; a repeated guarded mark is a no-op.
+ */
+export async function markCompleted(
+  db: Executor,
+  jobId: string,
+  stepName: string,
+  output?: unknown,
+  guard?: StepGuard,
+): Promise<void> {
+  await finish(db, checkReport({ jobId, stepName, ...guard, outcome: "completed", output }, "ref"), false);
+}
+
+/** Records a running step's failure without advancing its job; as `markCompleted`. */
+export async function markFailed(
+  db: Executor,
+  jobId: string,
+  stepName: string,
+  error: string,
+  guard?: StepGuard,
+): Promise<void> {
+  await finish(db, checkReport({ jobId, stepName, ...guard, outcome: "failed", error }, "ref"), false);
+}

@@ -1,0 +1,109 @@
+import { type JobStep, jobStep, STEP_STATUSES, STEP_TERMINAL_STATUSES, type StepStatus } from "@stroem/schema";
+import { and, asc, count, eq, min, notInArray, sql } from "drizzle-orm";
+import { type Executor, translateErrors } from "../db.js";
+import { requireUuid } from "../validate.js";
+
+/** Every step of the job, ordered by step name; `[]` for an unknown job. */
+export async function getStepsForJob(db: Executor, jobId: string): Promise<JobStep[]> {
+  requireUuid("jobId", jobId);
+  return translateErrors(db, () => db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(asc(jobStep.stepName)));
+}
+
+/** The job's ready steps, oldest ready first. */
+export async function getReadySteps(db: Executor, jobId: string): Promise<JobStep[]> {
+  requireUuid("jobId", jobId);
+  return translateErrors(db, () =>
+    db
+      .select()
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "ready")))
+      .orderBy(asc(jobStep.readyAt), asc(jobStep.stepName)),
+  );
+}
+
+/** True when no step of the job is pending, ready or running (also for a job without steps). */
+export async function allStepsTerminal(db: Executor, jobId: string): Promise<boolean> {
+  requireUuid("jobId", jobId);
+  const rows = await translateErrors(db, () =>
+    db
+      .select({ one: sql<number>`1` })
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), notInArray(jobStep.status, [...STEP_TERMINAL_STATUSES])))
+      .limit(1),
+  );
+  return rows.length === 0;
+}
+
+/**
+ * True when some step of the job failed, whether or not it has
+ * `continueOnFailure` (whose failure does not fail the job: the job's own
+ * status says whether it failed).
+ */
+export async function anyStepFailed(db: Executor, jobId: string): Promise<boolean> {
+  requireUuid("jobId", jobId);
+  const rows = await translateErrors(db, () =>
+    db
+      .select({ one: sql<number>`1` })
+      .from(jobStep)
+      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "failed")))
+      .limit(1),
+  );
+  return rows.length > 0;
+}
+
+export interface ReadyBacklog {
+  actionType: string;
+  ready: number;
+  oldestReadyAt: Date | null;
+}
+
+/** Ready steps by action type with the oldest `ready_at` (served by the claim index). */
+export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
+  return translateErrors(db, () =>
+    db
+      .select({ actionType: jobStep.actionType, ready: count(), oldestReadyAt: min(jobStep.readyAt) })
+      .from(jobStep)
+      .where(eq(jobStep.status, "ready"))
+      .groupBy(jobStep.actionType)
+      .orderBy(jobStep.actionType),
+  );
+}
+
+export interface StepAudit {
+  /** Steps per status, every status present. */
+  byStatus: Record<StepStatus, number>;
+  /** Steps claimed more than once (`attempts > 1`): none, while there is no retry. */
+  claimedMoreThanOnce: number;
+  /** Completed or failed steps never claimed (`attempts = 0`): none, when all went through a claim. */
+  finishedUnclaimed: number;
+}
+
+/** Counts for checking a run: steps by status and claim anomalies, over all jobs or the given ones. */
+export async function audit(db: Executor, jobIds?: readonly string[]): Promise<StepAudit> {
+  for (const [i, id] of (jobIds ?? []).entries()) requireUuid(`jobIds[${i}]`, id);
+  const filter = jobIds ? sql`${jobStep.jobId} = any(${sql.param(jobIds)}::uuid[])` : sql`true`;
+  const rows = await translateErrors(db, () =>
+    db
+      .select({
+        status: jobStep.status,
+        n: count(),
+        multi: sql<number>`count(*) filter (where ${jobStep.attempts} > 1)`.mapWith(Number),
+        unclaimed:
+          sql<number>`count(*) filter (where ${jobStep.attempts} = 0 and ${jobStep.status} in ('completed', 'failed'))`.mapWith(
+            Number,
+          ),
+      })
+      .from(jobStep)
+      .where(filter)
+      .groupBy(jobStep.status),
+  );
+  const byStatus = Object.fromEntries(STEP_STATUSES.map((s) => [s, 0])) as Record<StepStatus, number>;
+  let claimedMoreThanOnce = 0;
+  let finishedUnclaimed = 0;
+  for (const r of rows) {
+    byStatus[r.status] = r.n;
+    claimedMoreThanOnce += r.multi;
+    finishedUnclaimed += r.unclaimed;
+  }
+  return { byStatus, claimedMoreThanOnce, finishedUnclaimed };
+}
