@@ -82,28 +82,23 @@ describe("decideStep", () => {
 });
 
 describe("advancing on counts agrees with planAdvance", () => {
-  it(
-    "after every finished step of random runs on random DAGs: same promotions, skips and job status",
-    () => {
-      fc.assert(
-        fc.property(dagArb, fc.array(fc.boolean(), { minLength: 200, maxLength: 200 }), (flow, coin) => {
-          const states: States = Object.fromEntries(initialSteps(flow).map((s) => [s.stepName, s.status]));
-          const engine = makeEngine(flow);
-          for (let flips = 0; flips < 1000; flips++) {
-            const ready = Object.keys(states).find((n) => states[n] === "ready");
-            if (!ready) break;
-            states[ready] = coin[flips % coin.length] ? "completed" : "failed";
-            const plan = planAdvance(view(states), flow);
-            const got = engine.finish(states, ready);
-            expect(got).toEqual({ promoted: [...plan.promote].sort(), skipped: [...plan.skip].sort() });
-            expect(jobStatusFromCounts(engine.job)).toBe(plan.jobStatus);
-          }
-          for (const s of Object.values(states)) expect(isTerminal(s)).toBe(true);
-        }),
-        { numRuns: 300 },
-      );
-    },
-    // fast-check runs 300 DAGs; on 2 busy cores this has taken up to 11 s.
-    60_000,
-  );
+  it("after every finished step of random runs on random DAGs: same promotions, skips and job status", () => {
+    fc.assert(
+      fc.property(dagArb, fc.array(fc.boolean(), { minLength: 200, maxLength: 200 }), (flow, coin) => {
+        const states: States = Object.fromEntries(initialSteps(flow).map((s) => [s.stepName, s.status]));
+        const engine = makeEngine(flow);
+        for (let flips = 0; flips < 1000; flips++) {
+          const ready = Object.keys(states).find((n) => states[n] === "ready");
+          if (!ready) break;
+          states[ready] = coin[flips % coin.length] ? "completed" : "failed";
+          const plan = planAdvance(view(states), flow);
+          const got = engine.finish(states, ready);
+          expect(got).toEqual({ promoted: [...plan.promote].sort(), skipped: [...plan.skip].sort() });
+          expect(jobStatusFromCounts(engine.job)).toBe(plan.jobStatus);
+        }
+        for (const s of Object.values(states)) expect(isTerminal(s)).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
+  }, 60_000); // fast-check runs 300 DAGs; on 2 busy cores this has taken up to 11 s.
 });

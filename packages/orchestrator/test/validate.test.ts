@@ -34,7 +34,9 @@ describe("validateFlow", () => {
   });
 
   it("rejects empty names and missing actions", () => {
-    const kinds = problemsOf(() => validateFlow({ "": { actionName: "x" }, b: { actionName: " " } })).map((p) => p.kind);
+    const kinds = problemsOf(() => validateFlow({ "": { actionName: "x" }, b: { actionName: " " } })).map(
+      (p) => p.kind,
+    );
     expect(kinds).toEqual(["empty-name", "missing-action"]);
   });
 

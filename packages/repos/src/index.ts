@@ -1,3 +1,4 @@
+export type { NewJobStep } from "@stroem/schema";
 export type { AdvanceResult } from "./advance.js";
 export {
   createPool,
@@ -27,6 +28,5 @@ export type {
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
-export type { NewJobStep } from "@stroem/schema";
 export type { RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -184,7 +184,9 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
 
 /** Jobs per status, every status present. */
 export async function countByStatus(db: Executor): Promise<Record<JobStatus, number>> {
-  const rows = await translateErrors(db, () => db.select({ status: job.status, n: count() }).from(job).groupBy(job.status));
+  const rows = await translateErrors(db, () =>
+    db.select({ status: job.status, n: count() }).from(job).groupBy(job.status),
+  );
   const out = Object.fromEntries(JOB_STATUSES.map((s) => [s, 0])) as Record<JobStatus, number>;
   for (const r of rows) out[r.status] = r.n;
   return out;

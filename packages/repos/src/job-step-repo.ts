@@ -8,8 +8,11 @@
  * - `steps/stats.ts`: reads for dashboards and checks.
  * The hand-written statements they run live in `sql/`.
  */
-export { createSteps } from "./steps/create.js";
+
+export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
 export { claimReadyStep, claimReadySteps, MAX_CLAIM_BATCH, markRunning } from "./steps/claim.js";
+export { createSteps } from "./steps/create.js";
+export { type RescuedStep, type RescueOptions, rescueStaleSteps } from "./steps/recovery.js";
 export {
   complete,
   fail,
@@ -23,8 +26,6 @@ export {
   type StepRef,
   type StepReport,
 } from "./steps/report.js";
-export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
-export { type RescuedStep, type RescueOptions, rescueStaleSteps } from "./steps/recovery.js";
 export {
   allStepsTerminal,
   anyStepFailed,

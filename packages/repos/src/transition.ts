@@ -20,7 +20,11 @@ export type TransitionTarget = { entity: "job"; jobId: string } | { entity: "ste
 export async function explainRefusal(db: Executor, target: TransitionTarget, to: string): Promise<never> {
   const current =
     target.entity === "job"
-      ? (await translateErrors(db, () => db.select({ status: job.status }).from(job).where(eq(job.jobId, target.jobId))))[0]
+      ? (
+          await translateErrors(db, () =>
+            db.select({ status: job.status }).from(job).where(eq(job.jobId, target.jobId)),
+          )
+        )[0]
       : (
           await translateErrors(db, () =>
             db
@@ -68,4 +72,3 @@ export async function transitionJob(
   );
   if (rows.length === 0) await explainRefusal(db, { entity: "job", jobId }, to);
 }
-

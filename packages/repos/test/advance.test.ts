@@ -178,7 +178,10 @@ describe("JobRepo.advance", () => {
   });
 
   it("a failing continueOnFailure step does not fail the job", async () => {
-    const flow: Flow = { a: { actionName: "x" }, notify: { actionName: "n", dependsOn: ["a"], continueOnFailure: true } };
+    const flow: Flow = {
+      a: { actionName: "x" },
+      notify: { actionName: "n", dependsOn: ["a"], continueOnFailure: true },
+    };
     const jobId = await createJob(t.db, flow);
     const w = await registerWorker(t.db);
     await finish(t.db, jobId, "a", w);

@@ -1,10 +1,10 @@
 import { randomUUID } from "node:crypto";
 import { jobStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
-import { claimStatement } from "../src/internal.js";
 import { eq, sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { InvalidInputError, JobRepo, JobStepRepo, WorkerNotFoundError } from "../src/index.js";
+import { claimStatement } from "../src/internal.js";
 import { deferred, errorOf, jobWithReadySteps, newJob, registerWorker, step } from "./helpers.js";
 
 const t = useTestDb();
@@ -226,9 +226,7 @@ describe("the claim's plan", () => {
       select ${jobId}, 'ready-' || g, 'run', 'shell', 'ready', now() from generate_series(1, 20000) g`);
     await t.db.execute(sql`analyze job_step`);
     const workerId = await registerWorker(t.db);
-    const plan = await t.db.execute<{ "QUERY PLAN": string }>(
-      sql`explain ${claimStatement(["shell"], workerId, 10)}`,
-    );
+    const plan = await t.db.execute<{ "QUERY PLAN": string }>(sql`explain ${claimStatement(["shell"], workerId, 10)}`);
     const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
     const lockRows = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
     expect(lockRows).toContain("idx_job_step_claim");
@@ -242,5 +240,55 @@ describe("the claim's plan", () => {
       .from(jobStep)
       .where(eq(jobStep.status, "running"));
     expect(n).toBe(3);
+  });
+});
+
+describe("the claim across action types", () => {
+  it("a worker of several types gets the oldest ready steps across them, in order", async () => {
+    const jobId = await newJob(t.db);
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
+      select ${jobId}, 's' || g, 'run', case when g % 3 = 0 then 'docker' when g % 3 = 1 then 'shell' else 'pod' end,
+             'ready', now() - make_interval(secs => 100 - g)
+      from generate_series(1, 30) g`);
+    const workerId = await registerWorker(t.db);
+    const got = await JobStepRepo.claimReadySteps(t.db, ["shell", "docker"], workerId, 5);
+    expect(got.map((s) => s.stepName)).toEqual(["s1", "s3", "s4", "s6", "s7"]);
+    // The surplus the lateral sub-selects locked is still ready for others.
+    const rest = await JobStepRepo.claimReadySteps(t.db, ["shell", "docker"], workerId, 1000);
+    expect(rest).toHaveLength(20 - 5);
+  });
+
+  it("a shell claim does not walk past older ready steps of other types, nor past steps not due yet", async () => {
+    const jobId = await newJob(t.db);
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
+      select ${jobId}, 'd' || g, 'run', 'docker', 'ready', now() - interval '1 hour' from generate_series(1, 20000) g`);
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
+      select ${jobId}, 'later' || g, 'run', 'shell', 'ready', now() + interval '1 hour' from generate_series(1, 5000) g`);
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
+      values (${jobId}, 'now', 'run', 'shell', 'ready', now())`);
+    await t.db.execute(sql`analyze job_step`);
+    const workerId = await registerWorker(t.db);
+    for (const caps of [["shell"], ["shell", "pod"]]) {
+      const plan = await t.db.execute<{ "QUERY PLAN": string }>(
+        sql`explain (analyze, costs off, timing off) ${claimStatement(caps, workerId, 10)}`,
+      );
+      const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
+      const next = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
+      // The claim index is read for the one due shell row only: nothing removed by a filter.
+      expect(next).toContain("idx_job_step_claim");
+      expect(next).toMatch(/Index Scan using idx_job_step_claim on job_step s \(actual rows=[0-9.]+ loops=\d+\)/);
+      expect(next).not.toMatch(/Rows Removed by Filter: [1-9]/);
+      expect(next).not.toContain("Seq Scan");
+      // EXPLAIN ANALYZE ran the claim: give the step back for the next round.
+      await t.db.execute(
+        sql`update job_step set status = 'ready', worker_id = null, started_at = null where step_name = 'now'`,
+      );
+    }
+    const got = await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 10);
+    expect(got.map((s) => s.stepName)).toEqual(["now"]);
   });
 });

@@ -87,7 +87,9 @@ describe("random DAGs run by concurrent workers", () => {
                   stepName: step.stepName,
                   workerId,
                   attempt: step.attempts,
-                  ...(fails(step) ? { outcome: "failed" as const, error: "random failure" } : { outcome: "completed" as const }),
+                  ...(fails(step)
+                    ? { outcome: "failed" as const, error: "random failure" }
+                    : { outcome: "completed" as const }),
                 })),
               );
               for (const [k, r] of results.entries()) {
@@ -101,7 +103,11 @@ describe("random DAGs run by concurrent workers", () => {
               const result =
                 i % 3 === 0
                   ? fails(step)
-                    ? await JobStepRepo.fail(db, { jobId: step.jobId, stepName: step.stepName, ...guard }, "random failure")
+                    ? await JobStepRepo.fail(
+                        db,
+                        { jobId: step.jobId, stepName: step.stepName, ...guard },
+                        "random failure",
+                      )
                     : await JobStepRepo.complete(db, { jobId: step.jobId, stepName: step.stepName, ...guard })
                   : await db.transaction(async (tx) => {
                       if (fails(step)) {

@@ -18,8 +18,8 @@ import {
   type ActionType,
   JOB_MODES,
   JOB_STATUSES,
-  type JobMode,
   JOB_TERMINAL_STATUSES,
+  type JobMode,
   type JobStatus,
   SOURCE_TYPES,
   type SourceType,
@@ -46,7 +46,6 @@ export const CONSTRAINTS = {
 function oneOf(column: AnyPgColumn, values: readonly string[]) {
   return sql`${column} in (${sql.raw(values.map((v) => `'${v}'`).join(", "))})`;
 }
-
 
 const tz = { withTimezone: true, mode: "date" } as const;
 
@@ -95,10 +94,7 @@ export const job = pgTable(
     check("job_status_check", oneOf(t.status, JOB_STATUSES)),
     check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
     // A job has `completed_at` exactly when it is finished.
-    check(
-      "job_completed_at_check",
-      sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
-    ),
+    check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
     check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
     // No index on status (the design note had one): a job changes status two
     // or three times and an index on it makes each such UPDATE non-HOT, for
@@ -175,9 +171,7 @@ export const jobStep = pgTable(
     // order. Its size follows the ready backlog, not the history kept in the
     // table, and a claim for one action type never walks past the ready steps
     // of another.
-    index("idx_job_step_claim")
-      .on(t.actionType, t.readyAt, t.jobId, t.stepName)
-      .where(sql`${t.status} = 'ready'`),
+    index("idx_job_step_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
     // Advance's look-up of a job's finished steps whose outcome has not been
     // applied yet; empty unless callers compose a bare mark with `advance`.
     index("idx_job_step_unpropagated")

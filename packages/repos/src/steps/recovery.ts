@@ -52,7 +52,12 @@ export async function rescueStaleSteps(
       const refs = (outcome: string) =>
         rows
           .filter((r) => r.outcome === outcome)
-          .map((r) => ({ jobId: r.job_id, stepName: r.step_name, attempts: Number(r.attempts), workerId: r.worker_id }));
+          .map((r) => ({
+            jobId: r.job_id,
+            stepName: r.step_name,
+            attempts: Number(r.attempts),
+            workerId: r.worker_id,
+          }));
       const failed = refs("failed");
       // A failure changes what may run: move those jobs on, as a worker's report would.
       const failedJobs = [...new Set(failed.map((f) => f.jobId))];

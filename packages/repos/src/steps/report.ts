@@ -163,9 +163,7 @@ export async function reportMany(db: Executor, reports: readonly StepReport[]): 
       attempt: a.attempt,
     })),
   );
-  const { rows } = await translateErrors(db, () =>
-    db.execute<FinishRow & { ord: number }>(reportManyStatement(json)),
-  );
+  const { rows } = await translateErrors(db, () => db.execute<FinishRow & { ord: number }>(reportManyStatement(json)));
   const out = new Array<ReportOutcome>(args.length);
   for (const row of rows) out[row.ord] = toOutcome(args[row.ord] as FinishArgs, row);
   return out;

@@ -6,7 +6,9 @@ import { requireUuid } from "../validate.js";
 /** Every step of the job, ordered by step name; `[]` for an unknown job. */
 export async function getStepsForJob(db: Executor, jobId: string): Promise<JobStep[]> {
   requireUuid("jobId", jobId);
-  return translateErrors(db, () => db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(asc(jobStep.stepName)));
+  return translateErrors(db, () =>
+    db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(asc(jobStep.stepName)),
+  );
 }
 
 /** The job's ready steps, oldest ready first. */

@@ -1,0 +1,358 @@
+import { randomUUID } from "node:crypto";
+import type { StepStatus as PlannedStepStatus } from "@stroem/orchestrator";
+import { FlowValidationError } from "@stroem/orchestrator";
+import { type NewFlowStep, STEP_STATUSES } from "@stroem/schema";
+import { useTestDb } from "@stroem/testing/fixture";
+import { sql } from "drizzle-orm";
+import pg from "pg";
+import { beforeEach, describe, expect, expectTypeOf, it } from "vitest";
+import {
+  InvalidInputError,
+  InvalidTransitionError,
+  JobRepo,
+  JobStepRepo,
+  PG,
+  StepNotFoundError,
+  StepOwnershipError,
+} from "../src/index.js";
+import { deferred, errorOf, registerWorker, waitFor } from "./helpers.js";
+
+const t = useTestDb();
+
+beforeEach(async () => {
+  await t.db.execute(sql`delete from job`);
+});
+
+const diamond: NewFlowStep[] = [
+  { stepName: "a", actionName: "x", actionType: "shell" },
+  { stepName: "b", actionName: "x", actionType: "shell", dependsOn: ["a"] },
+  { stepName: "c", actionName: "x", actionType: "docker", dependsOn: ["a"] },
+  { stepName: "d", actionName: "x", actionType: "shell", dependsOn: ["b", "c"] },
+];
+const newJob = { taskName: "t", sourceType: "api" } as const;
+
+async function statuses(jobId: string) {
+  const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
+  return Object.fromEntries(steps.map((s) => [s.stepName, s.status]));
+}
+
+/** Claims the named ready step for `workerId` and returns the guard a worker would report with. */
+async function hold(jobId: string, stepName: string, workerId: string) {
+  await JobStepRepo.markRunning(t.db, jobId, stepName, workerId);
+  const step = (await JobStepRepo.getStepsForJob(t.db, jobId)).find((s) => s.stepName === stepName);
+  return { jobId, stepName, workerId, attempt: step?.attempts as number };
+}
+
+describe("complete and fail", () => {
+  it("mark and advance in one call: promotions, skips, the job's status, completed_at", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    const w = await registerWorker(t.db);
+    expect(await JobStepRepo.complete(t.db, await hold(jobId, "a", w), { out: 1 })).toEqual({
+      promoted: ["b", "c"],
+      skipped: [],
+      jobStatus: "running",
+      repeated: false,
+    });
+    expect(await JobStepRepo.fail(t.db, await hold(jobId, "b", w), "boom")).toEqual({
+      promoted: [],
+      skipped: ["d"],
+      jobStatus: "running",
+      repeated: false,
+    });
+    const last = await JobStepRepo.complete(t.db, await hold(jobId, "c", w));
+    expect(last).toMatchObject({ promoted: [], skipped: [], jobStatus: "failed" });
+    const job = await JobRepo.get(t.db, jobId);
+    expect(job).toMatchObject({ status: "failed", stepsUnfinished: 0, stepsFailed: 1 });
+    expect(job?.completedAt).toBeInstanceOf(Date);
+    const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
+    expect(steps.find((s) => s.stepName === "a")?.output).toEqual({ out: 1 });
+    expect(steps.find((s) => s.stepName === "b")?.errorMessage).toBe("boom");
+    expect(steps.every((s) => s.completedAt instanceof Date && s.propagated)).toBe(true);
+  });
+
+  it("a repeated report succeeds without writing; another outcome, worker or attempt is refused", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    const w = await registerWorker(t.db);
+    const ref = await hold(jobId, "a", w);
+    await JobStepRepo.complete(t.db, ref, { first: true });
+    const before = await JobStepRepo.getStepsForJob(t.db, jobId);
+    expect(await JobStepRepo.complete(t.db, ref, { second: true })).toEqual({
+      promoted: [],
+      skipped: [],
+      jobStatus: "running",
+      repeated: true,
+    });
+    expect(await JobStepRepo.getStepsForJob(t.db, jobId)).toEqual(before);
+    expect(await errorOf(() => JobStepRepo.fail(t.db, ref, "late"))).toBeInstanceOf(InvalidTransitionError);
+    // Unguarded repeats cannot be told from a second report: refused.
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a" }))).toBeInstanceOf(
+      InvalidTransitionError,
+    );
+    const other = await registerWorker(t.db);
+    const b = await hold(jobId, "b", w);
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { ...b, workerId: other }))).toMatchObject({
+      name: "StepOwnershipError",
+      actual: { workerId: w, attempt: 1 },
+    });
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { ...b, attempt: 2 }))).toBeInstanceOf(StepOwnershipError);
+    expect((await statuses(jobId)).b).toBe("running");
+  });
+
+  it("refuses bad input and unknown steps, writing nothing", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId: "nope", stepName: "a" }))).toBeInstanceOf(
+      InvalidInputError,
+    );
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a", attempt: 0 }))).toBeInstanceOf(
+      InvalidInputError,
+    );
+    expect(
+      await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a" }, { bad: 1n } as unknown)),
+    ).toBeInstanceOf(InvalidInputError);
+    expect(await errorOf(() => JobStepRepo.fail(t.db, { jobId, stepName: "zz" }, "x"))).toBeInstanceOf(
+      StepNotFoundError,
+    );
+    expect(await errorOf(() => JobStepRepo.fail(t.db, { jobId: randomUUID(), stepName: "a" }, "x"))).toBeInstanceOf(
+      StepNotFoundError,
+    );
+    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a" }))).toMatchObject({
+      name: "InvalidTransitionError",
+      currentStatus: "ready",
+    });
+    expect(await statuses(jobId)).toEqual({ a: "ready", b: "pending", c: "pending", d: "pending" });
+  });
+
+  it("O(dependants): a wide fan-out's child reports touch only the join's counts", async () => {
+    const N = 300;
+    const steps: NewFlowStep[] = [{ stepName: "root", actionName: "x", actionType: "shell" }];
+    for (let i = 0; i < N; i++)
+      steps.push({ stepName: `c${i}`, actionName: "x", actionType: "shell", dependsOn: ["root"] });
+    steps.push({
+      stepName: "join",
+      actionName: "x",
+      actionType: "shell",
+      dependsOn: steps.slice(1).map((s) => s.stepName),
+    });
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, steps);
+    const w = await registerWorker(t.db);
+    expect((await JobStepRepo.complete(t.db, await hold(jobId, "root", w))).promoted).toHaveLength(N);
+    const claimed = await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1000);
+    expect(claimed).toHaveLength(N);
+    const results = await JobStepRepo.reportMany(
+      t.db,
+      claimed.map((s) => ({ jobId, stepName: s.stepName, workerId: w, attempt: 1, outcome: "completed" as const })),
+    );
+    expect(results.filter((r) => r.ok && r.promoted.includes("join"))).toHaveLength(1);
+    const [join] = (await JobStepRepo.getStepsForJob(t.db, jobId)).filter((s) => s.stepName === "join");
+    expect(join).toMatchObject({ status: "ready", depsUnfinished: 0, depsCompleted: N });
+  });
+});
+
+describe("reportMany", () => {
+  it("reports across jobs in one call, answers in order, and a refusal spoils nothing", async () => {
+    const ids = await JobRepo.createMany(t.db, [
+      { job: newJob, steps: diamond },
+      { job: newJob, steps: diamond },
+    ]);
+    const [j1, j2] = ids as [string, string];
+    const w = await registerWorker(t.db);
+    const r1 = await hold(j1, "a", w);
+    const r2 = await hold(j2, "a", w);
+    const results = await JobStepRepo.reportMany(t.db, [
+      { ...r2, outcome: "failed", error: "boom" },
+      { jobId: j1, stepName: "b", workerId: w, attempt: 1, outcome: "completed" }, // not running
+      { ...r1, outcome: "completed", output: { n: 1 } },
+      { ...r1, workerId: randomUUID(), outcome: "completed" }, // someone else's (already completed by then)
+    ]);
+    expect(results[0]).toEqual({
+      ok: true,
+      promoted: [],
+      skipped: ["b", "c", "d"],
+      jobStatus: "failed",
+      repeated: false,
+    });
+    expect(results[1]).toMatchObject({
+      ok: false,
+      error: { name: "InvalidTransitionError", currentStatus: "pending" },
+    });
+    expect(results[2]).toEqual({ ok: true, promoted: ["b", "c"], skipped: [], jobStatus: "running", repeated: false });
+    expect(results[3]).toMatchObject({ ok: false, error: { name: "InvalidTransitionError" } });
+    expect(await statuses(j1)).toEqual({ a: "completed", b: "ready", c: "ready", d: "pending" });
+    expect((await JobRepo.get(t.db, j2))?.status).toBe("failed");
+  });
+
+  it("bad input anywhere in the batch is an InvalidInputError and writes nothing; [] is a no-op", async () => {
+    const [jobId] = (await JobRepo.createMany(t.db, [{ job: newJob, steps: diamond }])) as [string];
+    const w = await registerWorker(t.db);
+    const ref = await hold(jobId, "a", w);
+    expect(await JobStepRepo.reportMany(t.db, [])).toEqual([]);
+    const error = await errorOf(() =>
+      JobStepRepo.reportMany(t.db, [
+        { ...ref, outcome: "completed" },
+        { ...ref, outcome: "failed" } as never, // no error message
+      ]),
+    );
+    expect(error).toMatchObject({ name: "InvalidInputError", field: "reports[1].error" });
+    expect((await statuses(jobId)).a).toBe("running");
+  });
+});
+
+describe("createMany", () => {
+  it("creates many jobs with their steps in one statement, ids in order, counts set", async () => {
+    const items = Array.from({ length: 500 }, (_, i) => ({ job: { ...newJob, sourceId: `s${i}` }, steps: diamond }));
+    const ids = await JobRepo.createMany(t.db, items);
+    expect(ids).toHaveLength(500);
+    expect(new Set(ids).size).toBe(500);
+    expect((await JobRepo.get(t.db, ids[123] as string))?.sourceId).toBe("s123");
+    const job = await JobRepo.get(t.db, ids[0] as string);
+    expect(job).toMatchObject({ status: "pending", stepsUnfinished: 4, stepsFailed: 0 });
+    const steps = await JobStepRepo.getStepsForJob(t.db, ids[0] as string);
+    expect(steps.map((s) => [s.stepName, s.status, s.dependants, s.depsUnfinished])).toEqual([
+      ["a", "ready", ["b", "c"], 0],
+      ["b", "pending", ["d"], 1],
+      ["c", "pending", ["d"], 1],
+      ["d", "pending", [], 2],
+    ]);
+    expect(steps[0]?.readyAt).toBeInstanceOf(Date);
+  });
+
+  it("is all or nothing: one bad flow or field rejects the whole call before writing", async () => {
+    const cyclic: NewFlowStep[] = [
+      { stepName: "a", actionName: "x", actionType: "shell", dependsOn: ["b"] },
+      { stepName: "b", actionName: "x", actionType: "shell", dependsOn: ["a"] },
+    ];
+    const good = { job: newJob, steps: diamond };
+    expect(await errorOf(() => JobRepo.createMany(t.db, [good, { job: newJob, steps: cyclic }]))).toBeInstanceOf(
+      FlowValidationError,
+    );
+    expect(
+      await errorOf(() =>
+        JobRepo.createMany(t.db, [
+          good,
+          { job: newJob, steps: [{ ...(diamond[0] as NewFlowStep), actionType: "vm" as "shell" }] },
+        ]),
+      ),
+    ).toMatchObject({ name: "InvalidInputError", field: "items[1].steps[0].actionType" });
+    expect(
+      await errorOf(() => JobRepo.createMany(t.db, [good, { job: { ...newJob, taskName: "" }, steps: diamond }])),
+    ).toMatchObject({ field: "items[1].taskName" });
+    expect(await JobRepo.countByStatus(t.db)).toMatchObject({ pending: 0 });
+    expect(await JobRepo.createMany(t.db, [])).toEqual([]);
+  });
+});
+
+describe("lock order: the job row before its steps", () => {
+  it("the old lock order deadlocks; reports on the two parents of a join, each updating its step twice, do not", async () => {
+    const w = await registerWorker(t.db);
+    const setUp = async () => {
+      const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+      await JobStepRepo.complete(t.db, await hold(jobId, "a", w));
+      return jobId;
+    };
+    const clients = [new pg.Client(t.url), new pg.Client(t.url)] as const;
+    for (const c of clients) {
+      c.on("error", () => {});
+      await c.connect();
+    }
+    try {
+      const [c1, c2] = clients;
+      // The first stage's recipe: step updated twice (markRunning, then the
+      // mark), then the job locked FOR UPDATE for the advance. The second
+      // UPDATE of a row this transaction wrote fires the foreign-key check,
+      // which takes KEY SHARE on the job row; both then want FOR UPDATE on it.
+      let jobId = await setUp();
+      const twice = async (c: pg.Client, step: string) => {
+        await c.query("begin");
+        await c.query(
+          "update job_step set status = 'running', worker_id = $1, started_at = now() where job_id = $2 and step_name = $3",
+          [w, jobId, step],
+        );
+        await c.query(
+          "update job_step set status = 'completed', completed_at = now() where job_id = $1 and step_name = $2",
+          [jobId, step],
+        );
+      };
+      await twice(c1, "b");
+      await twice(c2, "c");
+      const lock = (c: pg.Client) =>
+        c.query("select 1 from job where job_id = $1 for update", [jobId]).then(
+          () => undefined,
+          (e: { code?: string }) => e.code,
+        );
+      const first = lock(c1);
+      await waitFor(async () => {
+        const r = await t.db.execute<{ n: number }>(
+          sql`select count(*)::int as n from pg_locks where not granted and locktype = 'transactionid'`,
+        );
+        return (r.rows[0]?.n ?? 0) > 0;
+      });
+      const codes = await Promise.all([first, lock(c2)]);
+      expect(codes).toContain(PG.DEADLOCK_DETECTED);
+      await c1.query("rollback");
+      await c2.query("rollback");
+
+      // Ours: the same two transactions through the repos (markRunning, the
+      // bare mark, advance), interleaved the same way. The mark locks the job
+      // row first, FOR NO KEY UPDATE, which the KEY SHARE does not block.
+      jobId = await setUp();
+      const [p1, p2] = [t.openPool({ max: 1 }), t.openPool({ max: 1 })];
+      try {
+        const secondMarked = deferred();
+        const release = deferred();
+        const tx1 = p1.transaction(async (tx) => {
+          await JobStepRepo.markRunning(tx, jobId, "b", w);
+          await JobStepRepo.markCompleted(tx, jobId, "b");
+          secondMarked.resolve();
+          await release.promise;
+          return JobRepo.advance(tx, jobId);
+        });
+        await secondMarked.promise;
+        const tx2 = p2.transaction(async (tx) => {
+          await JobStepRepo.markRunning(tx, jobId, "c", w);
+          await JobStepRepo.markCompleted(tx, jobId, "c"); // waits for tx1's job lock
+          return JobRepo.advance(tx, jobId);
+        });
+        await waitFor(async () => {
+          const r = await t.db.execute<{ n: number }>(
+            sql`select count(*)::int as n from pg_locks where not granted and locktype = 'transactionid'`,
+          );
+          return (r.rows[0]?.n ?? 0) > 0;
+        });
+        release.resolve();
+        const [r1, r2] = await Promise.all([tx1, tx2]);
+        expect([...r1.promoted, ...r2.promoted]).toEqual(["d"]);
+      } finally {
+        await p1.$client.end();
+        await p2.$client.end();
+      }
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+  });
+});
+
+describe("invariants the database holds", () => {
+  it("refuses a running step without a worker, a finished step without completed_at, a negative count", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    const bad = [
+      sql`update job_step set status = 'running' where job_id = ${jobId} and step_name = 'a'`,
+      sql`update job_step set status = 'completed' where job_id = ${jobId} and step_name = 'b'`,
+      sql`update job_step set completed_at = now() where job_id = ${jobId} and step_name = 'b'`,
+      sql`update job_step set deps_unfinished = -1 where job_id = ${jobId} and step_name = 'b'`,
+      sql`update job set status = 'completed' where job_id = ${jobId}`,
+      sql`update job set steps_unfinished = -1 where job_id = ${jobId}`,
+    ];
+    for (const statement of bad) {
+      const error = await errorOf(() => t.db.execute(statement));
+      expect((error.cause as { code?: string } | undefined)?.code ?? (error as { code?: string }).code).toBe(
+        PG.CHECK_VIOLATION,
+      );
+    }
+    expect(await statuses(jobId)).toEqual({ a: "ready", b: "pending", c: "pending", d: "pending" });
+  });
+
+  it("the orchestrator's step statuses are the schema's", () => {
+    expectTypeOf<PlannedStepStatus>().toEqualTypeOf<(typeof STEP_STATUSES)[number]>();
+    expect([...STEP_STATUSES].sort()).toEqual(["completed", "failed", "pending", "ready", "running", "skipped"]);
+  });
+});
