@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { planAdvance } from "@stroem/orchestrator";
+import { planAdvance, toFlow } from "@stroem/orchestrator";
 import {
   createPool,
   type Database,
@@ -7,7 +7,6 @@ import {
   JobStepRepo,
   type NewFlowStep,
   runMigrations,
-  storedFlow,
   WorkerRepo,
 } from "@stroem/repos";
 import type { ActionType, JobStatus } from "@stroem/schema";
@@ -328,8 +327,8 @@ async function run(
     let mismatched = 0;
     for (const jobId of jobIds) {
       const [row, steps] = await Promise.all([JobRepo.get(db, jobId), JobStepRepo.getStepsForJob(db, jobId)]);
-      const plan = planAdvance(steps, storedFlow(steps));
-      if (plan.jobOutcome !== row?.status || plan.promote.length || plan.skip.length) mismatched++;
+      const plan = planAdvance(steps, toFlow(steps));
+      if (plan.jobStatus !== row?.status || plan.promote.length || plan.skip.length) mismatched++;
     }
     check("job outcomes follow the orchestrator's rules", mismatched === 0, `${mismatched} mismatched`);
   }

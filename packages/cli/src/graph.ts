@@ -1,5 +1,4 @@
-import { validateFlow } from "@stroem/orchestrator";
-import { storedFlow } from "@stroem/repos";
+import { toFlow, validateFlow } from "@stroem/orchestrator";
 import type { JobStep } from "@stroem/schema";
 
 const SYMBOL: Record<string, string> = {
@@ -20,7 +19,7 @@ type GraphStep = Pick<
 function ordered(steps: readonly GraphStep[]): GraphStep[] {
   const byName = new Map(steps.map((s) => [s.stepName, s]));
   try {
-    return validateFlow(storedFlow(steps)).map((n) => byName.get(n) as GraphStep);
+    return validateFlow(toFlow(steps)).map((n) => byName.get(n) as GraphStep);
   } catch {
     return [...steps].sort((a, b) => a.stepName.localeCompare(b.stepName));
   }

@@ -3,6 +3,7 @@ import { getTableConfig } from "drizzle-orm/pg-core";
 import { describe, expect, it } from "vitest";
 import {
   ACTION_TYPES,
+  CONSTRAINTS,
   isJobTerminal,
   isStepTerminal,
   JOB_MODES,
@@ -39,8 +40,28 @@ describe("status constants", () => {
 
   it("each table declares its CHECK constraints", () => {
     expect(getTableConfig(worker).checks.map((c) => c.name)).toEqual(["worker_status_check"]);
-    expect(getTableConfig(job).checks).toHaveLength(3);
-    expect(getTableConfig(jobStep).checks).toHaveLength(3);
+    expect(getTableConfig(job).checks.map((c) => c.name)).toEqual([
+      "job_mode_check",
+      "job_status_check",
+      "job_source_type_check",
+      "job_completed_at_check",
+      "job_step_counts_check",
+    ]);
+    expect(getTableConfig(jobStep).checks.map((c) => c.name)).toEqual([
+      "job_step_action_type_check",
+      "job_step_status_check",
+      "job_step_ready_at_check",
+      "job_step_running_check",
+      "job_step_completed_at_check",
+      "job_step_dep_counts_check",
+    ]);
+  });
+
+  it("names the constraints the repos translate as the tables declare them", () => {
+    const fks = [job, jobStep].flatMap((t) => getTableConfig(t).foreignKeys.map((fk) => fk.getName()));
+    expect(fks.sort()).toEqual([CONSTRAINTS.jobWorkerFk, CONSTRAINTS.stepJobFk, CONSTRAINTS.stepWorkerFk].sort());
+    expect(getTableConfig(jobStep).primaryKeys.map((pk) => pk.getName())).toEqual([CONSTRAINTS.stepPk]);
+    for (const name of Object.values(CONSTRAINTS)) expect(migrationSql).toContain(`"${name}"`);
   });
 
   it("tells terminal statuses", () => {
