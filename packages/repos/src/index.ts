@@ -6,8 +6,8 @@ export {
   POOL_DEFAULTS,
   type PoolOptions,
   parseDatabaseUrl,
-  redactUrl,
   ping,
+  redactUrl,
   runMigrations,
   type Transaction,
 } from "./db.js";
