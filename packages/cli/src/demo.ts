@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
+import { dropDatabase, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/embedded-pg";
 import { planAdvance } from "@stroem/orchestrator";
 import {
   createPool,
@@ -6,12 +7,12 @@ import {
   JobRepo,
   JobStepRepo,
   type NewFlowStep,
+  redactUrl,
   runMigrations,
   storedFlow,
   WorkerRepo,
 } from "@stroem/repos";
 import type { ActionType, JobStatus } from "@stroem/schema";
-import { dropDatabase, redactUrl, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/testing";
 import { bar, duration, table } from "./format.js";
 import { renderText } from "./graph.js";
 

@@ -1,8 +1,8 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
 import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
-import { dropDatabase, withClient, withDatabase } from "@stroem/testing";
 import { useTestDb } from "@stroem/testing/fixture";
 import { afterAll, describe, expect, inject, it } from "vitest";
 import { PIPELINE } from "../src/demo.js";

@@ -2,12 +2,11 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
 import { MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, describe, expect, inject, it } from "vitest";
-import { dropDatabase, withClient } from "../src/admin.js";
-import { withDatabase } from "../src/server.js";
 
 const ROOT = path.resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
 const { adminUrl } = inject("stroemPg");
