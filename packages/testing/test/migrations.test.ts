@@ -102,3 +102,28 @@ describe("runMigrations", () => {
     expect((await describeSchema(viaRun)).applied).toEqual(mine.applied);
   }, 120_000);
 });
+
+describe("drizzle.config.ts", () => {
+  const kit = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(
+        "pnpm",
+        ["exec", "drizzle-kit", ...args],
+        { cwd: ROOT, env: { ...process.env, DATABASE_URL: undefined } },
+        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+
+  it("drizzle-kit migrate without DATABASE_URL refuses in one line, instead of trying a default server", async () => {
+    const { code, stderr } = await kit(["migrate"]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(/^drizzle-kit migrate: DATABASE_URL is not set; set it to the database to use .*\n$/);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("commands that need no database (check, as pnpm drift runs it) work without DATABASE_URL", async () => {
+    const { code, stdout } = await kit(["check"]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/Everything's fine/);
+  });
+});
