@@ -134,22 +134,32 @@ function exitOf(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once("exit", () => resolve()));
 }
 
-/** Rejects with the signal's reason when it aborts, after `child` (signalled with `sig`) has exited. */
-function abortion(child: ChildProcess, sig: NodeJS.Signals, signal: AbortSignal | undefined): Promise<never> {
-  return new Promise((_, reject) => {
-    if (!signal) return;
-    const onAbort = () => {
+/**
+ * While a start-up step runs: when `signal` aborts, signal `child`'s group
+ * with `sig` (SIGKILL after 5 s) and reject with the signal's reason once it
+ * has exited. `dispose()` ends the watch when the step is over, so a later
+ * abort cannot touch a server that started.
+ */
+function watchAbort(
+  child: ChildProcess,
+  sig: NodeJS.Signals,
+  signal: AbortSignal | undefined,
+): { aborted: Promise<never>; dispose(): void } {
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => {
       killGroup(child, sig);
       const timer = setTimeout(() => killGroup(child, "SIGKILL"), 5000);
       void exitOf(child).then(() => {
         clearTimeout(timer);
-        reject(signal.reason);
+        reject(signal?.reason);
       });
     };
-    if (signal.aborted) onAbort();
-    else signal.addEventListener("abort", onAbort, { once: true });
-    void exitOf(child).then(() => signal.removeEventListener("abort", onAbort));
   });
+  aborted.catch(() => {}); // observed through Promise.race; never an unhandled rejection
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+  return { aborted, dispose: () => signal?.removeEventListener("abort", onAbort) };
 }
 
 async function initdb(
@@ -181,9 +191,10 @@ async function initdb(
   };
   child.stdout?.on("data", collect);
   child.stderr?.on("data", collect);
+  const watch = watchAbort(child, "SIGTERM", signal);
   try {
     await Promise.race([
-      abortion(child, "SIGTERM", signal),
+      watch.aborted,
       new Promise<void>((resolve, reject) => {
         child.once("error", (error) =>
           reject(new EmbeddedPostgresError(`cannot run ${file}: ${error.message}`, { cause: error })),
@@ -196,6 +207,7 @@ async function initdb(
       }),
     ]);
   } finally {
+    watch.dispose();
     await exitOf(child);
     live.delete(child);
   }
@@ -244,10 +256,11 @@ async function startServer(
   live.add(child);
   const log: string[] = [];
   const exited = exitOf(child);
+  // Immediate shutdown: the postmaster takes its children down and removes its shared memory.
+  const watch = watchAbort(child, "SIGQUIT", options.signal);
   try {
     await Promise.race([
-      // Immediate shutdown: the postmaster takes its children down and removes its shared memory.
-      abortion(child, "SIGQUIT", options.signal),
+      watch.aborted,
       new Promise<void>((resolve, reject) => {
         const onData = (chunk: Buffer) => {
           log.push(chunk.toString());
@@ -268,6 +281,8 @@ async function startServer(
     await exited;
     live.delete(child);
     throw error;
+  } finally {
+    watch.dispose();
   }
   // Keep draining stderr so the server never blocks on a full pipe.
   child.stderr?.on("data", () => {});
