@@ -192,7 +192,7 @@ describe("stroem-db demo", () => {
 
   // With STROEM_TEST_DATABASE_URL set, tests use that server and start none of their own.
   it.skipIf(ownServerOnly)(
-    "with no flags, runs on an embedded PostgreSQL and removes it (skipped: STROEM_TEST_DATABASE_URL is set)",
+    "with no flags, runs on an embedded PostgreSQL and removes it (skipped when STROEM_TEST_DATABASE_URL is set)",
     async () => {
       const { code, stdout } = await cli(["demo"]);
       expect(code).toBe(0);

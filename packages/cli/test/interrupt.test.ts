@@ -111,7 +111,7 @@ const initdbStarted = (tmp: string) =>
   readdirSync(tmp).some((e) => e.startsWith("stroem-pg-") && readdirSync(path.join(tmp, e)).includes("data"));
 
 describe.skipIf(ownServerOnly)(
-  "interrupting the demo on its embedded server (skipped: STROEM_TEST_DATABASE_URL is set, so no test starts a server)",
+  "interrupting the demo on its embedded server (skipped when STROEM_TEST_DATABASE_URL is set: then no test starts a server)",
   () => {
     it("SIGINT during start-up (initdb): 130, one line, no initdb output, nothing left", async () => {
       const r = await interrupt({

@@ -72,7 +72,7 @@ async function freshDir(name: string): Promise<string> {
   return dir;
 }
 
-describe.skipIf(ownServerOnly)("startEmbeddedPostgres (skipped: STROEM_TEST_DATABASE_URL is set)", () => {
+describe.skipIf(ownServerOnly)("startEmbeddedPostgres (skipped when STROEM_TEST_DATABASE_URL is set)", () => {
   it("starts, answers a query, stops and removes its folder", async () => {
     const server = await startEmbeddedPostgres();
     try {
