@@ -82,7 +82,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     say(`Created ${o.jobs} jobs of ${PIPELINE.length} steps; starting ${o.workers} workers.`);
 
     await phase("workers");
-    const run = await runWorkers({
+    const worked = await runWorkers({
       url,
       workers: o.workers,
       seed: o.seed,
@@ -94,7 +94,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     });
 
     await phase("report");
-    return await report(db, jobIds, run, say, signal);
+    return await report(db, jobIds, worked, say, signal);
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
   }

@@ -28,11 +28,11 @@ export interface DemoReport {
 export async function report(
   db: Database,
   jobIds: readonly string[],
-  run: { stats: WorkerStats; wallMs: number },
+  worked: { stats: WorkerStats; wallMs: number },
   say: (line?: string) => void,
   signal?: AbortSignal,
 ): Promise<DemoReport> {
-  const { stats, wallMs } = run;
+  const { stats, wallMs } = worked;
   const jobIndex = new Map(jobIds.map((id, i) => [id, i]));
   const jobs = await JobRepo.countByStatus(db);
   const audit = await JobStepRepo.audit(db, jobIds);
