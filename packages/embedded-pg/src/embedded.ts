@@ -86,7 +86,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
   const live = new Set<ChildProcess>();
   const onExit = () => {
     for (const child of live) killGroup(child, "SIGKILL");
-    rmSync(base, { recursive: true, force: true });
+    removeNow(base);
   };
   process.once("exit", onExit);
   try {
@@ -120,6 +120,18 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions = {}): Prom
     if (signal?.aborted) throw signal.reason;
     throw error;
   }
+}
+
+/**
+ * The exit hooks' clean-up, synchronous because nothing else runs in an exit
+ * handler. The server's processes were just sent SIGKILL (not SIGQUIT: a
+ * server shutting down keeps writing files while we delete them, and the
+ * folder survives half-removed); retrying covers the moment they take to die.
+ */
+function removeNow(base: string): void {
+  try {
+    rmSync(base, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+  } catch {} // the process is exiting: nothing better to do
 }
 
 /** Signals a detached child's whole process group (it and what it spawned). */
@@ -291,8 +303,8 @@ async function startServer(
   process.off("exit", startupExitHook);
   live.delete(child);
   const onExit = () => {
-    killGroup(child, "SIGQUIT");
-    rmSync(base, { recursive: true, force: true });
+    killGroup(child, "SIGKILL");
+    removeNow(base);
   };
   process.once("exit", onExit);
   let stopping: Promise<void> | undefined;

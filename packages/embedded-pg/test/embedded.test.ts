@@ -94,6 +94,14 @@ describe.skipIf(ownServerOnly)("startEmbeddedPostgres (skipped when STROEM_TEST_
     await waitFor(() => processesMentioning(tmp).length === 0);
   });
 
+  it("a process that exits without stop() still leaves no folder and no server behind", async () => {
+    const tmp = await freshDir("exit");
+    const outcome = await runScript(tmp, { exitWithoutStop: true });
+    expect(outcome.one).toBe(1);
+    expect(await leftovers(tmp)).toEqual([]);
+    await waitFor(() => processesMentioning(tmp).length === 0);
+  });
+
   it("an abort after start-up leaves the running server alone", async () => {
     const controller = new AbortController();
     const server = await startEmbeddedPostgres({ signal: controller.signal });
