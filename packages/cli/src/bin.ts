@@ -1,9 +1,35 @@
 #!/usr/bin/env node
+import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { CliError, graphCommand, migrateCommand, resolveUrl, statusCommand } from "./commands.js";
-import { runDemo } from "./demo.js";
+import { graphCommand, migrateCommand, resolveUrl, statusCommand } from "./commands.js";
+import { DEMO_PHASES, type DemoPhase, runDemo } from "./demo/index.js";
+import { formatError, Interrupted } from "./errors.js";
+
+// Signals first, before anything can start a server: SIGINT (Ctrl-C) and
+// SIGTERM abort `interrupt`. The demo stops at whatever phase it is in and
+// cleans up (server, its folder, the scratch database) before we exit with
+// 130 or 143; the other commands hold nothing to clean up and exit at once.
+// A second signal changes nothing: stopping is already under way, and
+// quitting before it ends would leave the server and its folder behind.
+const interrupt = new AbortController();
+let cleansUp = false;
+const onSignal = (signal: "SIGINT" | "SIGTERM") => {
+  if (interrupt.signal.aborted) return;
+  const reason = new Interrupted(signal);
+  interrupt.abort(reason);
+  if (!cleansUp) {
+    process.stderr.write(`\nstroem-db: ${reason.message}\n`);
+    process.exit(reason.exitCode);
+  }
+  process.stderr.write(`\nstroem-db: ${reason.message}: stopping and cleaning up…\n`);
+};
+process.on("SIGINT", () => onSignal("SIGINT"));
+process.on("SIGTERM", () => onSignal("SIGTERM"));
 
 const say = (s = "") => process.stdout.write(`${s}\n`);
+const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
 
 function integer(min: number, max: number) {
   return (value: string) => {
@@ -21,9 +47,17 @@ function fraction(value: string) {
   return n;
 }
 
+/** The URL a failing command was using, so connection errors can name the server. */
+let urlInUse: string | undefined;
+function databaseUrl(flag: string | undefined): string {
+  urlInUse = resolveUrl(flag);
+  return urlInUse;
+}
+
 const program = new Command()
   .name("stroem-db")
   .description("Strøm's database layer: run the demo, migrate a database, watch the queue.")
+  .version(version)
   .showHelpAfterError("(run with --help for usage)")
   .configureOutput({ outputError: (str, write) => write(str) });
 
@@ -49,28 +83,20 @@ program
     "use this server instead of an embedded one (the demo works in its own database there and drops it)",
   )
   .action(async (opts: { jobs: number; workers: number; failRate: number; seed: number; url?: string }) => {
-    const interrupt = new AbortController();
-    const onSigint = () => {
-      if (interrupt.signal.aborted) process.exit(130);
-      process.stderr.write(
-        "\nInterrupted: letting workers finish their step and cleaning up (Ctrl-C again to quit now)…\n",
-      );
-      interrupt.abort();
-    };
-    process.on("SIGINT", onSigint);
-    try {
-      const report = await runDemo({ ...opts, out: process.stdout, signal: interrupt.signal });
-      process.exitCode = report.interrupted ? 130 : report.ok ? 0 : 1;
-    } finally {
-      process.off("SIGINT", onSigint);
-    }
+    urlInUse = opts.url;
+    cleansUp = true;
+    // Test seam (see DemoOptions.holdAt): STROEM_TEST_DEMO_HOLD=<phase>.
+    const hold = process.env.STROEM_TEST_DEMO_HOLD as DemoPhase | undefined;
+    const holdAt = hold && (DEMO_PHASES as readonly string[]).includes(hold) ? hold : undefined;
+    const report = await runDemo({ ...opts, out: process.stdout, signal: interrupt.signal, holdAt });
+    process.exitCode = report.ok ? 0 : 1;
   });
 
 program
   .command("migrate")
   .description("Apply the committed migrations (DATABASE_URL by default) and print what was applied.")
   .option("--url <url>", "database URL (default: DATABASE_URL)")
-  .action(async (opts: { url?: string }) => migrateCommand(resolveUrl(opts.url), say));
+  .action(async (opts: { url?: string }) => migrateCommand(databaseUrl(opts.url), say));
 
 program
   .command("status")
@@ -82,7 +108,7 @@ program
       .argParser(integer(1, 86_400)),
   )
   .action(async (opts: { url?: string; staleAfter: number }) =>
-    statusCommand(resolveUrl(opts.url), opts.staleAfter * 1000, say),
+    statusCommand(databaseUrl(opts.url), opts.staleAfter * 1000, say),
   );
 
 program
@@ -92,17 +118,18 @@ program
   .option("--url <url>", "database URL (default: DATABASE_URL)")
   .addOption(new Option("--format <format>", "output format").choices(["text", "mermaid"]).default("text"))
   .action(async (jobId: string, opts: { url?: string; format: "text" | "mermaid" }) =>
-    graphCommand(resolveUrl(opts.url), jobId, opts.format, say),
+    graphCommand(databaseUrl(opts.url), jobId, opts.format, say),
   );
 
 try {
   await program.parseAsync();
 } catch (error) {
-  // One clear line, never a stack trace (set STROEM_DEBUG=1 for one).
-  const message = error instanceof Error ? error.message : String(error);
-  process.stderr.write(
-    `stroem-db: ${error instanceof CliError ? "" : `${(error as Error)?.name ?? "error"}: `}${message}\n`,
-  );
-  if (process.env.STROEM_DEBUG) console.error(error);
+  // One clear line, never a stack trace (set STROEM_DEBUG=1 for one). An
+  // interrupt was announced when it arrived.
+  if (!interrupt.signal.aborted) {
+    process.stderr.write(`stroem-db: ${formatError(error, urlInUse)}\n`);
+    if (process.env.STROEM_DEBUG) console.error(error);
+  }
   process.exitCode = 1;
 }
+if (interrupt.signal.aborted) process.exitCode = (interrupt.signal.reason as Interrupted).exitCode;

@@ -8,13 +8,9 @@ import {
   runMigrations,
   WorkerRepo,
 } from "@stroem/repos";
+import { CliError } from "./errors.js";
 import { age, table } from "./format.js";
 import { renderMermaid, renderText } from "./graph.js";
-
-/** A failure to report as one line, exit code 1. */
-export class CliError extends Error {
-  override name = "CliError";
-}
 
 export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   const url = flag ?? env.DATABASE_URL;

@@ -1,13 +1,14 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
 import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
-import { dropDatabase, withClient, withDatabase } from "@stroem/testing";
 import { useTestDb } from "@stroem/testing/fixture";
 import { afterAll, describe, expect, inject, it } from "vitest";
-import { PIPELINE } from "../src/demo.js";
+import { PIPELINE } from "../src/demo/pipeline.js";
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const ownServerOnly = Boolean(process.env.STROEM_TEST_DATABASE_URL);
 const t = useTestDb();
 const { adminUrl } = inject("stroemPg");
 
@@ -106,6 +107,39 @@ describe("errors are one line and a non-zero exit", () => {
     expect(stdout).toBe("");
   });
 
+  it("a migration that fails names the migration and Postgres' reason, in one line", async () => {
+    const name = `stroem_cli_clash_${Date.now()}`;
+    await withClient(adminUrl, (c) => c.query(`create database ${name}`));
+    created.push(name);
+    const url = withDatabase(adminUrl, name);
+    await withClient(url, (c) => c.query("create table job (id int)"));
+    const { code, stdout, stderr } = await cli(["migrate", "--url", url]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toBe(
+      'stroem-db: migration 0000_initial failed: relation "job" already exists (42P07); nothing was applied\n',
+    );
+    const tables = await withClient(url, (c) =>
+      c.query("select count(*)::int as n from pg_tables where schemaname = 'public'"),
+    );
+    expect(tables.rows[0].n).toBe(1); // the migration's transaction was rolled back
+  });
+
+  it("demo --url errors are translated like the other commands'", async () => {
+    const { code, stdout, stderr } = await cli(["demo", "--url", "postgres://u:p@127.0.0.1:1/db"]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toMatch(/^stroem-db: ConnectionError: cannot reach PostgreSQL at 127\.0\.0\.1:1: ECONNREFUSED/);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("--version prints the package's version", async () => {
+    const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+    const { code, stdout } = await cli(["--version"]);
+    expect(code).toBe(0);
+    expect(stdout).toBe(`${version}\n`);
+  });
+
   it("no URL", async () => {
     const { code, stderr } = await cli(["status"]);
     expect(code).toBe(1);
@@ -156,36 +190,17 @@ describe("stroem-db demo", () => {
     expect(outcome(again.stdout)).toEqual(outcome(stdout));
   });
 
-  it("with no flags, runs on an embedded PostgreSQL and removes it", async () => {
-    const { code, stdout } = await cli(["demo"]);
-    expect(code).toBe(0);
-    const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
-    expect(dir).toBeDefined();
-    expect(stdout).toMatch(/✔ every job is terminal \(50\/50\)/);
-    expect(stdout).toMatch(/A failed job, /);
-    expect(existsSync(dir as string)).toBe(false);
-  });
-
-  it("Ctrl-C stops the workers, exits 130 and still removes the embedded server", async () => {
-    const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--jobs", "2000", "--workers", "4"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-    await new Promise<void>((resolve, reject) => {
-      const deadline = setTimeout(() => reject(new Error(`no progress line in time:\n${stdout}`)), 60_000);
-      child.stdout?.on("data", (chunk: Buffer) => {
-        stdout += chunk.toString();
-        if (/^jobs +\d+\/2000/m.test(stdout)) {
-          clearTimeout(deadline);
-          resolve();
-        }
-      });
-    });
-    child.kill("SIGINT");
-    const code = await exited;
-    expect(code).toBe(130);
-    const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
-    expect(existsSync(dir as string)).toBe(false);
-  });
+  // With STROEM_TEST_DATABASE_URL set, tests use that server and start none of their own.
+  it.skipIf(ownServerOnly)(
+    "with no flags, runs on an embedded PostgreSQL and removes it (skipped when STROEM_TEST_DATABASE_URL is set)",
+    async () => {
+      const { code, stdout } = await cli(["demo"]);
+      expect(code).toBe(0);
+      const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
+      expect(dir).toBeDefined();
+      expect(stdout).toMatch(/✔ every job is terminal \(50\/50\)/);
+      expect(stdout).toMatch(/A failed job, /);
+      expect(existsSync(dir as string)).toBe(false);
+    },
+  );
 });

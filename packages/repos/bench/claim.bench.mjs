@@ -7,8 +7,8 @@
 // Sizes: BENCH_READY (default 100000 waiting steps), BENCH_HISTORY (default
 // 300000 finished steps), BENCH_CLAIMS (default 1000 claims per measurement).
 import { randomUUID } from "node:crypto";
+import { dropDatabase, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/embedded-pg";
 import { createPool, JobStepRepo, runMigrations, WorkerRepo } from "@stroem/repos";
-import { dropDatabase, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/testing";
 import { sql } from "drizzle-orm";
 
 const READY = Number(process.env.BENCH_READY ?? 100_000);

@@ -1,14 +1,14 @@
 import { randomBytes } from "node:crypto";
 import path from "node:path";
+import { countConnections, createDatabaseFromTemplate, dropDatabase, withDatabase } from "@stroem/embedded-pg";
 import * as schema from "@stroem/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, inject } from "vitest";
-import { countConnections, createDatabaseFromTemplate, dropDatabase } from "./admin.js";
+
+import { describeServer } from "./server.js";
 
 export type { ProvidedPg } from "./provided.js";
-
-import { withDatabase } from "./server.js";
 
 export type TestDatabase = NodePgDatabase<typeof schema> & { $client: pg.Pool };
 
@@ -89,7 +89,7 @@ export function useTestDb(): TestDb {
       const { kind } = inject("stroemPg");
       console.warn(
         kind === "url"
-          ? `[stroem-testing] a test failed: kept database ${name} for inspection (${url})`
+          ? `[stroem-testing] a test failed: kept database ${name} for inspection (${describeServer(url)})`
           : `[stroem-testing] a test failed: database ${name} stays until the ${kind} server stops at the end of the run; set STROEM_TEST_DATABASE_URL to keep it`,
       );
     } else {

@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
+import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
 import { runMigrations } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
-import { dropDatabase, withClient } from "./admin.js";
 import type {} from "./provided.js";
-import { redactUrl, startTestServer, withDatabase } from "./server.js";
+import { describeServer, startTestServer } from "./server.js";
 
 /**
  * Vitest global setup: starts (or finds) one server for the run, creates a
@@ -15,7 +15,7 @@ import { redactUrl, startTestServer, withDatabase } from "./server.js";
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const server = await startTestServer();
-  console.log(`[stroem-testing] PostgreSQL: ${server.kind} (${server.reason}) at ${redactUrl(server.url)}`);
+  console.log(`[stroem-testing] PostgreSQL: ${server.kind} (${server.reason}) at ${describeServer(server.url)}`);
   const template = `stroem_tpl_${randomBytes(5).toString("hex")}`;
   try {
     await withClient(server.url, (c) => c.query(`create database ${c.escapeIdentifier(template)}`));

@@ -1,6 +1,4 @@
-export { countConnections, createDatabaseFromTemplate, dropDatabase, withClient } from "./admin.js";
 export { isDockerReachable } from "./docker.js";
-export { type EmbeddedOptions, type RunningServer, startEmbeddedPostgres } from "./embedded.js";
 export {
   chooseServer,
   dockerEndpoints,
@@ -12,9 +10,8 @@ export {
 } from "./select.js";
 export {
   DEFAULT_CONTAINER_IMAGE,
+  describeServer,
   IMAGE_VARIABLE,
-  redactUrl,
   startTestServer,
   type TestServer,
-  withDatabase,
 } from "./server.js";

@@ -1,5 +1,5 @@
+import { type RunningServer, startEmbeddedPostgres } from "@stroem/embedded-pg";
 import { isDockerReachable } from "./docker.js";
-import { type RunningServer, startEmbeddedPostgres } from "./embedded.js";
 import { chooseServer, type ServerChoice, type ServerKind } from "./select.js";
 
 export const DEFAULT_CONTAINER_IMAGE = "postgres:17-alpine";
@@ -52,19 +52,14 @@ async function startChosen(
   }
 }
 
-/** Replaces the database name in a connection URL. */
-export function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${encodeURIComponent(database)}`;
-  return u.toString();
-}
-
-/** The URL with its password masked, for logs. */
-export function redactUrl(url: string): string {
+/**
+ * Where a server is, for logs: `host:port/database`, never the credentials.
+ * (URL redaction lives in @stroem/repos, which this package must not import.)
+ */
+export function describeServer(url: string): string {
   try {
     const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
+    return `${u.hostname}:${u.port || 5432}${u.pathname}`;
   } catch {
     return "<unparseable url>";
   }

@@ -2,12 +2,11 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
 import { MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, describe, expect, inject, it } from "vitest";
-import { dropDatabase, withClient } from "../src/admin.js";
-import { withDatabase } from "../src/server.js";
 
 const ROOT = path.resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
 const { adminUrl } = inject("stroemPg");
@@ -102,4 +101,29 @@ describe("runMigrations", () => {
     });
     expect((await describeSchema(viaRun)).applied).toEqual(mine.applied);
   }, 120_000);
+});
+
+describe("drizzle.config.ts", () => {
+  const kit = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(
+        "pnpm",
+        ["exec", "drizzle-kit", ...args],
+        { cwd: ROOT, env: { ...process.env, DATABASE_URL: undefined } },
+        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+
+  it("drizzle-kit migrate without DATABASE_URL refuses in one line, instead of trying a default server", async () => {
+    const { code, stderr } = await kit(["migrate"]);
+    expect(code).not.toBe(0);
+    expect(stderr).toMatch(/^drizzle-kit migrate: DATABASE_URL is not set; set it to the database to use .*\n$/);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("commands that need no database (check, as pnpm drift runs it) work without DATABASE_URL", async () => {
+    const { code, stdout } = await kit(["check"]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/Everything's fine/);
+  });
 });
