@@ -58,7 +58,7 @@ export interface BenchOptions {
 
 export const DEFAULTS: Omit<BenchOptions, "log"> = {
   quick: false,
-  reps: 1,
+  reps: 2,
   workers: 8,
   flatJobs: 20_000,
   batch: 50,
@@ -74,6 +74,7 @@ export const DEFAULTS: Omit<BenchOptions, "log"> = {
 export const QUICK: Omit<BenchOptions, "log"> = {
   ...DEFAULTS,
   quick: true,
+  reps: 1,
   flatJobs: 300,
   dagJobs: 60,
   fanOut: [20, 60],
@@ -187,12 +188,14 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
         },
       ];
       for (const m of modes) {
+        const shares: number[] = [];
         const r = await abba(
           `flat ${m.key}`,
           () =>
             fresh(async (url) => {
               const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
               check(`flat ${m.key} (ours)`, t.problems);
+              if (t.reportShare !== undefined) shares.push(t.reportShare);
               return t.rate;
             }),
           () =>
@@ -213,7 +216,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ours: `${fmtSummary(r.ours)} — ${m.ours}`,
           peer: `${fmtSummary(r.peer)} — ${m.peer}`,
           ratio: fmtRatio(r.ours.median, r.peer.median),
-          note: `${W} workers`,
+          note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
         });
       }
     });
@@ -253,7 +256,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ours: `${fmt(f.median)} (IQR ${fmt(f.p25)}–${fmt(f.p75)})`,
           peer: "–",
           ratio: "–",
-          note: `${W} single-claim workers; ${f.reported === n ? "all" : `first ${fmt(f.reported)}`} child reports timed`,
+          note: `${W} single-claim workers; ${f.reported === n ? "all" : `first ${fmt(f.reported)}`} child reports timed; ${fmt(f.rate)} child reports/s`,
         });
       }
     });

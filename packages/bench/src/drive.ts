@@ -31,6 +31,9 @@ export interface DriveResult {
   duplicates: number;
   /** Empty claims (nothing ready at that moment). */
   idleClaims: number;
+  /** Worker time spent in claims and in reports, ms summed over workers. */
+  claimMs: number;
+  reportMs: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -46,6 +49,8 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
     let reported = 0;
     let duplicates = 0;
     let idleClaims = 0;
+    let claimMs = 0;
+    let reportMs = 0;
     let stop = false;
     const done = () => stop || reported >= options.expected || (options.enough?.() ?? false);
     const note = (steps: readonly JobStep[]) => {
@@ -57,10 +62,13 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
     };
     const loop = async (db: Database, workerId: string) => {
       while (!done()) {
+        const c0 = performance.now();
         const steps =
           options.batch === 1
             ? await claimOne(db, CAPS, workerId).then((s) => (s ? [s] : []))
             : await claimMany(db, CAPS, workerId, options.batch);
+        const c1 = performance.now();
+        claimMs += c1 - c0;
         if (steps.length === 0) {
           idleClaims += 1;
           await sleep(1); // others are finishing what would make more steps ready
@@ -71,7 +79,9 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
           const step = steps[0]!;
           const t0 = performance.now();
           await complete(db, { jobId: step.jobId, stepName: step.stepName, workerId, attempt: step.attempts });
-          options.onReport?.(step, performance.now() - t0);
+          const ms = performance.now() - t0;
+          reportMs += ms;
+          options.onReport?.(step, ms);
           reported += 1;
         } else {
           const results = await reportMany(
@@ -84,6 +94,7 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
               outcome: "completed" as const,
             })),
           );
+          reportMs += performance.now() - c1;
           const refused = results.find((r) => !r.ok);
           if (refused && !refused.ok) throw refused.error;
           reported += results.length;
@@ -101,7 +112,7 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
     );
     const failure = outcomes.find((o) => o.status === "rejected");
     if (failure) throw failure.reason;
-    return { seconds: (performance.now() - started) / 1000, reported, duplicates, idleClaims };
+    return { seconds: (performance.now() - started) / 1000, reported, duplicates, idleClaims, claimMs, reportMs };
   } finally {
     await Promise.all(pools.map((p) => p.$client.end()));
   }

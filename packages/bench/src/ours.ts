@@ -145,15 +145,18 @@ export async function listenForReady(url: string, capabilities: readonly string[
     wait: ({ timeoutMs = 100, signal } = {}) =>
       new Promise<boolean>((resolve) => {
         if (signal?.aborted) return resolve(false);
-        const timer = setTimeout(() => resolve(true), Math.min(timeoutMs, 100));
-        signal?.addEventListener(
-          "abort",
+        const onAbort = () => {
+          clearTimeout(timer);
+          resolve(false);
+        };
+        const timer = setTimeout(
           () => {
-            clearTimeout(timer);
-            resolve(false);
+            signal?.removeEventListener("abort", onAbort);
+            resolve(true);
           },
-          { once: true },
+          Math.min(timeoutMs, 100),
         );
+        signal?.addEventListener("abort", onAbort, { once: true });
       }),
     close: async () => {},
   };

@@ -43,6 +43,8 @@ export interface Throughput {
   /** Steps per second. */
   rate: number;
   problems: string[];
+  /** Share of the workers' time spent reporting (the rest: claiming, idle waits), when measured. */
+  reportShare?: number;
 }
 
 /** `jobs` jobs of `shape` drained by `workers` workers claiming `batch` at a time; steps/s. */
@@ -58,10 +60,12 @@ export async function oursDrain(
   const run = await drive({ url, workers, batch, expected: steps });
   const problems = await checkAllDone(url, jobs, steps);
   if (run.duplicates > 0) problems.push(`${run.duplicates} steps handed out twice`);
-  return { rate: run.reported / run.seconds, problems };
+  return { rate: run.reported / run.seconds, problems, reportShare: run.reportMs / (run.seconds * 1000 * workers) };
 }
 
 export interface FanOut {
+  /** Child reports per second over the timed ones (reports of one job serialise on its row lock). */
+  rate: number;
   /** Per-child report times, ms. */
   median: number;
   p25: number;
@@ -98,11 +102,13 @@ export async function oursFanOut(
   });
   const problems = full ? await checkAllDone(url, 1, shape.length) : [];
   if (run.duplicates > 0) problems.push(`${run.duplicates} steps handed out twice`);
+  const timed = full ? times : times.slice(0, sample); // reports in flight when `enough` turned true finish too
   return {
-    median: median(times),
-    p25: quantile(times, 0.25),
-    p75: quantile(times, 0.75),
-    reported: times.length,
+    rate: times.length / run.seconds,
+    median: median(timed),
+    p25: quantile(timed, 0.25),
+    p75: quantile(timed, 0.75),
+    reported: timed.length,
     problems,
   };
 }
