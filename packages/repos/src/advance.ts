@@ -3,7 +3,8 @@ import { type JobStatus, jobStep } from "@stroem/schema";
 import { eq } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
 import { JobNotFoundError } from "./errors.js";
-import { advanceStatement } from "./sql/report.js";
+import { ADVANCE } from "./sql/report.js";
+import { runStatement } from "./statement.js";
 import { requireUuid } from "./validate.js";
 
 export interface AdvanceResult {
@@ -32,8 +33,12 @@ export interface AdvanceResult {
  */
 export async function advanceJob(db: Executor, jobId: string): Promise<AdvanceResult> {
   requireUuid("jobId", jobId);
-  const { rows } = await translateErrors(db, () =>
-    db.execute<{ promoted: string[]; skipped: string[]; job_status: JobStatus | null }>(advanceStatement(jobId)),
+  const rows = await translateErrors(db, () =>
+    runStatement<{ promoted: string[]; skipped: string[]; job_status: JobStatus | null }, { jobId: string }>(
+      db,
+      ADVANCE,
+      { jobId },
+    ),
   );
   const row = rows[0];
   if (!row?.job_status) throw new JobNotFoundError(jobId);

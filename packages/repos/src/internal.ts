@@ -3,13 +3,14 @@
  * and benchmarks. Not a stable API: call the repos instead.
  */
 export { claimStatement, directedClaimStatement } from "./sql/claim.js";
-export { createJobsStatement } from "./sql/create.js";
+export { CREATE_JOBS } from "./sql/create.js";
 export {
+  ADVANCE,
   advanceManyStatement,
-  advanceStatement,
-  finishStepStatement,
+  FINISH_STEP,
   notifyReadyStatement,
+  REPORT_MANY,
   recountStatement,
-  reportManyStatement,
 } from "./sql/report.js";
 export { rescueStatement } from "./sql/rescue.js";
+export { runStatement, type Statement } from "./statement.js";

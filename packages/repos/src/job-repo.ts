@@ -16,7 +16,8 @@ import { and, count, desc, eq, type SQL, sql } from "drizzle-orm";
 import { type AdvanceResult, advanceJob } from "./advance.js";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
-import { createJobsStatement } from "./sql/create.js";
+import { CREATE_JOBS } from "./sql/create.js";
+import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
 import { transitionJob } from "./transition.js";
 import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
@@ -130,7 +131,7 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
   );
   await translateErrors(
     db,
-    () => db.execute(createJobsStatement(jobJson, JSON.stringify(steps))),
+    () => runStatement(db, CREATE_JOBS, { jobs: jobJson, steps: JSON.stringify(steps) }),
     (e) => stepConstraintError(e, undefined),
   );
   return jobs.map((j) => j.jobId);

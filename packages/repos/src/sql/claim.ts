@@ -1,4 +1,5 @@
-import { type SQL, sql } from "drizzle-orm";
+import { type SQL, type SQLChunk, sql } from "drizzle-orm";
+import { type Statement, statement } from "../statement.js";
 
 /**
  * Starts the jobs of the steps in the CTE `claimed` (a job is `running` from
@@ -32,40 +33,69 @@ const startJobs = sql`
  * The CTE fences the locked sub-select: Postgres runs it once, so the UPDATE
  * touches exactly the rows it locked (Oban's lesson).
  */
-export function claimStatement(capabilities: readonly string[], workerId: string, limit: number): SQL {
+function claimQuery(multiple: boolean, p: { actionTypes: SQLChunk; workerId: SQLChunk; limit: SQLChunk }): SQL {
   // One capability (the usual worker): the index walk alone, no outer sort.
-  const next =
-    capabilities.length === 1
-      ? sql`
-      select s.job_id, s.step_name
-      from job_step s
-      where s.status = 'ready' and s.action_type = ${capabilities[0]} and s.ready_at <= now()
-      order by s.ready_at, s.job_id, s.step_name
-      limit ${limit}
-      for update skip locked`
-      : sql`
+  const next = multiple
+    ? sql`
       select c.job_id, c.step_name
-      from unnest(${sql.param(capabilities)}::text[]) as cap(action_type)
+      from unnest(${p.actionTypes}::text[]) as cap(action_type)
       cross join lateral (
         select s.job_id, s.step_name, s.ready_at
         from job_step s
         where s.status = 'ready' and s.action_type = cap.action_type and s.ready_at <= now()
         order by s.ready_at, s.job_id, s.step_name
-        limit ${limit}
+        limit ${p.limit}
         for update skip locked
       ) c
       order by c.ready_at, c.job_id, c.step_name
-      limit ${limit}`;
+      limit ${p.limit}`
+    : sql`
+      select s.job_id, s.step_name
+      from job_step s
+      where s.status = 'ready' and s.action_type = ${p.actionTypes} and s.ready_at <= now()
+      order by s.ready_at, s.job_id, s.step_name
+      limit ${p.limit}
+      for update skip locked`;
   return sql`
     with next as (${next}
     ), claimed as (
       update job_step s
-      set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
+      set status = 'running', worker_id = ${p.workerId}::uuid, started_at = now(), attempts = s.attempts + 1
       from next
       where s.job_id = next.job_id and s.step_name = next.step_name
       returning s.*
     ), ${startJobs}
     select * from claimed order by ready_at, job_id, step_name`;
+}
+
+type ClaimValues = { actionTypes: string | string[]; workerId: string; limit: number };
+const placeholders = {
+  actionTypes: sql.placeholder("actionTypes"),
+  workerId: sql.placeholder("workerId"),
+  limit: sql.placeholder("limit"),
+};
+const CLAIM_ONE_TYPE = statement<ClaimValues>("claim_one_type", claimQuery(false, placeholders));
+const CLAIM_TYPES = statement<ClaimValues>("claim_types", claimQuery(true, placeholders));
+
+/** The prepared claim for these capabilities, and its values. */
+export function claim(
+  capabilities: readonly string[],
+  workerId: string,
+  limit: number,
+): { statement: Statement<ClaimValues>; values: ClaimValues } {
+  return capabilities.length === 1
+    ? { statement: CLAIM_ONE_TYPE, values: { actionTypes: capabilities[0] as string, workerId, limit } }
+    : { statement: CLAIM_TYPES, values: { actionTypes: [...capabilities], workerId, limit } };
+}
+
+/** The claim as a Drizzle `sql` with its values bound (for EXPLAIN in tests). */
+export function claimStatement(capabilities: readonly string[], workerId: string, limit: number): SQL {
+  const multiple = capabilities.length > 1;
+  return claimQuery(multiple, {
+    actionTypes: multiple ? sql.param(capabilities) : sql`${capabilities[0]}`,
+    workerId: sql`${workerId}`,
+    limit: sql`${limit}`,
+  });
 }
 
 /**

@@ -1,4 +1,5 @@
-import { type SQL, sql } from "drizzle-orm";
+import { sql } from "drizzle-orm";
+import { statement } from "../statement.js";
 
 /**
  * Inserts jobs and their steps in one statement, whatever their number: each
@@ -8,12 +9,13 @@ import { type SQL, sql } from "drizzle-orm";
  * computed by the caller from the validated flow. Notifies `stroem_ready`
  * for the action types of the steps created ready.
  */
-export function createJobsStatement(jobs: string, steps: string): SQL {
-  return sql`
+export const CREATE_JOBS = statement<{ jobs: string; steps: string }>(
+  "create_jobs",
+  sql`
     with jobs as (
       insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished)
       select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision, x.steps_unfinished
-      from jsonb_to_recordset(${jobs}::jsonb) as x(
+      from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
         revision text, steps_unfinished integer)
     ), steps as (
@@ -22,12 +24,12 @@ export function createJobsStatement(jobs: string, steps: string): SQL {
       select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input, x.status,
              x.depends_on, x.continue_on_failure, x.dependants, x.deps_unfinished,
              case when x.status = 'ready' then now() end
-      from jsonb_to_recordset(${steps}::jsonb) as x(
+      from jsonb_to_recordset(${sql.placeholder("steps")}::jsonb) as x(
         job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
         input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
         deps_unfinished integer)
       returning action_type, status
     )
     select pg_notify('stroem_ready', r.action_type)
-    from (select distinct action_type from steps where status = 'ready') as r`;
-}
+    from (select distinct action_type from steps where status = 'ready') as r`,
+);

@@ -1,4 +1,5 @@
 import { type SQL, sql } from "drizzle-orm";
+import { statement } from "../statement.js";
 
 /**
  * The statements of reports and advancing. Each is one call of a function
@@ -28,25 +29,31 @@ export interface FinishArgs {
   attempt: number | null;
 }
 
+/** Placeholder values of `FINISH_STEP` (`output` as JSON text). */
+export type FinishValues = Omit<FinishArgs, "output"> & { output: string | null; propagate: boolean };
+
 /**
  * One report: guarded mark of a running step and, with `propagate`, the
  * advance of its job (dependants' counts, promotions, skips, the job's status).
  */
-export function finishStepStatement(a: FinishArgs, propagate: boolean): SQL {
-  return sql`select * from stroem_finish_step(${a.jobId}::uuid, ${a.stepName}, ${a.outcome},
-    ${a.output === null ? null : JSON.stringify(a.output)}::jsonb,
-    ${a.error}, ${a.workerId}::uuid, ${a.attempt}::int, ${propagate})`;
-}
+export const FINISH_STEP = statement<FinishValues>(
+  "finish_step",
+  sql`select * from stroem_finish_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text,
+    ${sql.placeholder("outcome")}::text, ${sql.placeholder("output")}::jsonb, ${sql.placeholder("error")}::text,
+    ${sql.placeholder("workerId")}::uuid, ${sql.placeholder("attempt")}::int, ${sql.placeholder("propagate")}::boolean)`,
+);
 
 /** Many reports: `reports` is a JSON array of `{ i, job_id, step_name, outcome, output, error, worker_id, attempt }`. */
-export function reportManyStatement(reports: string): SQL {
-  return sql`select * from stroem_report_many(${reports}::jsonb)`;
-}
+export const REPORT_MANY = statement<{ reports: string }>(
+  "report_many",
+  sql`select * from stroem_report_many(${sql.placeholder("reports")}::jsonb)`,
+);
 
 /** Advance of one job: applies outcomes not applied yet (bare marks). A NULL job_status: no such job. */
-export function advanceStatement(jobId: string): SQL {
-  return sql`select * from stroem_advance(${jobId}::uuid)`;
-}
+export const ADVANCE = statement<{ jobId: string }>(
+  "advance",
+  sql`select * from stroem_advance(${sql.placeholder("jobId")}::uuid)`,
+);
 
 /** Advance of several jobs, in job id order (the lock order between jobs). */
 export function advanceManyStatement(jobIds: readonly string[]): SQL {

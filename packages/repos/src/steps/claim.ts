@@ -2,7 +2,8 @@ import { ACTION_TYPES, CONSTRAINTS, type JobStep, jobStep } from "@stroem/schema
 import { type Executor, translateErrors } from "../db.js";
 import { WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
-import { claimStatement, directedClaimStatement } from "../sql/claim.js";
+import { claim, directedClaimStatement } from "../sql/claim.js";
+import { runStatement } from "../statement.js";
 import { explainRefusal } from "../transition.js";
 import { requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
 
@@ -44,12 +45,13 @@ export async function claimReadySteps(
   const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
-  const result = await translateErrors(
+  const { statement, values } = claim(caps, workerId, limit);
+  const rows = await translateErrors(
     db,
-    () => db.execute<Record<string, unknown>>(claimStatement(caps, workerId, limit)),
+    () => runStatement<Record<string, unknown>, typeof values>(db, statement, values),
     workerMissing(workerId),
   );
-  return result.rows.map((r) => mapRow(jobStep, r));
+  return rows.map((r) => mapRow(jobStep, r));
 }
 
 /**

@@ -8,7 +8,8 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
-import { type FinishArgs, type FinishRow, finishStepStatement, reportManyStatement } from "../sql/report.js";
+import { FINISH_STEP, type FinishArgs, type FinishRow, type FinishValues, REPORT_MANY } from "../sql/report.js";
+import { runStatement } from "../statement.js";
 import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
 /**
@@ -107,7 +108,10 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
 }
 
 async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<ReportResult> {
-  const { rows } = await translateErrors(db, () => db.execute<FinishRow>(finishStepStatement(a, propagate)));
+  const output = a.output === null ? null : JSON.stringify(a.output);
+  const rows = await translateErrors(db, () =>
+    runStatement<FinishRow, FinishValues>(db, FINISH_STEP, { ...a, output, propagate }),
+  );
   const outcome = toOutcome(a, rows[0] as FinishRow);
   if (!outcome.ok) throw outcome.error;
   const { ok: _, ...result } = outcome;
@@ -163,7 +167,9 @@ export async function reportMany(db: Executor, reports: readonly StepReport[]): 
       attempt: a.attempt,
     })),
   );
-  const { rows } = await translateErrors(db, () => db.execute<FinishRow & { ord: number }>(reportManyStatement(json)));
+  const rows = await translateErrors(db, () =>
+    runStatement<FinishRow & { ord: number }, { reports: string }>(db, REPORT_MANY, { reports: json }),
+  );
   const out = new Array<ReportOutcome>(args.length);
   for (const row of rows) out[row.ord] = toOutcome(args[row.ord] as FinishArgs, row);
   return out;

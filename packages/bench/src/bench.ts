@@ -1,0 +1,369 @@
+/**
+ * `pnpm bench`: ours and graphile-worker side by side on one server, in one
+ * run. Each pair is measured in the order A B B A (ours, peer, peer, ours)
+ * per repetition, every measurement in a fresh database copied from a
+ * migrated template; the table shows medians and min–max over measurements.
+ * Every run that finishes its jobs is checked for exactly-once execution on
+ * both sides; a failed check is reported and fails the run.
+ */
+import { writeFile } from "node:fs/promises";
+import os from "node:os";
+import { createPool, runMigrations } from "@stroem/repos";
+import { type ClaimFigures, claimComparison } from "./claim.js";
+import {
+  graphileEnqueue,
+  graphileFlat,
+  graphileLatency,
+  graphileVersion,
+  migrateGraphile,
+  remainingJobs,
+  runnerOptions,
+} from "./graphile.js";
+import { API_PATHS } from "./ours.js";
+import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
+import { DIAMOND, FLAT, fanOut } from "./seed.js";
+import {
+  createDatabase,
+  dropDatabase,
+  openServer,
+  type ServerSettings,
+  serverSettings,
+  withDatabase,
+} from "./server.js";
+import { fmt, fmtRatio, fmtSummary, median, type Summary, summarize } from "./stats.js";
+
+export interface BenchOptions {
+  /** Small sizes; checks correctness, not speed. */
+  quick: boolean;
+  /** A server to use (a scratch database is created there and dropped); default an embedded one, fsync on. */
+  databaseUrl?: string;
+  /** Also write the table here. */
+  out?: string;
+  /** A B B A rounds per pair. */
+  reps: number;
+  workers: number;
+  flatJobs: number;
+  batch: number;
+  dagJobs: number;
+  fanOut: number[];
+  enqueueJobs: number;
+  enqueuePerCall: number;
+  latencySamples: number;
+  claim: { ready: number; history: number; claims: number };
+  /** Progress lines (default: stderr). */
+  log: (line: string) => void;
+}
+
+export const DEFAULTS: Omit<BenchOptions, "log"> = {
+  quick: false,
+  reps: 2,
+  workers: 8,
+  flatJobs: 20_000,
+  batch: 50,
+  dagJobs: 2_000,
+  fanOut: [500, 2_000, 5_000],
+  enqueueJobs: 5_000,
+  enqueuePerCall: 1_000,
+  latencySamples: 50,
+  claim: { ready: 100_000, history: 300_000, claims: 1_000 },
+};
+
+export const QUICK: Omit<BenchOptions, "log"> = {
+  ...DEFAULTS,
+  quick: true,
+  reps: 1,
+  flatJobs: 300,
+  dagJobs: 60,
+  fanOut: [20, 60],
+  enqueueJobs: 300,
+  enqueuePerCall: 100,
+  latencySamples: 5,
+  claim: { ready: 2_000, history: 4_000, claims: 100 },
+};
+
+export interface BenchResult {
+  markdown: string;
+  /** Failed correctness checks and errors; empty when every check passed. */
+  failures: string[];
+}
+
+interface Row {
+  section: string;
+  measure: string;
+  ours: string;
+  peer: string;
+  ratio: string;
+  note: string;
+}
+
+export async function runBench(given: Partial<BenchOptions> = {}): Promise<BenchResult> {
+  const o: BenchOptions = {
+    ...(given.quick ? QUICK : DEFAULTS),
+    log: (line) => process.stderr.write(`${line}\n`),
+    ...given,
+  };
+  const failures: string[] = [];
+  const rows: Row[] = [];
+  const server = await openServer(o.databaseUrl);
+  const prefix = `stroem_bench_${process.pid}_${Date.now().toString(36)}`;
+  const template = `${prefix}_tpl`;
+  let serial = 0;
+  const started = performance.now();
+  try {
+    const settings = await serverSettings(server.adminUrl);
+    await createDatabase(server.adminUrl, template);
+    const templateUrl = withDatabase(server.adminUrl, template);
+    const db = createPool(templateUrl, { max: 1 });
+    try {
+      await runMigrations(db);
+    } finally {
+      await db.$client.end();
+    }
+    await migrateGraphile(templateUrl);
+
+    /** Runs `fn` in a fresh copy of the template, dropped afterwards. */
+    const fresh = async <T>(fn: (url: string) => Promise<T>): Promise<T> => {
+      const name = `${prefix}_${++serial}`;
+      await createDatabase(server.adminUrl, name, template);
+      try {
+        return await fn(withDatabase(server.adminUrl, name));
+      } finally {
+        await dropDatabase(server.adminUrl, name);
+      }
+    };
+    /** Records what a check found; the run goes on. */
+    const check = (what: string, problems: readonly string[]) => {
+      for (const p of problems) failures.push(`${what}: ${p}`);
+      if (problems.length > 0) o.log(`  CHECK FAILED ${what}: ${problems.join("; ")}`);
+    };
+    /** Ours and the peer in the order A B B A per repetition. */
+    const abba = async (label: string, ours: () => Promise<number>, peer: () => Promise<number>) => {
+      const a: number[] = [];
+      const b: number[] = [];
+      const step = async (side: "ours" | "peer") => {
+        const v = side === "ours" ? await ours() : await peer();
+        (side === "ours" ? a : b).push(v);
+        o.log(`  ${label} ${side}: ${fmt(v)}`);
+      };
+      for (let r = 0; r < o.reps; r++) {
+        await step("ours");
+        await step("peer");
+        await step("peer");
+        await step("ours");
+      }
+      return { ours: summarize(a), peer: summarize(b) };
+    };
+    /** A section that throws is a failure, not the end of the run. */
+    const section = async (name: string, fn: () => Promise<void>) => {
+      o.log(`${name}…`);
+      try {
+        await fn();
+      } catch (error) {
+        failures.push(`${name}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+        o.log(`  ERROR ${name}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    };
+    const W = o.workers;
+    const flatRate: Record<string, Summary> = {};
+
+    await section("1. flat queue", async () => {
+      const modes = [
+        {
+          key: "single",
+          ours: `claimReadyStep + report`,
+          peer: `defaults (concurrency ${W})`,
+          batch: 1,
+          batched: false,
+        },
+        {
+          key: "batch",
+          ours: `claimReadySteps(${o.batch}) + batch report`,
+          peer: "localQueue 500 + batched completion",
+          batch: o.batch,
+          batched: true,
+        },
+      ];
+      for (const m of modes) {
+        const shares: number[] = [];
+        const r = await abba(
+          `flat ${m.key}`,
+          () =>
+            fresh(async (url) => {
+              const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
+              check(`flat ${m.key} (ours)`, t.problems);
+              if (t.reportShare !== undefined) shares.push(t.reportShare);
+              return t.rate;
+            }),
+          () =>
+            fresh(async (url) => {
+              const g = await graphileFlat(url, o.flatJobs, runnerOptions(W, m.batched));
+              const problems: string[] = [];
+              if (g.executed !== o.flatJobs) problems.push(`${g.executed}/${o.flatJobs} jobs ran`);
+              if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
+              if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
+              check(`flat ${m.key} (graphile-worker)`, problems);
+              return o.flatJobs / g.seconds;
+            }),
+        );
+        flatRate[m.key] = r.ours;
+        rows.push({
+          section: `1${m.key === "single" ? "a" : "b"}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
+          measure: "jobs/s",
+          ours: `${fmtSummary(r.ours)} — ${m.ours}`,
+          peer: `${fmtSummary(r.peer)} — ${m.peer}`,
+          ratio: fmtRatio(r.ours.median, r.peer.median),
+          note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
+        });
+      }
+    });
+
+    await section("2. DAG diamonds", async () => {
+      for (const [key, batch] of [
+        ["single", 1],
+        ["batch", o.batch],
+      ] as const) {
+        const values: number[] = [];
+        for (let i = 0; i < 2 * o.reps; i++) {
+          const t = await fresh((url) => oursDrain(url, o.dagJobs, DIAMOND, W, batch));
+          check(`diamonds ${key}`, t.problems);
+          values.push(t.rate);
+          o.log(`  diamonds ${key} ours: ${fmt(t.rate)}`);
+        }
+        const s = summarize(values);
+        rows.push({
+          section: `2. DAG diamonds a→b,c→d, ${fmt(o.dagJobs)} jobs`,
+          measure: "steps/s",
+          ours: `${fmtSummary(s)} — ${key === "single" ? "single claim" : `batch ${batch}`}`,
+          peer: "–",
+          ratio: `${fmtRatio(s.median, flatRate[key]?.median)} of flat`,
+          note: `${W} workers; ratio to ours' flat jobs/s, same mode`,
+        });
+      }
+    });
+
+    await section("3. fan-out", async () => {
+      for (const n of o.fanOut) {
+        const f = await fresh((url) => oursFanOut(url, fanOut(n), W));
+        check(`fan-out ${n}`, f.problems);
+        o.log(`  fan-out ${n}: median ${fmt(f.median)} ms per child report`);
+        rows.push({
+          section: `3. Fan-out root→${fmt(n)} children→join`,
+          measure: "ms per child report",
+          ours: `${fmt(f.median)} (IQR ${fmt(f.p25)}–${fmt(f.p75)})`,
+          peer: "–",
+          ratio: "–",
+          note: `${W} single-claim workers; all ${fmt(f.reported)} child reports timed; ${fmt(f.rate)} child reports/s`,
+        });
+      }
+    });
+
+    await section("4. enqueue", async () => {
+      const r = await abba(
+        "enqueue",
+        () =>
+          fresh(async (url) => {
+            const t = await oursEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
+            check("enqueue (ours)", t.problems);
+            return t.rate;
+          }),
+        () =>
+          fresh(async (url) => {
+            const g = await graphileEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
+            const left = await remainingJobs(url);
+            check("enqueue (graphile-worker)", left === o.enqueueJobs ? [] : [`${left}/${o.enqueueJobs} jobs added`]);
+            return o.enqueueJobs / g.seconds;
+          }),
+      );
+      rows.push({
+        section: `4. Enqueue ${fmt(o.enqueueJobs)} one-step jobs, ${fmt(o.enqueuePerCall)} a call`,
+        measure: "jobs/s",
+        ours: `${fmtSummary(r.ours)} — ${API_PATHS.enqueue}`,
+        peer: `${fmtSummary(r.peer)} — addJobs`,
+        ratio: fmtRatio(r.ours.median, r.peer.median),
+        note: "one connection",
+      });
+    });
+
+    await section("5. pickup latency", async () => {
+      const warmUp = 3;
+      const r = await abba(
+        "latency ms",
+        () =>
+          fresh(async (url) => {
+            const l = await oursLatency(url, o.latencySamples, warmUp);
+            check("latency (ours)", l.problems);
+            return median(l.ms);
+          }),
+        () =>
+          fresh(async (url) => {
+            const ms = await graphileLatency(url, o.latencySamples, warmUp);
+            const left = await remainingJobs(url);
+            check("latency (graphile-worker)", left === 0 ? [] : [`${left} jobs left`]);
+            return median(ms);
+          }),
+      );
+      rows.push({
+        section: "5. Pickup latency, idle queue (insert → claim)",
+        measure: "ms, median of samples",
+        ours: `${fmtSummary(r.ours)} — ${API_PATHS.wakeUp}`,
+        peer: `${fmtSummary(r.peer)} — LISTEN/NOTIFY`,
+        ratio: fmtRatio(r.ours.median, r.peer.median),
+        note: `1 worker each; ${o.latencySamples} samples per measurement; lower is better`,
+      });
+    });
+
+    await section("6. claim vs the design note's claim", async () => {
+      const figures: ClaimFigures = await fresh((url) => claimComparison(url, o.claim, o.reps, o.log));
+      const c = o.claim;
+      for (const [label, f] of [
+        [`${fmt(c.ready)} ready, no history`, figures.empty],
+        [`${fmt(c.ready)} ready + ${fmt(c.history)} finished`, figures.history],
+      ] as const) {
+        rows.push({
+          section: `6. Claim, 1 connection, ${label}`,
+          measure: "claims/s",
+          ours: fmtSummary(f.ours),
+          peer: `${fmtSummary(f.naive)} — design note's claim`,
+          ratio: fmtRatio(f.ours.median, f.naive.median),
+          note: `${fmt(c.claims)} claims a measurement; batch of ${o.batch}: ${fmt(f.batch)} steps/s`,
+        });
+      }
+    });
+
+    const markdown = render(o, settings, server.kind, rows, failures, (performance.now() - started) / 1000);
+    if (o.out) await writeFile(o.out, markdown);
+    return { markdown, failures };
+  } finally {
+    await dropDatabase(server.adminUrl, template).catch(() => undefined);
+    await server.stop();
+  }
+}
+
+function render(
+  o: BenchOptions,
+  s: ServerSettings,
+  kind: string,
+  rows: readonly Row[],
+  failures: readonly string[],
+  seconds: number,
+): string {
+  const cpus = os.cpus();
+  const api = API_PATHS;
+  const cell = (v: string) => v.replaceAll("|", "\\|");
+  const lines = [
+    `# stroem-db bench${o.quick ? " (quick: correctness, not speed)" : ""}`,
+    "",
+    `- Server: PostgreSQL ${s.version}, ${kind}; fsync=${s.fsync}, synchronous_commit=${s.synchronousCommit}, full_page_writes=${s.fullPageWrites}, shared_buffers=${s.sharedBuffers}`,
+    `- Machine: ${cpus.length} cores (${cpus[0]?.model.trim() ?? "?"}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${process.platform}-${process.arch}`,
+    `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
+    `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
+    `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+    `- Exactly-once checks: ${failures.length === 0 ? "all passed" : `${failures.length} FAILED (below)`}. Total ${seconds.toFixed(0)} s.`,
+    "",
+    "| Section | Measure | Ours | graphile-worker | Ratio | Notes |",
+    "|---|---|---|---|---|---|",
+    ...rows.map((r) => `| ${[r.section, r.measure, r.ours, r.peer, r.ratio, r.note].map(cell).join(" | ")} |`),
+  ];
+  if (failures.length > 0) lines.push("", "## Failures", "", ...failures.map((f) => `- ${f.split("\n")[0]}`));
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+/**
+ * `pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]`: prints the
+ * comparison table to stdout (progress to stderr); exits 1 when a check
+ * failed or a section broke, 2 on bad arguments.
+ */
+import { parseArgs } from "node:util";
+import { type BenchOptions, runBench } from "./bench.js";
+
+function positiveInt(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) {
+    process.stderr.write(`--${name} must be a positive integer, got "${value}"\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+let args: ReturnType<typeof parse>;
+function parse() {
+  return parseArgs({
+    options: {
+      quick: { type: "boolean", default: false },
+      out: { type: "string" },
+      reps: { type: "string" },
+      jobs: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+  }).values;
+}
+try {
+  args = parse();
+} catch (error) {
+  process.stderr.write(`${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]\n`);
+  process.exit(2);
+}
+if (args.help) {
+  process.stdout.write(
+    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]\n" +
+      "  --quick     small sizes, checks exactly-once on both systems (under a minute)\n" +
+      "  --out FILE  also write the markdown table to FILE\n" +
+      "  --reps N    A B B A rounds per pair (default 1)\n" +
+      "  --jobs N    flat-queue size (default 20,000)\n" +
+      "Server: STROEM_BENCH_DATABASE_URL, else an embedded PostgreSQL with fsync on.\n",
+  );
+  process.exit(0);
+}
+
+const options: Partial<BenchOptions> = { quick: args.quick };
+if (args.out) options.out = args.out;
+const reps = positiveInt("reps", args.reps);
+if (reps) options.reps = reps;
+const jobs = positiveInt("jobs", args.jobs);
+if (jobs) options.flatJobs = jobs;
+if (process.env.STROEM_BENCH_DATABASE_URL) options.databaseUrl = process.env.STROEM_BENCH_DATABASE_URL;
+
+const result = await runBench(options);
+process.stdout.write(result.markdown);
+if (result.failures.length > 0) {
+  process.stderr.write(
+    `\n${result.failures.length} check(s) failed:\n${result.failures.map((f) => `  ${f}`).join("\n")}\n`,
+  );
+  process.exitCode = 1;
+}

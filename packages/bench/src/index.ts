@@ -1,0 +1,1 @@
+export { type BenchOptions, type BenchResult, DEFAULTS, QUICK, runBench } from "./bench.js";

@@ -1,0 +1,65 @@
+import { fillPlaceholders, type SQL } from "drizzle-orm";
+import { PgDialect } from "drizzle-orm/pg-core";
+import type pg from "pg";
+import type { Executor } from "./db.js";
+
+const dialect = new PgDialect();
+
+/**
+ * A hand-written statement of the hot path, compiled once from Drizzle's
+ * `sql` template with `sql.placeholder(...)` for its values: no query
+ * building per call, and it runs as a named prepared statement (parsed and
+ * planned once per connection) where the connection allows it.
+ */
+export interface Statement<V extends Record<string, unknown>> {
+  readonly name: string;
+  readonly text: string;
+  readonly params: readonly unknown[];
+  /** Phantom: the placeholder values the statement takes. */
+  readonly values?: V;
+}
+
+export function statement<V extends Record<string, unknown>>(name: string, query: SQL): Statement<V> {
+  const { sql: text, params } = dialect.sqlToQuery(query);
+  return { name: `stroem_${name}`, text, params };
+}
+
+/**
+ * Connections (node-postgres clients) on which statements must not be named:
+ * those of pools made for a transaction pooler (PgBouncer before 1.21 cannot
+ * route named prepared statements).
+ */
+const unnamed = new WeakSet<object>();
+
+/** Marks a pool's connections as unable to keep prepared statements (see `createPool`'s `pooler`). */
+export function withoutPreparedStatements(pool: pg.Pool): void {
+  unnamed.add(pool);
+  pool.on("connect", (client) => unnamed.add(client));
+}
+
+/** The node-postgres client or pool under a Drizzle database or transaction. */
+function clientOf(db: Executor): pg.Pool | pg.PoolClient | pg.Client {
+  // A database from `drizzle()` has `$client`; a transaction's session holds
+  // its checked-out client (drizzle-orm 0.45's NodePgSession.client; every
+  // repo test that runs inside a transaction goes through here).
+  const own = (db as { $client?: pg.Pool | pg.Client }).$client;
+  const client = own ?? (db as unknown as { session?: { client?: pg.PoolClient } }).session?.client;
+  if (!client) throw new TypeError("not a Drizzle node-postgres database or transaction");
+  return client;
+}
+
+/** Runs `st` with `values` on `db` (a database or a transaction) and returns the raw rows. */
+export async function runStatement<R, V extends Record<string, unknown>>(
+  db: Executor,
+  st: Statement<V>,
+  values: V,
+): Promise<R[]> {
+  const client = clientOf(db);
+  const params = fillPlaceholders(st.params as unknown[], values);
+  const result = await client.query({
+    ...(unnamed.has(client) ? {} : { name: st.name }),
+    text: st.text,
+    values: params,
+  });
+  return result.rows as R[];
+}
