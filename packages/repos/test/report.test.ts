@@ -171,14 +171,68 @@ describe("reportMany", () => {
       jobStatus: "failed",
       repeated: false,
     });
+    // Refusals are explained by the step's status after the batch: `a`'s report promoted `b`.
     expect(results[1]).toMatchObject({
       ok: false,
-      error: { name: "InvalidTransitionError", currentStatus: "pending" },
+      error: { name: "InvalidTransitionError", currentStatus: "ready" },
     });
     expect(results[2]).toEqual({ ok: true, promoted: ["b", "c"], skipped: [], jobStatus: "running", repeated: false });
     expect(results[3]).toMatchObject({ ok: false, error: { name: "InvalidTransitionError" } });
     expect(await statuses(j1)).toEqual({ a: "completed", b: "ready", c: "ready", d: "pending" });
     expect((await JobRepo.get(t.db, j2))?.status).toBe("failed");
+  });
+
+  it("settles each job once: leaves and non-leaves of one job, a duplicate, a bare mark waiting, many flat jobs", async () => {
+    const w = await registerWorker(t.db);
+    // A job whose `a` has a dependant (`b`) and whose `leaf` has none.
+    const [mixed, bare, ...flat] = (await JobRepo.createMany(t.db, [
+      {
+        job: newJob,
+        steps: [
+          { stepName: "a", actionName: "x", actionType: "shell" },
+          { stepName: "leaf", actionName: "x", actionType: "shell" },
+          { stepName: "b", actionName: "x", actionType: "shell", dependsOn: ["a"] },
+        ],
+      },
+      {
+        job: newJob,
+        steps: [...diamond.slice(0, 2), { stepName: "c", actionName: "x", actionType: "shell" as const }],
+      }, // a -> b, and c
+      ...Array.from({ length: 30 }, () => ({
+        job: newJob,
+        steps: [{ stepName: "only", actionName: "x", actionType: "shell" as const }],
+      })),
+    ])) as [string, string, ...string[]];
+    const a = await hold(mixed, "a", w);
+    const leaf = await hold(mixed, "leaf", w);
+    // A bare mark (no advance) leaves `bare`'s `a` unpropagated; its `b` waits.
+    await JobStepRepo.markCompleted(t.db, bare, "a", null, await hold(bare, "a", w));
+    const c = await hold(bare, "c", w);
+    const flatRefs = await Promise.all(flat.map((jobId) => hold(jobId, "only", w)));
+    const results = await JobStepRepo.reportMany(t.db, [
+      { ...leaf, outcome: "completed" },
+      { ...a, outcome: "completed" },
+      { ...a, outcome: "completed" }, // the same report twice
+      { ...c, outcome: "completed" }, // a leaf of the job with the bare mark waiting
+      ...flatRefs.map((r, k) => ({
+        ...r,
+        ...(k % 2 ? { outcome: "failed" as const, error: "x" } : { outcome: "completed" as const }),
+      })),
+    ]);
+    expect(results[0]).toMatchObject({ ok: true, promoted: [], jobStatus: "running" });
+    expect(results[1]).toMatchObject({ ok: true, promoted: ["b"], jobStatus: "running", repeated: false });
+    expect(results[2]).toMatchObject({ ok: true, promoted: [], repeated: true });
+    expect(await JobRepo.get(t.db, mixed)).toMatchObject({ status: "running", stepsUnfinished: 1 });
+    for (const [k, jobId] of flat.entries()) {
+      expect(results[4 + k]).toMatchObject({ ok: true, jobStatus: k % 2 ? "failed" : "completed" });
+      expect(await JobRepo.get(t.db, jobId)).toMatchObject({
+        status: k % 2 ? "failed" : "completed",
+        stepsUnfinished: 0,
+      });
+    }
+    // The bare mark was applied with the batch's report on its job: `b` is ready.
+    expect(await statuses(bare)).toEqual({ a: "completed", b: "ready", c: "completed" });
+    expect(await JobRepo.get(t.db, bare)).toMatchObject({ status: "running", stepsUnfinished: 1 });
   });
 
   it("bad input anywhere in the batch is an InvalidInputError and writes nothing; [] is a no-op", async () => {

@@ -76,6 +76,25 @@ CREATE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAGE sql AS $$
 $$;
 --> statement-breakpoint
 
+-- Settles a job whose row the caller has locked after `p_finished` of its
+-- steps got an applied outcome (`p_failed` of them failing it): its counts,
+-- and its status (`running`, or `completed` / `failed` with completed_at
+-- once nothing is unfinished). Returns the new status.
+CREATE FUNCTION stroem_settle_job(p_job_id uuid, p_finished integer, p_failed integer)
+RETURNS text LANGUAGE sql AS $$
+  UPDATE job j SET
+    steps_unfinished = j.steps_unfinished - p_finished,
+    steps_failed = j.steps_failed + p_failed,
+    status = CASE WHEN j.steps_unfinished > p_finished THEN 'running'
+                  WHEN j.steps_failed + p_failed > 0 THEN 'failed'
+                  ELSE 'completed' END,
+    started_at = coalesce(j.started_at, now()),
+    completed_at = CASE WHEN j.steps_unfinished > p_finished THEN NULL ELSE now() END
+  WHERE j.job_id = p_job_id
+  RETURNING j.status
+$$;
+--> statement-breakpoint
+
 -- Applies outcomes to a job whose row the caller has locked and which is not
 -- finished: the given ones (dependant names, each with the outcome of the
 -- dependency that reached it; a NULL outcome only re-decides), plus those of
@@ -164,16 +183,7 @@ BEGIN
   END LOOP;
 
   IF v_finished > 0 THEN
-    UPDATE job j SET
-      steps_unfinished = j.steps_unfinished - v_finished,
-      steps_failed = j.steps_failed + v_failed,
-      status = CASE WHEN j.steps_unfinished > v_finished THEN 'running'
-                    WHEN j.steps_failed + v_failed > 0 THEN 'failed'
-                    ELSE 'completed' END,
-      started_at = coalesce(j.started_at, now()),
-      completed_at = CASE WHEN j.steps_unfinished > v_finished THEN NULL ELSE now() END
-    WHERE j.job_id = p_job_id
-    RETURNING j.status INTO job_status;
+    job_status := stroem_settle_job(p_job_id, v_finished, v_failed);
   ELSE
     SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id;
   END IF;
@@ -243,7 +253,13 @@ BEGIN
   END IF;
   result := 'ok';
   step_status := p_outcome;
-  IF v_propagate THEN
+  IF v_propagate AND cardinality(v_dependants) = 0 AND NOT EXISTS (
+    SELECT 1 FROM job_step s
+    WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
+  ) THEN
+    -- Nothing depends on it and no bare mark waits: only the job's counts move.
+    job_status := stroem_settle_job(p_job_id, 1, CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END);
+  ELSIF v_propagate THEN
     SELECT * INTO v_applied FROM stroem_apply_outcomes(
       p_job_id, v_dependants, array_fill(p_outcome, ARRAY[cardinality(v_dependants)]),
       1, CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END);
@@ -255,35 +271,106 @@ END
 $$;
 --> statement-breakpoint
 
--- Many reports in one call: jobs are locked in job_id order (then the
--- reports' order), so concurrent batches cannot deadlock. `i` in each report
--- is echoed back as `ord` so the caller can put the results in its order.
+-- Many reports in one call, set-based: the jobs' rows are locked in job_id
+-- order (so concurrent batches cannot deadlock), every guarded mark is one
+-- UPDATE, reports whose step has dependants are advanced one by one
+-- (stroem_apply_outcomes: their promotions and skips are theirs), and the
+-- jobs of the others are settled once per job. `i` in each report is echoed
+-- back as `ord`. A refused report writes nothing and says why, as
+-- stroem_finish_step does; `job_status` is the job's status after the batch.
 CREATE FUNCTION stroem_report_many(p_reports jsonb)
 RETURNS TABLE(ord integer, result text, promoted text[], skipped text[], job_status text,
               step_status text, step_worker_id uuid, step_attempts integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-  r record;
-  f record;
+  m record;
+  v_applied record;
+  v_ords integer[] := '{}';
+  v_promoted text[] := '{}'; -- per accepted report, as JSON text
+  v_skipped text[] := '{}';
+  v_flat_jobs uuid[] := '{}';
+  v_flat_failed integer[] := '{}';
 BEGIN
-  FOR r IN
-    SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
-      i integer, job_id uuid, step_name text, outcome text, output jsonb, error text, worker_id uuid, attempt integer)
-    ORDER BY x.job_id, x.i
+  PERFORM 1 FROM job j
+  WHERE j.job_id IN (SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid))
+  ORDER BY j.job_id
+  FOR NO KEY UPDATE;
+
+  FOR m IN
+    WITH r AS (
+      SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+        i integer, job_id uuid, step_name text, outcome text, output jsonb, error text, worker_id uuid, attempt integer)
+    ), marked AS (
+      UPDATE job_step s SET
+        status = r.outcome,
+        output = r.output,
+        error_message = r.error,
+        completed_at = now(),
+        propagated = j.status NOT IN ('completed', 'failed', 'cancelled')
+      FROM r JOIN job j ON j.job_id = r.job_id
+      WHERE s.job_id = r.job_id AND s.step_name = r.step_name AND s.status = 'running'
+        AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
+        AND (r.attempt IS NULL OR s.attempts = r.attempt)
+      RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving
+    )
+    SELECT * FROM marked ORDER BY marked.job_id, marked.i
   LOOP
-    SELECT * INTO f FROM stroem_finish_step(
-      r.job_id, r.step_name, r.outcome, r.output, r.error, r.worker_id, r.attempt, true);
-    ord := r.i;
-    result := f.result;
-    promoted := f.promoted;
-    skipped := f.skipped;
-    job_status := f.job_status;
-    step_status := f.step_status;
-    step_worker_id := f.step_worker_id;
-    step_attempts := f.step_attempts;
-    RETURN NEXT;
+    v_ords := v_ords || m.i;
+    IF m.moving AND cardinality(m.dependants) > 0 THEN
+      SELECT * INTO v_applied FROM stroem_apply_outcomes(
+        m.job_id, m.dependants, array_fill(m.outcome, ARRAY[cardinality(m.dependants)]),
+        1, CASE WHEN m.outcome = 'failed' AND NOT m.continue_on_failure THEN 1 ELSE 0 END);
+      v_promoted := v_promoted || array_to_json(v_applied.promoted)::text;
+      v_skipped := v_skipped || array_to_json(v_applied.skipped)::text;
+    ELSE
+      v_promoted := v_promoted || '[]'::text;
+      v_skipped := v_skipped || '[]'::text;
+      IF m.moving THEN
+        v_flat_jobs := v_flat_jobs || m.job_id;
+        v_flat_failed := v_flat_failed || CASE WHEN m.outcome = 'failed' AND NOT m.continue_on_failure THEN 1 ELSE 0 END;
+      END IF;
+    END IF;
   END LOOP;
+
+  -- Reports nothing depends on: each job settled once. A job with bare marks
+  -- waiting goes through stroem_apply_outcomes, which applies those too.
+  PERFORM CASE
+      WHEN EXISTS (SELECT 1 FROM job_step s WHERE s.job_id = f.job_id AND NOT s.propagated
+                   AND s.status IN ('completed', 'failed', 'skipped'))
+      THEN (stroem_apply_outcomes(f.job_id, '{}', '{}', f.n, f.failed)).job_status
+      ELSE stroem_settle_job(f.job_id, f.n, f.failed)
+    END
+  FROM (
+    SELECT t.job_id, count(*)::integer AS n, sum(t.failed)::integer AS failed
+    FROM unnest(v_flat_jobs, v_flat_failed) AS t(job_id, failed)
+    GROUP BY t.job_id
+  ) f;
+
+  RETURN QUERY
+    WITH r AS (
+      SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+        i integer, job_id uuid, step_name text, outcome text, worker_id uuid, attempt integer)
+    ), acc AS (
+      SELECT t.* FROM unnest(v_ords, v_promoted, v_skipped) AS t(i, promoted, skipped)
+    )
+    SELECT r.i,
+      CASE
+        WHEN acc.i IS NOT NULL THEN 'ok'
+        WHEN s.step_name IS NULL THEN 'not_found'
+        WHEN s.status = r.outcome AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.worker_id = r.worker_id AND s.attempts = r.attempt THEN 'repeated'
+        WHEN s.status <> 'running' THEN 'invalid_transition'
+        ELSE 'not_owner'
+      END,
+      coalesce(ARRAY(SELECT jsonb_array_elements_text(acc.promoted::jsonb)), '{}'),
+      coalesce(ARRAY(SELECT jsonb_array_elements_text(acc.skipped::jsonb)), '{}'),
+      j.status, s.status, s.worker_id, s.attempts
+    FROM r
+      LEFT JOIN acc ON acc.i = r.i
+      LEFT JOIN job_step s ON s.job_id = r.job_id AND s.step_name = r.step_name
+      LEFT JOIN job j ON j.job_id = r.job_id
+    ORDER BY r.i;
 END
 $$;
 --> statement-breakpoint
