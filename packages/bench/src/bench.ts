@@ -23,6 +23,7 @@ import { API_PATHS } from "./ours.js";
 import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
 import {
+  type Cost,
   createDatabase,
   dropDatabase,
   openServer,
@@ -185,6 +186,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
       ];
       for (const m of modes) {
         const shares: number[] = [];
+        const costs: { ours: Cost[]; peer: Cost[] } = { ours: [], peer: [] };
         const r = await abba(
           `flat ${m.key}`,
           () =>
@@ -192,6 +194,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
               const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
               check(`flat ${m.key} (ours)`, t.problems);
               if (t.reportShare !== undefined) shares.push(t.reportShare);
+              if (t.cost) costs.ours.push(t.cost);
               return t.rate;
             }),
           () =>
@@ -202,6 +205,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
               if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
               if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
               check(`flat ${m.key} (graphile-worker)`, problems);
+              costs.peer.push(g.cost);
               return o.flatJobs / g.seconds;
             }),
         );
@@ -213,6 +217,21 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           peer: `${fmtSummary(r.peer)} — ${m.peer}`,
           ratio: fmtRatio(r.ours.median, r.peer.median),
           note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
+        });
+        const perJob = (cs: Cost[]) => {
+          const each = (f: (c: Cost) => number | undefined) => {
+            const v = cs.map(f).filter((x): x is number => x !== undefined);
+            return v.length ? fmt(median(v) / o.flatJobs) : "?";
+          };
+          return `Node ${each((c) => c.nodeCpuMs)} ms + Postgres ${each((c) => c.serverCpuMs)} ms CPU, ${each((c) => c.walBytes / 1024)} KB WAL`;
+        };
+        rows.push({
+          section: `1${m.key === "single" ? "a" : "b"}. Same, cost per job`,
+          measure: "CPU ms, WAL KB per job",
+          ours: perJob(costs.ours),
+          peer: perJob(costs.peer),
+          ratio: "–",
+          note: "medians; seeding excluded; Postgres CPU = all of the server's processes (local servers only)",
         });
       }
     });

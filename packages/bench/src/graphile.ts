@@ -16,7 +16,7 @@ import {
   runMigrations,
   type WorkerUtils,
 } from "graphile-worker";
-import { withClient } from "./server.js";
+import { type Cost, startCost, withClient } from "./server.js";
 
 /** Only graphile-worker's errors reach the console. */
 const logger = new Logger(() => (level, message) => {
@@ -76,6 +76,8 @@ export async function remainingJobs(url: string): Promise<number> {
 
 export interface GraphileRun {
   seconds: number;
+  /** What running the jobs cost (enqueueing excluded). */
+  cost: Cost;
   executed: number;
   duplicates: number;
   remaining: number;
@@ -89,6 +91,7 @@ export async function graphileFlat(url: string, n: number, options: RunnerOption
   await withUtils(url, async (utils) => {
     for (let i = 0; i < n; i += 1000) await utils.addJobs(specs(i, Math.min(1000, n - i)));
   });
+  const probe = await startCost(url);
   const seen = new Set<number>();
   let duplicates = 0;
   let first = 0;
@@ -125,7 +128,8 @@ export async function graphileFlat(url: string, n: number, options: RunnerOption
   } finally {
     await runner.stop();
   }
-  return { seconds: (end - first) / 1000, executed: seen.size, duplicates, remaining: await remainingJobs(url) };
+  const cost = await probe.stop();
+  return { seconds: (end - first) / 1000, cost, executed: seen.size, duplicates, remaining: await remainingJobs(url) };
 }
 
 /** `addJobs` of `perCall` jobs a call until `n`; timed on one connection (the utils' pool). */

@@ -7,6 +7,7 @@ import { createPool, type Database, JobRepo, JobStepRepo } from "@stroem/repos";
 import { drive } from "./drive.js";
 import { claimOne, complete, createMany, listenForReady, type NewJobWithSteps, registerWorker } from "./ours.js";
 import { type StepShape, seedJobs } from "./seed.js";
+import { type Cost, startCost } from "./server.js";
 import { median, quantile } from "./stats.js";
 
 const CAPS = ["shell"] as const;
@@ -45,6 +46,8 @@ export interface Throughput {
   problems: string[];
   /** Share of the workers' time spent reporting (the rest: claiming, idle waits), when measured. */
   reportShare?: number;
+  /** What draining cost (seeding excluded), when measured. */
+  cost?: Cost;
 }
 
 /** `jobs` jobs of `shape` drained by `workers` workers claiming `batch` at a time; steps/s. */
@@ -57,10 +60,17 @@ export async function oursDrain(
 ): Promise<Throughput> {
   await withPool(url, (db) => seedJobs(db, jobs, shape));
   const steps = jobs * shape.length;
+  const probe = await startCost(url);
   const run = await drive({ url, workers, batch, expected: steps });
+  const cost = await probe.stop();
   const problems = await checkAllDone(url, jobs, steps);
   if (run.duplicates > 0) problems.push(`${run.duplicates} steps handed out twice`);
-  return { rate: run.reported / run.seconds, problems, reportShare: run.reportMs / (run.seconds * 1000 * workers) };
+  return {
+    rate: run.reported / run.seconds,
+    problems,
+    reportShare: run.reportMs / (run.seconds * 1000 * workers),
+    cost,
+  };
 }
 
 export interface FanOut {
