@@ -1,5 +1,9 @@
 import fc from "fast-check";
-import type { Flow } from "../src/index.js";
+import type { Flow, StepStatus } from "../src/index.js";
+
+/** Step statuses by name, and the list `planAdvance` takes. */
+export type States = Record<string, StepStatus>;
+export const view = (states: States) => Object.entries(states).map(([stepName, status]) => ({ stepName, status }));
 
 /** Random DAGs of 1 to 25 steps (edges only to earlier steps), some with continueOnFailure. */
 export const dagArb = fc.integer({ min: 1, max: 25 }).chain((n) =>

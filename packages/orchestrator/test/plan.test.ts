@@ -9,10 +9,7 @@ import {
   planAdvance,
   type StepStatus,
 } from "../src/index.js";
-import { dagArb } from "./dags.js";
-
-type States = Record<string, StepStatus>;
-const view = (states: States) => Object.entries(states).map(([stepName, status]) => ({ stepName, status }));
+import { dagArb, type States, view } from "./dags.js";
 
 const diamond: Flow = {
   step1: { actionName: "a" },
