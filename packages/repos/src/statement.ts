@@ -25,16 +25,15 @@ export function statement<V extends Record<string, unknown>>(name: string, query
 }
 
 /**
- * Connections (node-postgres clients) on which statements must not be named:
- * those of pools made for a transaction pooler (PgBouncer before 1.21 cannot
- * route named prepared statements).
+ * Whether `client` may keep named prepared statements: a pool created with
+ * `preparedStatements: false` in its node-postgres options may not (what
+ * `createPool(url, { pooler: "transaction" })` sets: PgBouncer before 1.21
+ * cannot route named statements in transaction mode). Statements inside a
+ * transaction run unnamed: the hot paths run on the pool.
  */
-const unnamed = new WeakSet<object>();
-
-/** Marks a pool's connections as unable to keep prepared statements (see `createPool`'s `pooler`). */
-export function withoutPreparedStatements(pool: pg.Pool): void {
-  unnamed.add(pool);
-  pool.on("connect", (client) => unnamed.add(client));
+function mayPrepare(client: pg.Pool | pg.PoolClient | pg.Client): boolean {
+  const options = (client as { options?: { preparedStatements?: boolean } }).options;
+  return "totalCount" in client && options?.preparedStatements !== false;
 }
 
 /** The node-postgres client or pool under a Drizzle database or transaction. */
@@ -57,7 +56,7 @@ export async function runStatement<R, V extends Record<string, unknown>>(
   const client = clientOf(db);
   const params = fillPlaceholders(st.params as unknown[], values);
   const result = await client.query({
-    ...(unnamed.has(client) ? {} : { name: st.name }),
+    ...(mayPrepare(client) ? { name: st.name } : {}),
     text: st.text,
     values: params,
   });

@@ -4,9 +4,11 @@ import { FlowValidationError } from "@stroem/orchestrator";
 import { type NewFlowStep, STEP_STATUSES } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { beforeEach, describe, expect, expectTypeOf, it } from "vitest";
 import {
+  createPool,
   InvalidInputError,
   InvalidTransitionError,
   JobRepo,
@@ -408,5 +410,29 @@ describe("invariants the database holds", () => {
   it("the orchestrator's step statuses are the schema's", () => {
     expectTypeOf<PlannedStepStatus>().toEqualTypeOf<(typeof STEP_STATUSES)[number]>();
     expect([...STEP_STATUSES].sort()).toEqual(["completed", "failed", "pending", "ready", "running", "skipped"]);
+  });
+});
+
+describe("prepared statements", () => {
+  it("reports run as named prepared statements on a pool, unnamed where the pool says it cannot keep them", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    const w = await registerWorker(t.db);
+    const prepared = async (db: { $client: pg.Pool }) =>
+      (await db.$client.query<{ name: string }>("select name from pg_prepared_statements")).rows.map((r) => r.name);
+    const named = createPool(t.url, { max: 1 });
+    const unnamed = drizzle({
+      client: new pg.Pool({ connectionString: t.url, max: 1, preparedStatements: false } as pg.PoolConfig),
+    });
+    try {
+      const [a] = await JobStepRepo.claimReadySteps(named, ["shell"], w, 1);
+      await JobStepRepo.complete(named, { jobId, stepName: "a", workerId: w, attempt: a?.attempts });
+      expect(await prepared(named)).toEqual(expect.arrayContaining(["stroem_claim_one_type", "stroem_finish_step"]));
+      const [b] = await JobStepRepo.claimReadySteps(unnamed, ["shell"], w, 1);
+      await JobStepRepo.complete(unnamed, { jobId, stepName: "b", workerId: w, attempt: b?.attempts });
+      expect(await prepared(unnamed)).toEqual([]);
+    } finally {
+      await named.$client.end();
+      await unnamed.$client.end();
+    }
   });
 });
