@@ -4,6 +4,7 @@ import type { ExtractTablesWithRelations } from "drizzle-orm";
 import { drizzle, type NodePgDatabase, type NodePgQueryResultHKT } from "drizzle-orm/node-postgres";
 import type { PgDatabase, PgTransaction } from "drizzle-orm/pg-core";
 import pg from "pg";
+import { cancelingClient } from "./cancel.js";
 import { ConstraintViolationError, InvalidInputError, type Target, translateError } from "./errors.js";
 
 export type Schema = typeof schema;
@@ -24,8 +25,46 @@ export type Executor = PgDatabase<NodePgQueryResultHKT, any, any>;
 export interface PoolOptions {
   /** Most connections the pool opens. Default 10. */
   max?: number;
-  /** Server-side `statement_timeout` for every statement, in ms; 0 disables. Default 60,000. */
+  /**
+   * Longest a statement may run, in ms; 0 disables. Default 60,000. Sent as
+   * the `statement_timeout` startup parameter, or, with `pooler:
+   * "transaction"`, enforced by the client (see there). Either way a statement
+   * that runs too long fails with `DatabaseError` code `57014`
+   * (`PG.QUERY_CANCELED`) and the connection stays usable.
+   */
   statementTimeoutMs?: number;
+  /**
+   * `"transaction"` when `url` points at a transaction pooler (PgBouncer with
+   * `pool_mode = transaction`, the way most production Postgres is reached);
+   * leave unset for a direct connection or a session-mode pooler.
+   *
+   * Such a pooler refuses startup parameters other than a few it tracks
+   * (`unsupported startup parameter: statement_timeout`), drops them silently
+   * with `ignore_startup_parameters`, and hands a session `SET` on to whichever
+   * client gets that server connection next. So in this mode nothing but
+   * `application_name` is sent at startup, no session state is ever set, and
+   * the statement timeout is kept by the client: when a statement has not
+   * answered `statementTimeoutMs` after it was sent, the pool sends a cancel
+   * request (which PgBouncer forwards to the server connection the client is
+   * using), repeated every second until the answer comes (PgBouncer drops a
+   * cancel for a client still queued for a server connection). Postgres then
+   * fails the statement exactly as its own `statement_timeout` would
+   * (`57014`), inside or outside a transaction, and the connection is fine.
+   *
+   * Why not node-postgres' `query_timeout`: it only stops waiting. The
+   * statement keeps running on the server, holding its locks, and the
+   * connection stays busy with it: `pool.query` then discards the connection,
+   * and a transaction's ROLLBACK queues behind the statement it was meant to
+   * end. Why not `SET LOCAL statement_timeout`: it would cover only statements
+   * inside transactions, and cost a round trip in each. Operators should also
+   * set the timeout on the server, per role (`ALTER ROLE stroem SET
+   * statement_timeout = '60s'`), which every server connection the pooler
+   * opens for that role applies; it then also covers a client that died.
+   *
+   * Everything in this package works in this mode except `listenForReady`
+   * (LISTEN needs a session connection: give it a direct URL).
+   */
+  pooler?: "transaction" | undefined;
   /** How long to wait for a connection (new or from the pool) before failing, in ms. Default 10,000. */
   connectionTimeoutMs?: number;
   /** Idle connections are closed after this many ms. Default 30,000. */
@@ -55,7 +94,8 @@ const targets = new WeakMap<object, Target>();
 /**
  * Opens a pool to `url` (`postgres://` or `postgresql://`) and returns the
  * Drizzle database over it; `db.$client` is the `pg.Pool`, end it with
- * `await db.$client.end()`. Connections open lazily: an unreachable server
+ * `await db.$client.end()`. Behind a transaction pooler pass `pooler:
+ * "transaction"` (see `PoolOptions.pooler`). Connections open lazily: an unreachable server
  * shows as a `ConnectionError` naming host and port on the first query,
  * after at most `connectionTimeoutMs`. Throws `InvalidInputError` for a URL
  * that is not a Postgres URL.
@@ -69,14 +109,23 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
       throw new InvalidInputError(`options.${key}`, `must be a ${key === "max" ? "positive" : "non-negative"} integer`);
     }
   }
+  if (o.pooler !== undefined && o.pooler !== "transaction") {
+    throw new InvalidInputError(
+      "options.pooler",
+      `must be "transaction" or undefined, got ${JSON.stringify(o.pooler)}`,
+    );
+  }
+  const timeout = o.statementTimeoutMs > 0 ? o.statementTimeoutMs : undefined;
   const pool = new pg.Pool({
     connectionString: url,
     max: o.max,
     connectionTimeoutMillis: o.connectionTimeoutMs,
     idleTimeoutMillis: o.idleTimeoutMs,
     application_name: o.applicationName,
-    ...(o.statementTimeoutMs > 0 ? { statement_timeout: o.statementTimeoutMs } : {}),
-  });
+    ...(timeout === undefined ? {} : o.pooler ? { Client: cancelingClient(timeout) } : { statement_timeout: timeout }),
+    // Read by `runStatement` (statement.ts): PgBouncer 1.18 cannot route named prepared statements.
+    ...(o.pooler ? { preparedStatements: false } : {}),
+  } as pg.PoolConfig);
   const onError = (error: Error) => options.onConnectionError?.(error);
   pool.on("error", onError);
   // The pool listens for errors only on idle clients; this covers checked-out ones.

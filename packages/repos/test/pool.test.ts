@@ -19,14 +19,21 @@ const t = useTestDb();
 
 describe("createPool", () => {
   it("returns Drizzle over a pg.Pool with the given options", async () => {
-    const db = createPool(t.url, { max: 3, applicationName: "stroem-pool-test", statementTimeoutMs: 1234 });
+    const db = createPool(t.url, {
+      max: 3,
+      applicationName: "stroem-pool-test",
+      statementTimeoutMs: 1234,
+      pooler: t.pooler,
+    });
     try {
       expect(db.$client).toBeInstanceOf(pg.Pool);
       expect(db.$client.options.max).toBe(3);
       const res = await db.execute<{ app: string; timeout: string }>(
         sql`select current_setting('application_name') as app, current_setting('statement_timeout') as timeout`,
       );
-      expect(res.rows[0]).toEqual({ app: "stroem-pool-test", timeout: "1234ms" });
+      // Through a transaction pooler the timeout is the client's (no startup parameter, no SET):
+      // the server keeps its own default.
+      expect(res.rows[0]).toEqual({ app: "stroem-pool-test", timeout: t.pooler ? "0" : "1234ms" });
       // runMigrations is re-exported, and a no-op on a migrated database.
       expect((await runMigrations(db)).applied).toEqual([]);
     } finally {
@@ -39,6 +46,7 @@ describe("createPool", () => {
     expect(() => createPool("mysql://localhost/db")).toThrow(/expected postgres:\/\//);
     expect(() => createPool(t.url, { max: 0 })).toThrow(InvalidInputError);
     expect(() => createPool(t.url, { statementTimeoutMs: -1 })).toThrow(InvalidInputError);
+    expect(() => createPool(t.url, { pooler: "session" as "transaction" })).toThrow(/options.pooler/);
   });
 
   it("an unreachable server is a ConnectionError naming host and port, not a hang", async () => {
@@ -58,7 +66,7 @@ describe("createPool", () => {
   it("a wrong password or database is a ConnectionError too", async () => {
     const u = new URL(t.url);
     u.pathname = "/no_such_database";
-    const db = createPool(u.toString());
+    const db = createPool(u.toString(), { pooler: t.pooler });
     try {
       expect(await errorOf(() => ping(db))).toBeInstanceOf(ConnectionError);
     } finally {
@@ -67,7 +75,7 @@ describe("createPool", () => {
   });
 
   it("the statement timeout cancels a slow statement with a typed error", async () => {
-    const db = createPool(t.url, { statementTimeoutMs: 50 });
+    const db = createPool(t.url, { statementTimeoutMs: 50, pooler: t.pooler });
     try {
       const error = await errorOf(() =>
         ping(db).then(() =>
@@ -85,7 +93,7 @@ describe("createPool", () => {
 
   it("a connection killed while checked out fails its next query with ConnectionError, not the process", async () => {
     const seen: Error[] = [];
-    const db = createPool(t.url, { max: 1, onConnectionError: (e) => seen.push(e) });
+    const db = createPool(t.url, { max: 1, onConnectionError: (e) => seen.push(e), pooler: t.pooler });
     try {
       const error = await errorOf(() =>
         db.transaction(async (tx) => {
@@ -102,15 +110,19 @@ describe("createPool", () => {
       // What escapes the caller's own transaction is Drizzle's (its ROLLBACK failed too);
       // translateError, exported for such callers, still names it for what it is.
       expect(translateError(error)).toBeInstanceOf(ConnectionError);
-      expect(seen.length).toBeGreaterThan(0);
+      // Directly, the socket dies with the backend. Through a pooler the client's socket is
+      // the pooler's, which reports the lost server as an error result and hangs up.
+      if (!t.pooler) expect(seen.length).toBeGreaterThan(0);
       await ping(db); // the pool replaced the dead connection
     } finally {
       await db.$client.end();
     }
   });
 
-  it("a killed backend surfaces as a typed error, and the pool recovers", async () => {
-    const db = createPool(t.url, { max: 1 });
+  // Through a transaction pooler pg_backend_pid() names a server connection shared by every
+  // client: the killer's own query may run on it; and an idle one's loss is the pooler's business.
+  it.skipIf(t.pooler)("a killed backend surfaces as a typed error, and the pool recovers", async () => {
+    const db = createPool(t.url, { max: 1, pooler: t.pooler });
     try {
       await ping(db);
       const [{ pid } = { pid: 0 }] = (await db.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)).rows;
@@ -126,6 +138,62 @@ describe("createPool", () => {
           if (Date.now() > deadline) throw error;
         }
       }
+    } finally {
+      await db.$client.end();
+    }
+  });
+});
+
+describe('createPool(url, { pooler: "transaction" })', () => {
+  // Runs on whatever the suite runs on; the CI leg runs it through PgBouncer in transaction mode.
+  const open = () => createPool(t.url, { max: 1, statementTimeoutMs: 300, pooler: "transaction" });
+  const canceled = (error: Error) => {
+    const typed = translateError(error);
+    expect(typed).toBeInstanceOf(DatabaseError);
+    expect((typed as DatabaseError).code).toBe(PG.QUERY_CANCELED);
+  };
+
+  it("sends no statement_timeout, yet a statement that runs too long fails with 57014, and the connection still works", async () => {
+    const db = open();
+    try {
+      const setting = await db.execute<{ timeout: string }>(
+        sql`select current_setting('statement_timeout') as timeout`,
+      );
+      expect(setting.rows[0]?.timeout).not.toBe("300ms");
+      const started = Date.now();
+      canceled(await errorOf(() => db.execute(sql`select pg_sleep(5)`)));
+      // Cancelled on the server, not merely abandoned: the answer came long before the sleep ended.
+      expect(Date.now() - started).toBeLessThan(4000);
+      // One connection (max 1): the same one answers the next statements.
+      await ping(db);
+      expect((await db.execute<{ one: number }>(sql`select 1 as one`)).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("inside a transaction: the slow statement fails, the transaction rolls back, the pool goes on", async () => {
+    const db = open();
+    try {
+      const error = await errorOf(() =>
+        db.transaction(async (tx) => {
+          await tx.execute(sql`create temporary table t_cancel (x int) on commit drop`);
+          await tx.execute(sql`select pg_sleep(5)`);
+        }),
+      );
+      canceled(error);
+      await ping(db);
+      // Statements shorter than the timeout are untouched, one after another on the connection.
+      for (let i = 0; i < 3; i++) await db.execute(sql`select pg_sleep(0.1)`);
+    } finally {
+      await db.$client.end();
+    }
+  });
+
+  it("a timeout of 0 disables it", async () => {
+    const db = createPool(t.url, { max: 1, statementTimeoutMs: 0, pooler: "transaction" });
+    try {
+      await db.execute(sql`select pg_sleep(0.4)`);
     } finally {
       await db.$client.end();
     }

@@ -42,7 +42,7 @@ describe("rescueStaleSteps", () => {
     const doomed = randomUUID();
     const child = spawn(
       process.execPath,
-      [fileURLToPath(new URL("./fixtures/crashing-worker.mjs", import.meta.url)), t.url, doomed],
+      [fileURLToPath(new URL("./fixtures/crashing-worker.mjs", import.meta.url)), t.url, doomed, t.pooler ?? ""],
       { stdio: ["ignore", "pipe", "inherit"] },
     );
     const exited = new Promise((resolve) => child.once("exit", resolve));

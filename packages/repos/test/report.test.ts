@@ -413,7 +413,10 @@ describe("invariants the database holds", () => {
   });
 });
 
-describe("prepared statements", () => {
+// pg_prepared_statements shows one session's statements: through a transaction
+// pooler there is no session to look at (and createPool's pooler option turns
+// the names off; the pooler CI leg runs every report through it unnamed).
+describe.skipIf(t.pooler)("prepared statements (skipped through a transaction pooler: no session to inspect)", () => {
   it("reports run as named prepared statements on a pool, unnamed where the pool says it cannot keep them", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
     const w = await registerWorker(t.db);

@@ -6,6 +6,7 @@ import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, inject } from "vitest";
 
+import { countPoolerClients } from "./pooler.js";
 import { describeServer } from "./server.js";
 
 export type { ProvidedPg } from "./provided.js";
@@ -19,6 +20,13 @@ export interface TestDb {
   readonly url: string;
   /** Name of this file's database. */
   readonly name: string;
+  /**
+   * `"transaction"` when the run reaches test databases through a transaction
+   * pooler (`STROEM_TEST_POOLER_URL`), else undefined: pass it on as
+   * `createPool(t.url, { pooler: t.pooler })`, and skip tests that need a
+   * session connection (LISTEN) when it is set.
+   */
+  readonly pooler: "transaction" | undefined;
   /**
    * Opens another pool to the same database (for workers on separate
    * connections). The fixture ends any pool still open after the file and
@@ -36,16 +44,23 @@ export interface TestDb {
  * fails the file.
  */
 export function useTestDb(): TestDb {
-  let state: { adminUrl: string; name: string; url: string; db: TestDatabase } | undefined;
+  let state: { adminUrl: string; poolerUrl?: string; name: string; url: string; db: TestDatabase } | undefined;
   const extraPools: pg.Pool[] = [];
   let failed = false;
 
-  const open = (url: string, options: { max?: number; applicationName?: string } = {}): TestDatabase => {
+  const open = (
+    url: string,
+    options: { max?: number; applicationName?: string } = {},
+    pooled = Boolean(state?.poolerUrl),
+  ): TestDatabase => {
     const pool = new pg.Pool({
       connectionString: url,
       max: options.max ?? 10,
       application_name: options.applicationName ?? "stroem-test",
-    });
+      // Through a transaction pooler, @stroem/repos must not name its statements
+      // (the option `createPool(url, { pooler: "transaction" })` sets too).
+      ...(pooled ? { preparedStatements: false } : {}),
+    } as pg.PoolConfig);
     // Connections killed by the server (pg_terminate_backend tests), idle or checked out,
     // must fail their queries, not crash the runner.
     pool.on("error", () => {});
@@ -56,15 +71,16 @@ export function useTestDb(): TestDb {
   // Vitest reads the first parameter's pattern for fixtures; the suite comes second.
   // biome-ignore lint/correctness/noEmptyPattern: required shape, see above
   beforeAll(async ({}, suite) => {
-    const { adminUrl, template } = inject("stroemPg");
+    const { adminUrl, template, poolerUrl } = inject("stroemPg");
     const file = path
       .basename((suite as { file?: { filepath?: string } }).file?.filepath ?? "test", ".ts")
       .replace(/[^a-z0-9]+/gi, "_")
       .toLowerCase();
     const name = `stroem_t_${file.slice(0, 30)}_${randomBytes(4).toString("hex")}`;
     await createDatabaseFromTemplate(adminUrl, name, template);
-    const url = withDatabase(adminUrl, name);
-    state = { adminUrl, name, url, db: open(url) };
+    // Through the pooler when there is one; the database is created directly (admin work).
+    const url = withDatabase(poolerUrl ?? adminUrl, name);
+    state = { adminUrl, poolerUrl, name, url, db: open(url, {}, Boolean(poolerUrl)) };
   });
 
   beforeEach(({ onTestFailed }) => {
@@ -75,15 +91,18 @@ export function useTestDb(): TestDb {
 
   afterAll(async () => {
     if (!state) return;
-    const { adminUrl, name, url, db } = state;
+    const { adminUrl, poolerUrl, name, url, db } = state;
     const leaked = extraPools.filter((p) => !p.ended);
     await Promise.all([db.$client.end(), ...leaked.map((p) => p.end())]);
+    // Through a pooler, its client connections are what a leak leaves; its
+    // server connections stay open by design (the drop below closes them).
+    const count = () => (poolerUrl ? countPoolerClients(poolerUrl, name) : countConnections(adminUrl, name));
     // A backend leaves pg_stat_activity a moment after its client hung up:
     // wait (with a deadline) for the ones just closed before calling any a leak.
-    let stray = await countConnections(adminUrl, name);
+    let stray = await count();
     for (const deadline = Date.now() + 5000; stray > 0 && Date.now() < deadline; ) {
       await new Promise((r) => setTimeout(r, 20));
-      stray = await countConnections(adminUrl, name);
+      stray = await count();
     }
     if (failed) {
       const { kind } = inject("stroemPg");
@@ -114,6 +133,10 @@ export function useTestDb(): TestDb {
     },
     get name() {
       return get().name;
+    },
+    // Known at collection time, so `it.skipIf(t.pooler)` works.
+    get pooler() {
+      return inject("stroemPg").poolerUrl ? "transaction" : undefined;
     },
     openPool(options) {
       const db = open(get().url, options);

@@ -4,6 +4,7 @@ import { runMigrations } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
+import { poolerUrlFrom } from "./pooler.js";
 import type {} from "./provided.js";
 import { describeServer, startTestServer } from "./server.js";
 
@@ -17,7 +18,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const server = await startTestServer();
   console.log(`[stroem-testing] PostgreSQL: ${server.kind} (${server.reason}) at ${describeServer(server.url)}`);
   const template = `stroem_tpl_${randomBytes(5).toString("hex")}`;
+  let poolerUrl: string | undefined;
   try {
+    poolerUrl = poolerUrlFrom(process.env, server.kind);
+    if (poolerUrl) {
+      // Fail here, once, rather than in every file. Only the postgres database is
+      // reached through the pooler here, never the template (see POOLER_VARIABLE).
+      await withClient(withDatabase(poolerUrl, "postgres"), (c) => c.query("select 1"));
+      console.log(`[stroem-testing] test databases through the pooler at ${describeServer(poolerUrl)}`);
+    }
     await withClient(server.url, (c) => c.query(`create database ${c.escapeIdentifier(template)}`));
     const pool = new pg.Pool({ connectionString: withDatabase(server.url, template), max: 1 });
     try {
@@ -30,7 +39,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await server.stop();
     throw error;
   }
-  project.provide("stroemPg", { adminUrl: server.url, template, kind: server.kind });
+  project.provide("stroemPg", { adminUrl: server.url, template, kind: server.kind, poolerUrl });
   return async () => {
     try {
       await dropDatabase(server.url, template);

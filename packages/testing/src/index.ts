@@ -1,4 +1,5 @@
 export { isDockerReachable } from "./docker.js";
+export { countPoolerClients, POOLER_VARIABLE, poolerUrlFrom } from "./pooler.js";
 export {
   chooseServer,
   dockerEndpoints,

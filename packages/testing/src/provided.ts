@@ -6,6 +6,11 @@ export interface ProvidedPg {
   template: string;
   /** Which kind of server: url, container or embedded. */
   kind: string;
+  /**
+   * Base URL of a transaction pooler in front of the server
+   * (`STROEM_TEST_POOLER_URL`), through which test files reach their databases.
+   */
+  poolerUrl?: string;
 }
 
 declare module "vitest" {

@@ -1,22 +1,28 @@
 import { execFile } from "node:child_process";
+import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
-import { MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
+import { MIGRATIONS_FOLDER, MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, describe, expect, inject, it } from "vitest";
 
 const ROOT = path.resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
-const { adminUrl } = inject("stroemPg");
+const { adminUrl, poolerUrl } = inject("stroemPg");
 const created: string[] = [];
 
+/**
+ * A new empty database; its URL goes through the transaction pooler when the run has one
+ * (STROEM_TEST_POOLER_URL), so every migration below runs through it there.
+ */
 async function emptyDatabase(): Promise<string> {
   const name = `stroem_mig_${Math.random().toString(36).slice(2, 10)}`;
   await withClient(adminUrl, (c) => c.query(`create database ${name}`));
   created.push(name);
-  return withDatabase(adminUrl, name);
+  return withDatabase(poolerUrl ?? adminUrl, name);
 }
 
 afterAll(async () => {
@@ -75,6 +81,37 @@ describe("runMigrations", () => {
       expect(applied).toHaveLength(results[0]?.all.length ?? -1);
     } finally {
       await Promise.all(pools.map((p) => p.end()));
+    }
+  });
+
+  it("a failing migration leaves nothing applied and no lock held: the next run applies everything", async () => {
+    const url = await emptyDatabase();
+    const folder = await mkdtemp(path.join(tmpdir(), "stroem-mig-"));
+    try {
+      await cp(MIGRATIONS_FOLDER, folder, { recursive: true });
+      const journalPath = path.join(folder, "meta/_journal.json");
+      const journal = JSON.parse(await readFile(journalPath, "utf8"));
+      const last = journal.entries.at(-1);
+      journal.entries.push({ ...last, idx: last.idx + 1, when: last.when + 1, tag: "9999_broken" });
+      await writeFile(journalPath, JSON.stringify(journal));
+      await writeFile(path.join(folder, "9999_broken.sql"), "select 1 / 0;");
+      const pool = new pg.Pool({ connectionString: url, max: 1 });
+      try {
+        const error = await runMigrations(drizzle({ client: pool }), { migrationsFolder: folder }).catch((e) => e);
+        expect((error as Error).cause).toMatchObject({ message: "division by zero" });
+      } finally {
+        await pool.end();
+      }
+      // One transaction: the good migrations before the broken one were rolled back with it.
+      const tables = await withClient(url, (c) =>
+        c.query("select 1 from information_schema.tables where table_schema = 'public'"),
+      );
+      expect(tables.rows).toEqual([]);
+      // Returns at once: nothing was left holding the lock (a session lock through a pooler would be).
+      const result = await migrate(url);
+      expect(result.applied).toEqual(result.all);
+    } finally {
+      await rm(folder, { recursive: true, force: true });
     }
   });
 

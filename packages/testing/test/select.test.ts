@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { poolerUrlFrom } from "../src/pooler.js";
 import { chooseServer, dockerEndpoints, ServerSelectionError } from "../src/select.js";
 
 const yes = async () => true;
@@ -56,5 +57,23 @@ describe("dockerEndpoints", () => {
       { socketPath: "/h/.docker/run/docker.sock" },
       { socketPath: "/h/.docker/desktop/docker.sock" },
     ]);
+  });
+});
+
+describe("poolerUrlFrom", () => {
+  it("is undefined without STROEM_TEST_POOLER_URL, the URL with it in front of a server given by URL", () => {
+    expect(poolerUrlFrom({}, "embedded")).toBeUndefined();
+    expect(poolerUrlFrom({ STROEM_TEST_POOLER_URL: " " }, "url")).toBeUndefined();
+    expect(poolerUrlFrom({ STROEM_TEST_POOLER_URL: "postgres://u@h:6432/postgres" }, "url")).toBe(
+      "postgres://u@h:6432/postgres",
+    );
+  });
+
+  it("refuses a pooler in front of a server the fixtures start, and what is not a postgres URL", () => {
+    expect(() => poolerUrlFrom({ STROEM_TEST_POOLER_URL: "postgres://h:6432/x" }, "embedded")).toThrow(
+      /needs STROEM_TEST_DATABASE_URL/,
+    );
+    expect(() => poolerUrlFrom({ STROEM_TEST_POOLER_URL: "h:6432" }, "url")).toThrow(ServerSelectionError);
+    expect(() => poolerUrlFrom({ STROEM_TEST_POOLER_URL: "not a url" }, "url")).toThrow(/not a URL/);
   });
 });
