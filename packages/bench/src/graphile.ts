@@ -16,7 +16,31 @@ import {
   runMigrations,
   type WorkerUtils,
 } from "graphile-worker";
+import pg from "pg";
 import { type Cost, startCost, withClient } from "./server.js";
+
+/**
+ * graphile-worker runs on pools this module makes and ends itself: its own
+ * pools can still be closing when a measurement's database is dropped
+ * (`WITH (FORCE)`), and the terminated connection's error would then surface
+ * as an unhandled error. Ours swallow connection errors and are ended before
+ * the database goes.
+ */
+function ownPool(url: string): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max: 10 }); // graphile-worker's default size
+  pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
+  return pool;
+}
+
+async function withPool<T>(url: string, fn: (pgPool: pg.Pool) => Promise<T>): Promise<T> {
+  const pool = ownPool(url);
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.end();
+  }
+}
 
 /** Only graphile-worker's errors reach the console. */
 const logger = new Logger(() => (level, message) => {
@@ -30,7 +54,7 @@ export function graphileVersion(): string {
 }
 
 export async function migrateGraphile(url: string): Promise<void> {
-  await runMigrations({ connectionString: url, logger });
+  await withPool(url, (pgPool) => runMigrations({ pgPool, logger }));
 }
 
 /**
@@ -54,12 +78,14 @@ export function runnerOptions(concurrency: number, batched: boolean): RunnerOpti
 const TASK = "bench";
 
 async function withUtils<T>(url: string, fn: (utils: WorkerUtils) => Promise<T>): Promise<T> {
-  const utils = await makeWorkerUtils({ connectionString: url, logger });
-  try {
-    return await fn(utils);
-  } finally {
-    await utils.release();
-  }
+  return withPool(url, async (pgPool) => {
+    const utils = await makeWorkerUtils({ pgPool, logger });
+    try {
+      return await fn(utils);
+    } finally {
+      await utils.release();
+    }
+  });
 }
 
 function specs(from: number, count: number): AddJobsJobSpec[] {
@@ -99,9 +125,10 @@ export async function graphileFlat(url: string, n: number, options: RunnerOption
   const ran = new Promise<void>((resolve) => {
     allRan = resolve;
   });
+  const pgPool = ownPool(url);
   const runner = await run({
     ...options,
-    connectionString: url,
+    pgPool,
     taskList: {
       [TASK]: async (payload) => {
         if (seen.size === 0) first = performance.now();
@@ -127,6 +154,7 @@ export async function graphileFlat(url: string, n: number, options: RunnerOption
     });
   } finally {
     await runner.stop();
+    await pgPool.end();
   }
   const cost = await probe.stop();
   return { seconds: (end - first) / 1000, cost, executed: seen.size, duplicates, remaining: await remainingJobs(url) };
@@ -150,9 +178,10 @@ export async function graphileEnqueue(url: string, n: number, perCall: number): 
  */
 export async function graphileLatency(url: string, samples: number, warmUp: number): Promise<number[]> {
   let onRun: (() => void) | undefined;
+  const pgPool = ownPool(url);
   const runner = await run({
     ...runnerOptions(1, false),
-    connectionString: url,
+    pgPool,
     taskList: {
       [TASK]: async () => {
         onRun?.();
@@ -175,6 +204,7 @@ export async function graphileLatency(url: string, samples: number, warmUp: numb
     });
   } finally {
     await runner.stop();
+    await pgPool.end();
   }
   return out;
 }
