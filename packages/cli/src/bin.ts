@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { graphCommand, migrateCommand, resolveUrl, statusCommand } from "./commands.js";
+import { graphCommand, migrateCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
 import { DEMO_PHASES, type DemoPhase, runDemo } from "./demo/index.js";
 import { formatError, Interrupted } from "./errors.js";
 
@@ -54,6 +54,11 @@ function databaseUrl(flag: string | undefined): string {
   return urlInUse;
 }
 
+/** The operators' commands' connection: `--url` (or DATABASE_URL), and `--pooler` for PgBouncer in transaction mode. */
+function target(opts: { url?: string; pooler?: boolean }): Target {
+  return { url: databaseUrl(opts.url), ...(opts.pooler ? { pooler: "transaction" as const } : {}) };
+}
+
 const program = new Command()
   .name("stroem-db")
   .description("Strøm's database layer: run the demo, migrate a database, watch the queue.")
@@ -96,19 +101,21 @@ program
   .command("migrate")
   .description("Apply the committed migrations (DATABASE_URL by default) and print what was applied.")
   .option("--url <url>", "database URL (default: DATABASE_URL)")
-  .action(async (opts: { url?: string }) => migrateCommand(databaseUrl(opts.url), say));
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .action(async (opts: { url?: string; pooler?: boolean }) => migrateCommand(target(opts), say));
 
 program
   .command("status")
   .description("Workers (alive or stale), jobs by status, and ready steps by action type.")
   .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
   .addOption(
     new Option("--stale-after <seconds>", "a worker is stale after this long without a heartbeat")
       .default(30)
       .argParser(integer(1, 86_400)),
   )
-  .action(async (opts: { url?: string; staleAfter: number }) =>
-    statusCommand(databaseUrl(opts.url), opts.staleAfter * 1000, say),
+  .action(async (opts: { url?: string; pooler?: boolean; staleAfter: number }) =>
+    statusCommand(target(opts), opts.staleAfter * 1000, say),
   );
 
 program
@@ -116,9 +123,10 @@ program
   .description("Draw a job's DAG with step statuses.")
   .argument("<jobId>", "the job's id")
   .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
   .addOption(new Option("--format <format>", "output format").choices(["text", "mermaid"]).default("text"))
-  .action(async (jobId: string, opts: { url?: string; format: "text" | "mermaid" }) =>
-    graphCommand(databaseUrl(opts.url), jobId, opts.format, say),
+  .action(async (jobId: string, opts: { url?: string; pooler?: boolean; format: "text" | "mermaid" }) =>
+    graphCommand(target(opts), jobId, opts.format, say),
   );
 
 try {

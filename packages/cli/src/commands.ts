@@ -18,13 +18,20 @@ export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = pr
   return url;
 }
 
-async function withDb<T>(url: string, fn: (db: Database) => Promise<T>): Promise<T> {
+/** Where the operators' commands connect: a URL, and whether it is a transaction pooler (PgBouncer). */
+export interface Target {
+  url: string;
+  pooler?: "transaction";
+}
+
+async function withDb<T>({ url, pooler }: Target, fn: (db: Database) => Promise<T>): Promise<T> {
   // Operators' commands: no statement timeout (migrations may build indexes), fail fast on connect.
   const db = createPool(url, {
     max: 2,
     statementTimeoutMs: 0,
     connectionTimeoutMs: 5000,
     applicationName: "stroem-db-cli",
+    pooler,
   });
   try {
     await ping(db);
@@ -34,16 +41,16 @@ async function withDb<T>(url: string, fn: (db: Database) => Promise<T>): Promise
   }
 }
 
-export async function migrateCommand(url: string, say: (s: string) => void): Promise<void> {
-  await withDb(url, async (db) => {
+export async function migrateCommand(target: Target, say: (s: string) => void): Promise<void> {
+  await withDb(target, async (db) => {
     const result = await runMigrations(db);
     if (result.applied.length === 0) say(`Already up to date (${result.all.length} migrations).`);
     else for (const tag of result.applied) say(`applied ${tag}`);
   });
 }
 
-export async function statusCommand(url: string, staleAfterMs: number, say: (s: string) => void): Promise<void> {
-  await withDb(url, async (db) => {
+export async function statusCommand(target: Target, staleAfterMs: number, say: (s: string) => void): Promise<void> {
+  await withDb(target, async (db) => {
     const now = new Date();
     const [workers, jobs, backlog] = await Promise.all([
       WorkerRepo.list(db),
@@ -85,12 +92,12 @@ export async function statusCommand(url: string, staleAfterMs: number, say: (s: 
 }
 
 export async function graphCommand(
-  url: string,
+  target: Target,
   jobId: string,
   format: "text" | "mermaid",
   say: (s: string) => void,
 ): Promise<void> {
-  await withDb(url, async (db) => {
+  await withDb(target, async (db) => {
     const job = await JobRepo.get(db, jobId);
     if (!job) throw new JobNotFoundError(jobId);
     const steps = await JobStepRepo.getStepsForJob(db, jobId);

@@ -49,6 +49,10 @@ describe("stroem-db migrate", () => {
     const second = await cli(["migrate"], { DATABASE_URL: url });
     expect(second.code).toBe(0);
     expect(second.stdout).toMatch(/Already up to date/);
+    // --pooler opens the pool for a transaction pooler (the CI leg runs it through PgBouncer).
+    const pooled = await cli(["migrate", "--pooler", "--url", url]);
+    expect(pooled).toMatchObject({ code: 0, stderr: "" });
+    expect(pooled.stdout).toMatch(/Already up to date/);
   });
 });
 
