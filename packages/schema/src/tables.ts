@@ -125,8 +125,9 @@ export const jobStep = pgTable(
     /** Runs once its dependencies are terminal even if some failed; its own failure does not fail the job. */
     continueOnFailure: boolean("continue_on_failure").notNull().default(false),
     /**
-     * How many times the step was claimed (moved to running). Exactly-once
-     * execution shows as 1 on every finished step; recovery will guard on it.
+     * How many times the step was claimed (moved to running): the attempt a
+     * worker's report is guarded with. A step rescued from a dead worker and
+     * claimed again shows 2.
      */
     attempts: integer("attempts").notNull().default(0),
     /** When the step last became ready: the claim serves the oldest first. */

@@ -74,7 +74,7 @@ export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
 export interface StepAudit {
   /** Steps per status, every status present. */
   byStatus: Record<StepStatus, number>;
-  /** Steps claimed more than once (`attempts > 1`): none, while there is no retry. */
+  /** Steps claimed more than once (`attempts > 1`): rescued and claimed again. */
   claimedMoreThanOnce: number;
   /** Completed or failed steps never claimed (`attempts = 0`): none, when all went through a claim. */
   finishedUnclaimed: number;
