@@ -76,22 +76,30 @@ CREATE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAGE sql AS $$
 $$;
 --> statement-breakpoint
 
--- Settles a job whose row the caller has locked after `p_finished` of its
--- steps got an applied outcome (`p_failed` of them failing it): its counts,
--- and its status (`running`, or `completed` / `failed` with completed_at
--- once nothing is unfinished). Returns the new status.
-CREATE FUNCTION stroem_settle_job(p_job_id uuid, p_finished integer, p_failed integer)
-RETURNS text LANGUAGE sql AS $$
+-- Settles jobs whose rows the caller has locked after `p_finished[k]` of
+-- job `p_job_ids[k]`'s steps got an applied outcome (`p_failed[k]` of them
+-- failing it): their counts, and their status (`running`, or `completed` /
+-- `failed` with completed_at once nothing is unfinished). One UPDATE for any
+-- number of jobs; returns each job's new status. PL/pgSQL rather than SQL: its
+-- plan is cached per session (a SQL function's is re-planned on every call
+-- before PostgreSQL 18).
+CREATE FUNCTION stroem_settle_jobs(p_job_ids uuid[], p_finished integer[], p_failed integer[])
+RETURNS TABLE(job_id uuid, status text) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
   UPDATE job j SET
-    steps_unfinished = j.steps_unfinished - p_finished,
-    steps_failed = j.steps_failed + p_failed,
-    status = CASE WHEN j.steps_unfinished > p_finished THEN 'running'
-                  WHEN j.steps_failed + p_failed > 0 THEN 'failed'
+    steps_unfinished = j.steps_unfinished - f.finished,
+    steps_failed = j.steps_failed + f.failed,
+    status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
+                  WHEN j.steps_failed + f.failed > 0 THEN 'failed'
                   ELSE 'completed' END,
     started_at = coalesce(j.started_at, now()),
-    completed_at = CASE WHEN j.steps_unfinished > p_finished THEN NULL ELSE now() END
-  WHERE j.job_id = p_job_id
-  RETURNING j.status
+    completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
+  FROM unnest(p_job_ids, p_finished, p_failed) AS f(job_id, finished, failed)
+  WHERE j.job_id = f.job_id
+  RETURNING j.job_id, j.status;
+END
 $$;
 --> statement-breakpoint
 
@@ -183,7 +191,7 @@ BEGIN
   END LOOP;
 
   IF v_finished > 0 THEN
-    job_status := stroem_settle_job(p_job_id, v_finished, v_failed);
+    SELECT t.status INTO job_status FROM stroem_settle_jobs(ARRAY[p_job_id], ARRAY[v_finished], ARRAY[v_failed]) t;
   ELSE
     SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id;
   END IF;
@@ -258,7 +266,8 @@ BEGIN
     WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
   ) THEN
     -- Nothing depends on it and no bare mark waits: only the job's counts move.
-    job_status := stroem_settle_job(p_job_id, 1, CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END);
+    SELECT t.status INTO job_status FROM stroem_settle_jobs(
+      ARRAY[p_job_id], ARRAY[1], ARRAY[CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END]) t;
   ELSIF v_propagate THEN
     SELECT * INTO v_applied FROM stroem_apply_outcomes(
       p_job_id, v_dependants, array_fill(p_outcome, ARRAY[cardinality(v_dependants)]),
@@ -291,6 +300,13 @@ DECLARE
   v_skipped text[] := '{}';
   v_flat_jobs uuid[] := '{}';
   v_flat_failed integer[] := '{}';
+  v_settle_jobs uuid[];
+  v_settle_n integer[];
+  v_settle_failed integer[];
+  v_waiting_jobs uuid[];
+  v_waiting_n integer[];
+  v_waiting_failed integer[];
+  k integer;
 BEGIN
   PERFORM 1 FROM job j
   WHERE j.job_id IN (SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid))
@@ -333,19 +349,27 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- Reports nothing depends on: each job settled once. A job with bare marks
-  -- waiting goes through stroem_apply_outcomes, which applies those too.
-  PERFORM CASE
-      WHEN EXISTS (SELECT 1 FROM job_step s WHERE s.job_id = f.job_id AND NOT s.propagated
-                   AND s.status IN ('completed', 'failed', 'skipped'))
-      THEN (stroem_apply_outcomes(f.job_id, '{}', '{}', f.n, f.failed)).job_status
-      ELSE stroem_settle_job(f.job_id, f.n, f.failed)
-    END
-  FROM (
-    SELECT t.job_id, count(*)::integer AS n, sum(t.failed)::integer AS failed
+  -- Reports nothing depends on: their jobs settled in one UPDATE. A job with
+  -- bare marks waiting goes through stroem_apply_outcomes, which applies those too.
+  WITH f AS (
+    SELECT t.job_id, count(*)::integer AS n, sum(t.failed)::integer AS failed,
+           EXISTS (SELECT 1 FROM job_step s WHERE s.job_id = t.job_id AND NOT s.propagated
+                   AND s.status IN ('completed', 'failed', 'skipped')) AS waiting
     FROM unnest(v_flat_jobs, v_flat_failed) AS t(job_id, failed)
     GROUP BY t.job_id
-  ) f;
+  )
+  SELECT coalesce(array_agg(f.job_id) FILTER (WHERE NOT f.waiting), '{}'),
+         coalesce(array_agg(f.n) FILTER (WHERE NOT f.waiting), '{}'),
+         coalesce(array_agg(f.failed) FILTER (WHERE NOT f.waiting), '{}'),
+         coalesce(array_agg(f.job_id) FILTER (WHERE f.waiting), '{}'),
+         coalesce(array_agg(f.n) FILTER (WHERE f.waiting), '{}'),
+         coalesce(array_agg(f.failed) FILTER (WHERE f.waiting), '{}')
+  INTO v_settle_jobs, v_settle_n, v_settle_failed, v_waiting_jobs, v_waiting_n, v_waiting_failed
+  FROM f;
+  PERFORM 1 FROM stroem_settle_jobs(v_settle_jobs, v_settle_n, v_settle_failed);
+  FOR k IN 1 .. cardinality(v_waiting_jobs) LOOP
+    PERFORM stroem_apply_outcomes(v_waiting_jobs[k], '{}', '{}', v_waiting_n[k], v_waiting_failed[k]);
+  END LOOP;
 
   RETURN QUERY
     WITH r AS (
