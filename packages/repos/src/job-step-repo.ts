@@ -19,6 +19,7 @@ export {
   MAX_REPORT_BATCH,
   markCompleted,
   markFailed,
+  markSkipped,
   type ReportOutcome,
   type ReportResult,
   reportMany,

@@ -115,7 +115,11 @@ describe("complete and fail", () => {
     expect(await errorOf(() => JobStepRepo.fail(t.db, { jobId: randomUUID(), stepName: "a" }, "x"))).toBeInstanceOf(
       StepNotFoundError,
     );
-    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a" }))).toMatchObject({
+    // Guarded, a ready step is refused (unguarded, the server may finish it: test/state-machine.test.ts).
+    const w = await registerWorker(t.db);
+    expect(
+      await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 })),
+    ).toMatchObject({
       name: "InvalidTransitionError",
       currentStatus: "ready",
     });

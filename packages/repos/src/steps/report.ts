@@ -8,7 +8,15 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
-import { FINISH_STEP, type FinishArgs, type FinishRow, type FinishValues, REPORT_MANY } from "../sql/report.js";
+import {
+  FINISH_STEP,
+  type FinishArgs,
+  type FinishRow,
+  type FinishValues,
+  REPORT_MANY,
+  SKIP_STEP,
+  type SkipRow,
+} from "../sql/report.js";
 import { runStatement } from "../statement.js";
 import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
@@ -18,7 +26,9 @@ import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from
  * `attempts` value its claim returned). Give both (the guard): when the row
  * says otherwise (the step was rescued and claimed again, or it is someone
  * else's), the report is refused and nothing is written, so a late or
- * foreign report never overwrites the real outcome.
+ * foreign report never overwrites the real outcome. Without a guard (the
+ * Strøm server finishing a step no worker runs), a `ready` step is accepted
+ * as well as a `running` one; with any part of the guard, only `running`.
  */
 export interface StepRef {
   jobId: string;
@@ -127,7 +137,8 @@ async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<
  * status. A repeated report (same worker, attempt and outcome, already
  * recorded) succeeds with `repeated: true` and changes nothing. Throws, having
  * written nothing: `InvalidInputError`, `StepNotFoundError`,
- * `InvalidTransitionError` (the step is not running), `StepOwnershipError`
+ * `InvalidTransitionError` (the step is not running, or, without a guard,
+ * neither running nor ready), `StepOwnershipError`
  * (the guard does not match). A finished job (cancelled, say) records the
  * outcome but does not move.
  */
@@ -200,4 +211,29 @@ export async function markFailed(
   guard?: StepGuard,
 ): Promise<void> {
   await finish(db, checkReport({ jobId, stepName, ...guard, outcome: "failed", error }, "ref"), false);
+}
+
+/**
+ * Skips a step that has not started (`pending | ready -> skipped`, with
+ * `completed_at`), then advances its job as a report would: its dependants
+ * see a skipped dependency (a step whose dependencies were all skipped is
+ * skipped too; a `continueOnFailure` step runs). For the Strøm server (a
+ * condition that ruled the step out). Locks the job row, then the step.
+ * Returns what the advance promoted and skipped (not the step itself) and
+ * the job's status; a finished job records the skip but does not move.
+ * Throws, having written nothing: `InvalidInputError`, `StepNotFoundError`,
+ * `InvalidTransitionError` (the step is running or terminal).
+ */
+export async function markSkipped(db: Executor, jobId: string, stepName: string): Promise<AdvanceResult> {
+  requireUuid("jobId", jobId);
+  requireText("stepName", stepName);
+  const rows = await translateErrors(db, () =>
+    runStatement<SkipRow, { jobId: string; stepName: string }>(db, SKIP_STEP, { jobId, stepName }),
+  );
+  const row = rows[0] as SkipRow;
+  if (row.result === "not_found") throw new StepNotFoundError(jobId, stepName);
+  if (row.result === "invalid_transition") {
+    throw new InvalidTransitionError("step", jobId, stepName, row.step_status ?? "?", "skipped");
+  }
+  return { promoted: row.promoted ?? [], skipped: row.skipped ?? [], jobStatus: row.job_status as JobStatus };
 }
