@@ -113,6 +113,10 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
         continue_on_failure: s.continueOnFailure,
         dependants: (dependants.get(s.stepName) ?? []).sort(),
         deps_unfinished: s.dependsOn.length,
+        max_retries: s.maxRetries,
+        retry_backoff_secs: s.retryBackoffSecs,
+        retry_strategy: s.retryStrategy,
+        retry_jitter: s.retryJitter,
       });
     }
   }

@@ -3,6 +3,7 @@ import {
   type AnyPgColumn,
   boolean,
   check,
+  doublePrecision,
   foreignKey,
   index,
   integer,
@@ -21,6 +22,9 @@ import {
   JOB_TERMINAL_STATUSES,
   type JobMode,
   type JobStatus,
+  RETRY_LIMITS,
+  RETRY_STRATEGIES,
+  type RetryStrategy,
   SOURCE_TYPES,
   type SourceType,
   STEP_STATUSES,
@@ -145,6 +149,19 @@ export const jobStep = pgTable(
      * a step finished by a bare mark (`markCompleted` without `advance`).
      */
     propagated: boolean("propagated").notNull().default(false),
+    /** Retry policy, given at creation: runs after the first (0: a failure is final). */
+    maxRetries: integer("max_retries").notNull().default(0),
+    /** Delay before the first retry, seconds. */
+    retryBackoffSecs: integer("retry_backoff_secs").notNull().default(10),
+    /** `fixed` or `exponential` (doubling per attempt, capped at one day). */
+    retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
+    /** Fraction (0 to 1) of the delay that is random (only ever shortens it). */
+    retryJitter: doublePrecision("retry_jitter").notNull().default(0),
+    /**
+     * One entry per failed attempt that was retried (a worker's `fail`, a
+     * rescue): `{ attempt, workerId, error, startedAt, failedAt }`, oldest first.
+     */
+    retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
   },
   (t) => [
     primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
@@ -162,6 +179,11 @@ export const jobStep = pgTable(
     check(
       "job_step_completed_at_check",
       sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
+    ),
+    check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
+    check(
+      "job_step_retry_policy_check",
+      sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
     ),
     check(
       "job_step_dep_counts_check",
@@ -181,6 +203,16 @@ export const jobStep = pgTable(
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],
 );
+
+/** One failed attempt of a step that was retried (`job_step.retry_history`). Timestamps as ISO strings. */
+export interface RetryHistoryEntry {
+  attempt: number;
+  /** The worker that ran it (null when no worker did). */
+  workerId: string | null;
+  error: string | null;
+  startedAt: string | null;
+  failedAt: string;
+}
 
 /** A worker row as read from the database. */
 export type Worker = typeof worker.$inferSelect;

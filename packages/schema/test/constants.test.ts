@@ -53,6 +53,8 @@ describe("status constants", () => {
       "job_step_ready_at_check",
       "job_step_running_check",
       "job_step_completed_at_check",
+      "job_step_retry_strategy_check",
+      "job_step_retry_policy_check",
       "job_step_dep_counts_check",
     ]);
   });

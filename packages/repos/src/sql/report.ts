@@ -16,6 +16,10 @@ export type FinishRow = {
   step_status: string | null;
   step_worker_id: string | null;
   step_attempts: number | null;
+  /** A failure with retries left: the step went back to `ready` (migration 0005). */
+  retried: boolean | null;
+  /** When the retried step runs again. */
+  retry_at: string | Date | null;
 };
 
 export interface FinishArgs {

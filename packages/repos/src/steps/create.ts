@@ -4,15 +4,17 @@ import {
   jobStep,
   type NewFlowStep,
   type NewJobStep,
+  RETRY_LIMITS,
+  RETRY_STRATEGIES,
   STEP_INITIAL_STATUSES,
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { type ConstraintViolationError, DuplicateStepError, InvalidInputError, JobNotFoundError } from "../errors.js";
 import { notifyReadyStatement, recountStatement } from "../sql/report.js";
-import { optionalJson, optionalText, requireOneOf, requireText, requireUuid } from "../validate.js";
+import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
-/** Rows per INSERT: at most 10 bound values a row, so 20,000 per statement, far below Postgres' 65,535. */
+/** Rows per INSERT: at most 14 bound values a row, so 28,000 per statement, below Postgres' 65,535. */
 const INSERT_CHUNK = 2000;
 
 /** A flow step's fields, checked; `at` names it in errors (`steps[3]`). Throws `InvalidInputError`. */
@@ -33,6 +35,21 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     input: optionalJson(`${at}.input`, s.input),
     dependsOn: [...dependsOn] as string[],
     continueOnFailure: s.continueOnFailure ?? false,
+    ...checkRetryPolicy(s, at),
+  };
+}
+
+/** A step's retry policy with its defaults (no retry; 10 s doubling, no jitter). Throws `InvalidInputError`. */
+function checkRetryPolicy(s: NewFlowStep, at: string) {
+  const jitter = s.retryJitter ?? 0;
+  if (typeof jitter !== "number" || !Number.isFinite(jitter) || jitter < 0 || jitter > 1) {
+    throw new InvalidInputError(`${at}.retryJitter`, `must be a number from 0 to 1, got ${JSON.stringify(jitter)}`);
+  }
+  return {
+    maxRetries: requireInt(`${at}.maxRetries`, s.maxRetries ?? 0, 0, RETRY_LIMITS.maxRetries),
+    retryBackoffSecs: requireInt(`${at}.retryBackoffSecs`, s.retryBackoffSecs ?? 10, 0, RETRY_LIMITS.maxBackoffSecs),
+    retryStrategy: requireOneOf(`${at}.retryStrategy`, s.retryStrategy ?? "exponential", RETRY_STRATEGIES),
+    retryJitter: jitter,
   };
 }
 

@@ -1,4 +1,5 @@
 import { type Executor, translateErrors } from "../db.js";
+import { InvalidInputError } from "../errors.js";
 import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
 import { rescueStatement } from "../sql/rescue.js";
 import { requireInt } from "../validate.js";
@@ -16,16 +17,16 @@ export interface RescuedStep {
 export interface RescueOptions {
   /** A running step is rescued when its worker's last heartbeat is older than this. */
   staleAfterMs: number;
-  /** A step already claimed this many times is failed instead of requeued. Default 3. */
-  maxAttempts?: number;
 }
 
 /**
  * Recovers the steps of workers that stopped heartbeating (crashed, killed,
  * partitioned): a running step whose worker's `last_heartbeat` is older than
- * `staleAfterMs` (by the database's clock) goes back to `ready` (new
- * `ready_at`, no worker), or, once claimed `maxAttempts` times, to `failed`,
- * after which its job is advanced, in one transaction. Locks each job row
+ * `staleAfterMs` (by the database's clock) counts as a failed attempt, with
+ * the step's own retry budget: while it has retries left (`attempts <=
+ * maxRetries`) it goes back to `ready` after its retry delay, no worker, an
+ * entry in `retryHistory`; else it is `failed` and its job is advanced, in
+ * one transaction. Locks each job row
  * before its steps, skipping jobs locked by a report in flight (they are
  * rescued on the next run), and each UPDATE re-checks `status = 'running'`
  * and the worker, so a rescue never overwrites a step its worker just
@@ -38,7 +39,9 @@ export async function rescueStaleSteps(
   options: RescueOptions,
 ): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[] }> {
   const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
-  const maxAttempts = requireInt("maxAttempts", options.maxAttempts ?? 3, 1, 1000);
+  if ((options as { maxAttempts?: unknown }).maxAttempts !== undefined) {
+    throw new InvalidInputError("maxAttempts", "is gone: each step's maxRetries is its budget, for rescues too");
+  }
   return translateErrors(db, () =>
     db.transaction(async (tx) => {
       const { rows } = await tx.execute<{
@@ -48,7 +51,7 @@ export async function rescueStaleSteps(
         worker_id: string;
         action_type: string;
         outcome: "requeued" | "failed";
-      }>(rescueStatement(staleAfterMs, maxAttempts));
+      }>(rescueStatement(staleAfterMs));
       const refs = (outcome: string) =>
         rows
           .filter((r) => r.outcome === outcome)

@@ -48,6 +48,14 @@ export interface ReportResult extends AdvanceResult {
    * `promoted` / `skipped` are empty (the first call did that work).
    */
   repeated: boolean;
+  /**
+   * A failure with retries left (the step's `maxRetries`): the step went back
+   * to `ready`, to run again at `retryAt`; nothing was skipped and the job
+   * keeps running. False for every other report.
+   */
+  retried: boolean;
+  /** With `retried`: when the step may be claimed again (`ready_at`). */
+  retryAt?: Date;
 }
 
 /** One report of `reportMany`. */
@@ -96,6 +104,8 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
         skipped: row.skipped ?? [],
         jobStatus: row.job_status as JobStatus,
         repeated: row.result === "repeated",
+        retried: row.retried === true,
+        ...(row.retried && row.retry_at ? { retryAt: new Date(row.retry_at) } : {}),
       };
     case "not_found":
       return { ok: false, error: new StepNotFoundError(a.jobId, a.stepName) };
@@ -146,7 +156,15 @@ export async function complete(db: Executor, ref: StepRef, output?: unknown): Pr
   return finish(db, checkReport({ ...ref, outcome: "completed", output }, "ref"), true);
 }
 
-/** A worker's report of failure with its error message; otherwise as `complete`. */
+/**
+ * A worker's report of failure with its error message; otherwise as
+ * `complete`. When the step was running and has retries left (attempt <=
+ * `maxRetries`, its job not finished), the step goes back to `ready` with
+ * `ready_at = now() + delay` (`retryDelaySecs` in @stroem/orchestrator) and
+ * `{ attempt, workerId, error, startedAt, failedAt }` appended to its
+ * `retryHistory`; the result says `retried: true` and `retryAt`. A repeated
+ * guarded fail of an attempt already retried is `repeated`.
+ */
 export async function fail(db: Executor, ref: StepRef, error: string): Promise<ReportResult> {
   return finish(db, checkReport({ ...ref, outcome: "failed", error }, "ref"), true);
 }
