@@ -17,6 +17,7 @@ export {
   complete,
   fail,
   MAX_REPORT_BATCH,
+  markCancelled,
   markCompleted,
   markFailed,
   markSkipped,

@@ -61,14 +61,22 @@ describe("rescueStaleSteps", () => {
     await exited;
 
     // While its heartbeat is fresh, nothing is rescued.
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 60_000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 60_000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
     // Once it is stale (wait for it, with a deadline), the step goes back to the queue.
-    let rescued: Awaited<ReturnType<typeof JobStepRepo.rescueStaleSteps>> = { requeued: [], failed: [] };
+    let rescued: Awaited<ReturnType<typeof JobStepRepo.rescueStaleSteps>> = { requeued: [], failed: [], cancelled: [] };
     await waitFor(async () => {
       rescued = await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 300 });
       return rescued.requeued.length > 0;
     });
-    expect(rescued).toEqual({ requeued: [{ jobId, stepName: "build", attempts: 1, workerId: doomed }], failed: [] });
+    expect(rescued).toEqual({
+      requeued: [{ jobId, stepName: "build", attempts: 1, workerId: doomed }],
+      failed: [],
+      cancelled: [],
+    });
 
     // Another worker runs it: second attempt.
     const healthy = await registerWorker(t.db, ["shell"]);
@@ -112,7 +120,11 @@ describe("rescueStaleSteps", () => {
     const jobId = await createChain();
     const live = await registerWorker(t.db, ["shell"]);
     await JobStepRepo.claimReadyStep(t.db, ["shell"], live);
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
 
     // The worker is stale, but its report is being written right now (row locked):
     // the rescue skips the row and the report wins.
@@ -121,14 +133,22 @@ describe("rescueStaleSteps", () => {
     try {
       await reporter.transaction(async (tx) => {
         await JobStepRepo.markCompleted(tx, jobId, "build", { ok: true }, { workerId: live, attempt: 1 });
-        expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+        expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+          requeued: [],
+          failed: [],
+          cancelled: [],
+        });
         await JobRepo.advance(tx, jobId);
       });
     } finally {
       await reporter.$client.end();
     }
     // Finished: nothing to rescue, whatever the heartbeat says.
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
     expect((await JobStepRepo.getStepsForJob(t.db, jobId)).map((s) => s.status)).toEqual(["completed", "ready"]);
   });
 

@@ -428,6 +428,14 @@ describe("invariants the database holds", () => {
 
   it("the orchestrator's step statuses are the schema's", () => {
     expectTypeOf<PlannedStepStatus>().toEqualTypeOf<(typeof STEP_STATUSES)[number]>();
-    expect([...STEP_STATUSES].sort()).toEqual(["completed", "failed", "pending", "ready", "running", "skipped"]);
+    expect([...STEP_STATUSES].sort()).toEqual([
+      "cancelled",
+      "completed",
+      "failed",
+      "pending",
+      "ready",
+      "running",
+      "skipped",
+    ]);
   });
 });

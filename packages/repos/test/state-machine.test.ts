@@ -59,6 +59,8 @@ const calls: Record<string, (r: Ref) => Promise<unknown>> = {
   },
   markSkipped: (r) => JobStepRepo.markSkipped(t.db, r.jobId, r.stepName),
   markRunning: (r) => JobStepRepo.markRunning(t.db, r.jobId, r.stepName, r.workerId),
+  // Without a cancel request (test/cancel.test.ts has the allowed cell: running, its job cancelled).
+  "markCancelled, no cancel requested": (r) => JobStepRepo.markCancelled(t.db, r),
 };
 
 /** from status -> call -> the status it leads to (absent: refused). */
@@ -75,6 +77,7 @@ const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
   "reportMany failed, guard": { running: "failed" },
   markSkipped: { pending: "skipped", ready: "skipped" },
   markRunning: { ready: "running" },
+  "markCancelled, no cancel requested": {},
 };
 
 async function statusOf(jobId: string, stepName: string) {

@@ -21,11 +21,16 @@ export type SourceType = (typeof SOURCE_TYPES)[number];
 export const ACTION_TYPES = ["shell", "docker", "pod"] as const;
 export type ActionType = (typeof ACTION_TYPES)[number];
 
-export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped"] as const;
+export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped", "cancelled"] as const;
 export type StepStatus = (typeof STEP_STATUSES)[number];
 
 /** Step statuses a step never leaves. */
-export const STEP_TERMINAL_STATUSES = ["completed", "failed", "skipped"] as const satisfies readonly StepStatus[];
+export const STEP_TERMINAL_STATUSES = [
+  "completed",
+  "failed",
+  "skipped",
+  "cancelled",
+] as const satisfies readonly StepStatus[];
 
 /** How a step's retry delay grows (`retryDelaySecs` in @stroem/orchestrator; a type test checks the lists agree). */
 export const RETRY_STRATEGIES = ["fixed", "exponential"] as const;

@@ -84,6 +84,8 @@ export const job = pgTable(
     startedAt: timestamp("started_at", tz),
     completedAt: timestamp("completed_at", tz),
     logPath: text("log_path"),
+    /** Why the job was cancelled (`JobRepo.cancel`'s `reason`). */
+    cancelReason: text("cancel_reason"),
     /**
      * Steps not yet terminal, as far as advancing has applied their outcomes
      * (see `job_step.propagated`): the job is finished when it reaches 0.
@@ -161,6 +163,11 @@ export const jobStep = pgTable(
      * One entry per failed attempt that was retried (a worker's `fail`, a
      * rescue): `{ attempt, workerId, error, startedAt, failedAt }`, oldest first.
      */
+    /**
+     * Set on a running step when its job is cancelled: the worker learns it
+     * from its heartbeat and reports `markCancelled` (or its late outcome).
+     */
+    cancelRequestedAt: timestamp("cancel_requested_at", tz),
     retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
   },
   (t) => [

@@ -34,6 +34,7 @@ export function rescueStatement(staleAfterMs: number): SQL {
       from stale
       where s.job_id = stale.job_id and s.step_name = stale.step_name and s.job_id in (select job_id from jobs)
         and s.status = 'running' and s.worker_id = stale.worker_id and s.attempts <= s.max_retries
+        and s.cancel_requested_at is null
       returning s.job_id, s.step_name, s.attempts, stale.worker_id, s.action_type, 'requeued' as outcome
     ), failed as (
       update job_step s
@@ -42,8 +43,17 @@ export function rescueStatement(staleAfterMs: number): SQL {
       from stale
       where s.job_id = stale.job_id and s.step_name = stale.step_name and s.job_id in (select job_id from jobs)
         and s.status = 'running' and s.worker_id = stale.worker_id and s.attempts > s.max_retries
+        and s.cancel_requested_at is null
       returning s.job_id, s.step_name, s.attempts, stale.worker_id, s.action_type, 'failed' as outcome
+    ), cancelled as (
+      -- Its job was cancelled: never requeued, the step is cancelled (nothing advances).
+      update job_step s
+      set status = 'cancelled', completed_at = now(), propagated = true
+      from stale
+      where s.job_id = stale.job_id and s.step_name = stale.step_name and s.job_id in (select job_id from jobs)
+        and s.status = 'running' and s.worker_id = stale.worker_id and s.cancel_requested_at is not null
+      returning s.job_id, s.step_name, s.attempts, stale.worker_id, s.action_type, 'cancelled' as outcome
     )
-    select * from requeued union all select * from failed
+    select * from requeued union all select * from failed union all select * from cancelled
     order by job_id, step_name`;
 }

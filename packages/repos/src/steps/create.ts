@@ -10,7 +10,13 @@ import {
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
-import { type ConstraintViolationError, DuplicateStepError, InvalidInputError, JobNotFoundError } from "../errors.js";
+import {
+  type ConstraintViolationError,
+  DuplicateStepError,
+  InvalidInputError,
+  InvalidTransitionError,
+  JobNotFoundError,
+} from "../errors.js";
 import { notifyReadyStatement, recountStatement } from "../sql/report.js";
 import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
@@ -63,7 +69,8 @@ function checkRetryPolicy(s: NewFlowStep, at: string) {
  * calls. Prefer `JobRepo.createWithSteps` / `createMany`, which derive the
  * statuses from the flow. An empty list is a no-op. Throws, having written
  * nothing: `InvalidInputError` for a bad field, `DuplicateStepError` for a
- * name used twice in the call or already in the job, `JobNotFoundError`.
+ * name used twice in the call or already in the job, `JobNotFoundError`,
+ * `InvalidTransitionError` for a cancelled job. Locks the jobs' rows first.
  */
 export async function createSteps(db: Executor, steps: readonly NewJobStep[]): Promise<void> {
   if (steps.length === 0) return;
@@ -89,6 +96,14 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     db,
     () =>
       db.transaction(async (tx) => {
+        // The jobs' rows first (the lock order), in job id order; a cancelled
+        // job takes no new steps (they would be claimable).
+        const locked = await tx.execute<{ job_id: string; status: string }>(
+          sql`select job_id, status from job where job_id = any(${sql.param(jobIds)}::uuid[])
+            order by job_id for no key update`,
+        );
+        const cancelled = locked.rows.find((j) => j.status === "cancelled");
+        if (cancelled) throw new InvalidTransitionError("job", cancelled.job_id, undefined, "cancelled", "running");
         for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
           await tx.insert(jobStep).values(rows.slice(i, i + INSERT_CHUNK));
         }

@@ -26,7 +26,8 @@ export interface RescueOptions {
  * the step's own retry budget: while it has retries left (`attempts <=
  * maxRetries`) it goes back to `ready` after its retry delay, no worker, an
  * entry in `retryHistory`; else it is `failed` and its job is advanced, in
- * one transaction. Locks each job row
+ * one transaction. A step whose job was cancelled (`cancelRequestedAt`) is
+ * never requeued: it becomes `cancelled`. Locks each job row
  * before its steps, skipping jobs locked by a report in flight (they are
  * rescued on the next run), and each UPDATE re-checks `status = 'running'`
  * and the worker, so a rescue never overwrites a step its worker just
@@ -37,7 +38,7 @@ export interface RescueOptions {
 export async function rescueStaleSteps(
   db: Executor,
   options: RescueOptions,
-): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[] }> {
+): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[]; cancelled: RescuedStep[] }> {
   const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
   if ((options as { maxAttempts?: unknown }).maxAttempts !== undefined) {
     throw new InvalidInputError("maxAttempts", "is gone: each step's maxRetries is its budget, for rescues too");
@@ -50,7 +51,7 @@ export async function rescueStaleSteps(
         attempts: number;
         worker_id: string;
         action_type: string;
-        outcome: "requeued" | "failed";
+        outcome: "requeued" | "failed" | "cancelled";
       }>(rescueStatement(staleAfterMs));
       const refs = (outcome: string) =>
         rows
@@ -67,7 +68,7 @@ export async function rescueStaleSteps(
       if (failedJobs.length > 0) await tx.execute(advanceManyStatement(failedJobs));
       const requeuedTypes = [...new Set(rows.filter((r) => r.outcome === "requeued").map((r) => r.action_type))];
       if (requeuedTypes.length > 0) await tx.execute(notifyReadyStatement(requeuedTypes));
-      return { requeued: refs("requeued"), failed };
+      return { requeued: refs("requeued"), failed, cancelled: refs("cancelled") };
     }),
   );
 }

@@ -8,6 +8,7 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
+import { CANCEL_STEP, type CancelStepRow } from "../sql/cancel.js";
 import {
   FINISH_STEP,
   type FinishArgs,
@@ -254,4 +255,45 @@ export async function markSkipped(db: Executor, jobId: string, stepName: string)
     throw new InvalidTransitionError("step", jobId, stepName, row.step_status ?? "?", "skipped");
   }
   return { promoted: row.promoted ?? [], skipped: row.skipped ?? [], jobStatus: row.job_status as JobStatus };
+}
+
+/**
+ * A worker stops a step whose cancel was requested (its job was cancelled;
+ * `WorkerRepo.heartbeat` said so): `running -> cancelled` with
+ * `completed_at`. Guarded like a report (`ref.workerId` / `ref.attempt`);
+ * repeating it is a no-op. Locks the job row, then the step; nothing
+ * advances (the job is finished). Throws, having written nothing:
+ * `InvalidInputError`, `StepNotFoundError`, `InvalidTransitionError` (not
+ * running, or no cancel requested), `StepOwnershipError`.
+ */
+export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repeated: boolean }> {
+  if (typeof ref !== "object" || ref === null) throw new InvalidInputError("ref", "must be an object");
+  const jobId = requireUuid("ref.jobId", ref.jobId);
+  const stepName = requireText("ref.stepName", ref.stepName);
+  const workerId = ref.workerId === undefined ? null : requireUuid("ref.workerId", ref.workerId);
+  const attempt = ref.attempt === undefined ? null : requireInt("ref.attempt", ref.attempt, 1, 2 ** 31 - 1);
+  const rows = await translateErrors(db, () =>
+    runStatement<CancelStepRow, { jobId: string; stepName: string; workerId: string | null; attempt: number | null }>(
+      db,
+      CANCEL_STEP,
+      { jobId, stepName, workerId, attempt },
+    ),
+  );
+  const row = rows[0] as CancelStepRow;
+  switch (row.result) {
+    case "ok":
+    case "repeated":
+      return { repeated: row.result === "repeated" };
+    case "not_found":
+      throw new StepNotFoundError(jobId, stepName);
+    case "invalid_transition":
+      throw new InvalidTransitionError("step", jobId, stepName, row.step_status ?? "?", "cancelled");
+    case "not_owner":
+      throw new StepOwnershipError(
+        jobId,
+        stepName,
+        { workerId: workerId ?? undefined, attempt: attempt ?? undefined },
+        { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
+      );
+  }
 }
