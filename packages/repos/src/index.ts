@@ -25,8 +25,9 @@ export type {
   StepGuard,
   StepRef,
   StepReport,
+  TimedOutStep,
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
-export type { CancelRequest, RegisterWorker } from "./worker-repo.js";
+export type { CancelRequest, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -13,5 +13,5 @@ export {
   recountStatement,
   SKIP_STEP,
 } from "./sql/report.js";
-export { rescueStatement } from "./sql/rescue.js";
+export { rescueStatement, sweepTimeoutsStatement } from "./sql/rescue.js";
 export { runStatement, type Statement } from "./statement.js";

@@ -35,6 +35,8 @@ export interface NewJob {
   sourceType: SourceType;
   sourceId?: string | null;
   revision?: string | null;
+  /** The job fails once it is this many seconds old and not finished (`JobStepRepo.sweepTimeouts`); default none. */
+  timeoutSecs?: number | null;
 }
 
 /** Largest page `list` returns. */
@@ -52,6 +54,10 @@ function toJobRow(input: NewJob, at = "") {
     sourceType: requireOneOf(`${at}sourceType`, input.sourceType, SOURCE_TYPES),
     sourceId: optionalText(`${at}sourceId`, input.sourceId),
     revision: optionalText(`${at}revision`, input.revision),
+    timeoutSecs:
+      input.timeoutSecs === undefined || input.timeoutSecs === null
+        ? null
+        : requireInt(`${at}timeoutSecs`, input.timeoutSecs, 1, 2 ** 31 - 1),
   };
 }
 
@@ -118,6 +124,7 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
         retry_backoff_secs: s.retryBackoffSecs,
         retry_strategy: s.retryStrategy,
         retry_jitter: s.retryJitter,
+        timeout_secs: s.timeoutSecs,
       });
     }
   }
@@ -131,6 +138,7 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
       source_type: j.sourceType,
       source_id: j.sourceId,
       revision: j.revision,
+      timeout_secs: j.timeoutSecs,
       steps_unfinished: j.stepsUnfinished,
     })),
   );

@@ -86,6 +86,10 @@ export const job = pgTable(
     logPath: text("log_path"),
     /** Why the job was cancelled (`JobRepo.cancel`'s `reason`). */
     cancelReason: text("cancel_reason"),
+    /** The job fails once it is this many seconds old and not finished (`sweepTimeouts`). */
+    timeoutSecs: integer("timeout_secs"),
+    /** Why the job failed, when no step says it (a timeout). */
+    errorMessage: text("error_message"),
     /**
      * Steps not yet terminal, as far as advancing has applied their outcomes
      * (see `job_step.propagated`): the job is finished when it reaches 0.
@@ -102,11 +106,16 @@ export const job = pgTable(
     // A job has `completed_at` exactly when it is finished.
     check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
     check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+    check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
     // No index on status (the design note had one): a job changes status two
     // or three times and an index on it makes each such UPDATE non-HOT, for
     // no hot query. Listing by status walks idx_job_created_at, newest first.
     index("idx_job_created_at").on(t.createdAt),
     index("idx_job_workspace_task").on(t.workspace, t.taskName),
+    // sweepTimeouts' candidates: unfinished jobs with a timeout. The predicate
+    // uses completed_at, not status, so only the update that finishes a job
+    // stops being HOT (status changes before it stay HOT-eligible).
+    index("idx_job_timeout").on(t.createdAt).where(sql`${t.completedAt} is null and ${t.timeoutSecs} is not null`),
   ],
 );
 
@@ -168,6 +177,8 @@ export const jobStep = pgTable(
      * from its heartbeat and reports `markCancelled` (or its late outcome).
      */
     cancelRequestedAt: timestamp("cancel_requested_at", tz),
+    /** A run fails once it has been running this many seconds (`sweepTimeouts`; the retry policy applies). */
+    timeoutSecs: integer("timeout_secs"),
     retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
   },
   (t) => [
@@ -188,6 +199,7 @@ export const jobStep = pgTable(
       sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
     ),
     check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
+    check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
     check(
       "job_step_retry_policy_check",
       sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
@@ -206,6 +218,9 @@ export const jobStep = pgTable(
     index("idx_job_step_unpropagated")
       .on(t.jobId)
       .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
+    // sweepTimeouts' candidates: running steps with a timeout (status is in
+    // other predicates already, so this costs no HOT update).
+    index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
     // Workers' and recovery's look-up of what a worker holds.
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],

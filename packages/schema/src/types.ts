@@ -26,6 +26,8 @@ export interface NewFlowStep {
   retryStrategy?: RetryStrategy;
   /** Fraction of the delay that is random, 0 (default) to 1. */
   retryJitter?: number;
+  /** A run fails once it has been running this many seconds (`sweepTimeouts`); default none. */
+  timeoutSecs?: number | null;
 }
 
 /** A step inserted into an existing job with `JobStepRepo.createSteps`, its status chosen by the caller. */

@@ -50,6 +50,7 @@ describe("status constants", () => {
       "job_source_type_check",
       "job_completed_at_check",
       "job_step_counts_check",
+      "job_timeout_secs_check",
     ]);
     expect(getTableConfig(jobStep).checks.map((c) => c.name)).toEqual([
       "job_step_action_type_check",
@@ -58,6 +59,7 @@ describe("status constants", () => {
       "job_step_running_check",
       "job_step_completed_at_check",
       "job_step_retry_strategy_check",
+      "job_step_timeout_secs_check",
       "job_step_retry_policy_check",
       "job_step_dep_counts_check",
     ]);

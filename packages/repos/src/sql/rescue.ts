@@ -57,3 +57,8 @@ export function rescueStatement(staleAfterMs: number): SQL {
     select * from requeued union all select * from failed union all select * from cancelled
     order by job_id, step_name`;
 }
+
+/** One sweep of timed-out steps and jobs (`stroem_sweep_timeouts`, migration 0009). */
+export function sweepTimeoutsStatement(): SQL {
+  return sql`select * from stroem_sweep_timeouts()`;
+}

@@ -56,6 +56,10 @@ function checkRetryPolicy(s: NewFlowStep, at: string) {
     retryBackoffSecs: requireInt(`${at}.retryBackoffSecs`, s.retryBackoffSecs ?? 10, 0, RETRY_LIMITS.maxBackoffSecs),
     retryStrategy: requireOneOf(`${at}.retryStrategy`, s.retryStrategy ?? "exponential", RETRY_STRATEGIES),
     retryJitter: jitter,
+    timeoutSecs:
+      s.timeoutSecs === undefined || s.timeoutSecs === null
+        ? null
+        : requireInt(`${at}.timeoutSecs`, s.timeoutSecs, 1, 2 ** 31 - 1),
   };
 }
 

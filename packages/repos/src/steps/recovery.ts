@@ -1,7 +1,7 @@
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError } from "../errors.js";
 import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
-import { rescueStatement } from "../sql/rescue.js";
+import { rescueStatement, sweepTimeoutsStatement } from "../sql/rescue.js";
 import { requireInt } from "../validate.js";
 
 /** A step a rescue moved, and the worker that had held it. */
@@ -71,4 +71,54 @@ export async function rescueStaleSteps(
       return { requeued: refs("requeued"), failed, cancelled: refs("cancelled") };
     }),
   );
+}
+
+/** A running step `sweepTimeouts` failed, and what became of it. */
+export interface TimedOutStep {
+  jobId: string;
+  stepName: string;
+  /** The worker that ran it, and its attempt (its guard: its late report is refused). */
+  workerId: string;
+  attempt: number;
+  /** `retried`: back to ready by its retry policy; `failed`: for good (its job advanced). */
+  outcome: "retried" | "failed";
+}
+
+/**
+ * Enforces `timeoutSecs`, in one statement (`stroem_sweep_timeouts`); run it
+ * periodically, from any number of processes. A running step past
+ * `started_at + timeoutSecs` fails ("timed out: running for more than N s")
+ * as its worker's failure would: its retry policy applies, and its job is
+ * advanced. A job not finished `timeoutSecs` after its creation fails
+ * (`errorMessage` says so, `completed_at` set); its pending and ready steps
+ * are cancelled and its running ones get `cancelRequestedAt`. Workers learn
+ * both from `WorkerRepo.heartbeat` (a timed-out step when they list what they
+ * run, a job's steps as a cancel). Locks job rows in job id order, skipping
+ * those a report holds (swept on the next run). The candidates come from
+ * partial indexes (running steps with a timeout, unfinished jobs with a
+ * timeout), so a sweep's cost follows their number, not the table's.
+ */
+export async function sweepTimeouts(db: Executor): Promise<{ steps: TimedOutStep[]; jobs: string[] }> {
+  const { rows } = await translateErrors(db, () =>
+    db.execute<{
+      kind: "step" | "job";
+      job_id: string;
+      step_name: string | null;
+      worker_id: string | null;
+      attempt: number | null;
+      outcome: "retried" | "failed";
+    }>(sweepTimeoutsStatement()),
+  );
+  return {
+    steps: rows
+      .filter((r) => r.kind === "step")
+      .map((r) => ({
+        jobId: r.job_id,
+        stepName: r.step_name as string,
+        workerId: r.worker_id as string,
+        attempt: Number(r.attempt),
+        outcome: r.outcome,
+      })),
+    jobs: rows.filter((r) => r.kind === "job").map((r) => r.job_id),
+  };
 }
