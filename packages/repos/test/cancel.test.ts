@@ -34,11 +34,12 @@ async function statuses(jobId: string) {
   return Object.fromEntries(steps.map((s) => [s.stepName, s.status]));
 }
 
-/** Someone waits for a lock: the interleaving the test wants has happened. */
+/** A session of this test's database waits for a lock: the interleaving the test wants has happened. */
 const someoneWaits = () =>
   waitFor(async () => {
     const r = await t.db.execute<{ n: number }>(
-      sql`select count(*)::int as n from pg_locks where not granted and locktype in ('transactionid', 'tuple')`,
+      sql`select count(*)::int as n from pg_stat_activity
+        where datname = current_database() and wait_event_type = 'Lock'`,
     );
     return (r.rows[0]?.n ?? 0) > 0;
   }, 20_000);

@@ -1,4 +1,4 @@
-import { type NewFlowStep, STEP_STATUSES, type StepStatus } from "@stroem/schema";
+import { JOB_STATUSES, type JobStatus, type NewFlowStep, STEP_STATUSES, type StepStatus } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -61,7 +61,24 @@ const calls: Record<string, (r: Ref) => Promise<unknown>> = {
   markRunning: (r) => JobStepRepo.markRunning(t.db, r.jobId, r.stepName, r.workerId),
   // Without a cancel request (test/cancel.test.ts has the allowed cell: running, its job cancelled).
   "markCancelled, no cancel requested": (r) => JobStepRepo.markCancelled(t.db, r),
+  "markCancelled, cancel requested": async (r) => {
+    // What JobRepo.cancel leaves on a running step, set on the step whatever its status.
+    await t.db.execute(sql`update job_step set cancel_requested_at = now()
+      where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+    await JobStepRepo.markCancelled(t.db, r);
+  },
+  "fail, guard, retries left": async (r) => {
+    await withRetries(r);
+    await JobStepRepo.fail(t.db, r, "boom");
+  },
+  "fail, no guard, retries left": async (r) => {
+    await withRetries(r);
+    await JobStepRepo.fail(t.db, unguarded(r), "boom");
+  },
 };
+
+const withRetries = (r: Ref) =>
+  t.db.execute(sql`update job_step set max_retries = 1 where job_id = ${r.jobId} and step_name = ${r.stepName}`);
 
 /** from status -> call -> the status it leads to (absent: refused). */
 const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
@@ -78,7 +95,17 @@ const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
   markSkipped: { pending: "skipped", ready: "skipped" },
   markRunning: { ready: "running" },
   "markCancelled, no cancel requested": {},
+  "markCancelled, cancel requested": { running: "cancelled" },
+  "fail, guard, retries left": { running: "ready" },
+  "fail, no guard, retries left": { ready: "failed", running: "ready" },
 };
+
+/** Calls that succeed whatever the step's status and leave the others unchanged. */
+const unrefused: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
+  "JobRepo.cancel (its job)": { pending: "cancelled", ready: "cancelled", running: "running" },
+};
+
+calls["JobRepo.cancel (its job)"] = (r) => JobRepo.cancel(t.db, r.jobId);
 
 async function statusOf(jobId: string, stepName: string) {
   const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
@@ -90,7 +117,7 @@ describe("the step state machine, every cell", () => {
     it(name, async () => {
       for (const from of STEP_STATUSES) {
         const ref = await stepIn(from);
-        const to = allowed[name]?.[from];
+        const to = allowed[name]?.[from] ?? unrefused[name]?.[from] ?? (unrefused[name] ? from : undefined);
         if (to) {
           await call(ref);
           expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, to]);
@@ -98,6 +125,44 @@ describe("the step state machine, every cell", () => {
           const error = await errorOf(() => call(ref));
           expect([from, error]).toEqual([from, expect.any(InvalidTransitionError)]);
           expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, from]);
+        }
+      }
+    });
+  }
+});
+
+describe("the job state machine, every cell", () => {
+  const jobCalls: Record<string, (jobId: string, workerId: string) => Promise<unknown>> = {
+    cancel: (jobId) => JobRepo.cancel(t.db, jobId),
+    markRunning: (jobId, workerId) => JobRepo.markRunning(t.db, jobId, workerId),
+    markCompleted: (jobId) => JobRepo.markCompleted(t.db, jobId),
+    markFailed: (jobId) => JobRepo.markFailed(t.db, jobId),
+  };
+  const jobAllowed: Record<string, Partial<Record<JobStatus, JobStatus>>> = {
+    cancel: { pending: "cancelled", running: "cancelled", cancelled: "cancelled" }, // the last: a no-op
+    markRunning: { pending: "running" },
+    markCompleted: { running: "completed" },
+    markFailed: { pending: "failed", running: "failed" },
+  };
+  for (const [name, call] of Object.entries(jobCalls)) {
+    it(name, async () => {
+      for (const from of JOB_STATUSES) {
+        const jobId = await JobRepo.create(t.db, newJob);
+        const workerId = await registerWorker(t.db);
+        if (from !== "pending") {
+          await t.db.execute(sql`update job set status = ${from}, started_at = now(),
+            completed_at = case when ${from} = 'running' then null else now() end where job_id = ${jobId}`);
+        }
+        const to = jobAllowed[name]?.[from];
+        if (to) {
+          await call(jobId, workerId);
+          expect([from, (await JobRepo.get(t.db, jobId))?.status]).toEqual([from, to]);
+        } else {
+          expect([from, await errorOf(() => call(jobId, workerId))]).toEqual([
+            from,
+            expect.any(InvalidTransitionError),
+          ]);
+          expect([from, (await JobRepo.get(t.db, jobId))?.status]).toEqual([from, from]);
         }
       }
     });
