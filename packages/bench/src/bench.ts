@@ -29,9 +29,17 @@ import {
   openServer,
   type ServerSettings,
   serverSettings,
+  withClient,
   withDatabase,
 } from "./server.js";
 import { fmt, fmtRatio, fmtSummary, median, type Summary, summarize } from "./stats.js";
+
+/** Connections open on the database `name` (other than this one's). */
+const backendsOn = (adminUrl: string, name: string) =>
+  withClient(adminUrl, async (c) => {
+    const res = await c.query("select count(*)::int as n from pg_stat_activity where datname = $1", [name]);
+    return res.rows[0].n as number;
+  });
 
 export interface BenchOptions {
   /** Small sizes; checks correctness, not speed. */
@@ -129,6 +137,13 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
       try {
         return await fn(withDatabase(server.adminUrl, name));
       } finally {
+        // A scenario's pools may still be closing their connections; a forced
+        // drop would terminate them mid-close (seen as an unhandled 57P01 from
+        // graphile-worker's pool on busy cores). Let them go first, with a deadline.
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline && (await backendsOn(server.adminUrl, name)) > 0) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         await dropDatabase(server.adminUrl, name);
       }
     };

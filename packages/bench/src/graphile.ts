@@ -202,6 +202,11 @@ export async function graphileLatency(url: string, samples: number, warmUp: numb
         if (i >= warmUp) out.push(t1 - t0);
       }
     });
+    // The last task has started, not necessarily been recorded as done: let
+    // the runner delete its row before stopping it (on busy cores, stopping
+    // at once sometimes left it behind and failed the exactly-once check).
+    const deadline = Date.now() + 30_000;
+    while ((await remainingJobs(url)) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   } finally {
     await runner.stop();
     await pgPool.end();

@@ -8,6 +8,7 @@ const SYMBOL: Record<string, string> = {
   completed: "✔",
   failed: "✘",
   skipped: "⊘",
+  cancelled: "⊗",
 };
 
 type GraphStep = Pick<
@@ -57,6 +58,7 @@ const STYLE: Record<string, string> = {
   completed: "fill:#d1e7dd,stroke:#198754",
   failed: "fill:#f8d7da,stroke:#dc3545",
   skipped: "fill:#eeeeee,stroke:#6c757d,stroke-dasharray:4",
+  cancelled: "fill:#eeeeee,stroke:#212529,stroke-dasharray:2",
 };
 
 /** Mermaid flowchart of the DAG, ready to paste into Markdown. Labels are escaped; node ids are generated. */

@@ -2,6 +2,17 @@ export { type DependencyCounts, decideStep, jobStatusFromCounts, type StepDecisi
 export { FlowValidationError } from "./errors.js";
 export { toFlow } from "./flow.js";
 export { initialStatus, initialSteps, isTerminal, planAdvance } from "./plan.js";
+export {
+  DEFAULT_RETRY_POLICY,
+  decideRetry,
+  MAX_RETRIES,
+  MAX_RETRY_DELAY_SECS,
+  RETRY_STRATEGIES,
+  type RetryDecision,
+  type RetryPolicy,
+  type RetryStrategy,
+  retryDelaySecs,
+} from "./retry.js";
 export type {
   AdvancedJobStatus,
   AdvancePlan,

@@ -2,7 +2,7 @@ import { FlowValidationError } from "./errors.js";
 import type { AdvancePlan, Flow, FlowProblem, StepStatus, StepStatusView } from "./types.js";
 import { validateFlow } from "./validate.js";
 
-const TERMINAL: ReadonlySet<StepStatus> = new Set(["completed", "failed", "skipped"]);
+const TERMINAL: ReadonlySet<StepStatus> = new Set(["completed", "failed", "skipped", "cancelled"]);
 
 /** True for the statuses a step never leaves. */
 export function isTerminal(status: StepStatus): boolean {
@@ -67,9 +67,10 @@ export function planAdvance(steps: readonly StepStatusView[], flow: Flow): Advan
       decision = "skip";
     } else if (deps.length === 0) {
       decision = "promote";
-    } else if (deps.every((d) => d === "skipped")) {
+    } else if (deps.every((d) => d === "skipped" || d === "cancelled")) {
+      // A cancelled dependency did not run, as a skipped one (only a cancelled job has them).
       decision = "skip";
-    } else if (deps.every((d) => d === "completed" || d === "skipped")) {
+    } else if (deps.every((d) => d === "completed" || d === "skipped" || d === "cancelled")) {
       decision = "promote";
     }
     if (decision === "promote") {

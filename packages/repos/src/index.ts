@@ -13,7 +13,7 @@ export {
   type Transaction,
 } from "./db.js";
 export * from "./errors.js";
-export type { ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
+export type { CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
 export type {
   ReadyBacklog,
@@ -25,8 +25,9 @@ export type {
   StepGuard,
   StepRef,
   StepReport,
+  TimedOutStep,
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
-export type { RegisterWorker } from "./worker-repo.js";
+export type { CancelRequest, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -11,6 +11,7 @@ export {
   notifyReadyStatement,
   REPORT_MANY,
   recountStatement,
+  SKIP_STEP,
 } from "./sql/report.js";
-export { rescueStatement } from "./sql/rescue.js";
+export { rescueStatement, sweepTimeoutsStatement } from "./sql/rescue.js";
 export { runStatement, type Statement } from "./statement.js";

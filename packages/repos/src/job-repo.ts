@@ -15,7 +15,8 @@ import {
 import { and, count, desc, eq, type SQL, sql } from "drizzle-orm";
 import { type AdvanceResult, advanceJob } from "./advance.js";
 import { type Executor, translateErrors } from "./db.js";
-import { InvalidInputError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
+import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
+import { CANCEL_JOB, type CancelJobRow } from "./sql/cancel.js";
 import { CREATE_JOBS } from "./sql/create.js";
 import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
@@ -34,6 +35,8 @@ export interface NewJob {
   sourceType: SourceType;
   sourceId?: string | null;
   revision?: string | null;
+  /** The job fails once it is this many seconds old and not finished (`JobStepRepo.sweepTimeouts`); default none. */
+  timeoutSecs?: number | null;
 }
 
 /** Largest page `list` returns. */
@@ -51,6 +54,10 @@ function toJobRow(input: NewJob, at = "") {
     sourceType: requireOneOf(`${at}sourceType`, input.sourceType, SOURCE_TYPES),
     sourceId: optionalText(`${at}sourceId`, input.sourceId),
     revision: optionalText(`${at}revision`, input.revision),
+    timeoutSecs:
+      input.timeoutSecs === undefined || input.timeoutSecs === null
+        ? null
+        : requireInt(`${at}timeoutSecs`, input.timeoutSecs, 1, 2 ** 31 - 1),
   };
 }
 
@@ -113,6 +120,11 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
         continue_on_failure: s.continueOnFailure,
         dependants: (dependants.get(s.stepName) ?? []).sort(),
         deps_unfinished: s.dependsOn.length,
+        max_retries: s.maxRetries,
+        retry_backoff_secs: s.retryBackoffSecs,
+        retry_strategy: s.retryStrategy,
+        retry_jitter: s.retryJitter,
+        timeout_secs: s.timeoutSecs,
       });
     }
   }
@@ -126,6 +138,7 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
       source_type: j.sourceType,
       source_id: j.sourceId,
       revision: j.revision,
+      timeout_secs: j.timeoutSecs,
       steps_unfinished: j.stepsUnfinished,
     })),
   );
@@ -227,6 +240,45 @@ export async function setLogPath(db: Executor, jobId: string, logPath: string): 
     db.update(job).set({ logPath: path }).where(eq(job.jobId, jobId)).returning({ id: job.jobId }),
   );
   if (rows.length === 0) throw new JobNotFoundError(jobId);
+}
+
+/** What `cancel` did. */
+export interface CancelResult {
+  /** The job was cancelled already: nothing was written. */
+  alreadyCancelled: boolean;
+  /** Its steps that were pending or ready, now `cancelled`. */
+  cancelled: string[];
+  /** Its running steps, which keep running with `cancelRequestedAt` set (their workers learn it from `heartbeat`). */
+  cancelRequested: string[];
+}
+
+/**
+ * Cancels a job, in one statement: locks the job row, then its steps;
+ * `pending | running -> cancelled` with `completed_at` and the `reason`;
+ * its pending and ready steps become `cancelled` (never claimed), its
+ * running steps keep running with `cancel_requested_at` (`WorkerRepo.heartbeat`
+ * tells their workers; their late reports are recorded and promote nothing;
+ * a rescue cancels them instead of requeuing). Cancelling a cancelled job is
+ * a no-op (`alreadyCancelled`). Throws, having written nothing:
+ * `InvalidInputError`, `JobNotFoundError`, `InvalidTransitionError` (the job
+ * completed or failed).
+ */
+export async function cancel(db: Executor, jobId: string, options: { reason?: string } = {}): Promise<CancelResult> {
+  requireUuid("jobId", jobId);
+  const reason = optionalText("reason", options?.reason);
+  const rows = await translateErrors(db, () =>
+    runStatement<CancelJobRow, { jobId: string; reason: string | null }>(db, CANCEL_JOB, { jobId, reason }),
+  );
+  const row = rows[0] as CancelJobRow;
+  if (row.result === "not_found") throw new JobNotFoundError(jobId);
+  if (row.result === "invalid_transition") {
+    throw new InvalidTransitionError("job", jobId, undefined, row.job_status ?? "?", "cancelled");
+  }
+  return {
+    alreadyCancelled: row.result === "already",
+    cancelled: row.cancelled ?? [],
+    cancelRequested: row.cancel_requested ?? [],
+  };
 }
 
 export { advanceJob as advance };

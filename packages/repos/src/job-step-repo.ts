@@ -12,13 +12,21 @@
 export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
 export { claimReadyStep, claimReadySteps, MAX_CLAIM_BATCH, markRunning } from "./steps/claim.js";
 export { createSteps } from "./steps/create.js";
-export { type RescuedStep, type RescueOptions, rescueStaleSteps } from "./steps/recovery.js";
+export {
+  type RescuedStep,
+  type RescueOptions,
+  rescueStaleSteps,
+  sweepTimeouts,
+  type TimedOutStep,
+} from "./steps/recovery.js";
 export {
   complete,
   fail,
   MAX_REPORT_BATCH,
+  markCancelled,
   markCompleted,
   markFailed,
+  markSkipped,
   type ReportOutcome,
   type ReportResult,
   reportMany,

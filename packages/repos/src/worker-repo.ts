@@ -1,8 +1,10 @@
 import { ACTION_TYPES, type Worker, worker } from "@stroem/schema";
 import { desc, eq, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
-import { WorkerNotFoundError } from "./errors.js";
-import { requireCapabilities, requireText, requireUuid } from "./validate.js";
+import { InvalidInputError, WorkerNotFoundError } from "./errors.js";
+import { HEARTBEAT } from "./sql/cancel.js";
+import { runStatement } from "./statement.js";
+import { requireCapabilities, requireInt, requireText, requireUuid } from "./validate.js";
 
 export interface RegisterWorker {
   workerId: string;
@@ -31,17 +33,78 @@ export async function register(db: Executor, input: RegisterWorker): Promise<voi
   );
 }
 
-/** Records that the worker is alive (`last_heartbeat = now()`). Throws `WorkerNotFoundError`. */
-export async function heartbeat(db: Executor, workerId: string): Promise<void> {
+/**
+ * A step the worker should stop: its job was cancelled (or timed out) and it
+ * still runs it (`markCancelled` then), or it listed the step in `running`
+ * but no longer holds it in that attempt (the step timed out, was rescued:
+ * its outcome would be refused).
+ */
+export interface CancelRequest {
+  jobId: string;
+  stepName: string;
+  /** The attempt the worker holds (its guard). */
+  attempt: number;
+  requestedAt: Date;
+  /** Why: the job's cancel reason or error, or the step's failure ("timed out: …"); null if none was given. */
+  reason: string | null;
+}
+
+/** A step a worker is running, as it tells `heartbeat`. */
+export interface HeldStep {
+  jobId: string;
+  stepName: string;
+  attempt: number;
+}
+
+/**
+ * Records that the worker is alive (`last_heartbeat = now()`) and returns,
+ * in the same statement, the steps it should stop; usually `[]`: the running
+ * steps it holds whose cancel was requested (their job was cancelled or timed
+ * out: stop, then report `JobStepRepo.markCancelled`; a late outcome is
+ * recorded but moves nothing), and, if it lists what it runs in
+ * `options.running`, those it no longer holds in that attempt (timed out by
+ * `sweepTimeouts`, rescued: stop, its report would be refused). Throws
+ * `WorkerNotFoundError`, `InvalidInputError`.
+ */
+export async function heartbeat(
+  db: Executor,
+  workerId: string,
+  options: { running?: readonly HeldStep[] } = {},
+): Promise<CancelRequest[]> {
   requireUuid("workerId", workerId);
+  const running = options?.running ?? [];
+  if (!Array.isArray(running)) throw new InvalidInputError("options.running", "must be an array");
+  const held = running.map((h, i) => {
+    const at = `options.running[${i}]`;
+    if (typeof h !== "object" || h === null) throw new InvalidInputError(at, "must be an object");
+    return {
+      job_id: requireUuid(`${at}.jobId`, h.jobId),
+      step_name: requireText(`${at}.stepName`, h.stepName),
+      attempt: requireInt(`${at}.attempt`, h.attempt, 1, 2 ** 31 - 1),
+    };
+  });
   const rows = await translateErrors(db, () =>
-    db
-      .update(worker)
-      .set({ lastHeartbeat: sql`now()` })
-      .where(eq(worker.workerId, workerId))
-      .returning({ id: worker.workerId }),
+    runStatement<
+      {
+        job_id: string | null;
+        step_name: string | null;
+        attempts: number | null;
+        cancel_requested_at: string | Date | null;
+        reason: string | null;
+      },
+      { workerId: string; running: string }
+    >(db, HEARTBEAT, { workerId, running: JSON.stringify(held) }),
   );
   if (rows.length === 0) throw new WorkerNotFoundError(workerId);
+  return rows
+    .filter((r) => r.job_id !== null)
+    .map((r) => ({
+      jobId: r.job_id as string,
+      stepName: r.step_name as string,
+      attempt: Number(r.attempts),
+      requestedAt: new Date(r.cancel_requested_at as string),
+      reason: r.reason,
+    }));
 }
 
 /** Marks a worker inactive (clean shutdown). Throws `WorkerNotFoundError`. */

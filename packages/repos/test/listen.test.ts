@@ -26,7 +26,14 @@ const listen = async (capabilities?: string[]) => {
 
 const chain: NewFlowStep[] = [
   { stepName: "build", actionName: "b", actionType: "docker" },
-  { stepName: "deploy", actionName: "d", actionType: "shell", dependsOn: ["build"] },
+  {
+    stepName: "deploy",
+    actionName: "d",
+    actionType: "shell",
+    dependsOn: ["build"],
+    maxRetries: 1,
+    retryBackoffSecs: 0,
+  },
 ];
 const newJob = { taskName: "t", sourceType: "api" } as const;
 

@@ -17,7 +17,7 @@ beforeEach(async () => {
 });
 
 const chain: Flow = { build: { actionName: "b" }, deploy: { actionName: "d", dependsOn: ["build"] } };
-const createChain = () =>
+const createChain = (maxRetries = 2) =>
   JobRepo.createWithSteps(
     t.db,
     { taskName: "chain", sourceType: "api" },
@@ -26,6 +26,8 @@ const createChain = () =>
       actionName: s.actionName,
       actionType: "shell" as const,
       dependsOn: s.dependsOn,
+      maxRetries,
+      retryBackoffSecs: 0,
     })),
   );
 
@@ -59,14 +61,22 @@ describe("rescueStaleSteps", () => {
     await exited;
 
     // While its heartbeat is fresh, nothing is rescued.
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 60_000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 60_000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
     // Once it is stale (wait for it, with a deadline), the step goes back to the queue.
-    let rescued: Awaited<ReturnType<typeof JobStepRepo.rescueStaleSteps>> = { requeued: [], failed: [] };
+    let rescued: Awaited<ReturnType<typeof JobStepRepo.rescueStaleSteps>> = { requeued: [], failed: [], cancelled: [] };
     await waitFor(async () => {
       rescued = await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 300 });
       return rescued.requeued.length > 0;
     });
-    expect(rescued).toEqual({ requeued: [{ jobId, stepName: "build", attempts: 1, workerId: doomed }], failed: [] });
+    expect(rescued).toEqual({
+      requeued: [{ jobId, stepName: "build", attempts: 1, workerId: doomed }],
+      failed: [],
+      cancelled: [],
+    });
 
     // Another worker runs it: second attempt.
     const healthy = await registerWorker(t.db, ["shell"]);
@@ -90,12 +100,12 @@ describe("rescueStaleSteps", () => {
     expect(steps[0]?.output).toEqual({ ok: true });
   });
 
-  it("after maxAttempts the step fails and the job moves on (its dependants skipped, the job failed)", async () => {
-    const jobId = await createChain();
+  it("without retries left the step fails and the job moves on (its dependants skipped, the job failed)", async () => {
+    const jobId = await createChain(0);
     const w = await registerWorker(t.db, ["shell"]);
     await JobStepRepo.claimReadyStep(t.db, ["shell"], w);
     await ageHeartbeat(w, 10_000);
-    const result = await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxAttempts: 1 });
+    const result = await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 });
     expect(result.failed).toEqual([{ jobId, stepName: "build", attempts: 1, workerId: w }]);
     const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
     expect(steps.map((s) => [s.stepName, s.status])).toEqual([
@@ -110,7 +120,11 @@ describe("rescueStaleSteps", () => {
     const jobId = await createChain();
     const live = await registerWorker(t.db, ["shell"]);
     await JobStepRepo.claimReadyStep(t.db, ["shell"], live);
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
 
     // The worker is stale, but its report is being written right now (row locked):
     // the rescue skips the row and the report wins.
@@ -119,14 +133,22 @@ describe("rescueStaleSteps", () => {
     try {
       await reporter.transaction(async (tx) => {
         await JobStepRepo.markCompleted(tx, jobId, "build", { ok: true }, { workerId: live, attempt: 1 });
-        expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+        expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+          requeued: [],
+          failed: [],
+          cancelled: [],
+        });
         await JobRepo.advance(tx, jobId);
       });
     } finally {
       await reporter.$client.end();
     }
     // Finished: nothing to rescue, whatever the heartbeat says.
-    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({ requeued: [], failed: [] });
+    expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).toEqual({
+      requeued: [],
+      failed: [],
+      cancelled: [],
+    });
     expect((await JobStepRepo.getStepsForJob(t.db, jobId)).map((s) => s.status)).toEqual(["completed", "ready"]);
   });
 
@@ -135,7 +157,7 @@ describe("rescueStaleSteps", () => {
       InvalidInputError,
     );
     expect(
-      await errorOf(() => JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 10, maxAttempts: 0 })),
-    ).toBeInstanceOf(InvalidInputError);
+      await errorOf(() => JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 10, maxAttempts: 3 } as never)),
+    ).toMatchObject({ name: "InvalidInputError", field: "maxAttempts" });
   });
 });

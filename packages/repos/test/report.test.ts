@@ -54,12 +54,14 @@ describe("complete and fail", () => {
       skipped: [],
       jobStatus: "running",
       repeated: false,
+      retried: false,
     });
     expect(await JobStepRepo.fail(t.db, await hold(jobId, "b", w), "boom")).toEqual({
       promoted: [],
       skipped: ["d"],
       jobStatus: "running",
       repeated: false,
+      retried: false,
     });
     const last = await JobStepRepo.complete(t.db, await hold(jobId, "c", w));
     expect(last).toMatchObject({ promoted: [], skipped: [], jobStatus: "failed" });
@@ -83,6 +85,7 @@ describe("complete and fail", () => {
       skipped: [],
       jobStatus: "running",
       repeated: true,
+      retried: false,
     });
     expect(await JobStepRepo.getStepsForJob(t.db, jobId)).toEqual(before);
     expect(await errorOf(() => JobStepRepo.fail(t.db, ref, "late"))).toBeInstanceOf(InvalidTransitionError);
@@ -117,7 +120,11 @@ describe("complete and fail", () => {
     expect(await errorOf(() => JobStepRepo.fail(t.db, { jobId: randomUUID(), stepName: "a" }, "x"))).toBeInstanceOf(
       StepNotFoundError,
     );
-    expect(await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a" }))).toMatchObject({
+    // Guarded, a ready step is refused (unguarded, the server may finish it: test/state-machine.test.ts).
+    const w = await registerWorker(t.db);
+    expect(
+      await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 })),
+    ).toMatchObject({
       name: "InvalidTransitionError",
       currentStatus: "ready",
     });
@@ -172,13 +179,21 @@ describe("reportMany", () => {
       skipped: ["b", "c", "d"],
       jobStatus: "failed",
       repeated: false,
+      retried: false,
     });
     // Refusals are explained by the step's status after the batch: `a`'s report promoted `b`.
     expect(results[1]).toMatchObject({
       ok: false,
       error: { name: "InvalidTransitionError", currentStatus: "ready" },
     });
-    expect(results[2]).toEqual({ ok: true, promoted: ["b", "c"], skipped: [], jobStatus: "running", repeated: false });
+    expect(results[2]).toEqual({
+      ok: true,
+      promoted: ["b", "c"],
+      skipped: [],
+      jobStatus: "running",
+      repeated: false,
+      retried: false,
+    });
     expect(results[3]).toMatchObject({ ok: false, error: { name: "InvalidTransitionError" } });
     expect(await statuses(j1)).toEqual({ a: "completed", b: "ready", c: "ready", d: "pending" });
     expect((await JobRepo.get(t.db, j2))?.status).toBe("failed");
@@ -222,8 +237,14 @@ describe("reportMany", () => {
       })),
     ]);
     expect(results[0]).toMatchObject({ ok: true, promoted: [], jobStatus: "running" });
-    expect(results[1]).toMatchObject({ ok: true, promoted: ["b"], jobStatus: "running", repeated: false });
-    expect(results[2]).toMatchObject({ ok: true, promoted: [], repeated: true });
+    expect(results[1]).toMatchObject({
+      ok: true,
+      promoted: ["b"],
+      jobStatus: "running",
+      repeated: false,
+      retried: false,
+    });
+    expect(results[2]).toMatchObject({ ok: true, promoted: [], repeated: true, retried: false });
     expect(await JobRepo.get(t.db, mixed)).toMatchObject({ status: "running", stepsUnfinished: 1 });
     for (const [k, jobId] of flat.entries()) {
       expect(results[4 + k]).toMatchObject({ ok: true, jobStatus: k % 2 ? "failed" : "completed" });
@@ -409,7 +430,15 @@ describe("invariants the database holds", () => {
 
   it("the orchestrator's step statuses are the schema's", () => {
     expectTypeOf<PlannedStepStatus>().toEqualTypeOf<(typeof STEP_STATUSES)[number]>();
-    expect([...STEP_STATUSES].sort()).toEqual(["completed", "failed", "pending", "ready", "running", "skipped"]);
+    expect([...STEP_STATUSES].sort()).toEqual([
+      "cancelled",
+      "completed",
+      "failed",
+      "pending",
+      "ready",
+      "running",
+      "skipped",
+    ]);
   });
 });
 

@@ -208,9 +208,10 @@ describe("step lifecycle", () => {
     ).toBeInstanceOf(InvalidInputError);
   });
 
-  it("completing a step that is not running is refused", async () => {
+  it("completing a ready step with a guard is refused (without one, the server may: state-machine.test.ts)", async () => {
     const jobId = await jobWithReadySteps(t.db, 1);
-    expect(await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000"))).toMatchObject({
+    const guard = { workerId: await registerWorker(t.db), attempt: 1 };
+    expect(await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", null, guard))).toMatchObject({
       name: "InvalidTransitionError",
       currentStatus: "ready",
       requestedStatus: "completed",

@@ -58,7 +58,9 @@ describe("upgrading a first-stage database", () => {
         ('00000000-0000-4000-8000-0000000000aa', 'c', 'x', 'ready', '{a}', null, null, null, now(), 0),
         ('00000000-0000-4000-8000-0000000000aa', 'd', 'x', 'pending', '{b,c}', null, null, null, null, 0)`);
 
-      expect((await runMigrations(db)).applied).toEqual(["0001_counters_and_invariants", "0002_advance_functions"]);
+      const upgrade = await runMigrations(db);
+      expect(upgrade.applied.slice(0, 2)).toEqual(["0001_counters_and_invariants", "0002_advance_functions"]);
+      expect(upgrade.applied).toEqual(upgrade.all.slice(1));
       const jobId = "00000000-0000-4000-8000-0000000000aa";
       const steps = await JobStepRepo.getStepsForJob(db, jobId);
       expect(steps.map((s) => [s.stepName, s.dependants, s.depsUnfinished])).toEqual([

@@ -21,11 +21,23 @@ export type SourceType = (typeof SOURCE_TYPES)[number];
 export const ACTION_TYPES = ["shell", "docker", "pod"] as const;
 export type ActionType = (typeof ACTION_TYPES)[number];
 
-export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped"] as const;
+export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped", "cancelled"] as const;
 export type StepStatus = (typeof STEP_STATUSES)[number];
 
 /** Step statuses a step never leaves. */
-export const STEP_TERMINAL_STATUSES = ["completed", "failed", "skipped"] as const satisfies readonly StepStatus[];
+export const STEP_TERMINAL_STATUSES = [
+  "completed",
+  "failed",
+  "skipped",
+  "cancelled",
+] as const satisfies readonly StepStatus[];
+
+/** How a step's retry delay grows (`retryDelaySecs` in @stroem/orchestrator; a type test checks the lists agree). */
+export const RETRY_STRATEGIES = ["fixed", "exponential"] as const;
+export type RetryStrategy = (typeof RETRY_STRATEGIES)[number];
+
+/** Bounds the database holds for a step's retry policy (the orchestrator's `MAX_RETRIES`, `MAX_RETRY_DELAY_SECS`). */
+export const RETRY_LIMITS = { maxRetries: 1000, maxBackoffSecs: 86_400 } as const;
 
 /** Statuses a step may be created with. */
 export const STEP_INITIAL_STATUSES = ["pending", "ready"] as const satisfies readonly StepStatus[];

@@ -3,6 +3,7 @@ import {
   type AnyPgColumn,
   boolean,
   check,
+  doublePrecision,
   foreignKey,
   index,
   integer,
@@ -21,6 +22,9 @@ import {
   JOB_TERMINAL_STATUSES,
   type JobMode,
   type JobStatus,
+  RETRY_LIMITS,
+  RETRY_STRATEGIES,
+  type RetryStrategy,
   SOURCE_TYPES,
   type SourceType,
   STEP_STATUSES,
@@ -80,6 +84,12 @@ export const job = pgTable(
     startedAt: timestamp("started_at", tz),
     completedAt: timestamp("completed_at", tz),
     logPath: text("log_path"),
+    /** Why the job was cancelled (`JobRepo.cancel`'s `reason`). */
+    cancelReason: text("cancel_reason"),
+    /** The job fails once it is this many seconds old and not finished (`sweepTimeouts`). */
+    timeoutSecs: integer("timeout_secs"),
+    /** Why the job failed, when no step says it (a timeout). */
+    errorMessage: text("error_message"),
     /**
      * Steps not yet terminal, as far as advancing has applied their outcomes
      * (see `job_step.propagated`): the job is finished when it reaches 0.
@@ -96,11 +106,16 @@ export const job = pgTable(
     // A job has `completed_at` exactly when it is finished.
     check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
     check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+    check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
     // No index on status (the design note had one): a job changes status two
     // or three times and an index on it makes each such UPDATE non-HOT, for
     // no hot query. Listing by status walks idx_job_created_at, newest first.
     index("idx_job_created_at").on(t.createdAt),
     index("idx_job_workspace_task").on(t.workspace, t.taskName),
+    // sweepTimeouts' candidates: unfinished jobs with a timeout. The predicate
+    // uses completed_at, not status, so only the update that finishes a job
+    // stops being HOT (status changes before it stay HOT-eligible).
+    index("idx_job_timeout").on(t.createdAt).where(sql`${t.completedAt} is null and ${t.timeoutSecs} is not null`),
   ],
 );
 
@@ -146,6 +161,26 @@ export const jobStep = pgTable(
      * a step finished by a bare mark (`markCompleted` without `advance`).
      */
     propagated: boolean("propagated").notNull().default(false),
+    /** Retry policy, given at creation: runs after the first (0: a failure is final). */
+    maxRetries: integer("max_retries").notNull().default(0),
+    /** Delay before the first retry, seconds. */
+    retryBackoffSecs: integer("retry_backoff_secs").notNull().default(10),
+    /** `fixed` or `exponential` (doubling per attempt, capped at one day). */
+    retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
+    /** Fraction (0 to 1) of the delay that is random (only ever shortens it). */
+    retryJitter: doublePrecision("retry_jitter").notNull().default(0),
+    /**
+     * One entry per failed attempt that was retried (a worker's `fail`, a
+     * rescue): `{ attempt, workerId, error, startedAt, failedAt }`, oldest first.
+     */
+    /**
+     * Set on a running step when its job is cancelled: the worker learns it
+     * from its heartbeat and reports `markCancelled` (or its late outcome).
+     */
+    cancelRequestedAt: timestamp("cancel_requested_at", tz),
+    /** A run fails once it has been running this many seconds (`sweepTimeouts`; the retry policy applies). */
+    timeoutSecs: integer("timeout_secs"),
+    retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
   },
   (t) => [
     primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
@@ -164,6 +199,12 @@ export const jobStep = pgTable(
       "job_step_completed_at_check",
       sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
     ),
+    check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
+    check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+    check(
+      "job_step_retry_policy_check",
+      sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
+    ),
     check(
       "job_step_dep_counts_check",
       sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
@@ -178,10 +219,23 @@ export const jobStep = pgTable(
     index("idx_job_step_unpropagated")
       .on(t.jobId)
       .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
+    // sweepTimeouts' candidates: running steps with a timeout (status is in
+    // other predicates already, so this costs no HOT update).
+    index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
     // Workers' and recovery's look-up of what a worker holds.
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],
 );
+
+/** One failed attempt of a step that was retried (`job_step.retry_history`). Timestamps as ISO strings. */
+export interface RetryHistoryEntry {
+  attempt: number;
+  /** The worker that ran it (null when no worker did). */
+  workerId: string | null;
+  error: string | null;
+  startedAt: string | null;
+  failedAt: string;
+}
 
 /** A worker row as read from the database. */
 export type Worker = typeof worker.$inferSelect;

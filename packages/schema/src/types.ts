@@ -1,4 +1,4 @@
-import type { ActionType, StepInitialStatus } from "./constants.js";
+import type { ActionType, RetryStrategy, StepInitialStatus } from "./constants.js";
 
 /**
  * A step of a flow, with how its action runs: what `JobRepo.createWithSteps`
@@ -18,6 +18,16 @@ export interface NewFlowStep {
   dependsOn?: readonly string[];
   /** Runs once its dependencies are terminal even if some failed; its own failure does not fail the job. */
   continueOnFailure?: boolean;
+  /** Retries after a failed run (default 0: a failure is final); 0 to 1000. */
+  maxRetries?: number;
+  /** Seconds before the first retry (default 10); 0 to 86,400. */
+  retryBackoffSecs?: number;
+  /** `exponential` (default: the delay doubles each attempt, capped at one day) or `fixed`. */
+  retryStrategy?: RetryStrategy;
+  /** Fraction of the delay that is random, 0 (default) to 1. */
+  retryJitter?: number;
+  /** A run fails once it has been running this many seconds (`sweepTimeouts`); default none. */
+  timeoutSecs?: number | null;
 }
 
 /** A step inserted into an existing job with `JobStepRepo.createSteps`, its status chosen by the caller. */

@@ -32,7 +32,11 @@ describe("status constants", () => {
     ["job_step_action_type_check", ACTION_TYPES],
     ["job_step_status_check", STEP_STATUSES],
   ])("%s in the committed migrations allows exactly the constant's values", (name, values) => {
-    const line = migrationSql.split("\n").find((l) => l.includes(`"${name}"`));
+    // The latest definition: a later migration may drop and re-add it (0006 added `cancelled`).
+    const line = migrationSql
+      .split("\n")
+      .filter((l) => l.includes(`"${name}" CHECK`))
+      .at(-1);
     expect(line, name).toBeDefined();
     const allowed = [...(line?.match(/in \(([^)]*)\)/)?.[1] ?? "").matchAll(/'([^']*)'/g)].map((m) => m[1]);
     expect(allowed).toEqual([...values]);
@@ -46,6 +50,7 @@ describe("status constants", () => {
       "job_source_type_check",
       "job_completed_at_check",
       "job_step_counts_check",
+      "job_timeout_secs_check",
     ]);
     expect(getTableConfig(jobStep).checks.map((c) => c.name)).toEqual([
       "job_step_action_type_check",
@@ -53,6 +58,9 @@ describe("status constants", () => {
       "job_step_ready_at_check",
       "job_step_running_check",
       "job_step_completed_at_check",
+      "job_step_retry_strategy_check",
+      "job_step_timeout_secs_check",
+      "job_step_retry_policy_check",
       "job_step_dep_counts_check",
     ]);
   });
@@ -65,7 +73,7 @@ describe("status constants", () => {
   });
 
   it("tells terminal statuses", () => {
-    expect(STEP_STATUSES.filter(isStepTerminal)).toEqual(["completed", "failed", "skipped"]);
+    expect(STEP_STATUSES.filter(isStepTerminal)).toEqual(["completed", "failed", "skipped", "cancelled"]);
     expect(JOB_STATUSES.filter(isJobTerminal)).toEqual(["completed", "failed", "cancelled"]);
   });
 

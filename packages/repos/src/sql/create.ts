@@ -13,21 +13,26 @@ export const CREATE_JOBS = statement<{ jobs: string; steps: string }>(
   "create_jobs",
   sql`
     with jobs as (
-      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished)
-      select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision, x.steps_unfinished
+      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished,
+                       timeout_secs)
+      select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision,
+             x.steps_unfinished, x.timeout_secs
       from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
-        revision text, steps_unfinished integer)
+        revision text, steps_unfinished integer, timeout_secs integer)
     ), steps as (
       insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input, status,
-                            depends_on, continue_on_failure, dependants, deps_unfinished, ready_at)
+                            depends_on, continue_on_failure, dependants, deps_unfinished, ready_at,
+                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
       select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input, x.status,
              x.depends_on, x.continue_on_failure, x.dependants, x.deps_unfinished,
-             case when x.status = 'ready' then now() end
+             case when x.status = 'ready' then now() end,
+             x.max_retries, x.retry_backoff_secs, x.retry_strategy, x.retry_jitter, x.timeout_secs
       from jsonb_to_recordset(${sql.placeholder("steps")}::jsonb) as x(
         job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
         input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
-        deps_unfinished integer)
+        deps_unfinished integer, max_retries integer, retry_backoff_secs integer, retry_strategy text,
+        retry_jitter double precision, timeout_secs integer)
       returning action_type, status
     )
     select pg_notify('stroem_ready', r.action_type)

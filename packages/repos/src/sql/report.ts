@@ -16,6 +16,10 @@ export type FinishRow = {
   step_status: string | null;
   step_worker_id: string | null;
   step_attempts: number | null;
+  /** A failure with retries left: the step went back to `ready` (migration 0005). */
+  retried: boolean | null;
+  /** When the retried step runs again. */
+  retry_at: string | Date | null;
 };
 
 export interface FinishArgs {
@@ -70,3 +74,18 @@ export function recountStatement(jobIds: readonly string[]): SQL {
 export function notifyReadyStatement(actionTypes: readonly string[]): SQL {
   return sql`select pg_notify('stroem_ready', t) from unnest(${sql.param(actionTypes)}::text[]) as t`;
 }
+
+/** What `stroem_skip_step` returns. */
+export type SkipRow = {
+  result: "ok" | "not_found" | "invalid_transition";
+  promoted: string[] | null;
+  skipped: string[] | null;
+  job_status: string | null;
+  step_status: string | null;
+};
+
+/** `pending | ready -> skipped` of one step under its job's lock, then the advance (migration 0003). */
+export const SKIP_STEP = statement<{ jobId: string; stepName: string }>(
+  "skip_step",
+  sql`select * from stroem_skip_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text)`,
+);

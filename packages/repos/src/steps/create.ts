@@ -4,15 +4,23 @@ import {
   jobStep,
   type NewFlowStep,
   type NewJobStep,
+  RETRY_LIMITS,
+  RETRY_STRATEGIES,
   STEP_INITIAL_STATUSES,
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
-import { type ConstraintViolationError, DuplicateStepError, InvalidInputError, JobNotFoundError } from "../errors.js";
+import {
+  type ConstraintViolationError,
+  DuplicateStepError,
+  InvalidInputError,
+  InvalidTransitionError,
+  JobNotFoundError,
+} from "../errors.js";
 import { notifyReadyStatement, recountStatement } from "../sql/report.js";
-import { optionalJson, optionalText, requireOneOf, requireText, requireUuid } from "../validate.js";
+import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
-/** Rows per INSERT: at most 10 bound values a row, so 20,000 per statement, far below Postgres' 65,535. */
+/** Rows per INSERT: at most 14 bound values a row, so 28,000 per statement, below Postgres' 65,535. */
 const INSERT_CHUNK = 2000;
 
 /** A flow step's fields, checked; `at` names it in errors (`steps[3]`). Throws `InvalidInputError`. */
@@ -33,6 +41,25 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     input: optionalJson(`${at}.input`, s.input),
     dependsOn: [...dependsOn] as string[],
     continueOnFailure: s.continueOnFailure ?? false,
+    ...checkRetryPolicy(s, at),
+  };
+}
+
+/** A step's retry policy with its defaults (no retry; 10 s doubling, no jitter). Throws `InvalidInputError`. */
+function checkRetryPolicy(s: NewFlowStep, at: string) {
+  const jitter = s.retryJitter ?? 0;
+  if (typeof jitter !== "number" || !Number.isFinite(jitter) || jitter < 0 || jitter > 1) {
+    throw new InvalidInputError(`${at}.retryJitter`, `must be a number from 0 to 1, got ${JSON.stringify(jitter)}`);
+  }
+  return {
+    maxRetries: requireInt(`${at}.maxRetries`, s.maxRetries ?? 0, 0, RETRY_LIMITS.maxRetries),
+    retryBackoffSecs: requireInt(`${at}.retryBackoffSecs`, s.retryBackoffSecs ?? 10, 0, RETRY_LIMITS.maxBackoffSecs),
+    retryStrategy: requireOneOf(`${at}.retryStrategy`, s.retryStrategy ?? "exponential", RETRY_STRATEGIES),
+    retryJitter: jitter,
+    timeoutSecs:
+      s.timeoutSecs === undefined || s.timeoutSecs === null
+        ? null
+        : requireInt(`${at}.timeoutSecs`, s.timeoutSecs, 1, 2 ** 31 - 1),
   };
 }
 
@@ -46,7 +73,8 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
  * calls. Prefer `JobRepo.createWithSteps` / `createMany`, which derive the
  * statuses from the flow. An empty list is a no-op. Throws, having written
  * nothing: `InvalidInputError` for a bad field, `DuplicateStepError` for a
- * name used twice in the call or already in the job, `JobNotFoundError`.
+ * name used twice in the call or already in the job, `JobNotFoundError`,
+ * `InvalidTransitionError` for a cancelled job. Locks the jobs' rows first.
  */
 export async function createSteps(db: Executor, steps: readonly NewJobStep[]): Promise<void> {
   if (steps.length === 0) return;
@@ -72,6 +100,14 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     db,
     () =>
       db.transaction(async (tx) => {
+        // The jobs' rows first (the lock order), in job id order; a cancelled
+        // job takes no new steps (they would be claimable).
+        const locked = await tx.execute<{ job_id: string; status: string }>(
+          sql`select job_id, status from job where job_id = any(${sql.param(jobIds)}::uuid[])
+            order by job_id for no key update`,
+        );
+        const cancelled = locked.rows.find((j) => j.status === "cancelled");
+        if (cancelled) throw new InvalidTransitionError("job", cancelled.job_id, undefined, "cancelled", "running");
         for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
           await tx.insert(jobStep).values(rows.slice(i, i + INSERT_CHUNK));
         }

@@ -1,6 +1,7 @@
 import { type Executor, translateErrors } from "../db.js";
+import { InvalidInputError } from "../errors.js";
 import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
-import { rescueStatement } from "../sql/rescue.js";
+import { rescueStatement, sweepTimeoutsStatement } from "../sql/rescue.js";
 import { requireInt } from "../validate.js";
 
 /** A step a rescue moved, and the worker that had held it. */
@@ -16,16 +17,17 @@ export interface RescuedStep {
 export interface RescueOptions {
   /** A running step is rescued when its worker's last heartbeat is older than this. */
   staleAfterMs: number;
-  /** A step already claimed this many times is failed instead of requeued. Default 3. */
-  maxAttempts?: number;
 }
 
 /**
  * Recovers the steps of workers that stopped heartbeating (crashed, killed,
  * partitioned): a running step whose worker's `last_heartbeat` is older than
- * `staleAfterMs` (by the database's clock) goes back to `ready` (new
- * `ready_at`, no worker), or, once claimed `maxAttempts` times, to `failed`,
- * after which its job is advanced, in one transaction. Locks each job row
+ * `staleAfterMs` (by the database's clock) counts as a failed attempt, with
+ * the step's own retry budget: while it has retries left (`attempts <=
+ * maxRetries`) it goes back to `ready` after its retry delay, no worker, an
+ * entry in `retryHistory`; else it is `failed` and its job is advanced, in
+ * one transaction. A step whose job was cancelled (`cancelRequestedAt`) is
+ * never requeued: it becomes `cancelled`. Locks each job row
  * before its steps, skipping jobs locked by a report in flight (they are
  * rescued on the next run), and each UPDATE re-checks `status = 'running'`
  * and the worker, so a rescue never overwrites a step its worker just
@@ -36,9 +38,11 @@ export interface RescueOptions {
 export async function rescueStaleSteps(
   db: Executor,
   options: RescueOptions,
-): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[] }> {
+): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[]; cancelled: RescuedStep[] }> {
   const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
-  const maxAttempts = requireInt("maxAttempts", options.maxAttempts ?? 3, 1, 1000);
+  if ((options as { maxAttempts?: unknown }).maxAttempts !== undefined) {
+    throw new InvalidInputError("maxAttempts", "is gone: each step's maxRetries is its budget, for rescues too");
+  }
   return translateErrors(db, () =>
     db.transaction(async (tx) => {
       const { rows } = await tx.execute<{
@@ -47,8 +51,8 @@ export async function rescueStaleSteps(
         attempts: number;
         worker_id: string;
         action_type: string;
-        outcome: "requeued" | "failed";
-      }>(rescueStatement(staleAfterMs, maxAttempts));
+        outcome: "requeued" | "failed" | "cancelled";
+      }>(rescueStatement(staleAfterMs));
       const refs = (outcome: string) =>
         rows
           .filter((r) => r.outcome === outcome)
@@ -64,7 +68,57 @@ export async function rescueStaleSteps(
       if (failedJobs.length > 0) await tx.execute(advanceManyStatement(failedJobs));
       const requeuedTypes = [...new Set(rows.filter((r) => r.outcome === "requeued").map((r) => r.action_type))];
       if (requeuedTypes.length > 0) await tx.execute(notifyReadyStatement(requeuedTypes));
-      return { requeued: refs("requeued"), failed };
+      return { requeued: refs("requeued"), failed, cancelled: refs("cancelled") };
     }),
   );
+}
+
+/** A running step `sweepTimeouts` failed, and what became of it. */
+export interface TimedOutStep {
+  jobId: string;
+  stepName: string;
+  /** The worker that ran it, and its attempt (its guard: its late report is refused). */
+  workerId: string;
+  attempt: number;
+  /** `retried`: back to ready by its retry policy; `failed`: for good (its job advanced). */
+  outcome: "retried" | "failed";
+}
+
+/**
+ * Enforces `timeoutSecs`, in one statement (`stroem_sweep_timeouts`); run it
+ * periodically, from any number of processes. A running step past
+ * `started_at + timeoutSecs` fails ("timed out: running for more than N s")
+ * as its worker's failure would: its retry policy applies, and its job is
+ * advanced. A job not finished `timeoutSecs` after its creation fails
+ * (`errorMessage` says so, `completed_at` set); its pending and ready steps
+ * are cancelled and its running ones get `cancelRequestedAt`. Workers learn
+ * both from `WorkerRepo.heartbeat` (a timed-out step when they list what they
+ * run, a job's steps as a cancel). Locks job rows in job id order, skipping
+ * those a report holds (swept on the next run). The candidates come from
+ * partial indexes (running steps with a timeout, unfinished jobs with a
+ * timeout), so a sweep's cost follows their number, not the table's.
+ */
+export async function sweepTimeouts(db: Executor): Promise<{ steps: TimedOutStep[]; jobs: string[] }> {
+  const { rows } = await translateErrors(db, () =>
+    db.execute<{
+      kind: "step" | "job";
+      job_id: string;
+      step_name: string | null;
+      worker_id: string | null;
+      attempt: number | null;
+      outcome: "retried" | "failed";
+    }>(sweepTimeoutsStatement()),
+  );
+  return {
+    steps: rows
+      .filter((r) => r.kind === "step")
+      .map((r) => ({
+        jobId: r.job_id,
+        stepName: r.step_name as string,
+        workerId: r.worker_id as string,
+        attempt: Number(r.attempt),
+        outcome: r.outcome,
+      })),
+    jobs: rows.filter((r) => r.kind === "job").map((r) => r.job_id),
+  };
 }

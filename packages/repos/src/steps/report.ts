@@ -8,7 +8,16 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
-import { FINISH_STEP, type FinishArgs, type FinishRow, type FinishValues, REPORT_MANY } from "../sql/report.js";
+import { CANCEL_STEP, type CancelStepRow } from "../sql/cancel.js";
+import {
+  FINISH_STEP,
+  type FinishArgs,
+  type FinishRow,
+  type FinishValues,
+  REPORT_MANY,
+  SKIP_STEP,
+  type SkipRow,
+} from "../sql/report.js";
 import { runStatement } from "../statement.js";
 import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
@@ -18,7 +27,9 @@ import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from
  * `attempts` value its claim returned). Give both (the guard): when the row
  * says otherwise (the step was rescued and claimed again, or it is someone
  * else's), the report is refused and nothing is written, so a late or
- * foreign report never overwrites the real outcome.
+ * foreign report never overwrites the real outcome. Without a guard (the
+ * Strøm server finishing a step no worker runs), a `ready` step is accepted
+ * as well as a `running` one; with any part of the guard, only `running`.
  */
 export interface StepRef {
   jobId: string;
@@ -38,6 +49,14 @@ export interface ReportResult extends AdvanceResult {
    * `promoted` / `skipped` are empty (the first call did that work).
    */
   repeated: boolean;
+  /**
+   * A failure with retries left (the step's `maxRetries`): the step went back
+   * to `ready`, to run again at `retryAt`; nothing was skipped and the job
+   * keeps running. False for every other report.
+   */
+  retried: boolean;
+  /** With `retried`: when the step may be claimed again (`ready_at`). */
+  retryAt?: Date;
 }
 
 /** One report of `reportMany`. */
@@ -86,6 +105,8 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
         skipped: row.skipped ?? [],
         jobStatus: row.job_status as JobStatus,
         repeated: row.result === "repeated",
+        retried: row.retried === true,
+        ...(row.retried && row.retry_at ? { retryAt: new Date(row.retry_at) } : {}),
       };
     case "not_found":
       return { ok: false, error: new StepNotFoundError(a.jobId, a.stepName) };
@@ -127,7 +148,8 @@ async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<
  * status. A repeated report (same worker, attempt and outcome, already
  * recorded) succeeds with `repeated: true` and changes nothing. Throws, having
  * written nothing: `InvalidInputError`, `StepNotFoundError`,
- * `InvalidTransitionError` (the step is not running), `StepOwnershipError`
+ * `InvalidTransitionError` (the step is not running, or, without a guard,
+ * neither running nor ready), `StepOwnershipError`
  * (the guard does not match). A finished job (cancelled, say) records the
  * outcome but does not move.
  */
@@ -135,7 +157,15 @@ export async function complete(db: Executor, ref: StepRef, output?: unknown): Pr
   return finish(db, checkReport({ ...ref, outcome: "completed", output }, "ref"), true);
 }
 
-/** A worker's report of failure with its error message; otherwise as `complete`. */
+/**
+ * A worker's report of failure with its error message; otherwise as
+ * `complete`. When the step was running and has retries left (attempt <=
+ * `maxRetries`, its job not finished), the step goes back to `ready` with
+ * `ready_at = now() + delay` (`retryDelaySecs` in @stroem/orchestrator) and
+ * `{ attempt, workerId, error, startedAt, failedAt }` appended to its
+ * `retryHistory`; the result says `retried: true` and `retryAt`. A repeated
+ * guarded fail of an attempt already retried is `repeated`.
+ */
 export async function fail(db: Executor, ref: StepRef, error: string): Promise<ReportResult> {
   return finish(db, checkReport({ ...ref, outcome: "failed", error }, "ref"), true);
 }
@@ -200,4 +230,70 @@ export async function markFailed(
   guard?: StepGuard,
 ): Promise<void> {
   await finish(db, checkReport({ jobId, stepName, ...guard, outcome: "failed", error }, "ref"), false);
+}
+
+/**
+ * Skips a step that has not started (`pending | ready -> skipped`, with
+ * `completed_at`), then advances its job as a report would: its dependants
+ * see a skipped dependency (a step whose dependencies were all skipped is
+ * skipped too; a `continueOnFailure` step runs). For the Strøm server (a
+ * condition that ruled the step out). Locks the job row, then the step.
+ * Returns what the advance promoted and skipped (not the step itself) and
+ * the job's status; a finished job records the skip but does not move.
+ * Throws, having written nothing: `InvalidInputError`, `StepNotFoundError`,
+ * `InvalidTransitionError` (the step is running or terminal).
+ */
+export async function markSkipped(db: Executor, jobId: string, stepName: string): Promise<AdvanceResult> {
+  requireUuid("jobId", jobId);
+  requireText("stepName", stepName);
+  const rows = await translateErrors(db, () =>
+    runStatement<SkipRow, { jobId: string; stepName: string }>(db, SKIP_STEP, { jobId, stepName }),
+  );
+  const row = rows[0] as SkipRow;
+  if (row.result === "not_found") throw new StepNotFoundError(jobId, stepName);
+  if (row.result === "invalid_transition") {
+    throw new InvalidTransitionError("step", jobId, stepName, row.step_status ?? "?", "skipped");
+  }
+  return { promoted: row.promoted ?? [], skipped: row.skipped ?? [], jobStatus: row.job_status as JobStatus };
+}
+
+/**
+ * A worker stops a step whose cancel was requested (its job was cancelled;
+ * `WorkerRepo.heartbeat` said so): `running -> cancelled` with
+ * `completed_at`. Guarded like a report (`ref.workerId` / `ref.attempt`);
+ * repeating it is a no-op. Locks the job row, then the step; nothing
+ * advances (the job is finished). Throws, having written nothing:
+ * `InvalidInputError`, `StepNotFoundError`, `InvalidTransitionError` (not
+ * running, or no cancel requested), `StepOwnershipError`.
+ */
+export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repeated: boolean }> {
+  if (typeof ref !== "object" || ref === null) throw new InvalidInputError("ref", "must be an object");
+  const jobId = requireUuid("ref.jobId", ref.jobId);
+  const stepName = requireText("ref.stepName", ref.stepName);
+  const workerId = ref.workerId === undefined ? null : requireUuid("ref.workerId", ref.workerId);
+  const attempt = ref.attempt === undefined ? null : requireInt("ref.attempt", ref.attempt, 1, 2 ** 31 - 1);
+  const rows = await translateErrors(db, () =>
+    runStatement<CancelStepRow, { jobId: string; stepName: string; workerId: string | null; attempt: number | null }>(
+      db,
+      CANCEL_STEP,
+      { jobId, stepName, workerId, attempt },
+    ),
+  );
+  const row = rows[0] as CancelStepRow;
+  switch (row.result) {
+    case "ok":
+    case "repeated":
+      return { repeated: row.result === "repeated" };
+    case "not_found":
+      throw new StepNotFoundError(jobId, stepName);
+    case "invalid_transition":
+      throw new InvalidTransitionError("step", jobId, stepName, row.step_status ?? "?", "cancelled");
+    case "not_owner":
+      throw new StepOwnershipError(
+        jobId,
+        stepName,
+        { workerId: workerId ?? undefined, attempt: attempt ?? undefined },
+        { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
+      );
+  }
 }

@@ -1,0 +1,232 @@
+import { JOB_STATUSES, type JobStatus, type NewFlowStep, STEP_STATUSES, type StepStatus } from "@stroem/schema";
+import { useTestDb } from "@stroem/testing/fixture";
+import { sql } from "drizzle-orm";
+import { beforeEach, describe, expect, it } from "vitest";
+import { InvalidInputError, InvalidTransitionError, JobRepo, JobStepRepo, StepNotFoundError } from "../src/index.js";
+import { errorOf, registerWorker } from "./helpers.js";
+
+/**
+ * Every cell of the step state machine in the repos README: each call from
+ * each status, allowed (the status it leads to) or refused
+ * (`InvalidTransitionError`, nothing written).
+ */
+const t = useTestDb();
+
+beforeEach(async () => {
+  await t.db.execute(sql`delete from job`);
+});
+
+const newJob = { taskName: "t", sourceType: "api" } as const;
+const flow: NewFlowStep[] = [
+  { stepName: "t", actionName: "x", actionType: "shell" },
+  { stepName: "other", actionName: "x", actionType: "shell" },
+];
+
+/** A job whose step `t` is in `status` (terminal ones forced by SQL), and the guard of a worker holding it when running. */
+async function stepIn(status: StepStatus) {
+  const jobId = await JobRepo.createWithSteps(t.db, newJob, flow);
+  const workerId = await registerWorker(t.db);
+  if (status === "running") await JobStepRepo.markRunning(t.db, jobId, "t", workerId);
+  else if (status === "pending") {
+    await t.db.execute(sql`update job_step set status = 'pending' where job_id = ${jobId} and step_name = 't'`);
+  } else if (status !== "ready") {
+    await t.db.execute(sql`update job_step set status = ${status}, completed_at = now(), propagated = true
+      where job_id = ${jobId} and step_name = 't'`);
+  }
+  return { jobId, stepName: "t", workerId, attempt: 1 };
+}
+
+type Ref = Awaited<ReturnType<typeof stepIn>>;
+const unguarded = ({ jobId, stepName }: Ref) => ({ jobId, stepName });
+
+/** The calls of the table, each from a ref to the step. */
+const calls: Record<string, (r: Ref) => Promise<unknown>> = {
+  "complete, no guard": (r) => JobStepRepo.complete(t.db, unguarded(r), { ok: 1 }),
+  "complete, guard": (r) => JobStepRepo.complete(t.db, r, { ok: 1 }),
+  "fail, no guard": (r) => JobStepRepo.fail(t.db, unguarded(r), "boom"),
+  "fail, guard": (r) => JobStepRepo.fail(t.db, r, "boom"),
+  "markCompleted, no guard": (r) => JobStepRepo.markCompleted(t.db, r.jobId, r.stepName),
+  "markCompleted, guard": (r) => JobStepRepo.markCompleted(t.db, r.jobId, r.stepName, null, r),
+  "markFailed, no guard": (r) => JobStepRepo.markFailed(t.db, r.jobId, r.stepName, "boom"),
+  "markFailed, guard": (r) => JobStepRepo.markFailed(t.db, r.jobId, r.stepName, "boom", r),
+  "reportMany completed, no guard": async (r) => {
+    const [out] = await JobStepRepo.reportMany(t.db, [{ ...unguarded(r), outcome: "completed" }]);
+    if (out && !out.ok) throw out.error;
+  },
+  "reportMany failed, guard": async (r) => {
+    const [out] = await JobStepRepo.reportMany(t.db, [{ ...r, outcome: "failed", error: "boom" }]);
+    if (out && !out.ok) throw out.error;
+  },
+  markSkipped: (r) => JobStepRepo.markSkipped(t.db, r.jobId, r.stepName),
+  markRunning: (r) => JobStepRepo.markRunning(t.db, r.jobId, r.stepName, r.workerId),
+  // Without a cancel request (test/cancel.test.ts has the allowed cell: running, its job cancelled).
+  "markCancelled, no cancel requested": (r) => JobStepRepo.markCancelled(t.db, r),
+  "markCancelled, cancel requested": async (r) => {
+    // What JobRepo.cancel leaves on a running step, set on the step whatever its status.
+    await t.db.execute(sql`update job_step set cancel_requested_at = now()
+      where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+    await JobStepRepo.markCancelled(t.db, r);
+  },
+  "fail, guard, retries left": async (r) => {
+    await withRetries(r);
+    await JobStepRepo.fail(t.db, r, "boom");
+  },
+  "fail, no guard, retries left": async (r) => {
+    await withRetries(r);
+    await JobStepRepo.fail(t.db, unguarded(r), "boom");
+  },
+};
+
+const withRetries = (r: Ref) =>
+  t.db.execute(sql`update job_step set max_retries = 1 where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+
+/** from status -> call -> the status it leads to (absent: refused). */
+const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
+  "complete, no guard": { ready: "completed", running: "completed" },
+  "complete, guard": { running: "completed" },
+  "fail, no guard": { ready: "failed", running: "failed" },
+  "fail, guard": { running: "failed" },
+  "markCompleted, no guard": { ready: "completed", running: "completed" },
+  "markCompleted, guard": { running: "completed" },
+  "markFailed, no guard": { ready: "failed", running: "failed" },
+  "markFailed, guard": { running: "failed" },
+  "reportMany completed, no guard": { ready: "completed", running: "completed" },
+  "reportMany failed, guard": { running: "failed" },
+  markSkipped: { pending: "skipped", ready: "skipped" },
+  markRunning: { ready: "running" },
+  "markCancelled, no cancel requested": {},
+  "markCancelled, cancel requested": { running: "cancelled" },
+  "fail, guard, retries left": { running: "ready" },
+  "fail, no guard, retries left": { ready: "failed", running: "ready" },
+};
+
+/** Calls that succeed whatever the step's status and leave the others unchanged. */
+const unrefused: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
+  "JobRepo.cancel (its job)": { pending: "cancelled", ready: "cancelled", running: "running" },
+};
+
+calls["JobRepo.cancel (its job)"] = (r) => JobRepo.cancel(t.db, r.jobId);
+
+async function statusOf(jobId: string, stepName: string) {
+  const steps = await JobStepRepo.getStepsForJob(t.db, jobId);
+  return steps.find((s) => s.stepName === stepName)?.status;
+}
+
+describe("the step state machine, every cell", () => {
+  for (const [name, call] of Object.entries(calls)) {
+    it(name, async () => {
+      for (const from of STEP_STATUSES) {
+        const ref = await stepIn(from);
+        const to = allowed[name]?.[from] ?? unrefused[name]?.[from] ?? (unrefused[name] ? from : undefined);
+        if (to) {
+          await call(ref);
+          expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, to]);
+        } else {
+          const error = await errorOf(() => call(ref));
+          expect([from, error]).toEqual([from, expect.any(InvalidTransitionError)]);
+          expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, from]);
+        }
+      }
+    });
+  }
+});
+
+describe("the job state machine, every cell", () => {
+  const jobCalls: Record<string, (jobId: string, workerId: string) => Promise<unknown>> = {
+    cancel: (jobId) => JobRepo.cancel(t.db, jobId),
+    markRunning: (jobId, workerId) => JobRepo.markRunning(t.db, jobId, workerId),
+    markCompleted: (jobId) => JobRepo.markCompleted(t.db, jobId),
+    markFailed: (jobId) => JobRepo.markFailed(t.db, jobId),
+  };
+  const jobAllowed: Record<string, Partial<Record<JobStatus, JobStatus>>> = {
+    cancel: { pending: "cancelled", running: "cancelled", cancelled: "cancelled" }, // the last: a no-op
+    markRunning: { pending: "running" },
+    markCompleted: { running: "completed" },
+    markFailed: { pending: "failed", running: "failed" },
+  };
+  for (const [name, call] of Object.entries(jobCalls)) {
+    it(name, async () => {
+      for (const from of JOB_STATUSES) {
+        const jobId = await JobRepo.create(t.db, newJob);
+        const workerId = await registerWorker(t.db);
+        if (from !== "pending") {
+          await t.db.execute(sql`update job set status = ${from}, started_at = now(),
+            completed_at = case when ${from} = 'running' then null else now() end where job_id = ${jobId}`);
+        }
+        const to = jobAllowed[name]?.[from];
+        if (to) {
+          await call(jobId, workerId);
+          expect([from, (await JobRepo.get(t.db, jobId))?.status]).toEqual([from, to]);
+        } else {
+          expect([from, await errorOf(() => call(jobId, workerId))]).toEqual([
+            from,
+            expect.any(InvalidTransitionError),
+          ]);
+          expect([from, (await JobRepo.get(t.db, jobId))?.status]).toEqual([from, from]);
+        }
+      }
+    });
+  }
+});
+
+describe("server-side reports", () => {
+  const chain: NewFlowStep[] = [
+    { stepName: "a", actionName: "x", actionType: "shell" },
+    { stepName: "b", actionName: "x", actionType: "shell", dependsOn: ["a"] },
+    { stepName: "cleanup", actionName: "x", actionType: "shell", dependsOn: ["b"], continueOnFailure: true },
+  ];
+
+  it("complete without a guard finishes a ready step no worker ran, starts and advances its job", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, chain);
+    expect(await JobStepRepo.complete(t.db, { jobId, stepName: "a" }, { by: "server" })).toMatchObject({
+      promoted: ["b"],
+      skipped: [],
+      jobStatus: "running",
+    });
+    const [a] = await JobStepRepo.getStepsForJob(t.db, jobId);
+    expect(a).toMatchObject({ status: "completed", output: { by: "server" }, workerId: null, attempts: 0 });
+    expect((await JobRepo.get(t.db, jobId))?.startedAt).toBeInstanceOf(Date);
+  });
+
+  it("markSkipped: its dependants see a skipped dependency; the job settles", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, chain);
+    await JobStepRepo.complete(t.db, { jobId, stepName: "a" });
+    expect(await JobStepRepo.markSkipped(t.db, jobId, "b")).toEqual({
+      promoted: ["cleanup"],
+      skipped: [],
+      jobStatus: "running",
+    });
+    await JobStepRepo.complete(t.db, { jobId, stepName: "cleanup" });
+    expect(await JobRepo.get(t.db, jobId)).toMatchObject({ status: "completed", stepsUnfinished: 0 });
+
+    // A pending step skipped: its own dependencies finishing later leave it alone.
+    const other = await JobRepo.createWithSteps(t.db, newJob, [
+      ...chain.slice(0, 2),
+      { stepName: "c", actionName: "x", actionType: "shell", dependsOn: ["b"] },
+    ]);
+    expect(await JobStepRepo.markSkipped(t.db, other, "b")).toEqual({
+      promoted: [],
+      skipped: ["c"],
+      jobStatus: "running",
+    });
+    expect(await JobStepRepo.complete(t.db, { jobId: other, stepName: "a" })).toMatchObject({
+      promoted: [],
+      jobStatus: "completed",
+    });
+  });
+
+  it("markSkipped refuses bad input and unknown steps, writing nothing", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, chain);
+    expect(await errorOf(() => JobStepRepo.markSkipped(t.db, "nope", "a"))).toMatchObject({
+      name: "InvalidInputError",
+      field: "jobId",
+    });
+    expect(await errorOf(() => JobStepRepo.markSkipped(t.db, jobId, ""))).toBeInstanceOf(InvalidInputError);
+    expect(await errorOf(() => JobStepRepo.markSkipped(t.db, jobId, "zz"))).toBeInstanceOf(StepNotFoundError);
+    expect((await JobStepRepo.getStepsForJob(t.db, jobId)).map((s) => s.status)).toEqual([
+      "ready",
+      "pending",
+      "pending",
+    ]);
+  });
+});
