@@ -277,8 +277,12 @@ export function translateError(error: unknown, target: Target = {}): Error {
     }
   }
   const message = error instanceof Error ? error.message : String(error);
-  if (causeChain(error).some((e) => isConnectionMessage(e instanceof Error ? e.message : String(e)))) {
-    return new ConnectionError(`cannot reach PostgreSQL at ${where}: ${message}`, target.host, target.port, {
+  // The driver's own words ("Connection terminated unexpectedly"), not Drizzle's wrapper ("Failed query: …").
+  const lost = causeChain(error)
+    .map((e) => (e instanceof Error ? e.message : String(e)))
+    .find(isConnectionMessage);
+  if (lost !== undefined) {
+    return new ConnectionError(`cannot reach PostgreSQL at ${where}: ${lost}`, target.host, target.port, {
       cause: error,
     });
   }

@@ -1,3 +1,4 @@
+import net from "node:net";
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import pg from "pg";
@@ -47,6 +48,25 @@ describe("createPool", () => {
     expect(() => createPool(t.url, { max: 0 })).toThrow(InvalidInputError);
     expect(() => createPool(t.url, { statementTimeoutMs: -1 })).toThrow(InvalidInputError);
     expect(() => createPool(t.url, { pooler: "session" as "transaction" })).toThrow(/options.pooler/);
+    expect(() => createPool(undefined as unknown as string)).toThrow(InvalidInputError);
+  });
+
+  it("a server that accepts and closes is a ConnectionError with the driver's words, not the failed query's", async () => {
+    const server = net.createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const db = createPool(`postgres://u:p@127.0.0.1:${port}/x`, { connectionTimeoutMs: 5000 });
+    try {
+      const error = await errorOf(() => ping(db));
+      expect(error).toBeInstanceOf(ConnectionError);
+      expect(error.message).toMatch(
+        new RegExp(`^cannot reach PostgreSQL at 127\\.0\\.0\\.1:${port}: Connection terminated`),
+      );
+      expect(error.message).not.toContain("Failed query");
+    } finally {
+      await db.$client.end();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it("an unreachable server is a ConnectionError naming host and port, not a hang", async () => {
