@@ -34,7 +34,7 @@ const PUBLISHED = ["schema", "orchestrator", "repos", "embedded-pg", "cli", "tes
 const BUILD_MS = 180_000;
 const PACK_MS = 60_000;
 const NPM_INSTALL_MS = 300_000;
-const SETUP_MS = BUILD_MS + PACK_MS + NPM_INSTALL_MS + 30_000;
+const SETUP_MS = BUILD_MS + PACK_MS + 30_000;
 const SMOKE_MS = 180_000; // embedded server start (as root: a one-time copy of its binaries), migrate twice
 const TSC_MS = 120_000;
 const CLI_MS = 60_000;
@@ -62,14 +62,18 @@ const RUNTIME_FIELDS = ["dependencies", "peerDependencies", "optionalDependencie
 const readJson = <T>(file: string): T => JSON.parse(readFileSync(file, "utf8")) as T;
 
 /**
- * The environment for npm in the consumer project: none of the `npm_*`
- * variables pnpm and vitest's parent set (npm would take them as its config),
- * and no PATH entry inside this workspace, so `npx --no -- stroem-db` can only
- * find the installed bin.
+ * The environment for npm in the consumer project: without the `npm_*`
+ * variables `pnpm run` sets for its script (this package's name, pnpm's user
+ * agent), but with any `npm_config_*` the caller set (a registry mirror, a
+ * cache), and no PATH entry inside this workspace, so `npx --no --
+ * stroem-db` can only find the installed bin.
  */
 function consumerEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(process.env)) if (!/^npm_/i.test(key)) env[key] = value;
+  for (const [key, value] of Object.entries(process.env)) {
+    const npmConfig = /^npm_config_/i.test(key) && !/^npm_config_user_agent$/i.test(key);
+    if (npmConfig || !/^npm_/i.test(key)) env[key] = value;
+  }
   env.PATH = (process.env.PATH ?? "")
     .split(path.delimiter)
     .filter((dir) => !path.resolve(dir).startsWith(ROOT))
@@ -112,19 +116,6 @@ beforeAll(async () => {
     const manifest = await packedManifest(path.join(packs, file));
     tarballs.set(manifest.name, path.join(packs, file));
   }
-
-  const env = consumerEnv();
-  writeFileSync(
-    path.join(project, "package.json"),
-    `${JSON.stringify({ name: "consumer", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`,
-    { flag: "wx", mode: 0o644 },
-  );
-  await exec("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", ...tarballs.values()], {
-    cwd: project,
-    env,
-    timeout: NPM_INSTALL_MS,
-    maxBuffer: 16 * 1024 * 1024,
-  });
 }, SETUP_MS);
 
 afterAll(() => {
@@ -217,8 +208,36 @@ describe("each tarball", () => {
   });
 });
 
+// The install is a test of its own, first in its block (tests in a file run
+// in order), so that a failed install counts as failed tests in CI's closing
+// line rather than as skipped ones; the tests after it need it.
 describe("installed with npm into an empty project", () => {
+  let installed = false;
+  const requireInstall = () => {
+    if (!installed) throw new Error("the npm install of the tarballs failed (see that test)");
+  };
+
+  it(
+    "installs every tarball together with npm",
+    async () => {
+      writeFileSync(
+        path.join(project, "package.json"),
+        `${JSON.stringify({ name: "consumer", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`,
+        { flag: "wx" },
+      );
+      await exec("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", ...tarballs.values()], {
+        cwd: project,
+        env: consumerEnv(),
+        timeout: NPM_INSTALL_MS,
+        maxBuffer: 16 * 1024 * 1024,
+      });
+      installed = true;
+    },
+    NPM_INSTALL_MS + 10_000,
+  );
+
   it("takes every @stroem package from the tarballs, none from the registry", () => {
+    requireInstall();
     const lock = readJson<{ packages: Record<string, { resolved?: string }> }>(path.join(project, "package-lock.json"));
     const stroem = Object.entries(lock.packages).filter(([key]) => key.includes("node_modules/@stroem/"));
     expect(stroem.map(([key]) => key).sort()).toEqual(PUBLISHED.map((d) => `node_modules/@stroem/${d}`).sort());
@@ -226,6 +245,7 @@ describe("installed with npm into an empty project", () => {
   });
 
   it("resolves schema's MIGRATIONS_FOLDER inside the installed package", async () => {
+    requireInstall();
     const { stdout } = await exec(
       "node",
       ["--input-type=module", "-e", 'console.log((await import("@stroem/schema")).MIGRATIONS_FOLDER)'],
@@ -239,6 +259,7 @@ describe("installed with npm into an empty project", () => {
   it(
     "runs a worker's round trip on the embedded PostgreSQL, and `stroem-db migrate` on it",
     async () => {
+      requireInstall();
       copyFileSync(path.join(FIXTURE, "smoke.mjs"), path.join(project, "smoke.mjs"));
       const { stdout } = await exec("node", ["smoke.mjs"], {
         cwd: project,
@@ -267,6 +288,7 @@ describe("installed with npm into an empty project", () => {
   it(
     "prints the installed CLI's version with `npx stroem-db --version`",
     async () => {
+      requireInstall();
       // --no: never fetch a package from the registry; `--`: without it,
       // after --no, npm takes --version as its own and prints npm's version.
       const { stdout } = await exec("npx", ["--no", "--", "stroem-db", "--version"], {
@@ -284,6 +306,7 @@ describe("installed with npm into an empty project", () => {
   it(
     "type-checks a strict TypeScript consumer through the packages' exports",
     async () => {
+      requireInstall();
       copyFileSync(path.join(FIXTURE, "consumer.ts"), path.join(project, "consumer.ts"));
       const tsc = path.join(path.dirname(createRequire(import.meta.url).resolve("typescript")), "../bin/tsc");
       const args = ["--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext"];
