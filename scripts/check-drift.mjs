@@ -2,7 +2,7 @@
 // `drizzle-kit generate` against a scratch copy of the migrations folder and
 // fails if it writes anything, then runs `drizzle-kit check` on the real one.
 import { execFileSync } from "node:child_process";
-import { cpSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -50,6 +50,17 @@ export default defineConfig({ dialect: "postgresql", schema: "./packages/schema/
     throw new DriftError();
   }
   execFileSync("pnpm", ["exec", "drizzle-kit", "check"], { cwd: root, stdio: "inherit" });
+  // Operators may deploy into a schema of their own (search_path): no migration
+  // may name `public` (drizzle-kit writes `REFERENCES "public"."t"` for foreign keys).
+  for (const file of readdirSync(migrations).filter((f) => f.endsWith(".sql"))) {
+    const text = readFileSync(path.join(migrations, file), "utf8");
+    if (/"public"\./.test(text)) {
+      console.error(
+        `drift: ${file} names the public schema ("public".…); drop the qualification so the tables follow the search path`,
+      );
+      throw new DriftError();
+    }
+  }
   console.log("drift: schema and committed migrations agree");
 } catch (error) {
   if (!(error instanceof DriftError)) throw error;

@@ -65,6 +65,15 @@ export interface PoolOptions {
    * (LISTEN needs a session connection: give it a direct URL).
    */
   pooler?: "transaction" | undefined;
+  /**
+   * The Postgres schema the tables live in, when not `public` (a lower-case
+   * identifier; `CREATE SCHEMA` it and migrate through a pool with the same
+   * option). Sent as the startup option `-c search_path=<schema>`: every
+   * statement names its tables unqualified. Not with `pooler` (a transaction
+   * pooler refuses startup options): set the role's search path there
+   * (`ALTER ROLE … SET search_path = <schema>`).
+   */
+  schema?: string | undefined;
   /** How long to wait for a connection (new or from the pool) before failing, in ms. Default 10,000. */
   connectionTimeoutMs?: number;
   /** Idle connections are closed after this many ms. Default 30,000. */
@@ -115,6 +124,20 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
       `must be "transaction" or undefined, got ${JSON.stringify(o.pooler)}`,
     );
   }
+  let searchPath: string | undefined;
+  if (o.schema !== undefined) {
+    if (o.pooler) {
+      throw new InvalidInputError(
+        "options.schema",
+        "a transaction pooler refuses startup options: set the role's search_path instead (ALTER ROLE … SET search_path = …)",
+      );
+    }
+    try {
+      searchPath = schema.searchPathOption(o.schema);
+    } catch (error) {
+      throw new InvalidInputError("options.schema", (error as Error).message);
+    }
+  }
   const timeout = o.statementTimeoutMs > 0 ? o.statementTimeoutMs : undefined;
   const pool = new pg.Pool({
     connectionString: url,
@@ -122,6 +145,7 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
     connectionTimeoutMillis: o.connectionTimeoutMs,
     idleTimeoutMillis: o.idleTimeoutMs,
     application_name: o.applicationName,
+    ...(searchPath ? { options: searchPath } : {}),
     ...(timeout === undefined ? {} : o.pooler ? { Client: cancelingClient(timeout) } : { statement_timeout: timeout }),
     // Read by `runStatement` (statement.ts): PgBouncer 1.18 cannot route named prepared statements.
     ...(o.pooler ? { preparedStatements: false } : {}),

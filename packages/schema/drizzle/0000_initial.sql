@@ -53,9 +53,9 @@ CREATE TABLE "worker" (
 	CONSTRAINT "worker_status_check" CHECK ("worker"."status" in ('active', 'inactive'))
 );
 --> statement-breakpoint
-ALTER TABLE "job" ADD CONSTRAINT "job_worker_id_worker_worker_id_fk" FOREIGN KEY ("worker_id") REFERENCES "public"."worker"("worker_id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
-ALTER TABLE "job_step" ADD CONSTRAINT "job_step_job_id_job_job_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."job"("job_id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
-ALTER TABLE "job_step" ADD CONSTRAINT "job_step_worker_id_worker_worker_id_fk" FOREIGN KEY ("worker_id") REFERENCES "public"."worker"("worker_id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "job" ADD CONSTRAINT "job_worker_id_worker_worker_id_fk" FOREIGN KEY ("worker_id") REFERENCES "worker"("worker_id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "job_step" ADD CONSTRAINT "job_step_job_id_job_job_id_fk" FOREIGN KEY ("job_id") REFERENCES "job"("job_id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "job_step" ADD CONSTRAINT "job_step_worker_id_worker_worker_id_fk" FOREIGN KEY ("worker_id") REFERENCES "worker"("worker_id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 CREATE INDEX "idx_job_status" ON "job" USING btree ("status");--> statement-breakpoint
 CREATE INDEX "idx_job_created_at" ON "job" USING btree ("created_at");--> statement-breakpoint
 CREATE INDEX "idx_job_workspace_task" ON "job" USING btree ("workspace","task_name");--> statement-breakpoint

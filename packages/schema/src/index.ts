@@ -7,5 +7,6 @@ export {
   type MigrationResult,
   runMigrations,
 } from "./migrate.js";
+export { SCHEMA_NAME, searchPathOption, withSearchPath } from "./search-path.js";
 export * from "./tables.js";
 export type { NewFlowStep, NewJobStep } from "./types.js";

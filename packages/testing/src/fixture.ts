@@ -71,7 +71,7 @@ export function useTestDb(): TestDb {
   // Vitest reads the first parameter's pattern for fixtures; the suite comes second.
   // biome-ignore lint/correctness/noEmptyPattern: required shape, see above
   beforeAll(async ({}, suite) => {
-    const { adminUrl, template, poolerUrl } = inject("stroemPg");
+    const { adminUrl, template, poolerUrl, schema: tablesSchema } = inject("stroemPg");
     const file = path
       .basename((suite as { file?: { filepath?: string } }).file?.filepath ?? "test", ".ts")
       .replace(/[^a-z0-9]+/gi, "_")
@@ -79,7 +79,8 @@ export function useTestDb(): TestDb {
     const name = `stroem_t_${file.slice(0, 30)}_${randomBytes(4).toString("hex")}`;
     await createDatabaseFromTemplate(adminUrl, name, template);
     // Through the pooler when there is one; the database is created directly (admin work).
-    const url = withDatabase(poolerUrl ?? adminUrl, name);
+    const direct = withDatabase(poolerUrl ?? adminUrl, name);
+    const url = tablesSchema ? schema.withSearchPath(direct, tablesSchema) : direct;
     state = { adminUrl, poolerUrl, name, url, db: open(url, {}, Boolean(poolerUrl)) };
   });
 

@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
-import { runMigrations } from "@stroem/schema";
+import { runMigrations, withSearchPath } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { poolerUrlFrom } from "./pooler.js";
-import type {} from "./provided.js";
+import { SCHEMA_VARIABLE } from "./provided.js";
 import { describeServer, startTestServer } from "./server.js";
 
 /**
@@ -18,6 +18,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const server = await startTestServer();
   console.log(`[stroem-testing] PostgreSQL: ${server.kind} (${server.reason}) at ${describeServer(server.url)}`);
   const template = `stroem_tpl_${randomBytes(5).toString("hex")}`;
+  const schema = process.env[SCHEMA_VARIABLE]?.trim() || undefined;
   let poolerUrl: string | undefined;
   try {
     poolerUrl = poolerUrlFrom(process.env, server.kind);
@@ -28,7 +29,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
       console.log(`[stroem-testing] test databases through the pooler at ${describeServer(poolerUrl)}`);
     }
     await withClient(server.url, (c) => c.query(`create database ${c.escapeIdentifier(template)}`));
-    const pool = new pg.Pool({ connectionString: withDatabase(server.url, template), max: 1 });
+    let templateUrl = withDatabase(server.url, template);
+    if (schema) {
+      // The tables in an operator's own schema (see SCHEMA_VARIABLE), every connection's search path.
+      await withClient(templateUrl, (c) => c.query(`create schema ${c.escapeIdentifier(schema)}`));
+      templateUrl = withSearchPath(templateUrl, schema);
+      console.log(`[stroem-testing] tables in schema ${schema}`);
+    }
+    const pool = new pg.Pool({ connectionString: templateUrl, max: 1 });
     try {
       await runMigrations(drizzle({ client: pool }));
     } finally {
@@ -39,7 +47,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await server.stop();
     throw error;
   }
-  project.provide("stroemPg", { adminUrl: server.url, template, kind: server.kind, poolerUrl });
+  project.provide("stroemPg", { adminUrl: server.url, template, kind: server.kind, poolerUrl, schema });
   return async () => {
     try {
       await dropDatabase(server.url, template);

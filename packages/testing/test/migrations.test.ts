@@ -5,7 +5,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
-import { MIGRATIONS_FOLDER, MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations } from "@stroem/schema";
+import { MIGRATIONS_FOLDER, MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, runMigrations, withSearchPath } from "@stroem/schema";
 import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, describe, expect, inject, it } from "vitest";
@@ -29,19 +29,22 @@ afterAll(async () => {
   for (const name of created) await dropDatabase(adminUrl, name);
 });
 
-/** Columns, constraints and indexes of the public schema, in a comparable form. */
-async function describeSchema(url: string) {
+/** Columns, constraints and indexes of a schema (default `public`), in a comparable form. */
+async function describeSchema(url: string, schema = "public") {
   return withClient(url, async (c) => {
     const columns = await c.query(
       `select table_name, column_name, data_type, udt_name, column_default, is_nullable
-       from information_schema.columns where table_schema = 'public' order by table_name, ordinal_position`,
+       from information_schema.columns where table_schema = $1 order by table_name, ordinal_position`,
+      [schema],
     );
     const constraints = await c.query(
       `select conrelid::regclass::text as tbl, conname, pg_get_constraintdef(oid) as def
-       from pg_constraint where connamespace = 'public'::regnamespace order by 1, 2`,
+       from pg_constraint where connamespace = $1::regnamespace order by 1, 2`,
+      [schema],
     );
     const indexes = await c.query(
-      `select tablename, indexname, indexdef from pg_indexes where schemaname = 'public' order by 1, 2`,
+      `select tablename, indexname, indexdef from pg_indexes where schemaname = $1 order by 1, 2`,
+      [schema],
     );
     const applied = await c.query(`select hash, created_at from ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE} order by id`);
     return { columns: columns.rows, constraints: constraints.rows, indexes: indexes.rows, applied: applied.rows };
@@ -137,6 +140,42 @@ describe("runMigrations", () => {
       env: { ...process.env, DATABASE_URL: viaRun },
     });
     expect((await describeSchema(viaRun)).applied).toEqual(mine.applied);
+  }, 120_000);
+});
+
+// A transaction pooler refuses the search_path startup option: operators set it on the role there.
+describe.skipIf(poolerUrl)("an operator's own schema", () => {
+  it("both deploy paths put every table, index and function in it, the same as in public, and nothing in public", async () => {
+    const inSchema = async () => {
+      const url = await emptyDatabase();
+      await withClient(url, (c) => c.query("create schema stroem"));
+      return url;
+    };
+    const viaKit = await inSchema();
+    const viaRun = await inSchema();
+    const reference = await emptyDatabase();
+    await promisify(execFile)("pnpm", ["exec", "drizzle-kit", "migrate"], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: withSearchPath(viaKit, "stroem") },
+    });
+    await migrate(withSearchPath(viaRun, "stroem"));
+    await migrate(reference);
+    const expected = await describeSchema(reference);
+    for (const url of [viaKit, viaRun]) {
+      const got = await describeSchema(url, "stroem");
+      expect(got.columns).toEqual(expected.columns);
+      expect(got.indexes.map((i) => i.indexname)).toEqual(expected.indexes.map((i) => i.indexname));
+      expect(got.constraints.map((c) => c.conname)).toEqual(expected.constraints.map((c) => c.conname));
+      const leftovers = await withClient(url, (c) =>
+        c.query(
+          `select (select count(*)::int from pg_tables where schemaname = 'public') as tables,
+                  (select count(*)::int from pg_proc where proname like 'stroem_%' and pronamespace = 'public'::regnamespace) as functions,
+                  (select count(*)::int from pg_proc where proname like 'stroem_%' and pronamespace = 'stroem'::regnamespace) as ours`,
+        ),
+      );
+      expect(leftovers.rows[0]).toMatchObject({ tables: 0, functions: 0 });
+      expect(leftovers.rows[0].ours).toBeGreaterThan(5);
+    }
   }, 120_000);
 });
 
