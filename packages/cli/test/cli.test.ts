@@ -166,8 +166,38 @@ describe("errors are one line and a non-zero exit", () => {
   });
 });
 
+/** The demo's deterministic figures (from the seed): job outcomes and retries. */
+function figures(stdout: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const label of [
+    "jobs completed",
+    "jobs failed",
+    "jobs cancelled",
+    "steps retried",
+    "  then completed",
+    "  out of retries",
+  ]) {
+    const m = new RegExp(`^${label}\\s+(\\d+)$`, "m").exec(stdout);
+    if (m) out[label.trim()] = Number(m[1]);
+  }
+  return out;
+}
+
+const CHECKS = [
+  /✔ every job is terminal \((\d+)\/\1, 1 cancelled\)/,
+  /✔ no step left pending, ready or running \(0 open\)/,
+  /✔ no step was claimed more than its retry policy allows \(\d+ claimed again, 0 over maxRetries \+ 1\)/,
+  /✔ every retry is in its step's retry_history \(\d+ entries, 0 steps mismatched\)/,
+  /✔ every finished step went through a claim \(0 unclaimed\)/,
+  /✔ each executed step was recorded exactly once \((\d+) executions, \1 recorded, per attempt\)/,
+  /✔ the cancelled job stopped, nothing promoted after its cancel \(#\d+ cancelled, 0 steps open, 0 promoted or retried after\)/,
+  /✔ job outcomes follow the orchestrator's rules \(0 mismatched, the cancelled job aside\)/,
+];
+
 describe("stroem-db demo", () => {
-  it("--url runs in a database of its own, passes its checks and drops the database", async () => {
+  it("--url runs in a database of its own, passes its checks and drops the database", {
+    timeout: 180_000,
+  }, async () => {
     const { code, stdout, stderr } = await cli([
       "demo",
       "--url",
@@ -183,27 +213,55 @@ describe("stroem-db demo", () => {
     expect(code).toBe(0);
     const database = /Using database (stroem_demo_[0-9a-f]+)/.exec(stdout)?.[1];
     expect(database).toBeDefined();
-    expect(stdout).toMatch(/✔ every job is terminal \(12\/12\)/);
-    expect(stdout).toMatch(/✔ no step was claimed twice/);
-    expect(stdout).not.toMatch(/✘ (every|no|each|job)/);
+    expect(stdout).toMatch(/✔ every job is terminal \(12\/12, 1 cancelled\)/);
+    for (const line of CHECKS) expect(stdout).toMatch(line);
+    expect(stdout.split("\nChecks:\n")[1]?.trim().split("\n")).toHaveLength(CHECKS.length);
+    expect(stdout).not.toMatch(/✘ (every|no|each|job|the)/);
+    // The last job is cancelled once its checkout runs: the rest of it at once, the checkout by its worker.
+    expect(stdout).toMatch(/^The last job \(#11\) is cancelled when its first step starts\.$/m);
+    expect(stdout).toMatch(/^Cancelled job [0-9a-f-]{36} \(#11\): "cancelled by a user: a newer push is coming"\.$/m);
+    expect(stdout).toMatch(
+      /^ {2}6 steps cancelled at once; 1 running asked to stop: checkout( stopped by its worker|'s late outcome \((completed|failed)\) recorded, promoting nothing)/m,
+    );
     const left = await withClient(adminUrl, (c) => c.query("select 1 from pg_database where datname = $1", [database]));
     expect(left.rowCount).toBe(0);
-    // The same seed gives the same outcome.
+    // Seed 7: one step retried into success, one out of retries (the seed decides every attempt).
+    expect(figures(stdout)).toEqual({
+      "jobs completed": 6,
+      "jobs failed": 5,
+      "jobs cancelled": 1,
+      "steps retried": 2,
+      "then completed": 1,
+      "out of retries": 1,
+    });
+    // The same seed gives the same outcome, whatever the number of workers.
     const again = await cli(["demo", "--url", adminUrl, "--jobs", "12", "--workers", "2", "--seed", "7"]);
-    const outcome = (s: string) => /jobs completed\s+(\d+)\njobs failed\s+(\d+)/.exec(s)?.slice(1);
-    expect(outcome(again.stdout)).toEqual(outcome(stdout));
+    expect(again.code).toBe(0);
+    expect(figures(again.stdout)).toEqual(figures(stdout));
   });
 
   // With STROEM_TEST_DATABASE_URL set, tests use that server and start none of their own.
   it.skipIf(ownServerOnly)(
     "with no flags, runs on an embedded PostgreSQL and removes it (skipped when STROEM_TEST_DATABASE_URL is set)",
+    { timeout: 180_000 },
     async () => {
       const { code, stdout } = await cli(["demo"]);
       expect(code).toBe(0);
       const dir = /files in ([^)]+)\)/.exec(stdout)?.[1];
       expect(dir).toBeDefined();
-      expect(stdout).toMatch(/✔ every job is terminal \(50\/50\)/);
+      expect(stdout).toMatch(/✔ every job is terminal \(50\/50, 1 cancelled\)/);
+      for (const line of CHECKS) expect(stdout).toMatch(line);
+      expect(stdout).toMatch(/^Cancelled job [0-9a-f-]{36} \(#49\): /m);
       expect(stdout).toMatch(/A failed job, /);
+      // The root README's figures (seed 42).
+      expect(figures(stdout)).toEqual({
+        "jobs completed": 34,
+        "jobs failed": 15,
+        "jobs cancelled": 1,
+        "steps retried": 3,
+        "then completed": 1,
+        "out of retries": 2,
+      });
       expect(existsSync(dir as string)).toBe(false);
     },
   );

@@ -7,6 +7,7 @@ import { runWorkers } from "./workers.js";
 
 export { capabilitiesOf, PIPELINE, stepOutcome } from "./pipeline.js";
 export type { DemoCheck, DemoReport } from "./report.js";
+export type { CancelReport, Run } from "./workers.js";
 
 /** The demo's phases, in order; each begins with a line of output. */
 export const DEMO_PHASES = ["start", "migrate", "jobs", "workers", "report"] as const;
@@ -79,7 +80,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
 
     await phase("jobs");
     const jobIds = await createJobs(db, o.jobs, signal);
+    const cancelled = jobIds[jobIds.length - 1] as string;
     say(`Created ${o.jobs} jobs of ${PIPELINE.length} steps; starting ${o.workers} workers.`);
+    say(`The last job (#${jobIds.length - 1}) is cancelled when its first step starts.`);
 
     await phase("workers");
     const worked = await runWorkers({
@@ -91,6 +94,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
       jobIds,
       out: o.out,
       signal,
+      cancel: { jobId: cancelled, reason: CANCEL_REASON, db },
     });
 
     await phase("report");
@@ -99,6 +103,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
   }
 }
+
+/** Why the demo cancels its last job (`JobRepo.cancel`'s reason, stored on the job). */
+export const CANCEL_REASON = "cancelled by a user: a newer push is coming";
 
 /** Jobs per `createMany` call: one statement each, and a point to stop at between them. */
 const CREATE_BATCH = 100;

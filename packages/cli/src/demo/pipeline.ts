@@ -1,7 +1,17 @@
 import type { NewFlowStep } from "@stroem/repos";
 import type { ActionType } from "@stroem/schema";
 
-/** A CI/CD pipeline: checkout, three checks in parallel, package, deploy, and a notification that always runs. */
+/**
+ * Retries for the flaky steps: two more attempts, at once (`retryBackoffSecs`
+ * 0, the smallest the schema allows; 1 s, exponential, would add up to 3 s
+ * to a run of about 1.5 s).
+ */
+const RETRY = { maxRetries: 2, retryBackoffSecs: 0 } as const;
+
+/**
+ * A CI/CD pipeline: checkout, three checks in parallel, package, deploy, and a
+ * notification that always runs. `unit-tests` and `deploy` retry.
+ */
 export const PIPELINE: readonly NewFlowStep[] = [
   {
     stepName: "checkout",
@@ -23,6 +33,7 @@ export const PIPELINE: readonly NewFlowStep[] = [
     actionImage: "node:20",
     dependsOn: ["checkout"],
     actionSpec: { cmd: "npm test" },
+    ...RETRY,
   },
   {
     stepName: "build",
@@ -46,6 +57,7 @@ export const PIPELINE: readonly NewFlowStep[] = [
     actionType: "shell",
     dependsOn: ["package"],
     actionSpec: { cmd: "kubectl apply -f k8s/" },
+    ...RETRY,
   },
   {
     stepName: "notify",
@@ -64,15 +76,42 @@ export function capabilitiesOf(i: number): ActionType[] {
     : (([["shell"], ["docker"], ["shell", "docker"]] as ActionType[][])[(i - 1) % 3] ?? ["shell"]);
 }
 
-/** Deterministic per-step outcome from the seed, whichever worker runs the step. */
-export function stepOutcome(seed: number, jobIndex: number, stepName: string, failRate: number, maxMs: number) {
+/** Share of first-attempt failures that fail every attempt (a real bug, not a flake). */
+export const PERSISTENT_SHARE = 0.5;
+
+/** Uniform draws in [0, 1), deterministic in the seed and the key. */
+function draws(seed: number, key: string): () => number {
   let h = 2166136261 ^ seed;
-  for (const ch of `${jobIndex}:${stepName}`) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
-  const next = () => {
+  for (const ch of key) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
+  return () => {
     h = (h + 0x6d2b79f5) | 0;
     let t = Math.imul(h ^ (h >>> 15), 1 | h);
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-  return { fail: next() < failRate, ms: Math.round(2 + next() * (maxMs - 2)) };
+}
+
+/**
+ * Deterministic outcome of a step's attempt (1-based) from the seed, whichever
+ * worker runs it. A first attempt fails with probability `failRate`; such a
+ * failure is persistent (every later attempt fails too) for a
+ * `PERSISTENT_SHARE` of steps, otherwise a flake: each retry then fails with
+ * probability `failRate` again, so some retries succeed and some run out.
+ */
+export function stepOutcome(
+  seed: number,
+  jobIndex: number,
+  stepName: string,
+  failRate: number,
+  maxMs: number,
+  attempt = 1,
+): { fail: boolean; ms: number } {
+  const first = draws(seed, `${jobIndex}:${stepName}`);
+  const firstFail = first() < failRate;
+  const firstMs = Math.round(2 + first() * (maxMs - 2));
+  if (attempt <= 1) return { fail: firstFail, ms: firstMs };
+  const persistent = firstFail && first() < PERSISTENT_SHARE;
+  const next = draws(seed, `${jobIndex}:${stepName}#${attempt}`);
+  const fail = next() < failRate || persistent;
+  return { fail, ms: Math.round(2 + next() * (maxMs - 2)) };
 }

@@ -1,15 +1,50 @@
 import { randomUUID } from "node:crypto";
-import { createPool, type Database, JobStepRepo, listenForReady, type ReportResult, WorkerRepo } from "@stroem/repos";
+import {
+  type CancelResult,
+  createPool,
+  type Database,
+  JobRepo,
+  JobStepRepo,
+  listenForReady,
+  type ReportResult,
+  WorkerRepo,
+} from "@stroem/repos";
 import type { JobStep } from "@stroem/schema";
 import { bar } from "../format.js";
 import { capabilitiesOf, PIPELINE, stepOutcome } from "./pipeline.js";
 
 export interface WorkerStats {
+  /** Runs (attempts) executed: each ends in a report or a `markCancelled`. */
   executed: number;
   completed: number;
+  /** Final failures (a failure that was retried counts in `retried`). */
   failed: number;
+  retried: number;
   skipped: number;
+  /** Steps cancelled: by the job's cancel, or stopped by their worker. */
+  cancelled: number;
   running: number;
+}
+
+/** One run of a step as its worker saw it: the attempt it claimed and how it ended. */
+export interface Run {
+  jobId: string;
+  stepName: string;
+  attempt: number;
+  workerId: string;
+  outcome: "completed" | "failed" | "retried" | "cancelled";
+}
+
+/** What became of the job the demo cancels. */
+export interface CancelReport {
+  jobId: string;
+  reason: string;
+  /** `JobRepo.cancel`'s answer: steps cancelled at once, running steps asked to stop. */
+  result: CancelResult;
+  /** Running steps whose worker learnt of the cancel from its heartbeat and reported `markCancelled`. */
+  stopped: string[];
+  /** Running steps whose outcome came in after the cancel (recorded, moving nothing). */
+  late: Array<{ stepName: string; outcome: Run["outcome"]; promoted: number }>;
 }
 
 export interface WorkersOptions {
@@ -23,9 +58,30 @@ export interface WorkersOptions {
   out: NodeJS.WritableStream & { isTTY?: boolean };
   /** Aborting it stops the workers after their current step. */
   signal?: AbortSignal;
+  /**
+   * A job to cancel (through `db`, as a user would) when its first step
+   * starts: it is then running, so its cancel is requested from a worker
+   * while the rest of the job is cancelled at once, and it cannot have
+   * finished yet.
+   */
+  cancel?: { jobId: string; reason: string; db: Database };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Sleeps `ms`; true when `signal` aborted first. */
+function sleepOrStop(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(false);
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /**
  * Reports a claimed step's outcome, which also advances its job, in one call.
@@ -45,13 +101,39 @@ async function finishStep(
  * Runs `workers` concurrent workers, each on its own pool, until every job is
  * terminal or `signal` aborts, with live progress on `out` (a redrawn line on
  * a terminal, a line a second otherwise). Throws the first worker's error, or
- * a stuck-run error when no step finishes for 30 s; returns the counts.
+ * a stuck-run error when no step finishes for 30 s; returns the counts, every
+ * run, and what became of the cancelled job.
+ *
+ * Each worker heartbeats every 500 ms with the step it runs; a step whose
+ * cancel the heartbeat returns is stopped and reported `markCancelled`.
  */
-export async function runWorkers(o: WorkersOptions): Promise<{ stats: WorkerStats; wallMs: number }> {
+export async function runWorkers(
+  o: WorkersOptions,
+): Promise<{ stats: WorkerStats; runs: Run[]; cancel?: CancelReport; wallMs: number }> {
   const say = (line = "") => o.out.write(`${line}\n`);
   const jobIndex = new Map(o.jobIds.map((id, i) => [id, i]));
   const jobs = o.jobIds.length;
-  const stats: WorkerStats = { executed: 0, completed: 0, failed: 0, skipped: 0, running: 0 };
+  const stats: WorkerStats = {
+    executed: 0,
+    completed: 0,
+    failed: 0,
+    retried: 0,
+    skipped: 0,
+    cancelled: 0,
+    running: 0,
+  };
+  const runs: Run[] = [];
+  let cancel: CancelReport | undefined;
+  let cancelling: Promise<void> | undefined;
+  /** Cancels `o.cancel`'s job once, when its first step is claimed; every claimer of its steps waits for it. */
+  const cancelJob = (c: NonNullable<WorkersOptions["cancel"]>) => {
+    cancelling ??= JobRepo.cancel(c.db, c.jobId, { reason: c.reason }).then((result) => {
+      cancel = { jobId: c.jobId, reason: c.reason, result, stopped: [], late: [] };
+      stats.cancelled += result.cancelled.length;
+      finished.add(c.jobId);
+    });
+    return cancelling;
+  };
   const finished = new Set<string>();
   const stop = new AbortController();
   const onAbort = () => stop.abort();
@@ -67,11 +149,26 @@ export async function runWorkers(o: WorkersOptions): Promise<{ stats: WorkerStat
     const workerId = randomUUID();
     let beat: NodeJS.Timeout | undefined;
     let wake: Awaited<ReturnType<typeof listenForReady>> | undefined;
+    /** The step this worker runs, and the controller that stops it. */
+    let current: { step: JobStep; stop: AbortController } | undefined;
+    const heartbeat = async () => {
+      const held = current;
+      const running = held
+        ? [{ jobId: held.step.jobId, stepName: held.step.stepName, attempt: held.step.attempts }]
+        : [];
+      for (const req of await WorkerRepo.heartbeat(wdb, workerId, { running })) {
+        const c = current;
+        if (c && c.step.jobId === req.jobId && c.step.stepName === req.stepName && c.step.attempts === req.attempt) {
+          c.stop.abort();
+        }
+      }
+    };
     try {
       await WorkerRepo.register(wdb, { workerId, name: `demo-worker-${i} (${caps.join("+")})`, capabilities: caps });
-      beat = setInterval(() => void WorkerRepo.heartbeat(wdb, workerId).catch(() => undefined), 500);
+      beat = setInterval(() => void heartbeat().catch(() => undefined), 500);
       // Idle workers sleep until a step of their kind becomes ready (LISTEN),
-      // checking at least every 200 ms (the last jobs finish on other workers).
+      // checking at least every 200 ms (the last jobs finish on other workers,
+      // and a retry may be due without a wake-up).
       wake = await listenForReady(o.url, { capabilities: caps });
       while (!stop.signal.aborted && finished.size < jobs) {
         const step = await JobStepRepo.claimReadyStep(wdb, caps, workerId);
@@ -80,23 +177,45 @@ export async function runWorkers(o: WorkersOptions): Promise<{ stats: WorkerStat
           continue;
         }
         stats.running++;
+        if (o.cancel?.jobId === step.jobId) await cancelJob(o.cancel);
         const { fail, ms } = stepOutcome(
           o.seed,
           jobIndex.get(step.jobId) ?? -1,
           step.stepName,
           o.failRate,
           o.maxStepMs,
+          step.attempts,
         );
-        await sleep(ms);
+        const held = { step, stop: new AbortController() };
+        current = held;
+        const stopped = await sleepOrStop(ms, held.stop.signal);
+        current = undefined;
+        const run = { jobId: step.jobId, stepName: step.stepName, attempt: step.attempts, workerId };
+        if (stopped) {
+          // Its job was cancelled: the heartbeat said so; the step stops here.
+          await JobStepRepo.markCancelled(wdb, run);
+          runs.push({ ...run, outcome: "cancelled" });
+          stats.running--;
+          stats.executed++;
+          stats.cancelled++;
+          cancel?.stopped.push(step.stepName);
+          lastProgress = Date.now();
+          continue;
+        }
         const result = await finishStep(wdb, step, workerId, {
           fail,
-          error: `simulated failure (seed ${o.seed})`,
-          output: { durationMs: ms, worker: i },
+          error: `simulated failure (seed ${o.seed}, attempt ${step.attempts})`,
+          output: { durationMs: ms, worker: i, attempt: step.attempts },
         });
+        const outcome = result.retried ? "retried" : fail ? "failed" : "completed";
+        runs.push({ ...run, outcome });
         stats.running--;
         stats.executed++;
-        stats[fail ? "failed" : "completed"]++;
+        stats[outcome]++;
         stats.skipped += result.skipped.length;
+        if (result.jobStatus === "cancelled") {
+          cancel?.late.push({ stepName: step.stepName, outcome, promoted: result.promoted.length });
+        }
         if (result.jobStatus === "completed" || result.jobStatus === "failed") finished.add(step.jobId);
         lastProgress = Date.now();
       }
@@ -116,8 +235,8 @@ export async function runWorkers(o: WorkersOptions): Promise<{ stats: WorkerStat
   const total = jobs * PIPELINE.length;
   const progress = () => {
     const elapsed = (Date.now() - started) / 1000;
-    const done = stats.completed + stats.failed + stats.skipped;
-    return `jobs ${String(finished.size).padStart(String(jobs).length)}/${jobs} ${bar(finished.size / Math.max(1, jobs))} steps: ✔ ${stats.completed} ✘ ${stats.failed} ⊘ ${stats.skipped} ▶ ${stats.running} of ${total}  ${(stats.executed / Math.max(elapsed, 0.001)).toFixed(0)} steps/s  (${Math.round((100 * done) / Math.max(1, total))}%)`;
+    const done = stats.completed + stats.failed + stats.skipped + stats.cancelled;
+    return `jobs ${String(finished.size).padStart(String(jobs).length)}/${jobs} ${bar(finished.size / Math.max(1, jobs))} steps: ✔ ${stats.completed} ✘ ${stats.failed} ↻ ${stats.retried} ⊘ ${stats.skipped} ⊗ ${stats.cancelled} ▶ ${stats.running} of ${total}  ${(stats.executed / Math.max(elapsed, 0.001)).toFixed(0)} runs/s  (${Math.round((100 * done) / Math.max(1, total))}%)`;
   };
   const tty = o.out.isTTY === true;
   const ticker = setInterval(
@@ -141,5 +260,5 @@ export async function runWorkers(o: WorkersOptions): Promise<{ stats: WorkerStat
   o.signal?.throwIfAborted();
   say(progress());
   if (workerError) throw workerError;
-  return { stats, wallMs: Date.now() - started };
+  return { stats, runs, cancel, wallMs: Date.now() - started };
 }
