@@ -65,6 +65,7 @@ DECLARE
   v_applied record;
   v_step record;
   v_history jsonb;
+  v_found boolean;
 BEGIN
   promoted := '{}';
   skipped := '{}';
@@ -77,15 +78,57 @@ BEGIN
   job_status := v_job_status;
   -- A finished job (cancelled, failed by hand) records the outcome but moves no more.
   v_propagate := p_propagate AND v_job_status NOT IN ('completed', 'failed', 'cancelled');
-  SELECT s.status, s.attempts, s.max_retries, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.action_type
-  INTO v_step
-  FROM job_step s
-  WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-    AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
-    AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
-    AND (p_attempt IS NULL OR s.attempts = p_attempt)
-  FOR UPDATE;
-  IF NOT FOUND THEN
+  -- Only a failure needs the step's retry policy before writing: a success
+  -- is the guarded UPDATE alone.
+  v_found := true;
+  IF p_outcome = 'failed' THEN
+    SELECT s.status, s.attempts, s.max_retries, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.action_type
+    INTO v_step
+    FROM job_step s
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    FOR UPDATE;
+    v_found := FOUND;
+    IF v_found AND v_step.status = 'running' AND v_job_status NOT IN ('completed', 'failed', 'cancelled')
+       AND v_step.attempts <= v_step.max_retries THEN
+      -- Retries left: back to the queue after the policy's delay; the job keeps running.
+      UPDATE job_step s SET
+        status = 'ready',
+        ready_at = stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter),
+        retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, p_error, s.started_at),
+        worker_id = NULL,
+        started_at = NULL,
+        output = NULL,
+        error_message = p_error
+      WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      RETURNING s.ready_at, s.attempts INTO retry_at, step_attempts;
+      result := 'ok';
+      retried := true;
+      step_status := 'ready';
+      IF retry_at <= now() THEN
+        PERFORM pg_notify('stroem_ready', v_step.action_type);
+      END IF;
+      RETURN;
+    END IF;
+  END IF;
+  IF v_found THEN
+    UPDATE job_step s SET
+      status = p_outcome,
+      output = p_output,
+      error_message = p_error,
+      completed_at = now(),
+      propagated = v_propagate
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
+    INTO v_dependants, v_continue, step_worker_id, step_attempts;
+    v_found := FOUND;
+  END IF;
+  IF NOT v_found THEN
     SELECT s.status, s.worker_id, s.attempts, s.retry_history INTO step_status, step_worker_id, step_attempts, v_history
     FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
     IF NOT FOUND THEN
@@ -106,37 +149,6 @@ BEGIN
     RETURN;
   END IF;
   result := 'ok';
-
-  IF p_outcome = 'failed' AND v_step.status = 'running' AND v_job_status NOT IN ('completed', 'failed', 'cancelled')
-     AND v_step.attempts <= v_step.max_retries THEN
-    -- Retries left: back to the queue after the policy's delay; the job keeps running.
-    UPDATE job_step s SET
-      status = 'ready',
-      ready_at = stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter),
-      retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, p_error, s.started_at),
-      worker_id = NULL,
-      started_at = NULL,
-      output = NULL,
-      error_message = p_error
-    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-    RETURNING s.ready_at, s.attempts INTO retry_at, step_attempts;
-    retried := true;
-    step_status := 'ready';
-    IF retry_at <= now() THEN
-      PERFORM pg_notify('stroem_ready', v_step.action_type);
-    END IF;
-    RETURN;
-  END IF;
-
-  UPDATE job_step s SET
-    status = p_outcome,
-    output = p_output,
-    error_message = p_error,
-    completed_at = now(),
-    propagated = v_propagate
-  WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-  RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
-  INTO v_dependants, v_continue, step_worker_id, step_attempts;
   step_status := p_outcome;
   IF v_propagate AND cardinality(v_dependants) = 0 AND NOT EXISTS (
     SELECT 1 FROM job_step s
