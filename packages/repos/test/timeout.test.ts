@@ -1,5 +1,4 @@
-import { readFileSync } from "node:fs";
-import { MIGRATIONS_FOLDER, type NewFlowStep } from "@stroem/schema";
+import type { NewFlowStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -145,33 +144,45 @@ describe("sweepTimeouts: jobs", () => {
 });
 
 describe("the sweep's cost follows its candidates", () => {
-  it("its two candidate queries walk the partial indexes, not the history (EXPLAIN ANALYZE)", async () => {
-    // The queries exactly as the migration runs them.
-    const source = readFileSync(`${MIGRATIONS_FOLDER}/0009_timeout_functions.sql`, "utf8");
-    const queries = [...source.matchAll(/FOR r IN\s+(SELECT[\s\S]*?)\s+LOOP/g)].map((m) => m[1] as string);
+  it("its two candidate queries walk the partial index and the deadlines, not the history (EXPLAIN ANALYZE)", async () => {
+    // The queries exactly as the installed function runs them.
+    const source = await t.db.execute<{ src: string }>(
+      sql`select prosrc as src from pg_proc where proname = 'stroem_sweep_timeouts'`,
+    );
+    const queries = [...(source.rows[0]?.src ?? "").matchAll(/FOR r IN\s+(SELECT[\s\S]*?)\s+LOOP/g)].map(
+      (m) => m[1] as string,
+    );
     expect(queries).toHaveLength(2);
-    // History: 20,000 running steps without a timeout, 5,000 finished jobs with one; 3 candidates of each kind.
+    // History: 20,000 running steps without a timeout; 5,000 jobs with a
+    // timeout that finished in time (a first sweep visits and drops their
+    // deadlines) and 5,000 unfinished ones not due yet; 3 candidates of each kind.
     const big = await JobRepo.create(t.db, newJob);
     const w = await registerWorker(t.db);
     await t.db.execute(sql`
       insert into job_step (job_id, step_name, action_name, status, worker_id, started_at, attempts)
       select ${big}, 's' || g, 'run', 'running', ${w}, now() - interval '1 day', 1 from generate_series(1, 20000) g`);
     await t.db.execute(sql`
+      insert into job (job_id, task_name, source_type, status, created_at, timeout_secs)
+      select gen_random_uuid(), 'old', 'api', 'running', now() - interval '2 days', 60 from generate_series(1, 5000)`);
+    await t.db.execute(sql`
+      update job set status = 'completed', completed_at = now() - interval '2 days' where task_name = 'old'`);
+    expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({ rows: [{ n: 5000 }] });
+    expect((await JobStepRepo.sweepTimeouts(t.db)).jobs).toEqual([]);
+    expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({ rows: [{ n: 0 }] });
+    await t.db.execute(sql`
+      insert into job (job_id, task_name, source_type, status, timeout_secs)
+      select gen_random_uuid(), 'young', 'api', 'running', 3600 from generate_series(1, 5000)`);
+    await t.db.execute(sql`
       insert into job_step (job_id, step_name, action_name, status, worker_id, started_at, attempts, timeout_secs)
       select ${big}, 't' || g, 'run', 'running', ${w}, now() - interval '1 day', 1, 60 from generate_series(1, 3) g`);
-    await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type, status, created_at, completed_at, timeout_secs)
-      select gen_random_uuid(), 'old', 'api', 'completed', now() - interval '2 days', now() - interval '1 day', 60
-      from generate_series(1, 5000)`);
     await t.db.execute(sql`
       insert into job (job_id, task_name, source_type, status, created_at, timeout_secs)
       select gen_random_uuid(), 'late', 'api', 'running', now() - interval '1 day', 60 from generate_series(1, 3)`);
     await t.db.execute(sql`select stroem_recount(array[${big}]::uuid[])`);
-    await t.db.execute(sql`analyze job_step`);
-    await t.db.execute(sql`analyze job`);
+    for (const table of ["job_step", "job", "job_deadline"]) await t.db.execute(sql`analyze ${sql.identifier(table)}`);
     for (const [query, index] of [
       [queries[0], "idx_job_step_timeout"],
-      [queries[1], "idx_job_timeout"],
+      [queries[1], "idx_job_deadline"],
     ] as const) {
       const plan = await t.db.execute<{ "QUERY PLAN": string }>(
         sql`explain (analyze, costs off, timing off) ${sql.raw(query as string)}`,
@@ -185,5 +196,9 @@ describe("the sweep's cost follows its candidates", () => {
     }
     const swept = await JobStepRepo.sweepTimeouts(t.db);
     expect([swept.steps.length, swept.jobs.length]).toEqual([3, 3]);
+    // Each late job's deadline was visited once and dropped; the young ones wait.
+    expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({
+      rows: [{ n: 5000 }],
+    });
   }, 120_000);
 });
