@@ -59,6 +59,8 @@ export interface BenchOptions {
   enqueuePerCall: number;
   latencySamples: number;
   claim: { ready: number; history: number; claims: number };
+  /** Run only these sections (their numbers, 1 to 6); default all. */
+  only?: number[];
   /** Progress lines (default: stderr). */
   log: (line: string) => void;
 }
@@ -171,6 +173,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
     };
     /** A section that throws is a failure, not the end of the run. */
     const section = async (name: string, fn: () => Promise<void>) => {
+      if (o.only && !o.only.includes(Number.parseInt(name, 10))) return;
       o.log(`${name}…`);
       try {
         await fn();

@@ -25,6 +25,7 @@ function parse() {
       out: { type: "string" },
       reps: { type: "string" },
       jobs: { type: "string" },
+      only: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -33,16 +34,19 @@ function parse() {
 try {
   args = parse();
 } catch (error) {
-  process.stderr.write(`${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]\n`);
+  process.stderr.write(
+    `${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2]\n`,
+  );
   process.exit(2);
 }
 if (args.help) {
   process.stdout.write(
-    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]\n" +
+    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2]\n" +
       "  --quick     small sizes, checks exactly-once on both systems (under a minute)\n" +
       "  --out FILE  also write the markdown table to FILE\n" +
       "  --reps N    A B B A rounds per pair (default 1)\n" +
       "  --jobs N    flat-queue size (default 20,000)\n" +
+      "  --only L    only these sections, by number (e.g. 1,5)\n" +
       "Server: STROEM_BENCH_DATABASE_URL, else an embedded PostgreSQL with fsync on.\n",
   );
   process.exit(0);
@@ -54,6 +58,14 @@ const reps = positiveInt("reps", args.reps);
 if (reps) options.reps = reps;
 const jobs = positiveInt("jobs", args.jobs);
 if (jobs) options.flatJobs = jobs;
+if (args.only !== undefined) {
+  const only = args.only.split(",").map((n) => Number(n.trim()));
+  if (only.some((n) => !Number.isInteger(n) || n < 1 || n > 6)) {
+    process.stderr.write(`--only takes section numbers 1 to 6, comma-separated, got "${args.only}"\n`);
+    process.exit(2);
+  }
+  options.only = only;
+}
 if (process.env.STROEM_BENCH_DATABASE_URL) options.databaseUrl = process.env.STROEM_BENCH_DATABASE_URL;
 
 const result = await runBench(options);

@@ -458,9 +458,7 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
     try {
       const [a] = await JobStepRepo.claimReadySteps(named, ["shell"], w, 1);
       await JobStepRepo.complete(named, { jobId, stepName: "a", workerId: w, attempt: a?.attempts });
-      expect(await prepared(named)).toEqual(
-        expect.arrayContaining(["stroem_claim_one_type_single", "stroem_finish_step"]),
-      );
+      expect(await prepared(named)).toEqual(expect.arrayContaining(["stroem_claim_one_type_1", "stroem_finish_step"]));
       const [b] = await JobStepRepo.claimReadySteps(unnamed, ["shell"], w, 1);
       await JobStepRepo.complete(unnamed, { jobId, stepName: "b", workerId: w, attempt: b?.attempts });
       expect(await prepared(unnamed)).toEqual([]);
@@ -470,13 +468,13 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
     }
   });
 
-  it("the single claim and the report are planned once per connection, not on every call", async () => {
+  it("claims and reports are planned once per connection, not on every call", async () => {
     // With `limit $n` Postgres re-planned the claim on every execution (a
-    // custom plan each time): the single claim has a literal `limit 1`.
+    // custom plan each time): claims carry their batch size as a literal.
     const w = await registerWorker(t.db);
     await JobRepo.createMany(
       t.db,
-      Array.from({ length: 12 }, () => ({
+      Array.from({ length: 24 }, () => ({
         job: newJob,
         steps: [{ stepName: "only", actionName: "a", actionType: "shell" as const }],
       })),
@@ -488,13 +486,24 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
         if (!step) throw new Error("expected a ready step");
         await JobStepRepo.complete(db, { jobId: step.jobId, stepName: step.stepName, workerId: w, attempt: 1 });
       }
+      for (let i = 0; i < 6; i += 1) {
+        const steps = await JobStepRepo.claimReadySteps(db, ["shell"], w, 2);
+        expect(steps).toHaveLength(2);
+        const reports = steps.map((s) => ({ jobId: s.jobId, stepName: s.stepName, workerId: w, attempt: 1 }));
+        await JobStepRepo.reportMany(
+          db,
+          reports.map((r) => ({ ...r, outcome: "completed" as const })),
+        );
+      }
       const plans = await db.$client.query<{ name: string; generic_plans: string; custom_plans: string }>(
         "select name, generic_plans, custom_plans from pg_prepared_statements order by name",
       );
       // Postgres tries five custom plans first, then keeps the generic one.
       expect(plans.rows.map((r) => [r.name, Number(r.custom_plans), Number(r.generic_plans)])).toEqual([
-        ["stroem_claim_one_type_single", 5, 7],
+        ["stroem_claim_one_type_1", 5, 7],
+        ["stroem_claim_one_type_2", 5, 1],
         ["stroem_finish_step", 5, 7],
+        ["stroem_report_many", 5, 1],
       ]);
     } finally {
       await db.$client.end();

@@ -74,17 +74,33 @@ const placeholders = {
   workerId: sql.placeholder("workerId"),
   limit: sql.placeholder("limit"),
 };
-// A single claim (the default worker loop) has its own statements with a
-// literal `limit 1`: with `limit $n` Postgres judges the generic plan worse
-// than a custom one (it cannot know n is small) and re-plans the four-part
-// statement on every execution, about a sixth of the server's CPU per step
-// (measured with pg_prepared_statements.custom_plans and perf). With the
-// literal it switches to the cached generic plan after five executions.
-const one = { ...placeholders, limit: sql`1` };
-const CLAIM_ONE_TYPE = statement<ClaimValues>("claim_one_type", claimQuery(false, placeholders));
-const CLAIM_TYPES = statement<ClaimValues>("claim_types", claimQuery(true, placeholders));
-const CLAIM_ONE_TYPE_SINGLE = statement<ClaimValues>("claim_one_type_single", claimQuery(false, one));
-const CLAIM_TYPES_SINGLE = statement<ClaimValues>("claim_types_single", claimQuery(true, one));
+// Claims run with a literal limit (`limit 1`, `limit 50`): with `limit $n`
+// Postgres judges the generic plan worse than a custom one (it cannot know n
+// is small) and re-plans the four-part statement on every execution, about a
+// sixth of the server's CPU per step in single claims (measured with
+// pg_prepared_statements.custom_plans and perf). With the literal it keeps
+// the generic plan after five executions. One prepared statement per batch
+// size a process uses, for up to LITERAL_SIZES sizes; others take `$n`.
+const LITERAL_SIZES = 16;
+type Claims = { oneType: Statement<ClaimValues>; types: Statement<ClaimValues> };
+const byLimit = new Map<number, Claims>();
+const anyLimit: Claims = {
+  oneType: statement<ClaimValues>("claim_one_type", claimQuery(false, placeholders)),
+  types: statement<ClaimValues>("claim_types", claimQuery(true, placeholders)),
+};
+
+function claimsFor(limit: number): Claims {
+  const known = byLimit.get(limit);
+  if (known) return known;
+  if (byLimit.size >= LITERAL_SIZES || !Number.isSafeInteger(limit) || limit < 1) return anyLimit;
+  const literal = { ...placeholders, limit: sql.raw(String(limit)) };
+  const claims = {
+    oneType: statement<ClaimValues>(`claim_one_type_${limit}`, claimQuery(false, literal)),
+    types: statement<ClaimValues>(`claim_types_${limit}`, claimQuery(true, literal)),
+  };
+  byLimit.set(limit, claims);
+  return claims;
+}
 
 /** The prepared claim for these capabilities, and its values. */
 export function claim(
@@ -92,14 +108,10 @@ export function claim(
   workerId: string,
   limit: number,
 ): { statement: Statement<ClaimValues>; values: ClaimValues } {
-  if (limit === 1) {
-    return capabilities.length === 1
-      ? { statement: CLAIM_ONE_TYPE_SINGLE, values: { actionTypes: capabilities[0] as string, workerId } }
-      : { statement: CLAIM_TYPES_SINGLE, values: { actionTypes: [...capabilities], workerId } };
-  }
+  const claims = claimsFor(limit);
   return capabilities.length === 1
-    ? { statement: CLAIM_ONE_TYPE, values: { actionTypes: capabilities[0] as string, workerId, limit } }
-    : { statement: CLAIM_TYPES, values: { actionTypes: [...capabilities], workerId, limit } };
+    ? { statement: claims.oneType, values: { actionTypes: capabilities[0] as string, workerId, limit } }
+    : { statement: claims.types, values: { actionTypes: [...capabilities], workerId, limit } };
 }
 
 /** The claim as a Drizzle `sql` with its values bound (for EXPLAIN in tests). */
