@@ -72,7 +72,9 @@ export async function issue(db: Executor, input: { userId: string; ttlSecs?: num
  * winner's successor included. Rotation and `revoke` / `revokeAllForUser`:
  * whichever takes the row lock second finds the token retired. Runs at READ
  * COMMITTED (the default): the reuse check is a second statement, which
- * sees the winning rotation's commit.
+ * sees the winning rotation's commit. Inside a caller's transaction, a
+ * rollback after a refused rotation also undoes the family's revocation:
+ * call it on the pool, or commit before answering.
  */
 export async function rotate(
   db: Executor,
