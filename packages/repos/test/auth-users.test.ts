@@ -3,13 +3,15 @@ import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import {
+  ApiKeyRepo,
   DuplicateEmailError,
   IdentityLinkConflictError,
   InvalidInputError,
+  RefreshTokenRepo,
   UserNotFoundError,
   UserRepo,
 } from "../src/index.js";
-import { errorOf } from "./helpers.js";
+import { deferred, errorOf, waitFor } from "./helpers.js";
 
 const t = useTestDb();
 
@@ -171,4 +173,144 @@ describe("UserRepo: external identities", () => {
     expect(await UserRepo.link(t.db, bob.userId, gh)).toBe(true);
     expect(await UserRepo.findByExternalIdentity(t.db, gh)).toEqual(bob);
   });
+});
+
+describe("UserRepo: races", () => {
+  /** Waits until `n` sessions of this database wait for a lock. */
+  const lockWaiters = (n: number) =>
+    waitFor(async () => {
+      const r = await t.db.execute<{ n: number }>(
+        sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`,
+      );
+      return r.rows[0]?.n === n;
+    }, 30_000);
+
+  it("two creates of one email in different cases: one user, the other DuplicateEmailError", async () => {
+    const [a, b] = [t.openPool({ max: 1 }), t.openPool({ max: 1 })];
+    try {
+      const inserted = deferred();
+      const release = deferred();
+      const first = a.transaction(async (tx) => {
+        const u = await UserRepo.create(tx, { email: "race@example.org" });
+        inserted.resolve();
+        await release.promise;
+        return u;
+      });
+      await inserted.promise;
+      const second = errorOf(() => UserRepo.create(b, { email: "RACE@example.org" })); // waits on the unique index
+      await lockWaiters(1);
+      release.resolve();
+      const winner = await first;
+      expect(await second).toBeInstanceOf(DuplicateEmailError);
+      expect(await UserRepo.getByEmail(t.db, "Race@Example.org")).toEqual(winner);
+    } finally {
+      await Promise.all([a.$client.end(), b.$client.end()]);
+    }
+  }, 60_000);
+
+  it("two users linking one identity at once: one link, the other IdentityLinkConflictError", async () => {
+    const alice = await UserRepo.create(t.db, { email: "race-alice@example.org" });
+    const bob = await UserRepo.create(t.db, { email: "race-bob@example.org" });
+    const id = { providerId: "github", externalId: "race-1" };
+    const [a, b] = [t.openPool({ max: 1 }), t.openPool({ max: 1 })];
+    try {
+      const linked = deferred();
+      const release = deferred();
+      const first = a.transaction(async (tx) => {
+        expect(await UserRepo.link(tx, alice.userId, id)).toBe(true);
+        linked.resolve();
+        await release.promise;
+      });
+      await linked.promise;
+      const second = errorOf(() => UserRepo.link(b, bob.userId, id));
+      await lockWaiters(1);
+      release.resolve();
+      await first;
+      const error = await second;
+      expect(error).toBeInstanceOf(IdentityLinkConflictError);
+      expect((error as IdentityLinkConflictError).reason).toBe("identity-linked-to-another-user");
+      expect(await UserRepo.findByExternalIdentity(t.db, id)).toEqual(alice);
+      expect(await UserRepo.listLinks(t.db, bob.userId)).toEqual([]);
+    } finally {
+      await Promise.all([a.$client.end(), b.$client.end()]);
+    }
+  }, 60_000);
+});
+
+describe("UserRepo: in the caller's transaction (where an audit insert joins)", () => {
+  it("create, link, issue and delete roll back with the transaction", async () => {
+    const before = await userCount();
+    const rolledBack = await errorOf(() =>
+      t.db.transaction(async (tx) => {
+        const u = await UserRepo.create(tx, { email: "tx@example.org" });
+        await UserRepo.link(tx, u.userId, { providerId: "github", externalId: "tx" });
+        await ApiKeyRepo.issue(tx, { userId: u.userId, name: "tx" });
+        await RefreshTokenRepo.issue(tx, { userId: u.userId });
+        await tx.execute(sql`select 1`); // an audit insert would go here
+        throw new Error("the audit insert failed");
+      }),
+    );
+    expect(rolledBack.message).toBe("the audit insert failed");
+    expect(await userCount()).toBe(before);
+    expect(await UserRepo.getByEmail(t.db, "tx@example.org")).toBeUndefined();
+    const r = await t.db.execute<{ n: number }>(sql`
+      select (select count(*) from user_auth_link where external_id = 'tx')
+           + (select count(*) from api_key where name = 'tx')::int as n`);
+    expect(Number(r.rows[0]?.n)).toBe(0);
+
+    const kept = await UserRepo.create(t.db, { email: "tx-kept@example.org" });
+    await errorOf(() =>
+      t.db.transaction(async (tx) => {
+        await UserRepo.delete(tx, kept.userId);
+        throw new Error("the audit insert failed");
+      }),
+    );
+    expect(await UserRepo.get(t.db, kept.userId)).toEqual(kept);
+  });
+});
+
+describe("look-ups use their indexes", () => {
+  it("getByEmail uses the lower(email) index, findByExternalIdentity the identity key, verify the key's primary key", async () => {
+    await t.db.execute(sql`
+      insert into "user" (user_id, email) select gen_random_uuid(), 'bulk' || g || '@Example.org' from generate_series(1, 5000) g`);
+    await t.db.execute(sql`
+      insert into user_auth_link (user_id, provider_id, external_id) select user_id, 'github', email from "user" where email like 'bulk%'`);
+    await t.db.execute(sql`
+      insert into api_key (key_hash, user_id, name, prefix)
+      select encode(sha256(convert_to(email, 'UTF8')), 'hex'), user_id, 'bulk', 'stroem_ak_xxxx' from "user" where email like 'bulk%'`);
+    await t.db.execute(sql`analyze "user"; analyze user_auth_link; analyze api_key`);
+    // The statements exactly as the repos send them, captured from a pool of their own.
+    const pool = t.openPool({ max: 1 });
+    const sent: Array<{ text: string; values: unknown[] }> = [];
+    const client = pool.$client as unknown as { query: (...args: unknown[]) => unknown };
+    const query = client.query.bind(client);
+    client.query = (config: unknown, ...rest: unknown[]) => {
+      // Drizzle sends (config, values), runStatement ({ name?, text, values }).
+      const c = (typeof config === "string" ? { text: config } : config) as { text?: string; values?: unknown[] };
+      const values = c.values ?? (Array.isArray(rest[0]) ? rest[0] : []);
+      if (c?.text) sent.push({ text: c.text, values });
+      return query(config, ...rest);
+    };
+    try {
+      const plan = async (call: () => Promise<unknown>) => {
+        sent.length = 0;
+        await call();
+        const last = sent.at(-1);
+        if (!last) throw new Error("no statement captured");
+        const r = await t.db.$client.query(`explain (format text) ${last.text}`, last.values);
+        return r.rows.map((row: Record<string, string>) => Object.values(row)[0]).join("\n");
+      };
+      expect(await plan(() => UserRepo.getByEmail(pool, "BULK42@example.org"))).toMatch(/user_email_lower_key/);
+      expect(
+        await plan(() =>
+          UserRepo.findByExternalIdentity(pool, { providerId: "github", externalId: "bulk42@Example.org" }),
+        ),
+      ).toMatch(/user_auth_link_provider_id_external_id_key/);
+      const verifyPlan = await plan(() => ApiKeyRepo.verify(pool, `stroem_ak_${"A".repeat(48)}`));
+      expect(verifyPlan).toMatch(/api_key_pkey/);
+      expect(verifyPlan).not.toMatch(/Seq Scan on api_key/);
+    } finally {
+      await pool.$client.end();
+    }
+  }, 60_000);
 });
