@@ -290,3 +290,59 @@ export function translateError(error: unknown, target: Target = {}): Error {
   // Not from the database (a FlowValidationError from the planner, say): already typed, pass it on.
   return error instanceof Error ? error : new DatabaseError(message, undefined, { cause: error });
 }
+
+/** No user with this id. */
+export class UserNotFoundError extends NotFoundError {
+  override name = "UserNotFoundError";
+  constructor(
+    readonly userId: string,
+    options?: ErrorOptions,
+  ) {
+    super(`user ${userId} not found`, options);
+  }
+}
+
+/** Another user already has this email (emails are unique case-insensitively). */
+export class DuplicateEmailError extends StroemDbError {
+  override name = "DuplicateEmailError";
+  constructor(
+    readonly email: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `a user with email ${JSON.stringify(email)} already exists (emails are compared case-insensitively)`,
+      options,
+    );
+  }
+}
+
+/**
+ * An external identity link that would break "one user per external
+ * identity, one identity per provider and user": the identity belongs to
+ * another user, or the user is linked to another identity at this provider.
+ */
+export class IdentityLinkConflictError extends StroemDbError {
+  override name = "IdentityLinkConflictError";
+  constructor(
+    readonly userId: string,
+    readonly providerId: string,
+    readonly reason: "identity-linked-to-another-user" | "user-linked-to-another-identity",
+  ) {
+    super(
+      reason === "identity-linked-to-another-user"
+        ? `this ${providerId} identity is already linked to another user`
+        : `user ${userId} is already linked to another ${providerId} identity (unlink it first)`,
+    );
+  }
+}
+
+/** No API key with this id (its `keyHash`) belongs to the user. */
+export class ApiKeyNotFoundError extends NotFoundError {
+  override name = "ApiKeyNotFoundError";
+  constructor(
+    readonly userId: string,
+    readonly keyHash: string,
+  ) {
+    super(`API key ${keyHash.slice(0, 12)}… of user ${userId} not found`);
+  }
+}

@@ -1,5 +1,11 @@
 export type { NewJobStep } from "@stroem/schema";
 export type { AdvanceResult } from "./advance.js";
+export type { ApiKeyInfo, IssuedApiKey, NewApiKey, VerifiedApiKey } from "./auth/api-keys.js";
+export * as ApiKeyRepo from "./auth/api-keys.js";
+export type { IssuedRefreshToken } from "./auth/refresh-tokens.js";
+export * as RefreshTokenRepo from "./auth/refresh-tokens.js";
+export type { ExternalIdentity, NewUser, UserInfo } from "./auth/users.js";
+export * as UserRepo from "./auth/users.js";
 export {
   createPool,
   type Database,

@@ -34,6 +34,10 @@ import {
   type WorkerStatus,
 } from "./constants.js";
 
+export * from "./auth-tables.js";
+
+import { AUTH_CONSTRAINTS } from "./auth-tables.js";
+
 /**
  * Names of the constraints the repos translate into typed errors. The tables
  * below are built with these names, so a rename shows up as a migration
@@ -45,6 +49,7 @@ export const CONSTRAINTS = {
   stepWorkerFk: "job_step_worker_id_worker_worker_id_fk",
   stepPk: "job_step_job_id_step_name_pk",
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
+  ...AUTH_CONSTRAINTS,
 } as const;
 
 /** `status in (...)` over a constant list, for CHECK constraints and partial indexes. */
