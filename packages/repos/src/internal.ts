@@ -4,6 +4,7 @@
  */
 export { claimStatement, directedClaimStatement } from "./sql/claim.js";
 export { CREATE_JOBS } from "./sql/create.js";
+export { allowAuditPurgeStatement, purgeAuditStatement, purgeJobsStatement } from "./sql/purge.js";
 export {
   ADVANCE,
   advanceManyStatement,
