@@ -87,7 +87,7 @@ export const DEFAULTS: Omit<BenchOptions, "log"> = {
     paceMs: 10,
     noneSeconds: 30,
     batchSize: 1_000,
-    pauseMs: 0,
+    pauseMs: 20, // purgeFinished's default
   },
 };
 
@@ -478,12 +478,16 @@ function render(
     "",
     `- Server: PostgreSQL ${s.version}, ${kind}; fsync=${s.fsync}, synchronous_commit=${s.synchronousCommit}, full_page_writes=${s.fullPageWrites}, shared_buffers=${s.sharedBuffers}`,
     `- Machine: ${cpus.length} cores (${cpus[0]?.model.trim() ?? "?"}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${process.platform}-${process.arch}`,
-    `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
-    `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
-    `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+    ...(o.purge.only
+      ? []
+      : [
+          `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
+          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
+          `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+        ]),
     ...(o.purge.enabled || o.purge.only
       ? [
-          `- Section 7: every measurement in a copy of one template holding ${fmt(o.purge.finished)} finished one-step jobs (40 days old, set-based INSERT … SELECT generate_series, then VACUUM ANALYZE) and ${fmt(o.purge.ready)} ready ones; CHECKPOINT before each; order none, purge, purge, none; p50 and p95 over every call of a measurement (20 warm-up calls per worker dropped), median (min–max) over measurements.`,
+          `- Section 7: every measurement in a copy of one template holding ${fmt(o.purge.finished)} finished one-step jobs (40 days old, set-based INSERT … SELECT generate_series, then VACUUM ANALYZE) and ${fmt(o.purge.ready)} ready ones; CHECKPOINT before each; order none, purge, purge, none (${o.reps} round${o.reps === 1 ? "" : "s"}); p50 and p95 over every call of a measurement (20 warm-up calls per worker dropped), median (min–max) over measurements.`,
         ]
       : []),
     `- Exactly-once checks: ${failures.length === 0 ? "all passed" : `${failures.length} FAILED (below)`}. Total ${seconds.toFixed(0)} s.`,

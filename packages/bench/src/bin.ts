@@ -52,7 +52,7 @@ if (args.help) {
       "  --purge     also section 7: claim/report latency during a purge of 1,000,000 finished jobs (long)\n" +
       "  --purge-only         section 7 alone\n" +
       "  --purge-jobs N       finished jobs to purge in section 7 (default 1,000,000)\n" +
-      "  --purge-pause MS     purgeFinished's pause between batches in section 7 (default 0)\n" +
+      "  --purge-pause MS     purgeFinished's pause between batches in section 7 (default 20, purgeFinished's)\n" +
       "Server: STROEM_BENCH_DATABASE_URL, else an embedded PostgreSQL with fsync on.\n",
   );
   process.exit(0);

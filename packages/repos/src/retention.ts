@@ -19,7 +19,12 @@ export interface PurgeOptions {
   auditOlderThan?: number | Date;
   /** Most batches of each kind in this call (the rest is left for the next); default no limit. */
   maxBatches?: number;
-  /** Pause between batches, ms, to spread the purge's I/O (default 0). */
+  /**
+   * Pause between batches, ms (default 20): leaves the server's CPU and WAL
+   * to the queue between batches. Measured (`pnpm bench --purge-only`): with
+   * 20 ms, claim and report latency stayed within 1.4x of no purge, with 0
+   * up to 1.6x, at about the same purge rate.
+   */
   pauseMs?: number;
   /** Stops between batches (what was committed stays done); the counts so far are returned. */
   signal?: AbortSignal;
@@ -40,7 +45,7 @@ export interface PurgeCounts {
 }
 
 export const MAX_PURGE_BATCH = 10_000;
-export const PURGE_DEFAULTS = { batchSize: 1_000 } as const;
+export const PURGE_DEFAULTS = { batchSize: 1_000, pauseMs: 20 } as const;
 
 function checkAge(field: string, value: unknown): number | Date {
   if (value instanceof Date) {
@@ -88,7 +93,7 @@ export async function purgeFinished(db: Executor, options: PurgeOptions): Promis
     options.maxBatches === undefined
       ? Number.POSITIVE_INFINITY
       : requireInt("maxBatches", options.maxBatches, 1, 2 ** 31 - 1);
-  const pauseMs = requireInt("pauseMs", options.pauseMs ?? 0, 0, 60_000);
+  const pauseMs = requireInt("pauseMs", options.pauseMs ?? PURGE_DEFAULTS.pauseMs, 0, 60_000);
   const signal = options.signal;
 
   const cutoff = async (age: number | Date) => {
