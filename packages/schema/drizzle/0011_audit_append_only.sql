@@ -27,6 +27,6 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
-CREATE TRIGGER audit_event_append_only
+CREATE TRIGGER "audit_event_append_only"
   BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_event
   FOR EACH STATEMENT EXECUTE FUNCTION stroem_audit_event_append_only();
