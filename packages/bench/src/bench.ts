@@ -20,6 +20,7 @@ import {
   runnerOptions,
 } from "./graphile.js";
 import { API_PATHS } from "./ours.js";
+import { type LatencyRun, type PurgeSize, p50, p95, purgeLatency, seedPurge } from "./purge.js";
 import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
 import {
@@ -61,6 +62,8 @@ export interface BenchOptions {
   claim: { ready: number; history: number; claims: number };
   /** Run only these sections (their numbers, 1 to 6); default all. */
   only?: number[];
+  /** Section 7 (claim and report latency during a purge): off unless `--purge`; `only` runs it alone. */
+  purge: PurgeSize & { enabled: boolean; only: boolean };
   /** Progress lines (default: stderr). */
   log: (line: string) => void;
 }
@@ -77,6 +80,17 @@ export const DEFAULTS: Omit<BenchOptions, "log"> = {
   enqueuePerCall: 1_000,
   latencySamples: 50,
   claim: { ready: 100_000, history: 300_000, claims: 1_000 },
+  purge: {
+    enabled: false,
+    only: false,
+    finished: 1_000_000,
+    ready: 300_000,
+    workers: 4,
+    paceMs: 10,
+    noneSeconds: 30,
+    batchSize: 1_000,
+    pauseMs: 20, // purgeFinished's default
+  },
 };
 
 export const QUICK: Omit<BenchOptions, "log"> = {
@@ -90,6 +104,17 @@ export const QUICK: Omit<BenchOptions, "log"> = {
   enqueuePerCall: 100,
   latencySamples: 5,
   claim: { ready: 2_000, history: 4_000, claims: 100 },
+  purge: {
+    enabled: true,
+    only: false,
+    finished: 10_000,
+    ready: 20_000,
+    workers: 2,
+    paceMs: 2,
+    noneSeconds: 1,
+    batchSize: 500,
+    pauseMs: 0,
+  },
 };
 
 export interface BenchResult {
@@ -132,10 +157,10 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
     }
     await migrateGraphile(templateUrl);
 
-    /** Runs `fn` in a fresh copy of the template, dropped afterwards. */
-    const fresh = async <T>(fn: (url: string) => Promise<T>): Promise<T> => {
+    /** Runs `fn` in a fresh copy of the template (or of `from`), dropped afterwards. */
+    const fresh = async <T>(fn: (url: string) => Promise<T>, from = template): Promise<T> => {
       const name = `${prefix}_${++serial}`;
-      await createDatabase(server.adminUrl, name, template);
+      await createDatabase(server.adminUrl, name, from);
       try {
         return await fn(withDatabase(server.adminUrl, name));
       } finally {
@@ -184,188 +209,252 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
     };
     const W = o.workers;
     const flatRate: Record<string, Summary> = {};
+    const all = !o.purge.only;
 
-    await section("1. flat queue", async () => {
-      const modes = [
-        {
-          key: "single",
-          ours: `claimReadyStep + report`,
-          peer: `defaults (concurrency ${W})`,
-          batch: 1,
-          batched: false,
-        },
-        {
-          key: "batch",
-          ours: `claimReadySteps(${o.batch}) + batch report`,
-          peer: "localQueue 500 + batched completion",
-          batch: o.batch,
-          batched: true,
-        },
-      ];
-      for (const m of modes) {
-        const shares: number[] = [];
-        const costs: { ours: Cost[]; peer: Cost[] } = { ours: [], peer: [] };
+    if (all)
+      await section("1. flat queue", async () => {
+        const modes = [
+          {
+            key: "single",
+            ours: `claimReadyStep + report`,
+            peer: `defaults (concurrency ${W})`,
+            batch: 1,
+            batched: false,
+          },
+          {
+            key: "batch",
+            ours: `claimReadySteps(${o.batch}) + batch report`,
+            peer: "localQueue 500 + batched completion",
+            batch: o.batch,
+            batched: true,
+          },
+        ];
+        for (const m of modes) {
+          const shares: number[] = [];
+          const costs: { ours: Cost[]; peer: Cost[] } = { ours: [], peer: [] };
+          const r = await abba(
+            `flat ${m.key}`,
+            () =>
+              fresh(async (url) => {
+                const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
+                check(`flat ${m.key} (ours)`, t.problems);
+                if (t.reportShare !== undefined) shares.push(t.reportShare);
+                if (t.cost) costs.ours.push(t.cost);
+                return t.rate;
+              }),
+            () =>
+              fresh(async (url) => {
+                const g = await graphileFlat(url, o.flatJobs, runnerOptions(W, m.batched));
+                const problems: string[] = [];
+                if (g.executed !== o.flatJobs) problems.push(`${g.executed}/${o.flatJobs} jobs ran`);
+                if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
+                if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
+                check(`flat ${m.key} (graphile-worker)`, problems);
+                costs.peer.push(g.cost);
+                return o.flatJobs / g.seconds;
+              }),
+          );
+          flatRate[m.key] = r.ours;
+          rows.push({
+            section: `1${m.key === "single" ? "a" : "b"}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(r.ours)} — ${m.ours}`,
+            peer: `${fmtSummary(r.peer)} — ${m.peer}`,
+            ratio: fmtRatio(r.ours.median, r.peer.median),
+            note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
+          });
+          const perJob = (cs: Cost[]) => {
+            const each = (f: (c: Cost) => number | undefined) => {
+              const v = cs.map(f).filter((x): x is number => x !== undefined);
+              return v.length ? fmt(median(v) / o.flatJobs) : "?";
+            };
+            return `Node ${each((c) => c.nodeCpuMs)} ms + Postgres ${each((c) => c.serverCpuMs)} ms CPU, ${each((c) => c.walBytes / 1024)} KB WAL`;
+          };
+          rows.push({
+            section: `1${m.key === "single" ? "a" : "b"}. Same, cost per job`,
+            measure: "CPU ms, WAL KB per job",
+            ours: perJob(costs.ours),
+            peer: perJob(costs.peer),
+            ratio: "–",
+            note: "medians; seeding excluded; Postgres CPU = all of the server's processes (local servers only)",
+          });
+        }
+      });
+
+    if (all)
+      await section("2. DAG diamonds", async () => {
+        for (const [key, batch] of [
+          ["single", 1],
+          ["batch", o.batch],
+        ] as const) {
+          const values: number[] = [];
+          for (let i = 0; i < 2 * o.reps; i++) {
+            const t = await fresh((url) => oursDrain(url, o.dagJobs, DIAMOND, W, batch));
+            check(`diamonds ${key}`, t.problems);
+            values.push(t.rate);
+            o.log(`  diamonds ${key} ours: ${fmt(t.rate)}`);
+          }
+          const s = summarize(values);
+          rows.push({
+            section: `2. DAG diamonds a→b,c→d, ${fmt(o.dagJobs)} jobs`,
+            measure: "steps/s",
+            ours: `${fmtSummary(s)} — ${key === "single" ? "single claim" : `batch ${batch}`}`,
+            peer: "–",
+            ratio: `${fmtRatio(s.median, flatRate[key]?.median)} of flat`,
+            note: `${W} workers; ratio to ours' flat jobs/s, same mode`,
+          });
+        }
+      });
+
+    if (all)
+      await section("3. fan-out", async () => {
+        for (const n of o.fanOut) {
+          const f = await fresh((url) => oursFanOut(url, fanOut(n), W));
+          check(`fan-out ${n}`, f.problems);
+          o.log(`  fan-out ${n}: median ${fmt(f.median)} ms per child report`);
+          rows.push({
+            section: `3. Fan-out root→${fmt(n)} children→join`,
+            measure: "ms per child report",
+            ours: `${fmt(f.median)} (IQR ${fmt(f.p25)}–${fmt(f.p75)})`,
+            peer: "–",
+            ratio: "–",
+            note: `${W} single-claim workers; all ${fmt(f.reported)} child reports timed; ${fmt(f.rate)} child reports/s`,
+          });
+        }
+      });
+
+    if (all)
+      await section("4. enqueue", async () => {
         const r = await abba(
-          `flat ${m.key}`,
+          "enqueue",
           () =>
             fresh(async (url) => {
-              const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
-              check(`flat ${m.key} (ours)`, t.problems);
-              if (t.reportShare !== undefined) shares.push(t.reportShare);
-              if (t.cost) costs.ours.push(t.cost);
+              const t = await oursEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
+              check("enqueue (ours)", t.problems);
               return t.rate;
             }),
           () =>
             fresh(async (url) => {
-              const g = await graphileFlat(url, o.flatJobs, runnerOptions(W, m.batched));
-              const problems: string[] = [];
-              if (g.executed !== o.flatJobs) problems.push(`${g.executed}/${o.flatJobs} jobs ran`);
-              if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
-              if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
-              check(`flat ${m.key} (graphile-worker)`, problems);
-              costs.peer.push(g.cost);
-              return o.flatJobs / g.seconds;
+              const g = await graphileEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
+              const left = await remainingJobs(url);
+              check("enqueue (graphile-worker)", left === o.enqueueJobs ? [] : [`${left}/${o.enqueueJobs} jobs added`]);
+              return o.enqueueJobs / g.seconds;
             }),
         );
-        flatRate[m.key] = r.ours;
         rows.push({
-          section: `1${m.key === "single" ? "a" : "b"}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
+          section: `4. Enqueue ${fmt(o.enqueueJobs)} one-step jobs, ${fmt(o.enqueuePerCall)} a call`,
           measure: "jobs/s",
-          ours: `${fmtSummary(r.ours)} — ${m.ours}`,
-          peer: `${fmtSummary(r.peer)} — ${m.peer}`,
+          ours: `${fmtSummary(r.ours)} — ${API_PATHS.enqueue}`,
+          peer: `${fmtSummary(r.peer)} — addJobs`,
           ratio: fmtRatio(r.ours.median, r.peer.median),
-          note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
+          note: "one connection",
         });
-        const perJob = (cs: Cost[]) => {
-          const each = (f: (c: Cost) => number | undefined) => {
-            const v = cs.map(f).filter((x): x is number => x !== undefined);
-            return v.length ? fmt(median(v) / o.flatJobs) : "?";
-          };
-          return `Node ${each((c) => c.nodeCpuMs)} ms + Postgres ${each((c) => c.serverCpuMs)} ms CPU, ${each((c) => c.walBytes / 1024)} KB WAL`;
-        };
-        rows.push({
-          section: `1${m.key === "single" ? "a" : "b"}. Same, cost per job`,
-          measure: "CPU ms, WAL KB per job",
-          ours: perJob(costs.ours),
-          peer: perJob(costs.peer),
-          ratio: "–",
-          note: "medians; seeding excluded; Postgres CPU = all of the server's processes (local servers only)",
-        });
-      }
-    });
+      });
 
-    await section("2. DAG diamonds", async () => {
-      for (const [key, batch] of [
-        ["single", 1],
-        ["batch", o.batch],
-      ] as const) {
-        const values: number[] = [];
-        for (let i = 0; i < 2 * o.reps; i++) {
-          const t = await fresh((url) => oursDrain(url, o.dagJobs, DIAMOND, W, batch));
-          check(`diamonds ${key}`, t.problems);
-          values.push(t.rate);
-          o.log(`  diamonds ${key} ours: ${fmt(t.rate)}`);
+    if (all)
+      await section("5. pickup latency", async () => {
+        const warmUp = 3;
+        const r = await abba(
+          "latency ms",
+          () =>
+            fresh(async (url) => {
+              const l = await oursLatency(url, o.latencySamples, warmUp);
+              check("latency (ours)", l.problems);
+              return median(l.ms);
+            }),
+          () =>
+            fresh(async (url) => {
+              const ms = await graphileLatency(url, o.latencySamples, warmUp);
+              const left = await remainingJobs(url);
+              check("latency (graphile-worker)", left === 0 ? [] : [`${left} jobs left`]);
+              return median(ms);
+            }),
+        );
+        rows.push({
+          section: "5. Pickup latency, idle queue (insert → claim)",
+          measure: "ms, median of samples",
+          ours: `${fmtSummary(r.ours)} — ${API_PATHS.wakeUp}`,
+          peer: `${fmtSummary(r.peer)} — LISTEN/NOTIFY`,
+          ratio: fmtRatio(r.ours.median, r.peer.median),
+          note: `1 worker each; ${o.latencySamples} samples per measurement; lower is better`,
+        });
+      });
+
+    if (all)
+      await section("6. claim vs the design note's claim", async () => {
+        const figures: ClaimFigures = await fresh((url) => claimComparison(url, o.claim, o.reps, o.log));
+        const c = o.claim;
+        for (const [label, f] of [
+          [`${fmt(c.ready)} ready, no history`, figures.empty],
+          [`${fmt(c.ready)} ready + ${fmt(c.history)} finished`, figures.history],
+        ] as const) {
+          rows.push({
+            section: `6. Claim, 1 connection, ${label}`,
+            measure: "claims/s",
+            ours: fmtSummary(f.ours),
+            peer: `${fmtSummary(f.naive)} — design note's claim`,
+            ratio: fmtRatio(f.ours.median, f.naive.median),
+            note: `${fmt(c.claims)} claims a measurement; batch of ${o.batch}: ${fmt(f.batch)} steps/s`,
+          });
         }
-        const s = summarize(values);
-        rows.push({
-          section: `2. DAG diamonds a→b,c→d, ${fmt(o.dagJobs)} jobs`,
-          measure: "steps/s",
-          ours: `${fmtSummary(s)} — ${key === "single" ? "single claim" : `batch ${batch}`}`,
-          peer: "–",
-          ratio: `${fmtRatio(s.median, flatRate[key]?.median)} of flat`,
-          note: `${W} workers; ratio to ours' flat jobs/s, same mode`,
-        });
-      }
-    });
-
-    await section("3. fan-out", async () => {
-      for (const n of o.fanOut) {
-        const f = await fresh((url) => oursFanOut(url, fanOut(n), W));
-        check(`fan-out ${n}`, f.problems);
-        o.log(`  fan-out ${n}: median ${fmt(f.median)} ms per child report`);
-        rows.push({
-          section: `3. Fan-out root→${fmt(n)} children→join`,
-          measure: "ms per child report",
-          ours: `${fmt(f.median)} (IQR ${fmt(f.p25)}–${fmt(f.p75)})`,
-          peer: "–",
-          ratio: "–",
-          note: `${W} single-claim workers; all ${fmt(f.reported)} child reports timed; ${fmt(f.rate)} child reports/s`,
-        });
-      }
-    });
-
-    await section("4. enqueue", async () => {
-      const r = await abba(
-        "enqueue",
-        () =>
-          fresh(async (url) => {
-            const t = await oursEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
-            check("enqueue (ours)", t.problems);
-            return t.rate;
-          }),
-        () =>
-          fresh(async (url) => {
-            const g = await graphileEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
-            const left = await remainingJobs(url);
-            check("enqueue (graphile-worker)", left === o.enqueueJobs ? [] : [`${left}/${o.enqueueJobs} jobs added`]);
-            return o.enqueueJobs / g.seconds;
-          }),
-      );
-      rows.push({
-        section: `4. Enqueue ${fmt(o.enqueueJobs)} one-step jobs, ${fmt(o.enqueuePerCall)} a call`,
-        measure: "jobs/s",
-        ours: `${fmtSummary(r.ours)} — ${API_PATHS.enqueue}`,
-        peer: `${fmtSummary(r.peer)} — addJobs`,
-        ratio: fmtRatio(r.ours.median, r.peer.median),
-        note: "one connection",
       });
-    });
 
-    await section("5. pickup latency", async () => {
-      const warmUp = 3;
-      const r = await abba(
-        "latency ms",
-        () =>
-          fresh(async (url) => {
-            const l = await oursLatency(url, o.latencySamples, warmUp);
-            check("latency (ours)", l.problems);
-            return median(l.ms);
-          }),
-        () =>
-          fresh(async (url) => {
-            const ms = await graphileLatency(url, o.latencySamples, warmUp);
-            const left = await remainingJobs(url);
-            check("latency (graphile-worker)", left === 0 ? [] : [`${left} jobs left`]);
-            return median(ms);
-          }),
-      );
-      rows.push({
-        section: "5. Pickup latency, idle queue (insert → claim)",
-        measure: "ms, median of samples",
-        ours: `${fmtSummary(r.ours)} — ${API_PATHS.wakeUp}`,
-        peer: `${fmtSummary(r.peer)} — LISTEN/NOTIFY`,
-        ratio: fmtRatio(r.ours.median, r.peer.median),
-        note: `1 worker each; ${o.latencySamples} samples per measurement; lower is better`,
+    if (o.purge.enabled || o.purge.only) {
+      await section("7. latency during a purge", async () => {
+        const size = o.purge;
+        const tpl = `${prefix}_purge_tpl`;
+        await createDatabase(server.adminUrl, tpl, template);
+        try {
+          const t0 = performance.now();
+          await seedPurge(withDatabase(server.adminUrl, tpl), size);
+          o.log(`  seeded ${fmt(size.finished)} finished jobs in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+          const none: LatencyRun[] = [];
+          const during: LatencyRun[] = [];
+          const one = async (withPurge: boolean) => {
+            const r = await fresh((url) => purgeLatency(url, size, withPurge), tpl);
+            check(`purge latency (${withPurge ? "purge" : "none"})`, r.problems);
+            (withPurge ? during : none).push(r);
+            o.log(
+              `  ${withPurge ? "purge" : "none "}: claim p50 ${fmt(p50(r.claim))} p95 ${fmt(p95(r.claim))} ms, report p50 ${fmt(p50(r.report))} p95 ${fmt(p95(r.report))} ms, ${fmt(r.claim.length)} calls${r.purge ? `; purge ${fmt(r.purge.jobs)} jobs + ${fmt(r.purge.steps)} steps in ${r.purge.seconds.toFixed(1)} s` : ""}`,
+            );
+          };
+          for (let r = 0; r < o.reps; r++) {
+            await one(false);
+            await one(true);
+            await one(true);
+            await one(false);
+          }
+          const fig = (runs: LatencyRun[], pick: (r: LatencyRun) => number[], q: (v: number[]) => number) =>
+            summarize(runs.map((r) => q(pick(r))));
+          for (const [op, pick] of [
+            ["claim (claimReadyStep)", (r: LatencyRun) => r.claim],
+            ["report (complete)", (r: LatencyRun) => r.report],
+          ] as const) {
+            const med = { none: fig(none, pick, p50), purge: fig(during, pick, p50) };
+            const tail = { none: fig(none, pick, p95), purge: fig(during, pick, p95) };
+            rows.push({
+              section: `7. ${op} latency, ${fmt(size.finished)} finished jobs purged meanwhile`,
+              measure: "ms, p50 / p95",
+              ours: `during the purge: ${fmtSummary(med.purge)} / ${fmtSummary(tail.purge)}`,
+              peer: `no purge: ${fmtSummary(med.none)} / ${fmtSummary(tail.none)}`,
+              ratio: `${fmtRatio(med.purge.median, med.none.median)} / ${fmtRatio(tail.purge.median, tail.none.median)}`,
+              note: `ratio = during / none (goal 1.5x or less); ${size.workers} workers, each pausing ${size.paceMs} ms between steps`,
+            });
+          }
+          const secs = during.map((r) => r.purge?.seconds ?? Number.NaN);
+          rows.push({
+            section: `7. The purge itself (purgeFinished, batch ${fmt(size.batchSize)}, pause ${size.pauseMs} ms)`,
+            measure: "s, jobs/s",
+            ours: `${fmtSummary(summarize(secs))} s — ${fmt(size.finished / median(secs))} jobs (+ as many steps) removed per s`,
+            peer: "–",
+            ratio: "–",
+            note: `while the workers ran; calls measured: ${fmt(median(during.map((r) => r.claim.length)))} during, ${fmt(median(none.map((r) => r.claim.length)))} in ${size.noneSeconds} s without`,
+          });
+        } finally {
+          await dropDatabase(server.adminUrl, tpl).catch(() => undefined);
+        }
       });
-    });
-
-    await section("6. claim vs the design note's claim", async () => {
-      const figures: ClaimFigures = await fresh((url) => claimComparison(url, o.claim, o.reps, o.log));
-      const c = o.claim;
-      for (const [label, f] of [
-        [`${fmt(c.ready)} ready, no history`, figures.empty],
-        [`${fmt(c.ready)} ready + ${fmt(c.history)} finished`, figures.history],
-      ] as const) {
-        rows.push({
-          section: `6. Claim, 1 connection, ${label}`,
-          measure: "claims/s",
-          ours: fmtSummary(f.ours),
-          peer: `${fmtSummary(f.naive)} — design note's claim`,
-          ratio: fmtRatio(f.ours.median, f.naive.median),
-          note: `${fmt(c.claims)} claims a measurement; batch of ${o.batch}: ${fmt(f.batch)} steps/s`,
-        });
-      }
-    });
+    }
 
     const markdown = render(o, settings, server.kind, rows, failures, (performance.now() - started) / 1000);
     if (o.out) await writeFile(o.out, markdown);
@@ -392,9 +481,18 @@ function render(
     "",
     `- Server: PostgreSQL ${s.version}, ${kind}; fsync=${s.fsync}, synchronous_commit=${s.synchronousCommit}, full_page_writes=${s.fullPageWrites}, shared_buffers=${s.sharedBuffers}`,
     `- Machine: ${cpus.length} cores (${cpus[0]?.model.trim() ?? "?"}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${process.platform}-${process.arch}`,
-    `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
-    `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
-    `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+    ...(o.purge.only
+      ? []
+      : [
+          `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
+          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
+          `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+        ]),
+    ...(o.purge.enabled || o.purge.only
+      ? [
+          `- Section 7: every measurement in a copy of one template holding ${fmt(o.purge.finished)} finished one-step jobs (40 days old, set-based INSERT … SELECT generate_series, then VACUUM ANALYZE) and ${fmt(o.purge.ready)} ready ones; CHECKPOINT before each; order none, purge, purge, none (${o.reps} round${o.reps === 1 ? "" : "s"}); p50 and p95 over every call of a measurement (20 warm-up calls per worker dropped), median (min–max) over measurements.`,
+        ]
+      : []),
     `- Exactly-once checks: ${failures.length === 0 ? "all passed" : `${failures.length} FAILED (below)`}. Total ${seconds.toFixed(0)} s.`,
     "",
     "| Section | Measure | Ours | graphile-worker | Ratio | Notes |",

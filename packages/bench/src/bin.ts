@@ -5,7 +5,7 @@
  * failed or a section broke, 2 on bad arguments.
  */
 import { parseArgs } from "node:util";
-import { type BenchOptions, runBench } from "./bench.js";
+import { type BenchOptions, DEFAULTS, QUICK, runBench } from "./bench.js";
 
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -26,6 +26,10 @@ function parse() {
       reps: { type: "string" },
       jobs: { type: "string" },
       only: { type: "string" },
+      purge: { type: "boolean", default: false },
+      "purge-only": { type: "boolean", default: false },
+      "purge-jobs": { type: "string" },
+      "purge-pause": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -35,18 +39,22 @@ try {
   args = parse();
 } catch (error) {
   process.stderr.write(
-    `${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2]\n`,
+    `${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only]\n`,
   );
   process.exit(2);
 }
 if (args.help) {
   process.stdout.write(
-    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2]\n" +
+    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only]\n" +
       "  --quick     small sizes, checks exactly-once on both systems (under a minute)\n" +
       "  --out FILE  also write the markdown table to FILE\n" +
       "  --reps N    A B B A rounds per pair (default 1)\n" +
       "  --jobs N    flat-queue size (default 20,000)\n" +
       "  --only L    only these sections, by number (e.g. 1,5)\n" +
+      "  --purge     also section 7: claim/report latency during a purge of 1,000,000 finished jobs (long)\n" +
+      "  --purge-only         section 7 alone\n" +
+      "  --purge-jobs N       finished jobs to purge in section 7 (default 1,000,000)\n" +
+      "  --purge-pause MS     purgeFinished's pause between batches in section 7 (default 20, purgeFinished's)\n" +
       "Server: STROEM_BENCH_DATABASE_URL, else an embedded PostgreSQL with fsync on.\n",
   );
   process.exit(0);
@@ -60,11 +68,22 @@ const jobs = positiveInt("jobs", args.jobs);
 if (jobs) options.flatJobs = jobs;
 if (args.only !== undefined) {
   const only = args.only.split(",").map((n) => Number(n.trim()));
-  if (only.some((n) => !Number.isInteger(n) || n < 1 || n > 6)) {
-    process.stderr.write(`--only takes section numbers 1 to 6, comma-separated, got "${args.only}"\n`);
+  if (only.some((n) => !Number.isInteger(n) || n < 1 || n > 7)) {
+    process.stderr.write(`--only takes section numbers 1 to 7, comma-separated, got "${args.only}"\n`);
     process.exit(2);
   }
   options.only = only;
+}
+if (args.purge || args["purge-only"] || args["purge-jobs"] || args["purge-pause"]) {
+  const base = (args.quick ? QUICK : DEFAULTS).purge;
+  const pause = args["purge-pause"] === "0" ? 0 : positiveInt("purge-pause", args["purge-pause"]);
+  options.purge = {
+    ...base,
+    enabled: true,
+    only: Boolean(args["purge-only"]),
+    finished: positiveInt("purge-jobs", args["purge-jobs"]) ?? base.finished,
+    pauseMs: pause ?? base.pauseMs,
+  };
 }
 if (process.env.STROEM_BENCH_DATABASE_URL) options.databaseUrl = process.env.STROEM_BENCH_DATABASE_URL;
 

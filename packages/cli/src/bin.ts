@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { graphCommand, migrateCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
+import { graphCommand, migrateCommand, purgeCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
 import { DEMO_PHASES, type DemoPhase, runDemo } from "./demo/index.js";
 import { formatError, Interrupted } from "./errors.js";
+import { parseAge } from "./format.js";
 
 // Signals first, before anything can start a server: SIGINT (Ctrl-C) and
 // SIGTERM abort `interrupt`. The demo stops at whatever phase it is in and
@@ -38,6 +39,12 @@ function integer(min: number, max: number) {
       throw new InvalidArgumentError(`must be an integer from ${min} to ${max}`);
     return n;
   };
+}
+
+function ageArg(value: string) {
+  const ms = parseAge(value);
+  if (ms === undefined) throw new InvalidArgumentError("must be a number and a unit: 30d, 12h, 90m or 45s");
+  return ms;
 }
 
 function fraction(value: string) {
@@ -127,6 +134,50 @@ program
   .addOption(new Option("--format <format>", "output format").choices(["text", "mermaid"]).default("text"))
   .action(async (jobId: string, opts: { url?: string; pooler?: boolean; format: "text" | "mermaid" }) =>
     graphCommand(target(opts), jobId, opts.format, say),
+  );
+
+program
+  .command("purge")
+  .description(
+    "Remove finished jobs (and their steps) and audit events older than an age, in small batches; print the counts.",
+  )
+  .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .addOption(
+    new Option("--older-than <age>", "finished jobs whose completed_at is older than this (30d, 12h, 90m, 45s)")
+      .makeOptionMandatory()
+      .argParser(ageArg),
+  )
+  .addOption(
+    new Option("--audit-older-than <age>", "audit events older than this (default: --older-than)").argParser(ageArg),
+  )
+  .addOption(
+    new Option("--batch-size <n>", "rows per batch, each its own transaction")
+      .default(1000)
+      .argParser(integer(1, 10_000)),
+  )
+  .addOption(
+    new Option("--max-batches <n>", "stop after this many batches of each kind").argParser(integer(1, 2 ** 31 - 1)),
+  )
+  .action(
+    async (opts: {
+      url?: string;
+      pooler?: boolean;
+      olderThan: number;
+      auditOlderThan?: number;
+      batchSize: number;
+      maxBatches?: number;
+    }) =>
+      purgeCommand(
+        target(opts),
+        {
+          olderThanMs: opts.olderThan,
+          batchSize: opts.batchSize,
+          ...(opts.auditOlderThan === undefined ? {} : { auditOlderThanMs: opts.auditOlderThan }),
+          ...(opts.maxBatches === undefined ? {} : { maxBatches: opts.maxBatches }),
+        },
+        say,
+      ),
   );
 
 try {

@@ -5,11 +5,12 @@ import {
   JobRepo,
   JobStepRepo,
   ping,
+  purgeFinished,
   runMigrations,
   WorkerRepo,
 } from "@stroem/repos";
 import { CliError } from "./errors.js";
-import { age, table } from "./format.js";
+import { age, duration, table } from "./format.js";
 import { renderMermaid, renderText } from "./graph.js";
 
 export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
@@ -107,5 +108,39 @@ export async function graphCommand(
     }
     say(`job ${job.jobId}  ${job.workspace}/${job.taskName}  ${job.status}`);
     say(steps.length ? renderText(steps) : "  (no steps)");
+  });
+}
+
+export interface PurgeCommandOptions {
+  olderThanMs: number;
+  auditOlderThanMs?: number;
+  batchSize: number;
+  maxBatches?: number;
+}
+
+/** `stroem-db purge`: `purgeFinished` with the given ages, then the counts. */
+export async function purgeCommand(target: Target, o: PurgeCommandOptions, say: (s: string) => void): Promise<void> {
+  await withDb(target, async (db) => {
+    const t0 = performance.now();
+    const r = await purgeFinished(db, {
+      olderThan: o.olderThanMs,
+      batchSize: o.batchSize,
+      ...(o.auditOlderThanMs === undefined ? {} : { auditOlderThan: o.auditOlderThanMs }),
+      ...(o.maxBatches === undefined ? {} : { maxBatches: o.maxBatches }),
+    });
+    const n = (x: number) => x.toLocaleString("en-US");
+    say(
+      table(
+        ["removed", "count", "older than"],
+        [
+          ["jobs", n(r.jobs), r.jobsBefore.toISOString()],
+          ["steps", n(r.steps), r.jobsBefore.toISOString()],
+          ["audit events", n(r.auditEvents), r.auditBefore.toISOString()],
+        ],
+      ),
+    );
+    say(
+      `${n(r.batches)} batches of up to ${n(o.batchSize)} in ${duration(performance.now() - t0)}${r.complete ? "" : "; stopped at --max-batches, more may be left"}`,
+    );
   });
 }

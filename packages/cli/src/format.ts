@@ -27,3 +27,12 @@ export function bar(fraction: number, width = 24): string {
   const filled = Math.round(Math.min(1, Math.max(0, fraction)) * width);
   return `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
 }
+
+const UNIT_MS = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 } as const;
+
+/** `30d`, `12h`, `90m`, `45s` as milliseconds; undefined for anything else. */
+export function parseAge(value: string): number | undefined {
+  const m = /^(\d{1,6})([dhms])$/.exec(value.trim());
+  if (!m) return undefined;
+  return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
+}

@@ -158,10 +158,41 @@ describe("errors are one line and a non-zero exit", () => {
   });
 
   it("--help works on every command", async () => {
-    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"]]) {
+    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"], ["purge"]]) {
       const { code, stdout } = await cli([...command, "--help"]);
       expect(code).toBe(0);
       expect(stdout).toMatch(/^Usage: stroem-db/);
+    }
+  });
+});
+
+describe("stroem-db purge", () => {
+  it("removes finished jobs older than --older-than, keeps the rest, and prints the counts", async () => {
+    const flow = [{ stepName: "a", actionName: "x", actionType: "shell" as const }];
+    const [oldJob, newJob, open] = await JobRepo.createMany(
+      t.db,
+      [0, 1, 2].map(() => ({ job: { taskName: "purge-me", sourceType: "api" as const }, steps: flow })),
+    );
+    for (const jobId of [oldJob, newJob] as string[]) await JobStepRepo.complete(t.db, { jobId, stepName: "a" });
+    await t.db.$client.query("update job set completed_at = now() - interval '40 days' where job_id = $1", [oldJob]);
+    const { code, stdout, stderr } = await cli(["purge", "--url", t.url, "--older-than", "30d", "--batch-size", "50"]);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^jobs\s+1\s+\d{4}-/m);
+    expect(stdout).toMatch(/^steps\s+1\s/m);
+    expect(stdout).toMatch(/^audit events\s+0\s/m);
+    expect(stdout).toMatch(/batches of up to 50 in/);
+    expect(await JobRepo.get(t.db, oldJob as string)).toBeUndefined();
+    expect((await JobRepo.get(t.db, newJob as string))?.status).toBe("completed");
+    expect((await JobRepo.get(t.db, open as string))?.status).toBe("pending");
+  });
+
+  it("refuses a bad or missing age before connecting", async () => {
+    for (const args of [["--older-than", "30 days"], ["--older-than", "-1d"], []]) {
+      const { code, stderr } = await cli(["purge", "--url", "postgres://127.0.0.1:1/x", ...args]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/older-than/);
+      expect(stderr).not.toMatch(/ECONNREFUSED/);
     }
   });
 });

@@ -1,3 +1,4 @@
+import { CONSTRAINTS } from "@stroem/schema";
 import { DrizzleQueryError } from "drizzle-orm/errors";
 
 /**
@@ -11,6 +12,8 @@ export const PG = {
   UNIQUE_VIOLATION: "23505",
   FOREIGN_KEY_VIOLATION: "23503",
   CHECK_VIOLATION: "23514",
+  /** Raised by the append-only trigger on `audit_event` (with constraint `audit_event_append_only`). */
+  RESTRICT_VIOLATION: "23001",
   QUERY_CANCELED: "57014",
   ADMIN_SHUTDOWN: "57P01",
   CANNOT_CONNECT_NOW: "57P03",
@@ -140,6 +143,24 @@ export class ForeignKeyViolationError extends ConstraintViolationError {
   override name = "ForeignKeyViolationError";
 }
 
+/**
+ * The database refused to change or remove audit events: `audit_event` is
+ * append-only (a trigger); only the retention purge (`purgeFinished`) deletes
+ * old ones. `operation` is what was refused (`UPDATE`, `DELETE`, `TRUNCATE`).
+ */
+export class AuditLogAppendOnlyError extends StroemDbError {
+  override name = "AuditLogAppendOnlyError";
+  constructor(
+    readonly operation: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      `the audit log is append-only: ${operation} of audit_event refused (only the retention purge deletes)`,
+      options,
+    );
+  }
+}
+
 /** The server could not be reached, refused us, or went away. */
 export class ConnectionError extends StroemDbError {
   override name = "ConnectionError";
@@ -252,6 +273,11 @@ export function translateError(error: unknown, target: Target = {}): Error {
           cause: error,
           detail: pg.detail,
         });
+      case PG.RESTRICT_VIOLATION:
+        if (pg.constraint === CONSTRAINTS.auditAppendOnly) {
+          return new AuditLogAppendOnlyError(/: (\w+) refused/.exec(pg.message)?.[1] ?? "change", { cause: error });
+        }
+        return new DatabaseError(pg.message, pg.code, { cause: error });
       case PG.ADMIN_SHUTDOWN:
       case PG.CANNOT_CONNECT_NOW:
         return new ConnectionError(

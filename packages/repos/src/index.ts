@@ -1,5 +1,8 @@
 export type { NewJobStep } from "@stroem/schema";
 export type { AdvanceResult } from "./advance.js";
+export type { AuditActor, AuditEvent, AuditPage, ListAuditEvents, NewAuditEvent } from "./audit-repo.js";
+export * as AuditRepo from "./audit-repo.js";
+export { auditEventSql, record as recordAudit } from "./audit-repo.js";
 export type { ApiKeyInfo, IssuedApiKey, NewApiKey, VerifiedApiKey } from "./auth/api-keys.js";
 export * as ApiKeyRepo from "./auth/api-keys.js";
 export type { IssuedRefreshToken } from "./auth/refresh-tokens.js";
@@ -19,7 +22,7 @@ export {
   type Transaction,
 } from "./db.js";
 export * from "./errors.js";
-export type { CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
+export type { AuditOptions, CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
 export type {
   ReadyBacklog,
@@ -35,5 +38,6 @@ export type {
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export { MAX_PURGE_BATCH, type PurgeCounts, type PurgeOptions, purgeFinished } from "./retention.js";
 export type { CancelRequest, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

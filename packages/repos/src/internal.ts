@@ -5,6 +5,7 @@
 export { REVOKE_REUSED_FAMILY, ROTATE_REFRESH_TOKEN, VERIFY_API_KEY } from "./sql/auth.js";
 export { claimStatement, directedClaimStatement } from "./sql/claim.js";
 export { CREATE_JOBS } from "./sql/create.js";
+export { allowAuditPurgeStatement, purgeAuditStatement, purgeJobsStatement } from "./sql/purge.js";
 export {
   ADVANCE,
   advanceManyStatement,

@@ -14,6 +14,7 @@ import {
 } from "@stroem/schema";
 import { and, count, desc, eq, type SQL, sql } from "drizzle-orm";
 import { type AdvanceResult, advanceJob } from "./advance.js";
+import { type AuditOptions, checkActor } from "./audit-repo.js";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
 import { CANCEL_JOB, type CancelJobRow } from "./sql/cancel.js";
@@ -61,10 +62,29 @@ function toJobRow(input: NewJob, at = "") {
   };
 }
 
-/** Creates a pending job without steps and returns its id (a new UUID). Throws `InvalidInputError`. */
-export async function create(db: Executor, input: NewJob): Promise<string> {
+export type { AuditOptions } from "./audit-repo.js";
+
+/**
+ * Creates a pending job without steps and returns its id (a new UUID), with
+ * its `job.created` audit event in the same statement. Throws `InvalidInputError`.
+ */
+export async function create(db: Executor, input: NewJob, options: AuditOptions = {}): Promise<string> {
   const row = toJobRow(input);
-  await translateErrors(db, () => db.insert(job).values(row));
+  const actor = checkActor("actor", options?.actor);
+  await translateErrors(db, () =>
+    db.execute(sql`
+      with j as (
+        insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs)
+        values (${row.jobId}::uuid, ${row.workspace}, ${row.taskName}, ${row.mode},
+                ${row.input === null ? null : JSON.stringify(row.input)}::jsonb, ${row.sourceType}, ${row.sourceId},
+                ${row.revision}, ${row.timeoutSecs}::int)
+        returning job_id, workspace, task_name, source_type
+      )
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select ${actor.type}, ${actor.id}::text, 'job.created', 'job', j.job_id::text,
+             jsonb_build_object('workspace', j.workspace, 'taskName', j.task_name, 'sourceType', j.source_type, 'steps', 0)
+      from j`),
+  );
   return row.jobId;
 }
 
@@ -84,11 +104,18 @@ export const MAX_CREATE_BATCH = 10_000;
  * `InvalidInputError` names the bad field, e.g. `items[3].steps[1].actionType`)
  * and nothing is written if any is invalid. Steps without dependencies start
  * `ready`, the others `pending`; each row stores its dependencies and the
- * graph's counts, so reports advance the job in O(dependants). Wakes
- * `listenForReady` listeners on commit. Up to 10,000 jobs a call.
+ * graph's counts, so reports advance the job in O(dependants). Records one
+ * `job.created` audit event per job (by `options.actor`, default the
+ * system) in the same statement. Wakes `listenForReady` listeners on
+ * commit. Up to 10,000 jobs a call.
  */
-export async function createMany(db: Executor, items: readonly NewJobWithSteps[]): Promise<string[]> {
+export async function createMany(
+  db: Executor,
+  items: readonly NewJobWithSteps[],
+  options: AuditOptions = {},
+): Promise<string[]> {
   if (!Array.isArray(items)) throw new InvalidInputError("items", "must be an array");
+  const actor = checkActor("actor", options?.actor);
   if (items.length > MAX_CREATE_BATCH) {
     throw new InvalidInputError("items", `must hold at most ${MAX_CREATE_BATCH} jobs, got ${items.length}`);
   }
@@ -144,7 +171,13 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
   );
   await translateErrors(
     db,
-    () => runStatement(db, CREATE_JOBS, { jobs: jobJson, steps: JSON.stringify(steps) }),
+    () =>
+      runStatement(db, CREATE_JOBS, {
+        jobs: jobJson,
+        steps: JSON.stringify(steps),
+        actorType: actor.type,
+        actorId: actor.id,
+      }),
     (e) => stepConstraintError(e, undefined),
   );
   return jobs.map((j) => j.jobId);
@@ -153,10 +186,15 @@ export async function createMany(db: Executor, items: readonly NewJobWithSteps[]
 /**
  * Creates a job and all its steps (one statement, all or nothing) and returns
  * the job id: `createMany` with one item (its errors name fields without the
- * `items[0].` prefix).
+ * `items[0].` prefix), its `job.created` audit event included.
  */
-export async function createWithSteps(db: Executor, input: NewJob, steps: readonly NewFlowStep[]): Promise<string> {
-  const [jobId] = await createMany(db, [{ job: input, steps }]);
+export async function createWithSteps(
+  db: Executor,
+  input: NewJob,
+  steps: readonly NewFlowStep[],
+  options: AuditOptions = {},
+): Promise<string> {
+  const [jobId] = await createMany(db, [{ job: input, steps }], options);
   return jobId as string;
 }
 
@@ -259,15 +297,26 @@ export interface CancelResult {
  * running steps keep running with `cancel_requested_at` (`WorkerRepo.heartbeat`
  * tells their workers; their late reports are recorded and promote nothing;
  * a rescue cancels them instead of requeuing). Cancelling a cancelled job is
- * a no-op (`alreadyCancelled`). Throws, having written nothing:
- * `InvalidInputError`, `JobNotFoundError`, `InvalidTransitionError` (the job
- * completed or failed).
+ * a no-op (`alreadyCancelled`, no audit event). A cancel that happens
+ * records a `job.cancelled` audit event (by `options.actor`, default the
+ * system; details: reason, the steps cancelled and asked to stop) in the
+ * same statement. Throws, having written nothing: `InvalidInputError`,
+ * `JobNotFoundError`, `InvalidTransitionError` (the job completed or failed).
  */
-export async function cancel(db: Executor, jobId: string, options: { reason?: string } = {}): Promise<CancelResult> {
+export async function cancel(
+  db: Executor,
+  jobId: string,
+  options: { reason?: string } & AuditOptions = {},
+): Promise<CancelResult> {
   requireUuid("jobId", jobId);
   const reason = optionalText("reason", options?.reason);
+  const actor = checkActor("actor", options?.actor);
   const rows = await translateErrors(db, () =>
-    runStatement<CancelJobRow, { jobId: string; reason: string | null }>(db, CANCEL_JOB, { jobId, reason }),
+    runStatement<CancelJobRow, { jobId: string; reason: string | null; actorType: string; actorId: string | null }>(
+      db,
+      CANCEL_JOB,
+      { jobId, reason, actorType: actor.type, actorId: actor.id },
+    ),
   );
   const row = rows[0] as CancelJobRow;
   if (row.result === "not_found") throw new JobNotFoundError(jobId);

@@ -39,6 +39,27 @@ export type RetryStrategy = (typeof RETRY_STRATEGIES)[number];
 /** Bounds the database holds for a step's retry policy (the orchestrator's `MAX_RETRIES`, `MAX_RETRY_DELAY_SECS`). */
 export const RETRY_LIMITS = { maxRetries: 1000, maxBackoffSecs: 86_400 } as const;
 
+/** Who did what an audit event records (`audit_event.actor_type`). */
+export const AUDIT_ACTOR_TYPES = ["user", "worker", "system"] as const;
+export type AuditActorType = (typeof AUDIT_ACTOR_TYPES)[number];
+
+/**
+ * The audit events this package writes (`audit_event.action`). Other code may
+ * record actions of its own (`user.created`, `api_key.issued`, ...): the
+ * column is free text, `entity.verb` by convention.
+ */
+export const AUDIT_ACTIONS = {
+  jobCreated: "job.created",
+  jobCancelled: "job.cancelled",
+  jobTimedOut: "job.timed_out",
+  stepRescued: "step.rescued",
+  stepTimedOut: "step.timed_out",
+  userCreated: "user.created",
+  userDeleted: "user.deleted",
+  apiKeyIssued: "api_key.issued",
+  apiKeyRevoked: "api_key.revoked",
+} as const;
+
 /** Statuses a step may be created with. */
 export const STEP_INITIAL_STATUSES = ["pending", "ready"] as const satisfies readonly StepStatus[];
 export type StepInitialStatus = (typeof STEP_INITIAL_STATUSES)[number];

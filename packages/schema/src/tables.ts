@@ -1,6 +1,7 @@
 import { sql } from "drizzle-orm";
 import {
   type AnyPgColumn,
+  bigint,
   boolean,
   check,
   doublePrecision,
@@ -17,6 +18,8 @@ import {
 import {
   ACTION_TYPES,
   type ActionType,
+  AUDIT_ACTOR_TYPES,
+  type AuditActorType,
   JOB_MODES,
   JOB_STATUSES,
   JOB_TERMINAL_STATUSES,
@@ -50,6 +53,8 @@ export const CONSTRAINTS = {
   stepPk: "job_step_job_id_step_name_pk",
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
   ...AUTH_CONSTRAINTS,
+  /** Not a table constraint: the name the append-only trigger on `audit_event` raises with (SQLSTATE 23001). */
+  auditAppendOnly: "audit_event_append_only",
 } as const;
 
 /** `status in (...)` over a constant list, for CHECK constraints and partial indexes. */
@@ -256,6 +261,38 @@ export const jobStep = pgTable(
   ],
 );
 
+/**
+ * The audit log: one row per change worth answering "who did this, when"
+ * for, written in the same transaction as the change (see `AuditRepo` in
+ * @stroem/repos). Append-only: a trigger (hand-written migration) refuses
+ * UPDATE, DELETE and TRUNCATE except the retention purge's DELETE.
+ */
+export const auditEvent = pgTable(
+  "audit_event",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    /** The writing transaction's time (`now()`), as for the rows it changed. */
+    occurredAt: timestamp("occurred_at", tz).notNull().defaultNow(),
+    actorType: text("actor_type").$type<AuditActorType>().notNull(),
+    /** The user's or worker's id; null for the system (or an id naming the system process). */
+    actorId: text("actor_id"),
+    /** `entity.verb`, e.g. `job.created` (`AUDIT_ACTIONS`). */
+    action: text("action").notNull(),
+    /** What the event is about: `job` (step events are filed under their job), `user`, `api_key`, ... */
+    entityType: text("entity_type").notNull(),
+    entityId: text("entity_id").notNull(),
+    details: jsonb("details").$type<Record<string, unknown>>().notNull().default({}),
+  },
+  (t) => [
+    check("audit_event_actor_type_check", oneOf(t.actorType, AUDIT_ACTOR_TYPES)),
+    // The list's keyset walk, newest first (a backward scan), and the purge's
+    // oldest-first selection.
+    index("idx_audit_event_time").on(t.occurredAt, t.id),
+    // "What happened to this job / user / key", newest first.
+    index("idx_audit_event_entity").on(t.entityType, t.entityId, t.occurredAt, t.id),
+  ],
+);
+
 /** One failed attempt of a step that was retried (`job_step.retry_history`). Timestamps as ISO strings. */
 export interface RetryHistoryEntry {
   attempt: number;
@@ -272,3 +309,5 @@ export type Worker = typeof worker.$inferSelect;
 export type Job = typeof job.$inferSelect;
 /** A job step row as read from the database. */
 export type JobStep = typeof jobStep.$inferSelect;
+/** An audit event as read from the database. */
+export type AuditEvent = typeof auditEvent.$inferSelect;

@@ -1,5 +1,6 @@
-import { type ApiKey, AUTH_CONSTRAINTS, AUTH_LIMITS, apiKey } from "@stroem/schema";
+import { type ApiKey, AUDIT_ACTIONS, AUTH_CONSTRAINTS, AUTH_LIMITS, apiKey } from "@stroem/schema";
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
+import { type AuditOptions, auditEventSql } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { ApiKeyNotFoundError, InvalidInputError, UserNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
@@ -46,7 +47,7 @@ export interface NewApiKey {
  * `UserNotFoundError`, `InvalidInputError` (name, a past or invalid
  * `expiresAt`); nothing is written then.
  */
-export async function issue(db: Executor, input: NewApiKey): Promise<IssuedApiKey> {
+export async function issue(db: Executor, input: NewApiKey, options: AuditOptions = {}): Promise<IssuedApiKey> {
   if (typeof input !== "object" || input === null) throw new InvalidInputError("input", "must be an object");
   const userId = requireUuid("userId", input.userId);
   const name = requireBoundedText("name", input.name, AUTH_LIMITS.apiKeyNameMaxLength);
@@ -56,16 +57,25 @@ export async function issue(db: Executor, input: NewApiKey): Promise<IssuedApiKe
   }
   const key = newSecret(API_KEY);
   const prefix = key.slice(0, API_KEY.prefix.length + API_KEY_DISPLAY_CHARS);
-  const rows = await translateErrors(
-    db,
-    () =>
-      db
-        .insert(apiKey)
-        .values({ keyHash: sha256Hex(key), userId, name, prefix, expiresAt })
-        .returning(),
-    (e) => (e.constraint === AUTH_CONSTRAINTS.apiKeyUserFk ? new UserNotFoundError(userId, { cause: e }) : undefined),
-  );
-  return { key, info: rows[0] as ApiKeyInfo };
+  const keyHash = sha256Hex(key);
+  // Filed under the key's hash (its primary key, as `revoke` takes it), never the key.
+  const audit = auditEventSql({
+    actor: options.actor,
+    action: AUDIT_ACTIONS.apiKeyIssued,
+    entityType: "api_key",
+    entityId: keyHash,
+    details: { userId, name, prefix },
+  });
+  // The key and its `api_key.issued` event in one transaction.
+  return db.transaction(async (tx) => {
+    const rows = await translateErrors(
+      tx,
+      () => tx.insert(apiKey).values({ keyHash, userId, name, prefix, expiresAt }).returning(),
+      (e) => (e.constraint === AUTH_CONSTRAINTS.apiKeyUserFk ? new UserNotFoundError(userId, { cause: e }) : undefined),
+    );
+    await tx.execute(audit);
+    return { key, info: rows[0] as ApiKeyInfo };
+  });
 }
 
 /** What `verify` answers for a valid key. */
@@ -141,17 +151,31 @@ export async function revoke(
   db: Executor,
   userId: string,
   keyHash: string,
+  options: AuditOptions = {},
 ): Promise<{ key: ApiKeyInfo; alreadyRevoked: boolean }> {
   requireUuid("userId", userId);
   requireSha256Hex("keyHash", keyHash);
+  const audit = auditEventSql({
+    actor: options.actor,
+    action: AUDIT_ACTIONS.apiKeyRevoked,
+    entityType: "api_key",
+    entityId: keyHash,
+    details: { userId },
+  });
   const mine = and(eq(apiKey.keyHash, keyHash), eq(apiKey.userId, userId));
-  const revoked = await translateErrors(db, () =>
-    db
-      .update(apiKey)
-      .set({ revokedAt: sql`now()` })
-      .where(and(mine, isNull(apiKey.revokedAt)))
-      .returning(),
-  );
+  // The revocation and its `api_key.revoked` event in one transaction; a
+  // repeated revoke writes neither.
+  const revoked = await db.transaction(async (tx) => {
+    const rows = await translateErrors(tx, () =>
+      tx
+        .update(apiKey)
+        .set({ revokedAt: sql`now()` })
+        .where(and(mine, isNull(apiKey.revokedAt)))
+        .returning(),
+    );
+    if (rows[0]) await tx.execute(audit);
+    return rows;
+  });
   if (revoked[0]) return { key: revoked[0], alreadyRevoked: false };
   const existing = await translateErrors(db, () => db.select().from(apiKey).where(mine));
   if (!existing[0]) throw new ApiKeyNotFoundError(userId, keyHash);

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { AUTH_CONSTRAINTS, AUTH_LIMITS, type UserAuthLink, user, userAuthLink } from "@stroem/schema";
+import { AUDIT_ACTIONS, AUTH_CONSTRAINTS, AUTH_LIMITS, type UserAuthLink, user, userAuthLink } from "@stroem/schema";
 import { and, asc, eq, or, sql } from "drizzle-orm";
+import { type AuditOptions, auditEventSql } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { DuplicateEmailError, IdentityLinkConflictError, InvalidInputError, UserNotFoundError } from "../errors.js";
 import { requireInt, requireUuid } from "../validate.js";
@@ -44,18 +45,30 @@ const emailKey = (email: string) => sql`lower(${user.email}) = lower(${email})`;
  * password hash malformed) or `DuplicateEmailError` (another user has this
  * email in any case); either way nothing is written.
  */
-export async function create(db: Executor, input: NewUser): Promise<UserInfo> {
+export async function create(db: Executor, input: NewUser, options: AuditOptions = {}): Promise<UserInfo> {
   if (typeof input !== "object" || input === null) throw new InvalidInputError("input", "must be an object");
   const email = requireEmail("email", input.email);
   const name = input.name == null ? null : requireBoundedText("name", input.name, AUTH_LIMITS.nameMaxLength);
   const passwordHash = input.passwordHash == null ? null : requirePasswordHash("passwordHash", input.passwordHash);
-  const rows = await translateErrors(
-    db,
-    () => db.insert(user).values({ userId: randomUUID(), email, name, passwordHash }).returning(userInfoColumns),
-    (e) =>
-      e.constraint === AUTH_CONSTRAINTS.userEmailUnique ? new DuplicateEmailError(email, { cause: e }) : undefined,
-  );
-  return rows[0] as UserInfo;
+  const userId = randomUUID();
+  const audit = auditEventSql({
+    actor: options.actor,
+    action: AUDIT_ACTIONS.userCreated,
+    entityType: "user",
+    entityId: userId,
+  });
+  // The user and its `user.created` event in one transaction (a savepoint
+  // inside the caller's): both or neither.
+  return db.transaction(async (tx) => {
+    const rows = await translateErrors(
+      tx,
+      () => tx.insert(user).values({ userId, email, name, passwordHash }).returning(userInfoColumns),
+      (e) =>
+        e.constraint === AUTH_CONSTRAINTS.userEmailUnique ? new DuplicateEmailError(email, { cause: e }) : undefined,
+    );
+    await tx.execute(audit);
+    return rows[0] as UserInfo;
+  });
 }
 
 /** The user, or `undefined`. Throws `InvalidInputError` for an id that is not a UUID. */
@@ -140,13 +153,23 @@ export async function list(db: Executor, options: { limit?: number; offset?: num
  * DELETE (an audit insert can join it in the caller's transaction). Throws
  * `UserNotFoundError`, `InvalidInputError`.
  */
-async function deleteUser(db: Executor, userId: string): Promise<UserInfo> {
+async function deleteUser(db: Executor, userId: string, options: AuditOptions = {}): Promise<UserInfo> {
   requireUuid("userId", userId);
-  const rows = await translateErrors(db, () =>
-    db.delete(user).where(eq(user.userId, userId)).returning(userInfoColumns),
-  );
-  if (!rows[0]) throw new UserNotFoundError(userId);
-  return rows[0];
+  const audit = auditEventSql({
+    actor: options.actor,
+    action: AUDIT_ACTIONS.userDeleted,
+    entityType: "user",
+    entityId: userId,
+  });
+  // The deletion and its `user.deleted` event in one transaction.
+  return db.transaction(async (tx) => {
+    const rows = await translateErrors(tx, () =>
+      tx.delete(user).where(eq(user.userId, userId)).returning(userInfoColumns),
+    );
+    if (!rows[0]) throw new UserNotFoundError(userId);
+    await tx.execute(audit);
+    return rows[0];
+  });
 }
 
 export { deleteUser as delete };

@@ -9,10 +9,30 @@ export type CancelJobRow = {
   job_status: string | null;
 };
 
-/** Cancels a job: the job row locked first, then its steps (see the function's comment). */
-export const CANCEL_JOB = statement<{ jobId: string; reason: string | null }>(
+/**
+ * Cancels a job: the job row locked first, then its steps (see the
+ * function's comment); when it did cancel (`ok`), records a `job.cancelled`
+ * audit event by `actorType` / `actorId` in the same statement.
+ */
+export const CANCEL_JOB = statement<{
+  jobId: string;
+  reason: string | null;
+  actorType: string;
+  actorId: string | null;
+}>(
   "cancel_job",
-  sql`select * from stroem_cancel_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("reason")}::text)`,
+  sql`
+    with r as (
+      select * from stroem_cancel_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("reason")}::text)
+    ), audit as (
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.cancelled', 'job',
+             ${sql.placeholder("jobId")}::text,
+             jsonb_build_object('reason', ${sql.placeholder("reason")}::text, 'cancelled', to_jsonb(r.cancelled),
+                                'cancelRequested', to_jsonb(r.cancel_requested))
+      from r where r.result = 'ok'
+    )
+    select * from r`,
 );
 
 /** What `stroem_cancel_step` returns. */

@@ -6,10 +6,11 @@ import { statement } from "../statement.js";
  * list goes in as one JSON parameter (`jsonb_to_recordset`), so the statement
  * and its plan are the same for 1 or 10,000 jobs. The steps carry their graph
  * counts (`dependants`, `deps_unfinished`) and the jobs `steps_unfinished`,
- * computed by the caller from the validated flow. Notifies `stroem_ready`
- * for the action types of the steps created ready.
+ * computed by the caller from the validated flow. Records one `job.created`
+ * audit event per job (by `actorType` / `actorId`) in the same statement.
+ * Notifies `stroem_ready` for the action types of the steps created ready.
  */
-export const CREATE_JOBS = statement<{ jobs: string; steps: string }>(
+export const CREATE_JOBS = statement<{ jobs: string; steps: string; actorType: string; actorId: string | null }>(
   "create_jobs",
   sql`
     with jobs as (
@@ -20,6 +21,13 @@ export const CREATE_JOBS = statement<{ jobs: string; steps: string }>(
       from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
         revision text, steps_unfinished integer, timeout_secs integer)
+      returning job_id, workspace, task_name, source_type, steps_unfinished
+    ), audit as (
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', j.job_id::text,
+             jsonb_build_object('workspace', j.workspace, 'taskName', j.task_name, 'sourceType', j.source_type,
+                                'steps', j.steps_unfinished)
+      from jobs j
     ), steps as (
       insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input, status,
                             depends_on, continue_on_failure, dependants, deps_unfinished, ready_at,

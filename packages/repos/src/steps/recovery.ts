@@ -1,3 +1,4 @@
+import { type AuditActor, checkActor } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError } from "../errors.js";
 import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
@@ -17,6 +18,8 @@ export interface RescuedStep {
 export interface RescueOptions {
   /** A running step is rescued when its worker's last heartbeat is older than this. */
   staleAfterMs: number;
+  /** Recorded in each rescued step's `step.rescued` audit event; default `{ type: "system" }`. */
+  actor?: AuditActor;
 }
 
 /**
@@ -33,13 +36,16 @@ export interface RescueOptions {
  * and the worker, so a rescue never overwrites a step its worker just
  * finished; a late report from the rescued worker is refused by its guard
  * (`StepOwnershipError`). Safe to run from several processes. Wakes
- * `listenForReady` listeners for requeued steps. Returns what it requeued and failed.
+ * `listenForReady` listeners for requeued steps. Each step it moves gets a
+ * `step.rescued` audit event (under its job; details: step, worker,
+ * attempt, outcome) in the same statement. Returns what it requeued and failed.
  */
 export async function rescueStaleSteps(
   db: Executor,
   options: RescueOptions,
 ): Promise<{ requeued: RescuedStep[]; failed: RescuedStep[]; cancelled: RescuedStep[] }> {
   const staleAfterMs = requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
+  const actor = checkActor("actor", options.actor);
   if ((options as { maxAttempts?: unknown }).maxAttempts !== undefined) {
     throw new InvalidInputError("maxAttempts", "is gone: each step's maxRetries is its budget, for rescues too");
   }
@@ -52,7 +58,7 @@ export async function rescueStaleSteps(
         worker_id: string;
         action_type: string;
         outcome: "requeued" | "failed" | "cancelled";
-      }>(rescueStatement(staleAfterMs));
+      }>(rescueStatement(staleAfterMs, actor));
       const refs = (outcome: string) =>
         rows
           .filter((r) => r.outcome === outcome)
@@ -96,9 +102,16 @@ export interface TimedOutStep {
  * run, a job's steps as a cancel). Locks job rows in job id order, skipping
  * those a report holds (swept on the next run). The candidates come from
  * partial indexes (running steps with a timeout, unfinished jobs with a
- * timeout), so a sweep's cost follows their number, not the table's.
+ * timeout), so a sweep's cost follows their number, not the table's. Each
+ * step and job it fails gets a `step.timed_out` / `job.timed_out` audit
+ * event (under the job, by `options.actor`, default the system) in the same
+ * statement.
  */
-export async function sweepTimeouts(db: Executor): Promise<{ steps: TimedOutStep[]; jobs: string[] }> {
+export async function sweepTimeouts(
+  db: Executor,
+  options: { actor?: AuditActor } = {},
+): Promise<{ steps: TimedOutStep[]; jobs: string[] }> {
+  const actor = checkActor("actor", options?.actor);
   const { rows } = await translateErrors(db, () =>
     db.execute<{
       kind: "step" | "job";
@@ -107,7 +120,7 @@ export async function sweepTimeouts(db: Executor): Promise<{ steps: TimedOutStep
       worker_id: string | null;
       attempt: number | null;
       outcome: "retried" | "failed";
-    }>(sweepTimeoutsStatement()),
+    }>(sweepTimeoutsStatement(actor)),
   );
   return {
     steps: rows

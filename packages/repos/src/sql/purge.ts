@@ -1,0 +1,73 @@
+import { JOB_TERMINAL_STATUSES, STEP_TERMINAL_STATUSES } from "@stroem/schema";
+import { type SQL, sql } from "drizzle-orm";
+
+const list = (values: readonly string[]) => sql.raw(values.map((v) => `'${v}'`).join(", "));
+
+/**
+ * One batch of the retention purge of jobs: up to `batchSize` finished jobs
+ * (completed, failed or cancelled) with `completed_at` before `cutoff`,
+ * oldest created first, whose steps are all terminal, locked
+ * `FOR UPDATE SKIP LOCKED` (a job row someone holds is left for a later
+ * batch, never waited for), then their steps and the jobs deleted, in one
+ * statement. Lock order as everywhere: the job row before its steps. A
+ * finished job that still has an open step (a running step of a cancelled
+ * job whose worker has not reported yet) is kept until that step ends.
+ * Returns one row: `jobs`, `steps` deleted.
+ *
+ * The walk is `idx_job_created_at` up to the cutoff (a job finished before
+ * it was also created before it), not an index on `completed_at`: any index
+ * naming `completed_at` would make the UPDATE that finishes every job
+ * non-HOT, on the hot path, for a purge that runs now and then. What the
+ * walk steps past and filters out: jobs created before the cutoff that are
+ * still unfinished, or finished after it (few, on a queue that keeps up).
+ */
+export function purgeJobsStatement(cutoff: Date, batchSize: number): SQL {
+  return sql`
+    with doomed as (
+      select j.job_id from job j
+      where j.created_at < ${cutoff.toISOString()}::timestamptz
+        and j.completed_at < ${cutoff.toISOString()}::timestamptz
+        and j.status in (${list(JOB_TERMINAL_STATUSES)})
+        and not exists (
+          select 1 from job_step s
+          where s.job_id = j.job_id and s.status not in (${list(STEP_TERMINAL_STATUSES)})
+        )
+      order by j.created_at
+      limit ${batchSize}::int
+      for update of j skip locked
+    ), steps as (
+      delete from job_step s where s.job_id in (select job_id from doomed) returning 1
+    ), jobs as (
+      delete from job j where j.job_id in (select job_id from doomed) returning 1
+    )
+    select (select count(*) from jobs)::int as jobs, (select count(*) from steps)::int as steps`;
+}
+
+/**
+ * Lets the retention purge delete audit events in the current transaction:
+ * the append-only trigger on `audit_event` allows a DELETE while
+ * `stroem.audit_purge` is `on` (SET LOCAL: it ends with the transaction).
+ */
+export function allowAuditPurgeStatement(): SQL {
+  return sql`set local stroem.audit_purge = 'on'`;
+}
+
+/**
+ * One batch of the retention purge of audit events: up to `batchSize`
+ * events with `occurred_at` before `cutoff`, oldest first
+ * (`idx_audit_event_time`), locked SKIP LOCKED. Needs
+ * `allowAuditPurgeStatement` first in the same transaction. Returns `events`.
+ */
+export function purgeAuditStatement(cutoff: Date, batchSize: number): SQL {
+  return sql`
+    with doomed as (
+      select id from audit_event
+      where occurred_at < ${cutoff.toISOString()}::timestamptz
+      order by occurred_at, id
+      limit ${batchSize}::int
+      for update skip locked
+    ), gone as (
+      delete from audit_event where id in (select id from doomed) returning 1
+    )
+    select count(*)::int as events from gone`;
+}
