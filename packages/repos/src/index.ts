@@ -13,7 +13,20 @@ export {
   type Transaction,
 } from "./db.js";
 export * from "./errors.js";
-export type { CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
+export type {
+  CancelResult,
+  JobSearch,
+  JobSearchPage,
+  JobStats,
+  JobStatsQuery,
+  ListJobs,
+  NewFlowStep,
+  NewJob,
+  NewJobWithSteps,
+  Percentiles,
+  TaskStats,
+  ThroughputBucket,
+} from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
 export type {
   ReadyBacklog,
