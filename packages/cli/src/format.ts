@@ -27,3 +27,19 @@ export function bar(fraction: number, width = 24): string {
   const filled = Math.round(Math.min(1, Math.max(0, fraction)) * width);
   return `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
 }
+
+const BLOCKS = "▁▂▃▄▅▆▇█";
+
+/**
+ * One character per value, scaled to the largest: `▁` is exactly zero, `▂`
+ * to `█` the rest (any value above zero shows above the baseline).
+ */
+export function sparkline(values: readonly number[]): string {
+  const max = Math.max(0, ...values);
+  return values.map((v) => (v <= 0 || max === 0 ? BLOCKS[0] : BLOCKS[Math.max(1, Math.ceil((v / max) * 7))])).join("");
+}
+
+/** A duration in ms for the stats table, or `–` when there is none. */
+export function maybeDuration(ms: number | null): string {
+  return ms === null ? "–" : duration(ms);
+}
