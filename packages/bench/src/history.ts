@@ -48,7 +48,7 @@ export async function seedHistory(
          (array['trigger', 'user', 'api', 'webhook'])[1 + (i / 7) % 4],
          c.created,
          c.created + make_interval(secs => (i % 31)),
-         c.created + make_interval(secs => (i % 31) + 1 + (i * 7919) % 600),
+         c.created + make_interval(secs => (i % 31) + 1 + (i::bigint * 7919) % 600),
          0,
          case when s.status = 'failed' then 1 else 0 end,
          null
