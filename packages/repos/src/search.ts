@@ -3,7 +3,7 @@ import { type Executor, translateErrors } from "./db.js";
 import { InvalidCursorError, InvalidInputError, InvalidRangeError } from "./errors.js";
 import { mapRow } from "./rows.js";
 import { searchStatement } from "./sql/search.js";
-import { requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
+import { optionalDate, requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
 
 /** What `JobRepo.search` looks for. Every field is optional; the given ones all apply (AND). */
 export interface JobSearch {
@@ -84,14 +84,6 @@ function optionalList<T extends string>(field: string, value: unknown, check: (v
     throw new InvalidInputError(field, `must be an array of 1 to ${MAX_SEARCH_VALUES} values`);
   }
   return [...new Set(value.map(check))];
-}
-
-export function optionalDate(field: string, value: unknown): Date | undefined {
-  if (value === undefined) return undefined;
-  if (!(value instanceof Date) || Number.isNaN(value.getTime())) {
-    throw new InvalidInputError(field, `must be a valid Date, got ${JSON.stringify(value)}`);
-  }
-  return value;
 }
 
 /**

@@ -1,9 +1,8 @@
 import { JOB_STATUSES, type JobStatus } from "@stroem/schema";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidRangeError } from "./errors.js";
-import { optionalDate } from "./search.js";
 import { type StatsRow, statsStatement } from "./sql/stats.js";
-import { requireText } from "./validate.js";
+import { optionalDate, requireText } from "./validate.js";
 
 /** What `JobRepo.stats` summarises: the jobs created in `[from, to)`, of one workspace and task if given. */
 export interface JobStatsQuery {
