@@ -72,7 +72,7 @@ export async function seedHistory(
          j.started_at + make_interval(secs => k * 2 + (k * 13 + i) % 6),
          j.started_at + make_interval(secs => k * 2 + (k * 13 + i) % 6 + 1),
          case when j.status = 'failed' and k = $1 - 1
-              then 'exit ' || (1 + i % 5) || ': ' || (array['tests failed in module payments', 'out of memory (OOMKilled)', 'image pull backoff', 'timeout waiting for lock', 'segmentation fault'])[1 + i % 5]
+              then 'exit ' || (1 + (i / 10) % 5) || ': ' || (array['tests failed in module payments', 'out of memory (OOMKilled)', 'image pull backoff', 'timeout waiting for lock', 'segmentation fault'])[1 + (i / 10) % 5]
               else null end,
          case when k = 0 then '{}'::text[] else array['s' || (k - 1)] end,
          case when k = $1 - 1 then '{}'::text[] else array['s' || (k + 1)] end,
