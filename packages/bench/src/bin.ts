@@ -49,7 +49,7 @@ if (args.help) {
     "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] | --stats [--stats-jobs N] [--reps N]\n" +
       "  --quick     small sizes, checks exactly-once on both systems (under a minute)\n" +
       "  --out FILE  also write the markdown table to FILE\n" +
-      "  --reps N    A B B A rounds per pair (default 1)\n" +
+      "  --reps N    A B B A rounds per pair (default 1); with --stats, timed calls per read (default 7)\n" +
       "  --jobs N    flat-queue size (default 20,000)\n" +
       "  --stats     instead: JobRepo.stats and search on 1,000,000 finished jobs and 5,000,000 steps,\n" +
       "              and the hot path with and without the search indexes or a rollup (~15 min)\n" +
