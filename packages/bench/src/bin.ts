@@ -1,11 +1,15 @@
 #!/usr/bin/env node
+import { writeFileSync } from "node:fs";
 /**
  * `pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N]`: prints the
  * comparison table to stdout (progress to stderr); exits 1 when a check
- * failed or a section broke, 2 on bad arguments.
+ * failed or a section broke, 2 on bad arguments. `pnpm bench --stats
+ * [--stats-jobs N] [--reps N]` runs the metrics and search measurements
+ * instead (`stats-bench.ts`).
  */
 import { parseArgs } from "node:util";
 import { type BenchOptions, DEFAULTS, QUICK, runBench } from "./bench.js";
+import { runStatsBench, type StatsBenchOptions } from "./stats-bench.js";
 
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -30,6 +34,8 @@ function parse() {
       "purge-only": { type: "boolean", default: false },
       "purge-jobs": { type: "string" },
       "purge-pause": { type: "string" },
+      stats: { type: "boolean", default: false },
+      "stats-jobs": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -39,25 +45,47 @@ try {
   args = parse();
 } catch (error) {
   process.stderr.write(
-    `${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only]\n`,
+    `${(error as Error).message}\nusage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only] | --stats [--stats-jobs N] [--reps N]\n`,
   );
   process.exit(2);
 }
 if (args.help) {
   process.stdout.write(
-    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only]\n" +
+    "usage: pnpm bench [--quick] [--out FILE] [--reps N] [--jobs N] [--only 1,2] [--purge | --purge-only] | --stats [--stats-jobs N] [--reps N]\n" +
       "  --quick     small sizes, checks exactly-once on both systems (under a minute)\n" +
       "  --out FILE  also write the markdown table to FILE\n" +
-      "  --reps N    A B B A rounds per pair (default 1)\n" +
+      "  --reps N    A B B A rounds per pair (default 1); with --stats, timed calls per read (default 7)\n" +
       "  --jobs N    flat-queue size (default 20,000)\n" +
       "  --only L    only these sections, by number (e.g. 1,5)\n" +
       "  --purge     also section 7: claim/report latency during a purge of 1,000,000 finished jobs (long)\n" +
       "  --purge-only         section 7 alone\n" +
       "  --purge-jobs N       finished jobs to purge in section 7 (default 1,000,000)\n" +
       "  --purge-pause MS     purgeFinished's pause between batches in section 7 (default 20, purgeFinished's)\n" +
+      "  --stats     instead: JobRepo.stats and search on 1,000,000 finished jobs and 5,000,000 steps,\n" +
+      "              and the hot path with and without the search indexes or a rollup (~15 min)\n" +
+      "  --stats-jobs N  history size for --stats (default 1,000,000)\n" +
       "Server: STROEM_BENCH_DATABASE_URL, else an embedded PostgreSQL with fsync on.\n",
   );
   process.exit(0);
+}
+
+if (args.stats) {
+  const statsOptions: Partial<StatsBenchOptions> = {};
+  const historyJobs = positiveInt("stats-jobs", args["stats-jobs"]);
+  if (historyJobs) statsOptions.jobs = historyJobs;
+  const statsReps = positiveInt("reps", args.reps);
+  if (statsReps) statsOptions.reps = statsReps;
+  if (process.env.STROEM_BENCH_DATABASE_URL) statsOptions.databaseUrl = process.env.STROEM_BENCH_DATABASE_URL;
+  const result = await runStatsBench(statsOptions);
+  await new Promise((done) => process.stdout.write(result.markdown, done));
+  if (args.out) writeFileSync(args.out, result.markdown);
+  if (result.failures.length > 0) {
+    process.stderr.write(
+      `\n${result.failures.length} problem(s):\n${result.failures.map((f) => `  ${f}`).join("\n")}\n`,
+    );
+    process.exitCode = 1;
+  }
+  process.exit();
 }
 
 const options: Partial<BenchOptions> = { quick: args.quick };

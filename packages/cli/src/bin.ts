@@ -1,7 +1,16 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
+import { JobRepo } from "@stroem/repos";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { graphCommand, migrateCommand, purgeCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
+import {
+  graphCommand,
+  migrateCommand,
+  purgeCommand,
+  resolveUrl,
+  statsCommand,
+  statusCommand,
+  type Target,
+} from "./commands.js";
 import { DEMO_PHASES, type DemoPhase, runDemo } from "./demo/index.js";
 import { formatError, Interrupted } from "./errors.js";
 import { parseAge } from "./format.js";
@@ -178,6 +187,64 @@ program
         },
         say,
       ),
+  );
+
+/** `now`, or a date / date-time Date.parse reads (ISO 8601: `2026-11-20`, `2026-11-20T12:00Z`). */
+function instant(value: string): Date {
+  const d = value === "now" ? new Date() : new Date(value);
+  if (value.trim() === "" || Number.isNaN(d.getTime()))
+    throw new InvalidArgumentError('must be "now" or an ISO date or date-time (2026-11-20, 2026-11-20T12:00Z)');
+  return d;
+}
+
+function bucketArg(value: string): string {
+  try {
+    JobRepo.parseBucket(value);
+  } catch {
+    throw new InvalidArgumentError('must be a duration such as "30s", "15m", "1h" or "1d"');
+  }
+  return value;
+}
+
+program
+  .command("stats")
+  .description(
+    "Job metrics over the jobs created in [--from, --to): counts per status, duration and queue-wait percentiles, failure rate per task, throughput. Only reads (a hot standby's URL works).",
+  )
+  .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .option("--workspace <name>", "one workspace (default: every workspace)")
+  .option("--task <name>", "one task name (default: every task)")
+  .addOption(new Option("--from <when>", "window start (default: 24 hours before --to)").argParser(instant))
+  .addOption(new Option("--to <when>", 'window end, exclusive (default: "now")').argParser(instant))
+  .addOption(new Option("--bucket <duration>", "throughput bucket").default("1h").argParser(bucketArg))
+  .addOption(new Option("--format <format>", "output format").choices(["table", "json"]).default("table"))
+  .action(
+    async (opts: {
+      url?: string;
+      pooler?: boolean;
+      workspace?: string;
+      task?: string;
+      from?: Date;
+      to?: Date;
+      bucket: string;
+      format: "table" | "json";
+    }) => {
+      const to = opts.to ?? new Date();
+      const from = opts.from ?? new Date(to.getTime() - 86_400_000);
+      await statsCommand(
+        target(opts),
+        {
+          ...(opts.workspace === undefined ? {} : { workspace: opts.workspace }),
+          ...(opts.task === undefined ? {} : { taskName: opts.task }),
+          from,
+          to,
+          bucket: opts.bucket,
+          format: opts.format,
+        },
+        say,
+      );
+    },
   );
 
 try {

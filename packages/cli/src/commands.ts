@@ -10,7 +10,7 @@ import {
   WorkerRepo,
 } from "@stroem/repos";
 import { CliError } from "./errors.js";
-import { age, duration, table } from "./format.js";
+import { age, duration, maybeDuration, sparkline, table } from "./format.js";
 import { renderMermaid, renderText } from "./graph.js";
 
 export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
@@ -141,6 +141,79 @@ export async function purgeCommand(target: Target, o: PurgeCommandOptions, say: 
     );
     say(
       `${n(r.batches)} batches of up to ${n(o.batchSize)} in ${duration(performance.now() - t0)}${r.complete ? "" : "; stopped at --max-batches, more may be left"}`,
+    );
+  });
+}
+
+export interface StatsOptions {
+  workspace?: string;
+  taskName?: string;
+  from: Date;
+  to: Date;
+  bucket: string;
+  format: "table" | "json";
+}
+
+/** `stroem-db stats`: `JobRepo.stats` as tables with a throughput sparkline, or as JSON. Only reads. */
+export async function statsCommand(target: Target, options: StatsOptions, say: (s: string) => void): Promise<void> {
+  await withDb(target, async (db) => {
+    const { format, ...query } = options;
+    const s = await JobRepo.stats(db, query);
+    if (format === "json") {
+      say(JSON.stringify({ workspace: options.workspace ?? null, taskName: options.taskName ?? null, ...s }, null, 2));
+      return;
+    }
+    const scope = `${options.workspace ? `workspace ${options.workspace}` : "every workspace"}${options.taskName ? `, task ${options.taskName}` : ""}`;
+    say(`Jobs created ${s.from.toISOString()} to ${s.to.toISOString()} (${scope})`);
+    say("");
+    say(table(["status", "jobs"], [...Object.entries(s.jobs), ["total", s.total]]));
+    say("");
+    say(
+      table(
+        ["", "measured", "p50", "p95", "p99"],
+        [
+          [
+            "job duration",
+            s.durationMs.count,
+            maybeDuration(s.durationMs.p50),
+            maybeDuration(s.durationMs.p95),
+            maybeDuration(s.durationMs.p99),
+          ],
+          [
+            "step queue wait",
+            s.queueWaitMs.count,
+            maybeDuration(s.queueWaitMs.p50),
+            maybeDuration(s.queueWaitMs.p95),
+            "",
+          ],
+        ],
+      ),
+    );
+    say("");
+    say(
+      s.tasks.length === 0
+        ? "Tasks: (no jobs in the window)"
+        : table(
+            ["task", "jobs", "completed", "failed", "cancelled", "failure rate"],
+            s.tasks.map((t) => [
+              t.taskName,
+              t.total,
+              t.completed,
+              t.failed,
+              t.cancelled,
+              t.failureRate === null ? "–" : `${(t.failureRate * 100).toFixed(1)}%`,
+            ]),
+          ),
+    );
+    say("");
+    const finished = s.throughput.map((b) => b.finished);
+    const created = s.throughput.map((b) => b.created);
+    say(`Throughput per ${options.bucket} (${s.throughput.length} buckets from ${s.from.toISOString()})`);
+    say(
+      `  finished ${sparkline(finished)}  max ${Math.max(0, ...finished)}, total ${finished.reduce((a, b) => a + b, 0)}`,
+    );
+    say(
+      `  created  ${sparkline(created)}  max ${Math.max(0, ...created)}, total ${created.reduce((a, b) => a + b, 0)}`,
     );
   });
 }

@@ -36,3 +36,19 @@ export function parseAge(value: string): number | undefined {
   if (!m) return undefined;
   return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
 }
+
+const BLOCKS = "▁▂▃▄▅▆▇█";
+
+/**
+ * One character per value, scaled to the largest: `▁` is exactly zero, `▂`
+ * to `█` the rest (any value above zero shows above the baseline).
+ */
+export function sparkline(values: readonly number[]): string {
+  const max = Math.max(0, ...values);
+  return values.map((v) => (v <= 0 || max === 0 ? BLOCKS[0] : BLOCKS[Math.max(1, Math.ceil((v / max) * 7))])).join("");
+}
+
+/** A duration in ms for the stats table, or `–` when there is none. */
+export function maybeDuration(ms: number | null): string {
+  return ms === null ? "–" : duration(ms);
+}

@@ -6,6 +6,7 @@ import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
 import { useTestDb } from "@stroem/testing/fixture";
 import { afterAll, describe, expect, inject, it } from "vitest";
 import { PIPELINE } from "../src/demo/pipeline.js";
+import { sparkline } from "../src/format.js";
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 const ownServerOnly = Boolean(process.env.STROEM_TEST_DATABASE_URL);
@@ -88,6 +89,99 @@ describe("stroem-db status and graph", () => {
   });
 });
 
+describe("stroem-db stats", () => {
+  const one = [{ stepName: "run", actionName: "x", actionType: "shell" as const }];
+  /** A finished job of workspace `cli-stats` created `minutes` after 09:00 on 2026-05-01. */
+  async function finishedJob(taskName: string, minutes: number, outcome: "completed" | "failed") {
+    const jobId = await JobRepo.createWithSteps(t.db, { workspace: "cli-stats", taskName, sourceType: "api" }, one);
+    const workerId = crypto.randomUUID();
+    await WorkerRepo.register(t.db, { workerId, name: "s", capabilities: ["shell"] });
+    await JobStepRepo.markRunning(t.db, jobId, "run", workerId);
+    if (outcome === "failed") await JobStepRepo.fail(t.db, { jobId, stepName: "run" }, "exit 1");
+    else await JobStepRepo.complete(t.db, { jobId, stepName: "run" });
+    const created = new Date(Date.parse("2026-05-01T09:00:00Z") + minutes * 60_000).toISOString();
+    await t.db.$client.query(
+      `update job set created_at = $1::timestamptz, started_at = $1::timestamptz + interval '10 s',
+        completed_at = $1::timestamptz + interval '70 s' where job_id = $2`,
+      [created, jobId],
+    );
+  }
+  const window = ["--workspace", "cli-stats", "--from", "2026-05-01T09:00Z", "--to", "2026-05-01T13:00Z"];
+
+  it("prints counts, percentiles, failure rates and a throughput sparkline; --format json is JobRepo.stats", async () => {
+    await finishedJob("deploy", 5, "completed");
+    await finishedJob("deploy", 10, "failed");
+    await finishedJob("deploy", 15, "completed");
+    await finishedJob("deploy", 20, "completed");
+    await finishedJob("lint", 130, "completed"); // third hour
+    const table = await cli(["stats", "--url", t.url, ...window, "--bucket", "1h"]);
+    expect(table).toMatchObject({ code: 0, stderr: "" });
+    expect(table.stdout).toContain(
+      "Jobs created 2026-05-01T09:00:00.000Z to 2026-05-01T13:00:00.000Z (workspace cli-stats)",
+    );
+    expect(table.stdout).toMatch(/^completed\s+4$/m);
+    expect(table.stdout).toMatch(/^failed\s+1$/m);
+    expect(table.stdout).toMatch(/^total\s+5$/m);
+    expect(table.stdout).toMatch(/^job duration\s+5\s+1m0s\s+1m0s\s+1m0s$/m);
+    expect(table.stdout).toMatch(/^deploy\s+4\s+3\s+1\s+0\s+25\.0%$/m);
+    expect(table.stdout).toMatch(/^lint\s+1\s+1\s+0\s+0\s+0\.0%$/m);
+    // Four hourly buckets: 4 jobs, none, 1, none.
+    expect(table.stdout).toContain("Throughput per 1h (4 buckets from 2026-05-01T09:00:00.000Z)");
+    expect(table.stdout).toMatch(/^ {2}finished █▁▃▁ {2}max 4, total 5$/m);
+    expect(table.stdout).toMatch(/^ {2}created {2}█▁▃▁ {2}max 4, total 5$/m);
+
+    const json = await cli(["stats", "--url", t.url, ...window, "--task", "deploy", "--format", "json"]);
+    expect(json).toMatchObject({ code: 0, stderr: "" });
+    const direct = await JobRepo.stats(t.db, {
+      workspace: "cli-stats",
+      taskName: "deploy",
+      from: new Date("2026-05-01T09:00Z"),
+      to: new Date("2026-05-01T13:00Z"),
+      bucket: "1h",
+    });
+    expect(JSON.parse(json.stdout)).toEqual({
+      workspace: "cli-stats",
+      taskName: "deploy",
+      ...JSON.parse(JSON.stringify(direct)),
+    });
+    expect(JSON.parse(json.stdout)).toMatchObject({ total: 4, jobs: { failed: 1 }, bucketSecs: 3600 });
+
+    // The defaults: the 24 hours before now, every workspace, hourly.
+    const recent = await cli(["stats", "--url", t.url]);
+    expect(recent.code).toBe(0);
+    expect(recent.stdout).toMatch(/\(every workspace\)/);
+    expect(recent.stdout).toContain("Throughput per 1h (24 buckets");
+  });
+
+  it.each([
+    ["a bucket it cannot read", ["--bucket", "1w"], /option '--bucket <duration>' argument '1w' is invalid/],
+    ["a date it cannot read", ["--from", "yesterday"], /option '--from <when>' argument 'yesterday' is invalid/],
+    [
+      "--from after --to",
+      ["--from", "2026-05-02", "--to", "2026-05-01"],
+      /^stroem-db: InvalidRangeError: from: must be before to\n$/,
+    ],
+    [
+      "too many buckets",
+      ["--from", "2026-05-01", "--to", "2026-05-02", "--bucket", "1m"],
+      /^stroem-db: InvalidRangeError: bucket: gives 1440 buckets/,
+    ],
+    ["a bad format", ["--format", "xml"], /option '--format <format>' argument 'xml' is invalid/],
+  ])("refuses %s in one line", async (_, args, expected) => {
+    const { code, stdout, stderr } = await cli(["stats", "--url", t.url, ...args]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toMatch(expected);
+  });
+
+  it("sparkline: ▁ is zero, any value above zero shows, the largest is █", () => {
+    expect(sparkline([])).toBe("");
+    expect(sparkline([0, 0])).toBe("▁▁");
+    expect(sparkline([0, 1, 100, 50])).toBe("▁▂█▅");
+    expect(sparkline([1, 2, 3, 4, 5, 6, 7])).toBe("▂▃▄▅▆▇█");
+  });
+});
+
 describe("errors are one line and a non-zero exit", () => {
   it.each([
     [
@@ -158,7 +252,7 @@ describe("errors are one line and a non-zero exit", () => {
   });
 
   it("--help works on every command", async () => {
-    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"], ["purge"]]) {
+    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"], ["purge"], ["stats"]]) {
       const { code, stdout } = await cli([...command, "--help"]);
       expect(code).toBe(0);
       expect(stdout).toMatch(/^Usage: stroem-db/);

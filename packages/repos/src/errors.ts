@@ -36,6 +36,19 @@ export class InvalidInputError extends StroemDbError {
   }
 }
 
+/** A `search` cursor that is not one `search` returned (garbled, truncated, or from something else). */
+export class InvalidCursorError extends InvalidInputError {
+  override name = "InvalidCursorError";
+  constructor(message: string) {
+    super("cursor", message);
+  }
+}
+
+/** A time range or bucket a read refuses: `from` not before `to`, too long a range, too many buckets. */
+export class InvalidRangeError extends InvalidInputError {
+  override name = "InvalidRangeError";
+}
+
 export class NotFoundError extends StroemDbError {
   override name = "NotFoundError";
 }

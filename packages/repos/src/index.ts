@@ -22,7 +22,21 @@ export {
   type Transaction,
 } from "./db.js";
 export * from "./errors.js";
-export type { AuditOptions, CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";
+export type {
+  AuditOptions,
+  CancelResult,
+  JobSearch,
+  JobSearchPage,
+  JobStats,
+  JobStatsQuery,
+  ListJobs,
+  NewFlowStep,
+  NewJob,
+  NewJobWithSteps,
+  Percentiles,
+  TaskStats,
+  ThroughputBucket,
+} from "./job-repo.js";
 export * as JobRepo from "./job-repo.js";
 export type {
   ReadyBacklog,

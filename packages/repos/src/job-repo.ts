@@ -330,4 +330,24 @@ export async function cancel(
   };
 }
 
+export {
+  decodeCursor,
+  type JobSearch,
+  type JobSearchPage,
+  MAX_SEARCH_PAGE,
+  MAX_SEARCH_TEXT,
+  MAX_SEARCH_VALUES,
+  search,
+} from "./search.js";
+export {
+  type JobStats,
+  type JobStatsQuery,
+  MAX_STATS_BUCKETS,
+  MAX_STATS_DAYS,
+  type Percentiles,
+  parseBucket,
+  stats,
+  type TaskStats,
+  type ThroughputBucket,
+} from "./stats.js";
 export { advanceJob as advance };

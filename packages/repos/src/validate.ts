@@ -55,3 +55,12 @@ export function requireCapabilities(field: string, value: unknown, allowed: read
   for (const c of value) requireOneOf(field, c, allowed);
   return [...new Set(value as string[])];
 }
+
+/** A valid `Date`, or undefined when absent. */
+export function optionalDate(field: string, value: unknown): Date | undefined {
+  if (value === undefined) return undefined;
+  if (!(value instanceof Date) || Number.isNaN(value.getTime())) {
+    throw new InvalidInputError(field, `must be a valid Date, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}

@@ -57,6 +57,20 @@ export const CONSTRAINTS = {
   auditAppendOnly: "audit_event_append_only",
 } as const;
 
+/**
+ * The text-search document of a job: its task name and the string and number
+ * values of its input, with the `simple` configuration (no stemming, no stop
+ * words: task names, identifiers and error text in any language). The GIN
+ * index `idx_job_search` is built on exactly this expression and
+ * `JobRepo.search` repeats it, so the planner matches the two; changing it
+ * means a migration that rebuilds the index. Columns are unqualified (`job`).
+ */
+export const JOB_SEARCH_DOCUMENT =
+  "(to_tsvector('simple'::regconfig, task_name) || jsonb_to_tsvector('simple'::regconfig, coalesce(input, 'null'::jsonb), '[\"string\", \"numeric\"]'::jsonb))";
+
+/** The text-search document of a step's error (`job_step.error_message`), indexed by `idx_job_step_error_search`. */
+export const STEP_ERROR_DOCUMENT = "to_tsvector('simple'::regconfig, error_message)";
+
 /** `status in (...)` over a constant list, for CHECK constraints and partial indexes. */
 function oneOf(column: AnyPgColumn, values: readonly string[]) {
   return sql`${column} in (${sql.raw(values.map((v) => `'${v}'`).join(", "))})`;
@@ -121,8 +135,16 @@ export const job = pgTable(
     // No index on status (the design note had one): a job changes status two
     // or three times and an index on it makes each such UPDATE non-HOT, for
     // no hot query. Listing by status walks idx_job_created_at, newest first.
-    index("idx_job_created_at").on(t.createdAt),
-    index("idx_job_workspace_task").on(t.workspace, t.taskName),
+    // The list and search indexes end in (created_at, job_id), the order of
+    // `list` and of `search`'s keyset cursor; none holds a column a job's
+    // updates change, so they cost an entry at creation and nothing after
+    // (the claim's and the report's job UPDATEs stay HOT).
+    index("idx_job_created_at").on(t.createdAt, t.jobId),
+    index("idx_job_workspace_created").on(t.workspace, t.createdAt, t.jobId),
+    index("idx_job_workspace_task").on(t.workspace, t.taskName, t.createdAt, t.jobId),
+    // `search`'s text query over task name and input (GIN over the same
+    // expression the query repeats, JOB_SEARCH_DOCUMENT).
+    index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
     // Nothing here may name a column the report changes (status, counts,
     // started_at, completed_at), in a key or a predicate: every job UPDATE of
     // the hot path then stays HOT (fillfactor 80 leaves it room). Job
@@ -256,6 +278,12 @@ export const jobStep = pgTable(
     // sweepTimeouts' candidates: running steps with a timeout (status is in
     // other predicates already, so this costs no HOT update).
     index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
+    // `search`'s text query over step errors: only rows with an error are in
+    // it, so the claim and a successful report (error_message stays null)
+    // never touch it; a failure adds one entry.
+    index("idx_job_step_error_search")
+      .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
+      .where(sql`${t.errorMessage} is not null`),
     // Workers' and recovery's look-up of what a worker holds.
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],

@@ -1,0 +1,61 @@
+import { JOB_SEARCH_DOCUMENT, STEP_ERROR_DOCUMENT } from "@stroem/schema";
+import { type SQL, sql } from "drizzle-orm";
+
+/** The checked filters of `JobRepo.search`; every field optional but `limit`. */
+export interface SearchFilters {
+  workspace?: string;
+  statuses?: string[];
+  taskNames?: string[];
+  sourceTypes?: string[];
+  createdFrom?: Date;
+  createdTo?: Date;
+  text?: string;
+  /** Keyset position: rows strictly older than `(createdAt, jobId)`; `createdAt` as `YYYY-MM-DDTHH:MM:SS.ffffffZ`. */
+  after?: { createdAt: string; jobId: string };
+  /** Rows to read (the page size plus one, to know whether a next page exists). */
+  limit: number;
+}
+
+/** `created_at` to the microsecond, in UTC, as the cursor carries it (a JS Date keeps only milliseconds). */
+export const CURSOR_TIME = sql`to_char(j.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+
+/**
+ * `search`'s statement: newest first by `(created_at, job_id)`, the order of
+ * `idx_job_created_at`, `idx_job_workspace_created` and
+ * `idx_job_workspace_task`, whose trailing columns also serve the keyset
+ * condition (a row comparison, so the index walk starts at the cursor). The
+ * text query is answered from the two GIN indexes (`idx_job_search` over
+ * task name and input, `idx_job_step_error_search` over step errors) as the
+ * union of their job ids, joined back to `job`: a text search reads the jobs
+ * that match, not the table. Arrays are bound as one parameter each.
+ */
+export function searchStatement(f: SearchFilters): SQL {
+  const where: SQL[] = [];
+  if (f.workspace !== undefined) where.push(sql`j.workspace = ${f.workspace}`);
+  if (f.statuses) where.push(sql`j.status = any(${sql.param(f.statuses)}::text[])`);
+  if (f.taskNames) {
+    where.push(
+      f.taskNames.length === 1
+        ? sql`j.task_name = ${f.taskNames[0]}`
+        : sql`j.task_name = any(${sql.param(f.taskNames)}::text[])`,
+    );
+  }
+  if (f.sourceTypes) where.push(sql`j.source_type = any(${sql.param(f.sourceTypes)}::text[])`);
+  if (f.createdFrom) where.push(sql`j.created_at >= ${f.createdFrom.toISOString()}::timestamptz`);
+  if (f.createdTo) where.push(sql`j.created_at < ${f.createdTo.toISOString()}::timestamptz`);
+  if (f.after) {
+    where.push(sql`(j.created_at, j.job_id) < (${f.after.createdAt}::timestamptz, ${f.after.jobId}::uuid)`);
+  }
+  if (f.text !== undefined) {
+    const query = sql`websearch_to_tsquery('simple', ${f.text})`;
+    where.push(sql`j.job_id in (
+      select job_id from job where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
+      union
+      select job_id from job_step where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
+  }
+  const filter = where.length === 0 ? sql`true` : sql.join(where, sql` and `);
+  return sql`select j.*, ${CURSOR_TIME} as cursor_time from job j
+    where ${filter}
+    order by j.created_at desc, j.job_id desc
+    limit ${f.limit}`;
+}
