@@ -268,7 +268,10 @@ describe("stroem-db purge", () => {
       [0, 1, 2].map(() => ({ job: { taskName: "purge-me", sourceType: "api" as const }, steps: flow })),
     );
     for (const jobId of [oldJob, newJob] as string[]) await JobStepRepo.complete(t.db, { jobId, stepName: "a" });
-    await t.db.$client.query("update job set completed_at = now() - interval '40 days' where job_id = $1", [oldJob]);
+    await t.db.$client.query(
+      "update job set created_at = now() - interval '41 days', completed_at = now() - interval '40 days' where job_id = $1",
+      [oldJob],
+    );
     const { code, stdout, stderr } = await cli(["purge", "--url", t.url, "--older-than", "30d", "--batch-size", "50"]);
     expect(stderr).toBe("");
     expect(code).toBe(0);
