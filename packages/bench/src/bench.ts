@@ -228,7 +228,16 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             batch: o.batch,
             batched: true,
           },
+          {
+            key: "chain",
+            ours: "reportAndClaim (the report and the next claim in one call)",
+            peer: `defaults (concurrency ${W})`,
+            batch: 1,
+            batched: false,
+            claimNext: true,
+          },
         ];
+        const label = { single: "1a", batch: "1b", chain: "1c" } as const;
         for (const m of modes) {
           const shares: number[] = [];
           const costs: { ours: Cost[]; peer: Cost[] } = { ours: [], peer: [] };
@@ -236,7 +245,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             `flat ${m.key}`,
             () =>
               fresh(async (url) => {
-                const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch);
+                const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch, m.claimNext === true);
                 check(`flat ${m.key} (ours)`, t.problems);
                 if (t.reportShare !== undefined) shares.push(t.reportShare);
                 if (t.cost) costs.ours.push(t.cost);
@@ -256,7 +265,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           );
           flatRate[m.key] = r.ours;
           rows.push({
-            section: `1${m.key === "single" ? "a" : "b"}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
+            section: `${label[m.key as keyof typeof label]}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
             measure: "jobs/s",
             ours: `${fmtSummary(r.ours)} — ${m.ours}`,
             peer: `${fmtSummary(r.peer)} — ${m.peer}`,
@@ -271,7 +280,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             return `Node ${each((c) => c.nodeCpuMs)} ms + Postgres ${each((c) => c.serverCpuMs)} ms CPU, ${each((c) => c.walBytes / 1024)} KB WAL`;
           };
           rows.push({
-            section: `1${m.key === "single" ? "a" : "b"}. Same, cost per job`,
+            section: `${label[m.key as keyof typeof label]}. Same, cost per job`,
             measure: "CPU ms, WAL KB per job",
             ours: perJob(costs.ours),
             peer: perJob(costs.peer),
@@ -485,7 +494,7 @@ function render(
       ? []
       : [
           `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
-          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
+          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; report and claim next = ${api.chainReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
           `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
         ]),
     ...(o.purge.enabled || o.purge.only

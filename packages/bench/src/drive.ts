@@ -7,7 +7,7 @@
 import { randomUUID } from "node:crypto";
 import { createPool, type Database } from "@stroem/repos";
 import type { JobStep } from "@stroem/schema";
-import { claimMany, claimOne, complete, registerWorker, reportMany } from "./ours.js";
+import { claimMany, claimOne, complete, registerWorker, reportAndClaim, reportMany } from "./ours.js";
 
 const CAPS = ["shell"] as const;
 
@@ -16,6 +16,8 @@ export interface DriveOptions {
   workers: number;
   /** 1: `claimReadyStep` + `complete`; more: `claimReadySteps(limit)` + `reportMany`. */
   batch: number;
+  /** Single mode: report with `reportAndClaim`, which also claims the next step. */
+  claimNext?: boolean;
   /** Stop once this many steps were reported. */
   expected: number;
   /** Called with each single report's duration in ms (single mode only). */
@@ -59,12 +61,15 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
       }
     };
     const loop = async (db: Database, workerId: string) => {
+      let next: JobStep | undefined; // claimed by the last reportAndClaim
       while (!done()) {
         const c0 = performance.now();
-        const steps =
-          options.batch === 1
+        const steps = next
+          ? [next]
+          : options.batch === 1
             ? await claimOne(db, CAPS, workerId).then((s) => (s ? [s] : []))
             : await claimMany(db, CAPS, workerId, options.batch);
+        next = undefined;
         const c1 = performance.now();
         claimMs += c1 - c0;
         if (steps.length === 0) {
@@ -76,7 +81,12 @@ export async function drive(options: DriveOptions): Promise<DriveResult> {
         if (options.batch === 1) {
           const step = steps[0]!;
           const t0 = performance.now();
-          await complete(db, { jobId: step.jobId, stepName: step.stepName, workerId, attempt: step.attempts });
+          const ref = { jobId: step.jobId, stepName: step.stepName, workerId, attempt: step.attempts };
+          if (options.claimNext) {
+            next = (await reportAndClaim(db, { ...ref, outcome: "completed" }, CAPS)).next;
+          } else {
+            await complete(db, ref);
+          }
           const ms = performance.now() - t0;
           reportMs += ms;
           options.onReport?.(step, ms);

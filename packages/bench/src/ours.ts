@@ -9,6 +9,7 @@ import {
   listenForReady as listen,
   type NewJobWithSteps,
   type ReadyListener,
+  type ReportAndClaimResult,
   type ReportOutcome,
   type ReportResult,
   type StepRef,
@@ -23,6 +24,7 @@ export type { NewJobWithSteps, ReadyListener, ReportOutcome, StepRef, StepReport
 export const API_PATHS = {
   report: "JobStepRepo.complete (one statement)",
   batchReport: "JobStepRepo.reportMany (one statement a batch)",
+  chainReport: "JobStepRepo.reportAndClaim (one statement: the report and the next claim)",
   enqueue: "JobRepo.createMany (one statement a call)",
   wakeUp: "listenForReady (LISTEN/NOTIFY)",
 } as const;
@@ -58,6 +60,15 @@ export function complete(db: Database, ref: StepRef, output?: unknown): Promise<
 /** Records a claimed step's failure and moves its job on. */
 export function fail(db: Database, ref: StepRef, error: string): Promise<ReportResult> {
   return JobStepRepo.fail(db, ref, error);
+}
+
+/** Reports one step and claims the worker's next ready one, in one statement. */
+export function reportAndClaim(
+  db: Database,
+  report: StepReport,
+  capabilities: readonly string[],
+): Promise<ReportAndClaimResult> {
+  return JobStepRepo.reportAndClaim(db, report, capabilities);
 }
 
 /** Reports several steps; one result per report, in order (a refused report does not stop the others). */

@@ -57,11 +57,12 @@ export async function oursDrain(
   shape: readonly StepShape[],
   workers: number,
   batch: number,
+  claimNext = false,
 ): Promise<Throughput> {
   await withPool(url, (db) => seedJobs(db, jobs, shape));
   const steps = jobs * shape.length;
   const probe = await startCost(url);
-  const run = await drive({ url, workers, batch, expected: steps });
+  const run = await drive({ url, workers, batch, expected: steps, claimNext });
   const cost = await probe.stop();
   const problems = await checkAllDone(url, jobs, steps);
   if (run.duplicates > 0) problems.push(`${run.duplicates} steps handed out twice`);

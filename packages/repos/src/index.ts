@@ -40,6 +40,7 @@ export type {
 export * as JobRepo from "./job-repo.js";
 export type {
   ReadyBacklog,
+  ReportAndClaimResult,
   ReportOutcome,
   ReportResult,
   RescuedStep,

@@ -2,7 +2,7 @@
  * `JobStepRepo`: everything about a job's steps, by concern.
  * - `steps/create.ts`: inserting steps into existing jobs;
  * - `steps/claim.ts`: the claim (and `markRunning`, a directed claim);
- * - `steps/report.ts`: reports (`complete`, `fail`, `reportMany`, bare marks);
+ * - `steps/report.ts`: reports (`complete`, `fail`, `reportMany`, `reportAndClaim`, bare marks);
  * - `steps/advance.ts`: the seed-facing advance calls that take a flow;
  * - `steps/recovery.ts`: rescuing the steps of workers that stopped heartbeating;
  * - `steps/stats.ts`: reads for dashboards and checks.
@@ -27,8 +27,10 @@ export {
   markCompleted,
   markFailed,
   markSkipped,
+  type ReportAndClaimResult,
   type ReportOutcome,
   type ReportResult,
+  reportAndClaim,
   reportMany,
   type StepGuard,
   type StepRef,

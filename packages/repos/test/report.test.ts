@@ -45,6 +45,117 @@ async function hold(jobId: string, stepName: string, workerId: string) {
   return { jobId, stepName, workerId, attempt: step?.attempts as number };
 }
 
+describe("reportAndClaim: a report and the next claim in one round trip", () => {
+  const one: NewFlowStep[] = [{ stepName: "only", actionName: "x", actionType: "shell" }];
+
+  it("records the report as complete does, then claims the oldest ready step for the same worker", async () => {
+    const first = await JobRepo.createWithSteps(t.db, newJob, diamond);
+    const second = await JobRepo.createWithSteps(t.db, newJob, one);
+    const w = await registerWorker(t.db);
+    const ref = await hold(first, "a", w);
+    const r = await JobStepRepo.reportAndClaim(t.db, { ...ref, outcome: "completed", output: { out: 1 } }, ["shell"]);
+    expect(r.report).toEqual({
+      promoted: ["b", "c"],
+      skipped: [],
+      jobStatus: "running",
+      repeated: false,
+      retried: false,
+    });
+    // The queue as the call began: b (promoted by this report) waits for the next claim.
+    expect(r.next).toMatchObject({ jobId: second, stepName: "only", status: "running", workerId: w, attempts: 1 });
+    expect(r.next?.startedAt).toBeInstanceOf(Date);
+    expect((await JobRepo.get(t.db, second))?.status).toBe("running");
+    expect(await statuses(first)).toEqual({ a: "completed", b: "ready", c: "ready", d: "pending" });
+    // Several capabilities; a failure; nothing left of the worker's types: next is undefined.
+    const b = await JobStepRepo.reportAndClaim(
+      t.db,
+      { jobId: second, stepName: "only", workerId: w, attempt: 1, outcome: "failed", error: "boom" },
+      ["shell", "docker"],
+    );
+    expect(b.report.jobStatus).toBe("failed");
+    expect(b.next).toMatchObject({ jobId: first, stepName: "b", status: "running" });
+    const c = await JobStepRepo.reportAndClaim(
+      t.db,
+      { jobId: first, stepName: "b", workerId: w, attempt: 1, outcome: "completed" },
+      ["pod"],
+    );
+    expect(c).toEqual({
+      report: { promoted: [], skipped: [], jobStatus: "running", repeated: false, retried: false },
+      next: undefined,
+    });
+    expect(await statuses(first)).toEqual({ a: "completed", b: "completed", c: "ready", d: "pending" });
+  });
+
+  it("a refused report throws complete's typed error and claims nothing; a repeated one succeeds and claims", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, one);
+    const other = await JobRepo.createWithSteps(t.db, newJob, one);
+    const w = await registerWorker(t.db);
+    const ref = await hold(jobId, "only", w);
+    const wrong = await errorOf(() =>
+      JobStepRepo.reportAndClaim(t.db, { ...ref, attempt: ref.attempt + 1, outcome: "completed" }, ["shell"]),
+    );
+    expect(wrong).toBeInstanceOf(StepOwnershipError);
+    expect(await statuses(other)).toEqual({ only: "ready" });
+    expect(await statuses(jobId)).toEqual({ only: "running" });
+    await JobStepRepo.complete(t.db, ref);
+    const again = await JobStepRepo.reportAndClaim(t.db, { ...ref, outcome: "completed" }, ["shell"]);
+    expect(again.report.repeated).toBe(true);
+    expect(again.next).toMatchObject({ jobId: other, stepName: "only", status: "running" });
+    // Bad input: a typed error before any query.
+    for (const [report, caps, field] of [
+      [{ jobId, stepName: "only", outcome: "completed" }, ["shell"], "report.workerId"],
+      [{ ...ref, outcome: "done" }, ["shell"], "report.outcome"],
+      [{ ...ref, outcome: "completed" }, ["nope"], "capabilities"],
+    ] as const) {
+      const e = await errorOf(() => JobStepRepo.reportAndClaim(t.db, report as never, caps as never));
+      expect(e).toBeInstanceOf(InvalidInputError);
+      expect((e as InvalidInputError).field).toMatch(new RegExp(`^${field}`));
+    }
+  });
+
+  it("many workers looping on reportAndClaim run every step exactly once", async () => {
+    const jobs = await JobRepo.createMany(
+      t.db,
+      Array.from({ length: 60 }, () => ({
+        job: newJob,
+        steps: diamond.map((s) => ({ ...s, actionType: "shell" as const })),
+      })),
+    );
+    const runs = new Map<string, number>();
+    const loop = async () => {
+      const db = createPool(t.url, { max: 1 });
+      try {
+        const w = await registerWorker(db);
+        let step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
+        let idle = 0;
+        while (idle < 20) {
+          if (!step) {
+            idle += 1;
+            await new Promise((r) => setTimeout(r, 5));
+            step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
+            continue;
+          }
+          idle = 0;
+          const key = `${step.jobId}/${step.stepName}`;
+          runs.set(key, (runs.get(key) ?? 0) + 1);
+          const r = await JobStepRepo.reportAndClaim(
+            db,
+            { jobId: step.jobId, stepName: step.stepName, workerId: w, attempt: step.attempts, outcome: "completed" },
+            ["shell"],
+          );
+          step = r.next;
+        }
+      } finally {
+        await db.$client.end();
+      }
+    };
+    await Promise.all(Array.from({ length: 4 }, loop));
+    expect(runs.size).toBe(jobs.length * diamond.length);
+    expect([...runs.values()].every((n) => n === 1)).toBe(true);
+    expect(await JobRepo.countByStatus(t.db)).toMatchObject({ completed: jobs.length, running: 0, pending: 0 });
+  }, 120_000);
+});
+
 describe("complete and fail", () => {
   it("mark and advance in one call: promotions, skips, the job's status, completed_at", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
@@ -474,7 +585,7 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
     const w = await registerWorker(t.db);
     await JobRepo.createMany(
       t.db,
-      Array.from({ length: 24 }, () => ({
+      Array.from({ length: 31 }, () => ({
         job: newJob,
         steps: [{ stepName: "only", actionName: "a", actionType: "shell" as const }],
       })),
@@ -495,14 +606,25 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
           reports.map((r) => ({ ...r, outcome: "completed" as const })),
         );
       }
+      let step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
+      for (let i = 0; i < 6; i += 1) {
+        if (!step) throw new Error("expected a ready step");
+        const r = await JobStepRepo.reportAndClaim(
+          db,
+          { jobId: step.jobId, stepName: step.stepName, workerId: w, attempt: 1, outcome: "completed" },
+          ["shell"],
+        );
+        step = r.next;
+      }
       const plans = await db.$client.query<{ name: string; generic_plans: string; custom_plans: string }>(
         "select name, generic_plans, custom_plans from pg_prepared_statements order by name",
       );
       // Postgres tries five custom plans first, then keeps the generic one.
       expect(plans.rows.map((r) => [r.name, Number(r.custom_plans), Number(r.generic_plans)])).toEqual([
-        ["stroem_claim_one_type_1", 5, 7],
+        ["stroem_claim_one_type_1", 5, 8],
         ["stroem_claim_one_type_2", 5, 1],
         ["stroem_finish_step", 5, 7],
+        ["stroem_report_and_claim_one_type", 5, 1],
         ["stroem_report_many", 5, 1],
       ]);
     } finally {

@@ -1,5 +1,6 @@
 import { type SQL, type SQLChunk, sql } from "drizzle-orm";
 import { type Statement, statement } from "../statement.js";
+import type { FinishValues } from "./report.js";
 
 /**
  * Starts the jobs of the steps in the CTE `claimed` (a job is `running` from
@@ -33,7 +34,15 @@ const startJobs = sql`
  * The CTE fences the locked sub-select: Postgres runs it once, so the UPDATE
  * touches exactly the rows it locked (Oban's lesson).
  */
-function claimQuery(multiple: boolean, p: { actionTypes: SQLChunk; workerId: SQLChunk; limit: SQLChunk }): SQL {
+function claimQuery(
+  multiple: boolean,
+  p: { actionTypes: SQLChunk; workerId: SQLChunk; limit: SQLChunk },
+  report?: SQL,
+): SQL {
+  // With a report first (reportAndClaim): the claim walks only once the
+  // report's function has run and accepted it (a one-time filter on the
+  // CTE `f`), so a refused report claims nothing.
+  const gate = report ? sql` and exists (select 1 from f where f.result in ('ok', 'repeated'))` : sql``;
   // One capability (the usual worker): the index walk alone, no outer sort.
   const next = multiple
     ? sql`
@@ -42,7 +51,7 @@ function claimQuery(multiple: boolean, p: { actionTypes: SQLChunk; workerId: SQL
       cross join lateral (
         select s.job_id, s.step_name, s.ready_at
         from job_step s
-        where s.status = 'ready' and s.action_type = cap.action_type and s.ready_at <= now()
+        where s.status = 'ready' and s.action_type = cap.action_type and s.ready_at <= now()${gate}
         order by s.ready_at, s.job_id, s.step_name
         limit ${p.limit}
         for update skip locked
@@ -52,12 +61,13 @@ function claimQuery(multiple: boolean, p: { actionTypes: SQLChunk; workerId: SQL
     : sql`
       select s.job_id, s.step_name
       from job_step s
-      where s.status = 'ready' and s.action_type = ${p.actionTypes} and s.ready_at <= now()
+      where s.status = 'ready' and s.action_type = ${p.actionTypes} and s.ready_at <= now()${gate}
       order by s.ready_at, s.job_id, s.step_name
       limit ${p.limit}
       for update skip locked`;
+  const head = report ? sql`with f as materialized (${report}), next as (` : sql`with next as (`;
   return sql`
-    with next as (${next}
+    ${head}${next}
     ), claimed as (
       update job_step s
       set status = 'running', worker_id = ${p.workerId}::uuid, started_at = now(), attempts = s.attempts + 1
@@ -65,7 +75,7 @@ function claimQuery(multiple: boolean, p: { actionTypes: SQLChunk; workerId: SQL
       where s.job_id = next.job_id and s.step_name = next.step_name
       returning s.*
     ), ${startJobs}
-    select * from claimed order by ready_at, job_id, step_name`;
+    ${report ? sql`select f.*, c.* from f left join claimed c on true` : sql`select * from claimed order by ready_at, job_id, step_name`}`;
 }
 
 type ClaimValues = { actionTypes: string | string[]; workerId: string; limit?: number };
@@ -112,6 +122,36 @@ export function claim(
   return capabilities.length === 1
     ? { statement: claims.oneType, values: { actionTypes: capabilities[0] as string, workerId, limit } }
     : { statement: claims.types, values: { actionTypes: [...capabilities], workerId, limit } };
+}
+
+const one = { ...placeholders, limit: sql.raw("1") };
+type ReportAndClaimValues = FinishValues & { actionTypes: string | string[] };
+const finishCall = sql`select * from stroem_finish_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text,
+    ${sql.placeholder("outcome")}::text, ${sql.placeholder("output")}::jsonb, ${sql.placeholder("error")}::text,
+    ${sql.placeholder("workerId")}::uuid, ${sql.placeholder("attempt")}::int, true)`;
+const REPORT_AND_CLAIM_ONE_TYPE = statement<ReportAndClaimValues>(
+  "report_and_claim_one_type",
+  claimQuery(false, one, finishCall),
+);
+const REPORT_AND_CLAIM_TYPES = statement<ReportAndClaimValues>(
+  "report_and_claim_types",
+  claimQuery(true, one, finishCall),
+);
+
+/**
+ * A report (`stroem_finish_step`, as `complete` / `fail` run it) and, once it
+ * is accepted, the claim of the worker's next ready step, in one statement:
+ * one round trip and one commit where a report then a claim take two. The
+ * answer is one row: the report's columns (`FinishRow`), then the claimed
+ * step's (all null when nothing was claimed).
+ */
+export function reportAndClaim(
+  capabilities: readonly string[],
+  values: FinishValues,
+): { statement: Statement<ReportAndClaimValues>; values: ReportAndClaimValues } {
+  return capabilities.length === 1
+    ? { statement: REPORT_AND_CLAIM_ONE_TYPE, values: { ...values, actionTypes: capabilities[0] as string } }
+    : { statement: REPORT_AND_CLAIM_TYPES, values: { ...values, actionTypes: [...capabilities] } };
 }
 
 /** The claim as a Drizzle `sql` with its values bound (for EXPLAIN in tests). */

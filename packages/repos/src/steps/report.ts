@@ -1,4 +1,4 @@
-import type { JobStatus } from "@stroem/schema";
+import { ACTION_TYPES, type JobStatus, type JobStep, jobStep } from "@stroem/schema";
 import type { AdvanceResult } from "../advance.js";
 import { type Executor, translateErrors } from "../db.js";
 import {
@@ -8,7 +8,9 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
+import { mapRow } from "../rows.js";
 import { CANCEL_STEP, type CancelStepRow } from "../sql/cancel.js";
+import { reportAndClaim as reportAndClaimStatement } from "../sql/claim.js";
 import {
   FINISH_STEP,
   type FinishArgs,
@@ -19,7 +21,7 @@ import {
   type SkipRow,
 } from "../sql/report.js";
 import { runStatement } from "../statement.js";
-import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
+import { optionalJson, requireCapabilities, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
 /**
  * The step a report is about, and what the reporting worker believes about
@@ -296,4 +298,40 @@ export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repea
         { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
       );
   }
+}
+
+/** What `reportAndClaim` did: the report's result, and the step it claimed next (if one was ready). */
+export interface ReportAndClaimResult {
+  report: ReportResult;
+  next: JobStep | undefined;
+}
+
+/**
+ * A worker's report and its next claim in one round trip (one statement, one
+ * commit): records `report` as `complete` / `fail` do (same guard, same
+ * advance, same idempotence), then, when it was accepted, claims the oldest
+ * ready step of `capabilities` for the reporting worker as `claimReadyStep`
+ * does. The claim sees the queue as it was when the call began: steps this
+ * report promotes are left for the next claim (by this worker or another).
+ * `report.workerId` is required (the claimer). A refused report throws the
+ * same typed error as `complete` / `fail`, and nothing is written or claimed.
+ */
+export async function reportAndClaim(
+  db: Executor,
+  report: StepReport,
+  capabilities: readonly string[],
+): Promise<ReportAndClaimResult> {
+  const a = checkReport(report, "report");
+  if (a.workerId === null) throw new InvalidInputError("report.workerId", "is required: the worker that claims next");
+  const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
+  const output = a.output === null ? null : JSON.stringify(a.output);
+  const { statement, values } = reportAndClaimStatement(caps, { ...a, output, propagate: true });
+  const rows = await translateErrors(db, () =>
+    runStatement<FinishRow & Record<string, unknown>, typeof values>(db, statement, values),
+  );
+  const row = rows[0] as FinishRow & Record<string, unknown>;
+  const outcome = toOutcome(a, row);
+  if (!outcome.ok) throw outcome.error;
+  const { ok: _, ...result } = outcome;
+  return { report: result, next: row.job_id == null ? undefined : mapRow(jobStep, row) };
 }
