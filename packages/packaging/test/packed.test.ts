@@ -118,9 +118,11 @@ beforeAll(async () => {
   }
 }, SETUP_MS);
 
+// Removing the scratch project (an installed node_modules) can take more
+// than vitest's default 10 s hook budget on a loaded machine.
 afterAll(() => {
   if (work) rmSync(work, { recursive: true, force: true });
-});
+}, SETUP_MS);
 
 async function packedManifest(tarball: string): Promise<Manifest> {
   const { stdout } = await exec("tar", ["-xzOf", tarball, "package/package.json"]);
