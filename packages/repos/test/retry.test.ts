@@ -30,8 +30,9 @@ const makeDue = (jobId: string) =>
 
 /** Seconds between the last retried attempt's failure and the step's `ready_at`. */
 function lastDelay(step: Awaited<ReturnType<typeof stepA>>) {
-  const last = step?.retryHistory.at(-1);
-  return ((step?.readyAt as Date).getTime() - Date.parse(last?.failedAt as string)) / 1000;
+  if (!step?.readyAt) throw new Error("the step is not ready");
+  const last = step.retryHistory.at(-1);
+  return (step.readyAt.getTime() - Date.parse(last?.failedAt ?? "")) / 1000;
 }
 
 /** Seconds between each retried attempt's failure and the `ready_at` it got, per history entry, read in SQL. */
