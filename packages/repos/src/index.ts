@@ -29,5 +29,6 @@ export type {
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
 export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -66,7 +66,7 @@ describe("heartbeat({ running }) gives back orphaned claims", () => {
     const before = await lastHeartbeat(w);
     const claimed = await JobStepRepo.claimReadyStep(t.db, ["shell"], w);
     const ref = { jobId, stepName: "a", attempt: claimed?.attempts as number };
-    expect(claimed?.startedAt.getTime()).toBeGreaterThanOrEqual((before as Date).getTime());
+    expect(claimed?.startedAt?.getTime()).toBeGreaterThanOrEqual((before as Date).getTime());
     // Heartbeats race the claim's reply: the list lacks it, but it was claimed after the previous heartbeat.
     expect(await WorkerRepo.heartbeat(t.db, w, { running: [] })).toEqual([]);
     expect(await stepOf(jobId, "a")).toMatchObject({ status: "running", workerId: w, attempts: 1, rescues: 0 });
