@@ -165,6 +165,11 @@ describe("isTransient", () => {
 describe("retryTransient and the reports", () => {
   it("retries a transient failure a bounded number of times, and never a permanent one or inside a transaction", async () => {
     const policy = { tries: 3, baseDelayMs: 1, maxDelayMs: 2 };
+    /** A call that counts itself and throws `error`. */
+    const failing = (error: unknown) => async () => {
+      calls++;
+      throw error;
+    };
     const transient = await raised("40001");
     let calls = 0;
     expect(await retryTransient(t.db, true, async () => (++calls < 3 ? Promise.reject(transient) : "ok"), policy)).toBe(
@@ -172,26 +177,22 @@ describe("retryTransient and the reports", () => {
     );
     expect(calls).toBe(3);
     calls = 0;
-    expect(await errorOf(() => retryTransient(t.db, true, () => (++calls, Promise.reject(transient)), policy))).toBe(
-      transient,
-    );
+    expect(await errorOf(() => retryTransient(t.db, true, failing(transient), policy))).toBe(transient);
     expect(calls).toBe(3);
     calls = 0;
     const permanent = await raised("23505");
-    await errorOf(() => retryTransient(t.db, true, () => (++calls, Promise.reject(permanent)), policy));
+    await errorOf(() => retryTransient(t.db, true, failing(permanent), policy));
     expect(calls).toBe(1);
     // Not idempotent: a lost connection may have committed: not retried; a rollback is.
     const lost = await raised("57P01");
     calls = 0;
-    await errorOf(() => retryTransient(t.db, false, () => (++calls, Promise.reject(lost)), policy));
+    await errorOf(() => retryTransient(t.db, false, failing(lost), policy));
     expect(calls).toBe(1);
     calls = 0;
-    await errorOf(() => retryTransient(t.db, false, () => (++calls, Promise.reject(transient)), policy));
+    await errorOf(() => retryTransient(t.db, false, failing(transient), policy));
     expect(calls).toBe(3);
     calls = 0;
-    await errorOf(() =>
-      t.db.transaction((tx) => retryTransient(tx, true, () => (++calls, Promise.reject(transient)), policy)),
-    );
+    await errorOf(() => t.db.transaction((tx) => retryTransient(tx, true, failing(transient), policy)));
     expect(calls).toBe(1);
   });
 
@@ -228,7 +229,10 @@ describe("retryTransient and the reports", () => {
           );
           report.catch(() => {});
           let first: number[] = [];
-          await waitFor(async () => (first = await blocked()).length === 1, 20_000);
+          await waitFor(async () => {
+            first = await blocked();
+            return first.length === 1;
+          }, 20_000);
           await t.db.execute(sql`select pg_terminate_backend(${first[0]})`);
           // The retry comes back on a new connection and waits again.
           await waitFor(async () => {
