@@ -29,6 +29,17 @@ export type {
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export {
+  builtInSweeps,
+  MAINTENANCE_DEFAULTS,
+  MAINTENANCE_LOCK_CLASS,
+  type Maintenance,
+  type MaintenanceOptions,
+  type MaintenanceSweep,
+  runSweep,
+  type SweepEvent,
+  startMaintenance,
+} from "./maintenance.js";
 export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
 export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

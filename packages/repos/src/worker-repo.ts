@@ -149,6 +149,27 @@ export async function deactivate(db: Executor, workerId: string): Promise<void> 
   if (rows.length === 0) throw new WorkerNotFoundError(workerId);
 }
 
+/**
+ * Marks `inactive` the active workers whose last heartbeat is older than
+ * `inactiveAfterMs` (by the database's clock), or that never sent one; their
+ * next heartbeat makes them active again. One statement; returns their ids.
+ * What they still run is `JobStepRepo.rescueStaleSteps`' business. Throws
+ * `InvalidInputError`.
+ */
+export async function markStaleInactive(db: Executor, options: { inactiveAfterMs: number }): Promise<string[]> {
+  const ms = requireInt("inactiveAfterMs", options?.inactiveAfterMs, 1, 2 ** 31 - 1);
+  const rows = await translateErrors(db, () =>
+    db
+      .update(worker)
+      .set({ status: "inactive" })
+      .where(
+        sql`${worker.status} = 'active' and (${worker.lastHeartbeat} is null or ${worker.lastHeartbeat} < now() - make_interval(secs => ${ms / 1000}::double precision))`,
+      )
+      .returning({ id: worker.workerId }),
+  );
+  return rows.map((r) => r.id).sort();
+}
+
 /** The worker, or `undefined`. */
 export async function get(db: Executor, workerId: string): Promise<Worker | undefined> {
   requireUuid("workerId", workerId);
