@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { graphCommand, migrateCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
+import { graphCommand, maintainCommand, migrateCommand, resolveUrl, statusCommand, type Target } from "./commands.js";
 import { DEMO_PHASES, type DemoPhase, runDemo } from "./demo/index.js";
 import { formatError, Interrupted } from "./errors.js";
 
@@ -13,6 +13,8 @@ import { formatError, Interrupted } from "./errors.js";
 // quitting before it ends would leave the server and its folder behind.
 const interrupt = new AbortController();
 let cleansUp = false;
+/** Set by `maintain` once it stopped on a signal: its normal end, exit 0. */
+let stoppedCleanly = false;
 const onSignal = (signal: "SIGINT" | "SIGTERM") => {
   if (interrupt.signal.aborted) return;
   const reason = new Interrupted(signal);
@@ -38,6 +40,13 @@ function integer(min: number, max: number) {
       throw new InvalidArgumentError(`must be an integer from ${min} to ${max}`);
     return n;
   };
+}
+
+function seconds(value: string) {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || n < 0 || n > 86_400)
+    throw new InvalidArgumentError("must be a number of seconds from 0 to 86400");
+  return n;
 }
 
 function fraction(value: string) {
@@ -129,6 +138,71 @@ program
     graphCommand(target(opts), jobId, opts.format, say),
   );
 
+program
+  .command("maintain")
+  .description(
+    "Run the maintenance sweeps (rescue of dead workers' steps, timeouts, inactive workers) until Ctrl-C or SIGTERM; a line per sweep that did something.",
+  )
+  .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .addOption(
+    new Option("--stale-after <seconds>", "rescue the steps of workers silent this long")
+      .default(30)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--rescue-every <seconds>", "how often the rescue runs (0: never)").default(5).argParser(seconds),
+  )
+  .addOption(
+    new Option("--timeouts-every <seconds>", "how often timeouts are enforced (0: never)")
+      .default(5)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--inactive-after <seconds>", "mark workers silent this long inactive").default(300).argParser(seconds),
+  )
+  .addOption(
+    new Option("--inactive-every <seconds>", "how often workers are marked inactive (0: never)")
+      .default(60)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--max-rescues <n>", "free rescues per step before a rescue spends its retries")
+      .default(3)
+      .argParser(integer(0, 1000)),
+  )
+  .action(
+    async (opts: {
+      url?: string;
+      pooler?: boolean;
+      staleAfter: number;
+      rescueEvery: number;
+      timeoutsEvery: number;
+      inactiveAfter: number;
+      inactiveEvery: number;
+      maxRescues: number;
+    }) => {
+      cleansUp = true;
+      const ms = (s: number) => Math.round(s * 1000);
+      await maintainCommand(
+        target(opts),
+        {
+          staleAfterMs: Math.max(1, ms(opts.staleAfter)),
+          rescueEveryMs: ms(opts.rescueEvery),
+          timeoutsEveryMs: ms(opts.timeoutsEvery),
+          inactiveAfterMs: Math.max(1, ms(opts.inactiveAfter)),
+          inactiveEveryMs: ms(opts.inactiveEvery),
+          maxRescues: opts.maxRescues,
+        },
+        interrupt.signal,
+        say,
+        (s) => process.stderr.write(`${s}\n`),
+      );
+      // A signal is how maintenance is meant to end: a clean stop exits 0.
+      stoppedCleanly = true;
+    },
+  );
+
 try {
   await program.parseAsync();
 } catch (error) {
@@ -140,4 +214,4 @@ try {
   }
   process.exitCode = 1;
 }
-if (interrupt.signal.aborted) process.exitCode = (interrupt.signal.reason as Interrupted).exitCode;
+if (interrupt.signal.aborted && !stoppedCleanly) process.exitCode = (interrupt.signal.reason as Interrupted).exitCode;
