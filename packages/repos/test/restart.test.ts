@@ -5,7 +5,6 @@ import { describe, expect, it } from "vitest";
 import {
   ConnectionError,
   createPool,
-  type Database,
   isTransient,
   JobRepo,
   JobStepRepo,
@@ -116,6 +115,7 @@ describe.skipIf(Boolean(process.env.STROEM_TEST_DATABASE_URL))("the server resta
         clearInterval(beat);
         await loop;
       }
+      expect(transientErrors).toBeGreaterThan(0); // it did see the server go away
       for (const jobId of jobIds) {
         for (const s of await JobStepRepo.getStepsForJob(db, jobId)) {
           // Each step holds the output of the attempt that holds it.
