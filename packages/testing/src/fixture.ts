@@ -175,14 +175,17 @@ export interface OwnServer {
  * stopped and removed afterAll), with one migrated database, so a test may
  * take the server away (`restart()`) without disturbing other files that
  * share the run's server. Always embedded, whatever server the run uses;
- * through a transaction pooler, skip such tests (`t.pooler`). Its
+ * through a transaction pooler, skip such tests (`t.pooler`). Durable
+ * (fsync and synchronous commit on), so a crash loses nothing acknowledged. Its
  * `beforeAll` may take a while on a loaded machine: it has a 120 s budget.
  */
 export function useOwnServer(): OwnServer {
   let server: RunningServer | undefined;
   let url: string | undefined;
   beforeAll(async () => {
-    server = await startEmbeddedPostgres();
+    // Durable (fsync and synchronous commit on): with them off, an immediate
+    // restart (a crash) may lose commits already acknowledged, or worse.
+    server = await startEmbeddedPostgres({ fast: false });
     await withClient(server.url, (c) => c.query("create database stroem_own"));
     url = withDatabase(server.url, "stroem_own");
     const pool = new pg.Pool({ connectionString: url, max: 1 });
