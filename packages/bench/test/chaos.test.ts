@@ -4,8 +4,9 @@ import { chaosTable, runChaos } from "../src/chaos/run.js";
 /**
  * The chaos run at the suite's size: 4 worker processes, 200 DAG jobs (1,200
  * steps), about 10 workers SIGKILLed and replaced, about 18 backends
- * terminated and one server restart (as a crash), with maintenance running
- * throughout. Seeded: the seed is printed; STROEM_CHAOS_SEED replays one.
+ * terminated and one server restart (a fast shutdown: fsync is off here for
+ * speed; `pnpm chaos` crashes a durable server instead), with maintenance
+ * running throughout. Seeded: the seed is printed; STROEM_CHAOS_SEED replays one.
  * 20-40 s on 2 busy cores; the run's own budget is 150 s, the test's 200 s.
  * Skipped when the run is pointed at a server of its own (no test starts one).
  */
@@ -16,7 +17,14 @@ test.skipIf(Boolean(process.env.STROEM_TEST_DATABASE_URL))(
   { timeout: 200_000 },
   async () => {
     const lines: string[] = [];
-    const result = await runChaos({ seed, budgetMs: 150_000, log: (l) => lines.push(l) });
+    const result = await runChaos({
+      seed,
+      budgetMs: 150_000,
+      log: (l) => {
+        lines.push(l);
+        console.log(l); // as it happens: a run that hangs still shows how far it got
+      },
+    });
     const table = chaosTable(result);
     console.log(`chaos (replay: STROEM_CHAOS_SEED=${seed})\n${table}`);
     expect(result.failures, `${lines.join("\n")}\n${table}`).toEqual([]);

