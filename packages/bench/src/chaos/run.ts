@@ -102,6 +102,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Heartbeat and maintenance timings of the run: short, so a killed worker's step comes back in about 3 s. */
 const HEARTBEAT_MS = 250;
 const STALE_AFTER_MS = 3000;
+/** Longest a teardown step may take (see `bounded`). */
+const TEARDOWN_MS = 30_000;
 
 /**
  * Runs the chaos scenario on an embedded PostgreSQL of its own (started and
@@ -138,12 +140,33 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
     seconds: 0,
     failures: [],
   };
+  o.log(`server up at ${server.url.replace(/:[^:@/]*@/, ":***@")} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  /**
+   * Waits for a teardown step, at most TEARDOWN_MS: a step that hangs is a
+   * failure named in the result (not a hung test that leaks its server).
+   */
+  const bounded = async (what: string, step: Promise<unknown> | undefined) => {
+    if (!step) return;
+    let timer: NodeJS.Timeout | undefined;
+    const hung = await Promise.race([
+      step.then(
+        () => false,
+        () => false,
+      ),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), TEARDOWN_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (hung) result.failures.push(`${what} did not finish within ${TEARDOWN_MS / 1000} s`);
+  };
   try {
     await withClient(server.url, (c) => c.query("create database chaos"));
     const url = withDatabase(server.url, "chaos");
     db = createPool(url, { max: 4, applicationName: "stroem-chaos-harness", onConnectionError: () => {} });
     const harness = db;
     await runMigrations(harness);
+    o.log(`database migrated (${((Date.now() - started) / 1000).toFixed(1)} s)`);
     maintenanceDb = createPool(url, {
       max: 2,
       applicationName: "stroem-chaos-maintenance",
@@ -275,7 +298,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
         await sleep(100); // the server is restarting
         continue;
       }
-      while (faults.length > 0 && (faults[0] as Fault).at * steps <= done) {
+      while (faults.length > 0 && (faults[0] as Fault).at * steps <= done && Date.now() <= deadline) {
         const fault = faults.shift() as Fault;
         await inject(fault.kind);
       }
@@ -291,22 +314,31 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
 
     // Stop the workers, then check.
     stopping = true;
-    await Promise.all(
-      [...workers.values()].map((child) => {
-        const exited = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        return exited;
-      }),
+    await bounded(
+      "the workers' exit after SIGTERM",
+      Promise.all(
+        [...workers.values()].map((child) => {
+          const exited = new Promise((r) => child.once("exit", r));
+          child.kill("SIGTERM");
+          return exited;
+        }),
+      ),
     );
-    await maintenance.stop();
+    o.log("workers stopped");
+    await bounded("maintenance.stop()", maintenance.stop());
     maintenance = undefined;
+    o.log("maintenance stopped");
     await check(harness, logDir, result);
+    o.log("checked");
   } finally {
     for (const child of workers.values()) child.kill("SIGKILL");
-    await maintenance?.stop().catch(() => {});
-    await db?.$client.end().catch(() => {});
-    await maintenanceDb?.$client.end().catch(() => {});
+    await bounded("maintenance.stop()", maintenance?.stop());
+    await bounded("the harness pool's end()", db?.$client.end());
+    o.log("harness pool ended");
+    await bounded("the maintenance pool's end()", maintenanceDb?.$client.end());
+    o.log("maintenance pool ended");
     await server.stop();
+    o.log("server stopped");
     await rm(logDir, { recursive: true, force: true });
     result.seconds = (Date.now() - started) / 1000;
   }
