@@ -245,3 +245,34 @@ function targetOf(db: Executor): Target {
 }
 
 export { runMigrations };
+
+/**
+ * Runs `fn` in a transaction on a connection of its own, like
+ * `db.transaction(fn)`, but safe when the connection dies: drizzle-orm
+ * 0.45's `transaction` sends BEGIN outside its try/finally, so a BEGIN that
+ * fails (the connection was lost while idle in the pool, the server is
+ * restarting) never gives the connection back, and a pool of `max`
+ * connections is exhausted after `max` such failures. Here the connection
+ * is released whatever happens, and destroyed (not returned to the pool)
+ * after any failure. `tx` is a Drizzle database over that one connection.
+ * On an executor without a pool of its own (a transaction), falls back to
+ * `db.transaction`.
+ */
+export async function transaction<T>(db: Executor, fn: (tx: Executor) => Promise<T>): Promise<T> {
+  const pool = (db as { $client?: pg.Pool }).$client;
+  if (!pool || !("totalCount" in pool)) return db.transaction((tx) => fn(tx));
+  const client = await pool.connect();
+  let failure: Error | undefined;
+  try {
+    await client.query("begin");
+    const result = await fn(drizzle({ client, schema }) as unknown as Executor);
+    await client.query("commit");
+    return result;
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+    await client.query("rollback").catch(() => {});
+    throw error;
+  } finally {
+    client.release(failure);
+  }
+}

@@ -11,6 +11,7 @@ export {
   redactUrl,
   runMigrations,
   type Transaction,
+  transaction,
 } from "./db.js";
 export * from "./errors.js";
 export type { CancelResult, ListJobs, NewFlowStep, NewJob, NewJobWithSteps } from "./job-repo.js";

@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import type { Executor } from "./db.js";
+import { type Executor, transaction } from "./db.js";
 import { InvalidInputError } from "./errors.js";
 import { rescueStaleSteps, sweepTimeouts } from "./steps/recovery.js";
 import { requireInt } from "./validate.js";
@@ -88,6 +88,8 @@ export interface Maintenance {
 }
 
 const MAX_MS = 2 ** 31 - 1;
+/** Beyond a sweep's statement timeout: the pool's wait for a connection and the round trips. */
+const HUNG_MARGIN_MS = 15_000;
 
 /** The built-in sweeps for these options, in the order they first run (those with interval 0 left out). */
 export function builtInSweeps(options: MaintenanceOptions = {}): MaintenanceSweep[] {
@@ -139,7 +141,8 @@ export function builtInSweeps(options: MaintenanceOptions = {}): MaintenanceSwee
  */
 export async function runSweep(db: Executor, sweep: MaintenanceSweep, statementTimeoutMs: number): Promise<SweepEvent> {
   const started = performance.now();
-  const outcome = await db.transaction(async (tx) => {
+  // Not db.transaction: see `transaction` (a failed BEGIN must not leak the connection).
+  const outcome = await transaction(db, async (tx) => {
     const { rows } = await tx.execute<{ locked: boolean }>(
       sql`select pg_try_advisory_xact_lock(${MAINTENANCE_LOCK_CLASS}::int, ${sweep.lockId}::int) as locked`,
     );
@@ -166,7 +169,9 @@ export async function runSweep(db: Executor, sweep: MaintenanceSweep, statementT
  * marking workers inactive (`WorkerRepo.markStaleInactive`, every minute,
  * workers silent for 5 min), plus `options.sweeps`. So a dead worker's step
  * is back in the queue within `staleAfterMs + rescueEveryMs` (plus the
- * sweep's own time). Errors go to `onError` and the loop carries on;
+ * sweep's own time). Errors go to `onError` and the loop carries on; a
+ * run that has not settled 15 s past its statement timeout (a connection
+ * lost without its socket noticing) is given up and reported the same way;
  * `onSweep` hears of every run. Throws `InvalidInputError` for bad options
  * (before anything runs).
  */
@@ -188,6 +193,8 @@ export function startMaintenance(db: Executor, options: MaintenanceOptions = {})
     if (ids.has(s.lockId)) throw new InvalidInputError(`sweep ${s.name}: lockId`, `${s.lockId} is used twice`);
     ids.add(s.lockId);
   }
+  /** A run not settled this long after it started is given up (the watchdog above). */
+  const hungAfterMs = statementTimeoutMs + HUNG_MARGIN_MS;
   const onError = options.onError ?? ((error, sweep) => console.error(`[stroem maintenance] ${sweep}:`, error));
   let stopped = false;
   const timers = new Set<NodeJS.Timeout>();
@@ -199,13 +206,27 @@ export function startMaintenance(db: Executor, options: MaintenanceOptions = {})
       timers.delete(timer);
       if (stopped) return;
       const run = (async () => {
+        // The watchdog: a run that has not settled well past its statement
+        // timeout (a connection lost without the socket noticing) is given up
+        // (reported to onError) so the loop carries on; its late outcome is ignored.
+        const attempt = runSweep(db, sweep, statementTimeoutMs);
+        attempt.catch(() => {});
+        let timer: NodeJS.Timeout | undefined;
+        const watchdog = new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`the ${sweep.name} sweep did not finish within ${hungAfterMs} ms: given up`)),
+            hungAfterMs,
+          );
+        });
         try {
-          const event = await runSweep(db, sweep, statementTimeoutMs);
+          const event = await Promise.race([attempt, watchdog]);
           options.onSweep?.(event);
         } catch (error) {
           try {
             onError(error, sweep.name);
           } catch {} // a throwing callback must not stop the loop
+        } finally {
+          clearTimeout(timer);
         }
       })();
       inFlight.add(run);

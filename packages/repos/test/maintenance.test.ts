@@ -1,11 +1,14 @@
 import { worker } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/node-postgres";
+import pg from "pg";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   createPool,
   type Database,
   InvalidInputError,
+  isTransient,
   JobRepo,
   JobStepRepo,
   MAINTENANCE_LOCK_CLASS,
@@ -14,6 +17,7 @@ import {
   runSweep,
   type SweepEvent,
   startMaintenance,
+  transaction,
   WorkerRepo,
 } from "../src/index.js";
 import { deferred, errorOf, registerWorker, waitFor } from "./helpers.js";
@@ -191,4 +195,53 @@ describe("startMaintenance", () => {
       expect(await errorOf(async () => startMaintenance(db, options))).toBeInstanceOf(InvalidInputError);
     }
   });
+});
+
+describe("transaction (what maintenance runs its sweeps in)", () => {
+  /** A client whose socket dies just as the next BEGIN is sent: a connection lost while idle in the pool. */
+  const dyingPool = () => {
+    let armed = true;
+    class Dying extends pg.Client {
+      // biome-ignore lint/suspicious/noExplicitAny: wraps every overload of query()
+      override query(...args: any[]): any {
+        const text = typeof args[0] === "string" ? args[0] : args[0]?.text;
+        if (armed && text === "begin") {
+          armed = false;
+          (this as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+        }
+        // biome-ignore lint/suspicious/noExplicitAny: as above
+        return (super.query as any)(...args);
+      }
+    }
+    const pool = new pg.Pool({ connectionString: t.url, max: 1, connectionTimeoutMillis: 2000, Client: Dying });
+    pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
+    return drizzle({ client: pool });
+  };
+
+  it.skipIf(t.pooler)(
+    "a BEGIN on a dead connection fails, and the connection is not leaked (drizzle's transaction leaks it)",
+    async () => {
+      const db = dyingPool();
+      try {
+        const first = await errorOf(() => transaction(db, async (tx) => tx.execute(sql`select 1`)));
+        expect(isTransient(first)).toBe(true);
+        // The pool of one is not exhausted: the next transactions get a fresh connection.
+        for (let i = 0; i < 3; i++) {
+          expect((await transaction(db, async (tx) => tx.execute(sql`select 1 as one`))).rows).toEqual([{ one: 1 }]);
+        }
+      } finally {
+        await db.$client.end();
+      }
+      // drizzle-orm 0.45's own transaction sends BEGIN outside its try/finally: the pool of one is gone.
+      const leaky = dyingPool();
+      await errorOf(() => leaky.transaction(async (tx) => tx.execute(sql`select 1`)));
+      expect(await errorOf(() => leaky.transaction(async (tx) => tx.execute(sql`select 1`)))).toMatchObject({
+        message: expect.stringMatching(/timeout exceeded when trying to connect/),
+      });
+      void leaky.$client.end(); // never resolves: its one client is checked out for ever
+      const leaked = (leaky.$client as unknown as { _clients: pg.Client[] })._clients;
+      for (const c of leaked) await c.end().catch(() => {});
+    },
+  );
 });

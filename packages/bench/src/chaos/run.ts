@@ -178,6 +178,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       timeoutsEveryMs: 500,
       inactiveAfterMs: 2 * STALE_AFTER_MS,
       inactiveEveryMs: 1000,
+      statementTimeoutMs: 5000, // a hung sweep is given up after 20 s
       onError: () => {
         result.maintenanceErrors++;
       },
