@@ -4,6 +4,7 @@ import { JobRepo } from "@stroem/repos";
 import { Command, InvalidArgumentError, Option } from "commander";
 import {
   graphCommand,
+  maintainCommand,
   migrateCommand,
   purgeCommand,
   resolveUrl,
@@ -23,6 +24,8 @@ import { parseAge } from "./format.js";
 // quitting before it ends would leave the server and its folder behind.
 const interrupt = new AbortController();
 let cleansUp = false;
+/** Set by `maintain` once it stopped on a signal: its normal end, exit 0. */
+let stoppedCleanly = false;
 const onSignal = (signal: "SIGINT" | "SIGTERM") => {
   if (interrupt.signal.aborted) return;
   const reason = new Interrupted(signal);
@@ -48,6 +51,13 @@ function integer(min: number, max: number) {
       throw new InvalidArgumentError(`must be an integer from ${min} to ${max}`);
     return n;
   };
+}
+
+function seconds(value: string) {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || n < 0 || n > 86_400)
+    throw new InvalidArgumentError("must be a number of seconds from 0 to 86400");
+  return n;
 }
 
 function ageArg(value: string) {
@@ -247,6 +257,87 @@ program
     },
   );
 
+program
+  .command("maintain")
+  .description(
+    "Run the maintenance sweeps (rescue of dead workers' steps, timeouts, inactive workers) until Ctrl-C or SIGTERM; a line per sweep that did something.",
+  )
+  .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .addOption(
+    new Option("--stale-after <seconds>", "rescue the steps of workers silent this long")
+      .default(30)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--rescue-every <seconds>", "how often the rescue runs (0: never)").default(5).argParser(seconds),
+  )
+  .addOption(
+    new Option("--timeouts-every <seconds>", "how often timeouts are enforced (0: never)")
+      .default(5)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--inactive-after <seconds>", "mark workers silent this long inactive").default(300).argParser(seconds),
+  )
+  .addOption(
+    new Option("--inactive-every <seconds>", "how often workers are marked inactive (0: never)")
+      .default(60)
+      .argParser(seconds),
+  )
+  .addOption(
+    new Option("--max-rescues <n>", "free rescues per step before a rescue spends its retries")
+      .default(3)
+      .argParser(integer(0, 1000)),
+  )
+  .addOption(
+    new Option(
+      "--purge-older-than <age>",
+      "also run the retention purge: finished jobs and audit events older than this (30d, 12h, 90m, 45s)",
+    ).argParser(ageArg),
+  )
+  .addOption(
+    new Option("--purge-every <seconds>", "how often the purge runs (with --purge-older-than)")
+      .default(600)
+      .argParser(seconds),
+  )
+  .action(
+    async (opts: {
+      url?: string;
+      pooler?: boolean;
+      staleAfter: number;
+      rescueEvery: number;
+      timeoutsEvery: number;
+      inactiveAfter: number;
+      inactiveEvery: number;
+      maxRescues: number;
+      purgeOlderThan?: number;
+      purgeEvery: number;
+    }) => {
+      cleansUp = true;
+      const ms = (s: number) => Math.round(s * 1000);
+      await maintainCommand(
+        target(opts),
+        {
+          staleAfterMs: Math.max(1, ms(opts.staleAfter)),
+          rescueEveryMs: ms(opts.rescueEvery),
+          timeoutsEveryMs: ms(opts.timeoutsEvery),
+          inactiveAfterMs: Math.max(1, ms(opts.inactiveAfter)),
+          inactiveEveryMs: ms(opts.inactiveEvery),
+          maxRescues: opts.maxRescues,
+          ...(opts.purgeOlderThan === undefined
+            ? {}
+            : { purge: { olderThanMs: opts.purgeOlderThan }, purgeEveryMs: Math.max(1, ms(opts.purgeEvery)) }),
+        },
+        interrupt.signal,
+        say,
+        (s) => process.stderr.write(`${s}\n`),
+      );
+      // A signal is how maintenance is meant to end: a clean stop exits 0.
+      stoppedCleanly = true;
+    },
+  );
+
 try {
   await program.parseAsync();
 } catch (error) {
@@ -258,4 +349,4 @@ try {
   }
   process.exitCode = 1;
 }
-if (interrupt.signal.aborted) process.exitCode = (interrupt.signal.reason as Interrupted).exitCode;
+if (interrupt.signal.aborted && !stoppedCleanly) process.exitCode = (interrupt.signal.reason as Interrupted).exitCode;

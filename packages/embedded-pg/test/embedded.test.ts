@@ -4,6 +4,7 @@ import { chmod, cp, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EmbeddedPostgresError, startEmbeddedPostgres, withClient } from "../src/index.js";
 import { canRun, packagedInstall, serverUser } from "../src/install.js";
@@ -112,6 +113,37 @@ describe.skipIf(ownServerOnly)("startEmbeddedPostgres (skipped when STROEM_TEST_
     } finally {
       await server.stop();
     }
+  });
+
+  it("restart() stops and starts the server on the same data and port; a pool carries on by itself", async () => {
+    const server = await startEmbeddedPostgres();
+    const pool = new pg.Pool({ connectionString: server.url, max: 2 });
+    const errors: Error[] = [];
+    pool.on("error", (e) => errors.push(e)); // idle connections dropped by the restart
+    try {
+      await pool.query("create table kept (n int)");
+      await pool.query("insert into kept values (1)");
+      const port = new URL(server.url).port;
+      for (const immediate of [false, true]) {
+        await server.restart?.({ immediate, downMs: 50 });
+        expect(new URL(server.url).port).toBe(port);
+        // The idle connection died with the server: the first query may fail, then the pool reconnects.
+        let rows: { n: number }[] | undefined;
+        for (let attempt = 0; attempt < 5 && !rows; attempt++) {
+          rows = await pool.query<{ n: number }>("select n from kept").then(
+            (r) => r.rows,
+            () => undefined,
+          );
+        }
+        expect(rows).toEqual([{ n: 1 }]);
+      }
+      expect(errors.length).toBeGreaterThan(0);
+    } finally {
+      await pool.end();
+      await server.stop();
+    }
+    expect(existsSync(server.dataDir as string)).toBe(false);
+    await expect(server.restart?.()).rejects.toThrow(/stopped/);
   });
 
   it("an already aborted signal starts nothing", async () => {

@@ -26,8 +26,8 @@ interface ClientInternals {
  * the server answering and the answer arriving, it may reach the
  * connection's next statement instead.
  */
-export function cancelingClient(timeoutMs: number): typeof pg.Client {
-  return class CancelingClient extends pg.Client {
+export function cancelingClient(timeoutMs: number, Base: typeof pg.Client = pg.Client): typeof pg.Client {
+  return class CancelingClient extends Base {
     // biome-ignore lint/suspicious/noExplicitAny: node-postgres' query() has many overloads; this wraps them all
     override query(...args: any[]): any {
       const [config, values, callback] = args;
@@ -80,4 +80,55 @@ export function cancelingClient(timeoutMs: number): typeof pg.Client {
       socket.on("connect", () => socket.write(message));
     }
   };
+}
+
+/** A transaction's first statement as Drizzle sends it (`begin`, maybe with an isolation level). */
+const BEGIN = /^\s*(begin|start transaction)\b[^;]*$/i;
+
+/**
+ * A `pg.Client` class that appends `; set local
+ * idle_in_transaction_session_timeout = <ms>` to each transaction's `BEGIN`
+ * (one simple-protocol round trip, two statements; the answer is BEGIN's):
+ * the idle-in-transaction timeout of `createPool(url, { pooler: "transaction"
+ * })`, where startup parameters are refused and a session `SET` would leak
+ * to other clients. A `SET LOCAL` ends with its transaction.
+ */
+export function idleInTransactionClient(timeoutMs: number, Base: typeof pg.Client = pg.Client): typeof pg.Client {
+  const suffix = `; set local idle_in_transaction_session_timeout = ${Math.floor(timeoutMs)}`;
+  return class IdleInTransactionClient extends Base {
+    // biome-ignore lint/suspicious/noExplicitAny: node-postgres' query() has many overloads; this wraps them all
+    override query(...args: any[]): any {
+      const [config, values, callback] = args;
+      const text = typeof config === "string" ? config : config?.text;
+      const noValues = (v: unknown) =>
+        v === undefined || typeof v === "function" || (Array.isArray(v) && v.length === 0);
+      const plain =
+        typeof text === "string" &&
+        BEGIN.test(text) &&
+        noValues(values) &&
+        (typeof config === "string" ||
+          (noValues(config.values) && !config.name && typeof config.submit !== "function"));
+      if (!plain) return super.query(config, values, callback);
+      const first = (result: unknown) => (Array.isArray(result) ? result[0] : result);
+      const rewritten = typeof config === "string" ? text + suffix : { ...config, text: text + suffix };
+      const cb = typeof values === "function" ? values : callback;
+      if (typeof cb === "function") {
+        return super.query(rewritten, (error: Error | null, result: unknown) => cb(error, first(result)));
+      }
+      return (super.query(rewritten) as Promise<unknown>).then(first);
+    }
+  };
+}
+
+/** The client class of a pool behind a transaction pooler: the statement and idle-in-transaction timeouts kept as above. */
+export function pooledClient(options: {
+  statementTimeoutMs: number | undefined;
+  idleInTransactionTimeoutMs: number | undefined;
+}): typeof pg.Client {
+  let Client: typeof pg.Client = pg.Client;
+  if (options.idleInTransactionTimeoutMs !== undefined) {
+    Client = idleInTransactionClient(options.idleInTransactionTimeoutMs, Client);
+  }
+  if (options.statementTimeoutMs !== undefined) Client = cancelingClient(options.statementTimeoutMs, Client);
+  return Client;
 }

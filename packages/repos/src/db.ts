@@ -4,7 +4,7 @@ import type { ExtractTablesWithRelations } from "drizzle-orm";
 import { drizzle, type NodePgDatabase, type NodePgQueryResultHKT } from "drizzle-orm/node-postgres";
 import type { PgDatabase, PgTransaction } from "drizzle-orm/pg-core";
 import pg from "pg";
-import { cancelingClient } from "./cancel.js";
+import { pooledClient } from "./cancel.js";
 import { ConstraintViolationError, InvalidInputError, type Target, translateError } from "./errors.js";
 
 export type Schema = typeof schema;
@@ -74,6 +74,17 @@ export interface PoolOptions {
    * (`ALTER ROLE … SET search_path = <schema>`).
    */
   schema?: string | undefined;
+  /**
+   * A transaction left idle this long (ms; 0 disables) is ended by the
+   * server: its connection is closed and its locks released, so a client
+   * that hung mid-transaction cannot hold a job row for ever. Default
+   * 60,000. Sent as the `idle_in_transaction_session_timeout` startup
+   * parameter; with `pooler: "transaction"` (no startup parameters there) as
+   * `SET LOCAL` in the same round trip as each transaction's `BEGIN`. The
+   * client then sees a `ConnectionError` (SQLSTATE `25P03`) and the pool
+   * drops the connection. Set PgBouncer's `idle_transaction_timeout` too.
+   */
+  idleInTransactionTimeoutMs?: number;
   /** How long to wait for a connection (new or from the pool) before failing, in ms. Default 10,000. */
   connectionTimeoutMs?: number;
   /** Idle connections are closed after this many ms. Default 30,000. */
@@ -93,6 +104,7 @@ export interface PoolOptions {
 export const POOL_DEFAULTS = {
   max: 10,
   statementTimeoutMs: 60_000,
+  idleInTransactionTimeoutMs: 60_000,
   connectionTimeoutMs: 10_000,
   idleTimeoutMs: 30_000,
   applicationName: "stroem",
@@ -112,7 +124,13 @@ const targets = new WeakMap<object, Target>();
 export function createPool(url: string, options: PoolOptions = {}): Database {
   const target = parseDatabaseUrl(url);
   const o = { ...POOL_DEFAULTS, ...options };
-  for (const key of ["max", "statementTimeoutMs", "connectionTimeoutMs", "idleTimeoutMs"] as const) {
+  for (const key of [
+    "max",
+    "statementTimeoutMs",
+    "idleInTransactionTimeoutMs",
+    "connectionTimeoutMs",
+    "idleTimeoutMs",
+  ] as const) {
     const value = o[key];
     if (!Number.isInteger(value) || value < 0 || (key === "max" && value < 1)) {
       throw new InvalidInputError(`options.${key}`, `must be a ${key === "max" ? "positive" : "non-negative"} integer`);
@@ -139,6 +157,7 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
     }
   }
   const timeout = o.statementTimeoutMs > 0 ? o.statementTimeoutMs : undefined;
+  const idleInTx = o.idleInTransactionTimeoutMs > 0 ? o.idleInTransactionTimeoutMs : undefined;
   const pool = new pg.Pool({
     connectionString: url,
     max: o.max,
@@ -146,7 +165,14 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
     idleTimeoutMillis: o.idleTimeoutMs,
     application_name: o.applicationName,
     ...(searchPath ? { options: searchPath } : {}),
-    ...(timeout === undefined ? {} : o.pooler ? { Client: cancelingClient(timeout) } : { statement_timeout: timeout }),
+    ...(o.pooler
+      ? timeout === undefined && idleInTx === undefined
+        ? {}
+        : { Client: pooledClient({ statementTimeoutMs: timeout, idleInTransactionTimeoutMs: idleInTx }) }
+      : {
+          ...(timeout === undefined ? {} : { statement_timeout: timeout }),
+          ...(idleInTx === undefined ? {} : { idle_in_transaction_session_timeout: idleInTx }),
+        }),
     // Read by `runStatement` (statement.ts): PgBouncer 1.18 cannot route named prepared statements.
     ...(o.pooler ? { preparedStatements: false } : {}),
   } as pg.PoolConfig);
@@ -219,3 +245,34 @@ function targetOf(db: Executor): Target {
 }
 
 export { runMigrations };
+
+/**
+ * Runs `fn` in a transaction on a connection of its own, like
+ * `db.transaction(fn)`, but safe when the connection dies: drizzle-orm
+ * 0.45's `transaction` sends BEGIN outside its try/finally, so a BEGIN that
+ * fails (the connection was lost while idle in the pool, the server is
+ * restarting) never gives the connection back, and a pool of `max`
+ * connections is exhausted after `max` such failures. Here the connection
+ * is released whatever happens, and destroyed (not returned to the pool)
+ * after any failure. `tx` is a Drizzle database over that one connection.
+ * On an executor without a pool of its own (a transaction), falls back to
+ * `db.transaction`.
+ */
+export async function transaction<T>(db: Executor, fn: (tx: Executor) => Promise<T>): Promise<T> {
+  const pool = (db as { $client?: pg.Pool }).$client;
+  if (!pool || !("totalCount" in pool)) return db.transaction((tx) => fn(tx));
+  const client = await pool.connect();
+  let failure: Error | undefined;
+  try {
+    await client.query("begin");
+    const result = await fn(drizzle({ client, schema }) as unknown as Executor);
+    await client.query("commit");
+    return result;
+  } catch (error) {
+    failure = error instanceof Error ? error : new Error(String(error));
+    await client.query("rollback").catch(() => {});
+    throw error;
+  } finally {
+    client.release(failure);
+  }
+}

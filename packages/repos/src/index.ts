@@ -20,6 +20,7 @@ export {
   redactUrl,
   runMigrations,
   type Transaction,
+  transaction,
 } from "./db.js";
 export * from "./errors.js";
 export type {
@@ -53,6 +54,18 @@ export type {
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
 export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export {
+  builtInSweeps,
+  MAINTENANCE_DEFAULTS,
+  MAINTENANCE_LOCK_CLASS,
+  type Maintenance,
+  type MaintenanceOptions,
+  type MaintenanceSweep,
+  runSweep,
+  type SweepEvent,
+  startMaintenance,
+} from "./maintenance.js";
 export { MAX_PURGE_BATCH, type PurgeCounts, type PurgeOptions, purgeFinished } from "./retention.js";
-export type { CancelRequest, HeldStep, RegisterWorker } from "./worker-repo.js";
+export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
+export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -13,6 +13,7 @@ export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
 export { claimReadyStep, claimReadySteps, MAX_CLAIM_BATCH, markRunning } from "./steps/claim.js";
 export { createSteps } from "./steps/create.js";
 export {
+  DEFAULT_MAX_RESCUES,
   type RescuedStep,
   type RescueOptions,
   rescueStaleSteps,

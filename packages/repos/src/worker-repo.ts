@@ -4,6 +4,7 @@ import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, WorkerNotFoundError } from "./errors.js";
 import { HEARTBEAT } from "./sql/cancel.js";
 import { runStatement } from "./statement.js";
+import { maxRescuesOf } from "./steps/recovery.js";
 import { requireCapabilities, requireInt, requireText, requireUuid } from "./validate.js";
 
 export interface RegisterWorker {
@@ -56,24 +57,52 @@ export interface HeldStep {
   attempt: number;
 }
 
+/** Options of `heartbeat`. */
+export interface HeartbeatOptions {
+  /**
+   * The steps the worker runs (each claim it got an answer for and has not
+   * reported yet). When given, the heartbeat also returns those it no longer
+   * holds, and gives back its orphaned claims (see `heartbeat`).
+   */
+  running?: readonly HeldStep[];
+  /** The crash budget for orphaned claims, as `rescueStaleSteps`' `maxRescues` (default 3). */
+  maxRescues?: number;
+}
+
 /**
- * Records that the worker is alive (`last_heartbeat = now()`) and returns,
- * in the same statement, the steps it should stop; usually `[]`: the running
- * steps it holds whose cancel was requested (their job was cancelled or timed
- * out: stop, then report `JobStepRepo.markCancelled`; a late outcome is
- * recorded but moves nothing), and, if it lists what it runs in
- * `options.running`, those it no longer holds in that attempt (timed out by
- * `sweepTimeouts`, rescued: stop, its report would be refused). Throws
- * `WorkerNotFoundError`, `InvalidInputError`.
+ * Records that the worker is alive (`last_heartbeat = now()`, `status =
+ * 'active'`) and returns, in the same statement, the steps it should stop;
+ * usually `[]`: the running steps it holds whose cancel was requested (their
+ * job was cancelled or timed out: stop, then report
+ * `JobStepRepo.markCancelled`; a late outcome is recorded but moves nothing),
+ * and, if it lists what it runs in `options.running`, those it no longer
+ * holds in that attempt (timed out by `sweepTimeouts`, rescued: stop, its
+ * report would be refused).
+ *
+ * Orphaned claims: with `options.running`, a running step the database
+ * assigns to this worker that the list lacks, and that was claimed before
+ * this worker's previous heartbeat, is one whose claim committed but whose
+ * answer never reached the worker (the connection dropped in between). It is
+ * given back as a rescue would (`rescueStaleSteps`: the crash budget
+ * `maxRescues`, then the step's retry policy through the failure path; a
+ * `retryHistory` entry "claim lost: …"). A claim in flight (claimed after the
+ * previous heartbeat) is never taken back; list every step as soon as its
+ * claim returns. A claim still unanswered a whole heartbeat interval after
+ * it started may be taken back: its report is then refused, nothing is lost.
+ * Without `running`, nothing is given back. Lock order: the worker row, then
+ * job rows (skipping those a report holds: looked at on the next heartbeat),
+ * then steps. Throws `WorkerNotFoundError`, `InvalidInputError`.
  */
 export async function heartbeat(
   db: Executor,
   workerId: string,
-  options: { running?: readonly HeldStep[] } = {},
+  options: HeartbeatOptions = {},
 ): Promise<CancelRequest[]> {
   requireUuid("workerId", workerId);
+  const release = options?.running !== undefined;
   const running = options?.running ?? [];
   if (!Array.isArray(running)) throw new InvalidInputError("options.running", "must be an array");
+  const maxRescues = maxRescuesOf(options?.maxRescues, "options.maxRescues");
   const held = running.map((h, i) => {
     const at = `options.running[${i}]`;
     if (typeof h !== "object" || h === null) throw new InvalidInputError(at, "must be an object");
@@ -92,8 +121,8 @@ export async function heartbeat(
         cancel_requested_at: string | Date | null;
         reason: string | null;
       },
-      { workerId: string; running: string }
-    >(db, HEARTBEAT, { workerId, running: JSON.stringify(held) }),
+      { workerId: string; running: string; release: boolean; maxRescues: number }
+    >(db, HEARTBEAT, { workerId, running: JSON.stringify(held), release, maxRescues }),
   );
   if (rows.length === 0) throw new WorkerNotFoundError(workerId);
   return rows
@@ -118,6 +147,27 @@ export async function deactivate(db: Executor, workerId: string): Promise<void> 
       .returning({ id: worker.workerId }),
   );
   if (rows.length === 0) throw new WorkerNotFoundError(workerId);
+}
+
+/**
+ * Marks `inactive` the active workers whose last heartbeat is older than
+ * `inactiveAfterMs` (by the database's clock), or that never sent one; their
+ * next heartbeat makes them active again. One statement; returns their ids.
+ * What they still run is `JobStepRepo.rescueStaleSteps`' business. Throws
+ * `InvalidInputError`.
+ */
+export async function markStaleInactive(db: Executor, options: { inactiveAfterMs: number }): Promise<string[]> {
+  const ms = requireInt("inactiveAfterMs", options?.inactiveAfterMs, 1, 2 ** 31 - 1);
+  const rows = await translateErrors(db, () =>
+    db
+      .update(worker)
+      .set({ status: "inactive" })
+      .where(
+        sql`${worker.status} = 'active' and (${worker.lastHeartbeat} is null or ${worker.lastHeartbeat} < now() - make_interval(secs => ${ms / 1000}::double precision))`,
+      )
+      .returning({ id: worker.workerId }),
+  );
+  return rows.map((r) => r.id).sort();
 }
 
 /** The worker, or `undefined`. */

@@ -213,7 +213,8 @@ describe("races (two connections, deterministic interleaving)", () => {
     const w = await registerWorker(t.db);
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 2);
     await t.db.update(worker).set({ lastHeartbeat: sql`now() - interval '1 hour'` }).where(eq(worker.workerId, w));
-    const rescue = holdOpen((tx) => JobStepRepo.rescueStaleSteps(tx, { staleAfterMs: 1000 }));
+    // No crash budget (maxRescues 0): each step's own retry policy decides.
+    const rescue = holdOpen((tx) => JobStepRepo.rescueStaleSteps(tx, { staleAfterMs: 1000, maxRescues: 0 }));
     expect((await rescue.ready).requeued.map((s) => s.stepName)).toEqual(["b"]); // a: no retries, failed
     const cancelling = JobRepo.cancel(t.db, jobId);
     await someoneWaits();

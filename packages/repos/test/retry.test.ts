@@ -28,6 +28,13 @@ async function stepA(jobId: string) {
 const makeDue = (jobId: string) =>
   t.db.execute(sql`update job_step set ready_at = now() where job_id = ${jobId} and status = 'ready'`);
 
+/** Seconds between the last retried attempt's failure and the step's `ready_at`. */
+function lastDelay(step: Awaited<ReturnType<typeof stepA>>) {
+  if (!step?.readyAt) throw new Error("the step is not ready");
+  const last = step.retryHistory.at(-1);
+  return (step.readyAt.getTime() - Date.parse(last?.failedAt ?? "")) / 1000;
+}
+
 /** Seconds between each retried attempt's failure and the `ready_at` it got, per history entry, read in SQL. */
 async function delaysOf(jobId: string, readyAts: Date[]) {
   const a = await stepA(jobId);
@@ -223,14 +230,14 @@ describe("fail with retries left", () => {
 });
 
 describe("rescue uses the same budget and history", () => {
-  it("a stale worker's step is retried after its delay while retries are left, then failed", async () => {
+  it("past the crash budget (maxRescues 0 here), a stale worker's step is retried after its delay while retries are left, then failed", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, newJob, flaky({ maxRetries: 1, retryStrategy: "fixed" }));
     const w = await registerWorker(t.db);
     const stale = () =>
       t.db.update(worker).set({ lastHeartbeat: sql`now() - interval '1 hour'` }).where(eq(worker.workerId, w));
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);
     await stale();
-    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).requeued).toHaveLength(1);
+    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxRescues: 0 })).requeued).toHaveLength(1);
     const a = await stepA(jobId);
     expect(a).toMatchObject({ status: "ready", errorMessage: `worker ${w} stopped heartbeating` });
     expect(a?.retryHistory).toMatchObject([{ attempt: 1, workerId: w, error: `worker ${w} stopped heartbeating` }]);
@@ -238,7 +245,7 @@ describe("rescue uses the same budget and history", () => {
     await makeDue(jobId);
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);
     await stale();
-    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).failed).toHaveLength(1);
+    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxRescues: 0 })).failed).toHaveLength(1);
     expect((await JobStepRepo.getStepsForJob(t.db, jobId)).map((s) => s.status)).toEqual(["failed", "skipped"]);
     expect((await stepA(jobId))?.retryHistory).toHaveLength(1);
   });
@@ -278,4 +285,58 @@ describe("the claim and future retries", () => {
     );
     expect(running.rows).toEqual([{ step_name: "due" }]);
   }, 120_000);
+
+  it("the crash budget: the first maxRescues rescues are due at once and spend none of the step's retries", async () => {
+    // maxRetries 1, a 60 s fixed backoff: a crash costs neither the retry nor the wait.
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, flaky({ maxRetries: 1, retryStrategy: "fixed" }));
+    const w = await registerWorker(t.db);
+    const stale = () =>
+      t.db.update(worker).set({ lastHeartbeat: sql`now() - interval '1 hour'` }).where(eq(worker.workerId, w));
+    const claim = async () => (await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1))[0];
+    for (let rescue = 1; rescue <= 2; rescue++) {
+      expect(await claim()).toMatchObject({ stepName: "a", attempts: rescue });
+      await stale();
+      expect(await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxRescues: 2 })).toEqual({
+        requeued: [{ jobId, stepName: "a", attempts: rescue, workerId: w }],
+        failed: [],
+        cancelled: [],
+      });
+      const a = await stepA(jobId);
+      expect(a).toMatchObject({ status: "ready", rescues: rescue, maxRetries: 1 + rescue });
+      expect(a?.retryHistory).toHaveLength(rescue);
+      expect(lastDelay(a)).toBe(0); // due at once
+    }
+    // The step's own retry is still there: a real failure is retried after its 60 s ...
+    expect(await claim()).toMatchObject({ attempts: 3 });
+    expect(await JobStepRepo.fail(t.db, { jobId, stepName: "a", workerId: w, attempt: 3 }, "boom")).toMatchObject({
+      retried: true,
+    });
+    expect(lastDelay(await stepA(jobId))).toBe(60);
+    await makeDue(jobId);
+    // ... and a third crash, past the budget of 2, is a failed attempt with no retries left.
+    expect(await claim()).toMatchObject({ attempts: 4 });
+    await stale();
+    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxRescues: 2 })).failed).toEqual([
+      { jobId, stepName: "a", attempts: 4, workerId: w },
+    ]);
+    expect(await stepA(jobId)).toMatchObject({ status: "failed", rescues: 2, maxRetries: 3 });
+    expect((await JobStepRepo.getStepsForJob(t.db, jobId)).map((s) => s.status)).toEqual(["failed", "skipped"]);
+  });
+
+  it("the default crash budget is 3; a bad maxRescues is refused, changing nothing", async () => {
+    expect(JobStepRepo.DEFAULT_MAX_RESCUES).toBe(3);
+    const jobId = await JobRepo.createWithSteps(t.db, newJob, flaky({ maxRetries: 0 }));
+    const w = await registerWorker(t.db);
+    await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);
+    await t.db.update(worker).set({ lastHeartbeat: sql`now() - interval '1 hour'` }).where(eq(worker.workerId, w));
+    for (const bad of [-1, 1001, 1.5, "3"]) {
+      expect(
+        await errorOf(() => JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000, maxRescues: bad as number })),
+      ).toMatchObject({ name: "InvalidInputError", field: "maxRescues" });
+    }
+    expect(await stepA(jobId)).toMatchObject({ status: "running", rescues: 0 });
+    // maxRetries 0 and the default budget: a crash does not fail the step.
+    expect((await JobStepRepo.rescueStaleSteps(t.db, { staleAfterMs: 1000 })).requeued).toHaveLength(1);
+    expect(await stepA(jobId)).toMatchObject({ status: "ready", rescues: 1, maxRetries: 1 });
+  });
 });

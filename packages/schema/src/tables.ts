@@ -201,6 +201,13 @@ export const jobStep = pgTable(
      * claimed again shows 2.
      */
     attempts: integer("attempts").notNull().default(0),
+    /**
+     * Rescues that did not spend the step's retry budget (its worker died or
+     * lost the claim: not the step's failure). Each such rescue also raised
+     * `maxRetries` by one, so `maxRetries - rescues` is the policy the step
+     * was created with. Bounded by the rescuer's `maxRescues` (default 3).
+     */
+    rescues: integer("rescues").notNull().default(0),
     /** When the step last became ready: the claim serves the oldest first. */
     readyAt: timestamp("ready_at", tz),
     /** The steps that list this one in `depends_on` (the graph's reverse edges), so advancing reads only them. */
@@ -261,6 +268,7 @@ export const jobStep = pgTable(
       "job_step_retry_policy_check",
       sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
     ),
+    check("job_step_rescues_check", sql`${t.rescues} >= 0`),
     check(
       "job_step_dep_counts_check",
       sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,

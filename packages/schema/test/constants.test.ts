@@ -61,6 +61,7 @@ describe("status constants", () => {
       "job_step_retry_strategy_check",
       "job_step_timeout_secs_check",
       "job_step_retry_policy_check",
+      "job_step_rescues_check",
       "job_step_dep_counts_check",
     ]);
   });

@@ -1,7 +1,16 @@
 import { randomBytes } from "node:crypto";
 import path from "node:path";
-import { countConnections, createDatabaseFromTemplate, dropDatabase, withDatabase } from "@stroem/embedded-pg";
+import {
+  countConnections,
+  createDatabaseFromTemplate,
+  dropDatabase,
+  type RunningServer,
+  startEmbeddedPostgres,
+  withClient,
+  withDatabase,
+} from "@stroem/embedded-pg";
 import * as schema from "@stroem/schema";
+import { runMigrations } from "@stroem/schema";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, inject } from "vitest";
@@ -143,6 +152,68 @@ export function useTestDb(): TestDb {
       const db = open(get().url, options);
       extraPools.push(db.$client);
       return db;
+    },
+  };
+}
+
+/** A PostgreSQL server of the test file's own (`useOwnServer()`), which it may restart. */
+export interface OwnServer {
+  /** URL of a migrated database on it (`stroem_own`). */
+  readonly url: string;
+  /** Admin URL (the `postgres` database). */
+  readonly adminUrl: string;
+  /**
+   * Stops and starts the server on the same data directory and port (every
+   * connection drops; committed data stays). `immediate`: as after a crash
+   * (SIGQUIT, recovery from the WAL). `downMs`: stays down that long.
+   */
+  restart(options?: { immediate?: boolean; downMs?: number }): Promise<void>;
+}
+
+/**
+ * Starts an embedded PostgreSQL for the calling test file alone (beforeAll;
+ * stopped and removed afterAll), with one migrated database, so a test may
+ * take the server away (`restart()`) without disturbing other files that
+ * share the run's server. Always embedded, whatever server the run uses;
+ * through a transaction pooler, skip such tests (`t.pooler`). Durable
+ * (fsync and synchronous commit on), so a crash loses nothing acknowledged. Its
+ * `beforeAll` may take a while on a loaded machine: it has a 120 s budget.
+ */
+export function useOwnServer(): OwnServer {
+  let server: RunningServer | undefined;
+  let url: string | undefined;
+  beforeAll(async () => {
+    // Durable (fsync and synchronous commit on): with them off, an immediate
+    // restart (a crash) may lose commits already acknowledged, or worse.
+    server = await startEmbeddedPostgres({ fast: false });
+    await withClient(server.url, (c) => c.query("create database stroem_own"));
+    url = withDatabase(server.url, "stroem_own");
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    try {
+      await runMigrations(drizzle({ client: pool }));
+    } finally {
+      await pool.end();
+    }
+  }, 120_000);
+  afterAll(async () => {
+    await server?.stop();
+  }, 60_000);
+  const get = () => {
+    if (!server || !url)
+      throw new Error("useOwnServer(): the server exists only inside tests and hooks, after beforeAll");
+    return { server, url };
+  };
+  return {
+    get url() {
+      return get().url;
+    },
+    get adminUrl() {
+      return get().server.url;
+    },
+    async restart(options) {
+      const { server: s } = get();
+      if (!s.restart) throw new Error("useOwnServer(): this server cannot restart");
+      await s.restart(options);
     },
   };
 }

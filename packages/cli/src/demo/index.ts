@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { dropDatabase, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/embedded-pg";
-import { createPool, type Database, JobRepo, redactUrl, runMigrations } from "@stroem/repos";
+import { createPool, type Database, JobRepo, redactUrl, runMigrations, startMaintenance } from "@stroem/repos";
 import { PIPELINE } from "./pipeline.js";
 import { type DemoReport, report } from "./report.js";
 import { runWorkers } from "./workers.js";
@@ -85,6 +85,22 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     say(`The last job (#${jobIds.length - 1}) is cancelled when its first step starts.`);
 
     await phase("workers");
+    // Maintenance alongside, as in production: a worker that died would have
+    // its step back in the queue within staleAfter + one rescue interval.
+    let sweeps = 0;
+    let changes = 0;
+    const maintenance = startMaintenance(db, {
+      staleAfterMs: 5_000,
+      rescueEveryMs: 1_000,
+      timeoutsEveryMs: 1_000,
+      inactiveEveryMs: 10_000,
+      onSweep: (e) => {
+        sweeps++;
+        changes += e.changed;
+      },
+      onError: (error, sweep) => say(`maintenance: ${sweep} failed: ${(error as Error)?.message ?? error}`),
+    });
+    cleanup.push(() => maintenance.stop());
     const worked = await runWorkers({
       url,
       workers: o.workers,
@@ -96,6 +112,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
       signal,
       cancel: { jobId: cancelled, reason: CANCEL_REASON, db },
     });
+
+    await maintenance.stop();
+    say(`Maintenance ran alongside: ${sweeps} sweeps (rescue, timeouts, inactive workers), ${changes} changes.`);
 
     await phase("report");
     return await report(db, jobIds, worked, say, signal);

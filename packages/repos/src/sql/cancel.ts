@@ -57,40 +57,18 @@ export const CANCEL_STEP = statement<{
 );
 
 /**
- * A heartbeat: `last_heartbeat = now()`, and the steps the worker should
- * stop: the running steps it holds whose cancel was requested (served by
- * `idx_job_step_running_worker`), and those of `running` (what the worker
- * says it runs, a JSON array of `{ job_id, step_name, attempt }`) that it no
- * longer holds in that attempt (timed out, rescued, cancelled), with the
- * reason from the retry history or the step's error. No row: no such
+ * A heartbeat (`stroem_heartbeat`): `last_heartbeat = now()`, and the steps
+ * the worker should stop: the running steps it holds whose cancel was
+ * requested (served by `idx_job_step_running_worker`), and those of
+ * `running` (what the worker says it runs, a JSON array of `{ job_id,
+ * step_name, attempt }`) that it no longer holds in that attempt (timed out,
+ * rescued, cancelled), with the reason from the retry history or the step's
+ * error. With `release`, first gives back its orphaned claims (running, its
+ * own, not listed, claimed before its previous heartbeat). No row: no such
  * worker; a row with a null `job_id`: nothing to stop.
  */
-export const HEARTBEAT = statement<{ workerId: string; running: string }>(
+export const HEARTBEAT = statement<{ workerId: string; running: string; release: boolean; maxRescues: number }>(
   "heartbeat",
-  sql`
-    with w as (
-      update worker set last_heartbeat = now() where worker_id = ${sql.placeholder("workerId")}::uuid
-      returning worker_id
-    ), held as (
-      select x.* from jsonb_to_recordset(${sql.placeholder("running")}::jsonb) as x(job_id uuid, step_name text, attempt integer)
-    )
-    select s.job_id, s.step_name, s.attempts, s.cancel_requested_at, coalesce(j.cancel_reason, j.error_message) as reason
-    from w
-    left join job_step s on s.worker_id = w.worker_id and s.status = 'running' and s.cancel_requested_at is not null
-    left join job j on j.job_id = s.job_id
-    union all
-    select h.job_id, h.step_name, h.attempt,
-      coalesce(e.failed_at, s.completed_at, now()),
-      coalesce(e.error, s.error_message, 'no longer held by this worker')
-    from w cross join held h
-    left join job_step s on s.job_id = h.job_id and s.step_name = h.step_name
-    left join lateral (
-      select (x->>'failedAt')::timestamptz as failed_at, x->>'error' as error
-      from jsonb_array_elements(s.retry_history) x
-      where (x->>'attempt')::int = h.attempt and x->>'workerId' = w.worker_id::text
-      limit 1
-    ) e on true
-    where s.step_name is null or s.status <> 'running' or s.worker_id is distinct from w.worker_id
-      or s.attempts <> h.attempt
-    order by 1, 2`,
+  sql`select * from stroem_heartbeat(${sql.placeholder("workerId")}::uuid, ${sql.placeholder("running")}::jsonb,
+    ${sql.placeholder("release")}::boolean, ${sql.placeholder("maxRescues")}::int)`,
 );

@@ -1,7 +1,6 @@
 import { type AuditActor, checkActor } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError } from "../errors.js";
-import { advanceManyStatement, notifyReadyStatement } from "../sql/report.js";
 import { rescueStatement, sweepTimeoutsStatement } from "../sql/rescue.js";
 import { requireInt } from "../validate.js";
 
@@ -15,30 +14,51 @@ export interface RescuedStep {
   workerId: string;
 }
 
+/** Free rescues a step gets by default before a rescue spends its own retries (`maxRescues`). */
+export const DEFAULT_MAX_RESCUES = 3;
+
 export interface RescueOptions {
   /** A running step is rescued when its worker's last heartbeat is older than this. */
   staleAfterMs: number;
   /** Recorded in each rescued step's `step.rescued` audit event; default `{ type: "system" }`. */
   actor?: AuditActor;
+  /**
+   * The crash budget: how many rescues of a step are free (0 to 1000,
+   * default `DEFAULT_MAX_RESCUES` = 3). A free rescue puts the step back to
+   * `ready` at once, without backoff, and does not spend its `maxRetries`
+   * (the step did not fail; its worker died). Once a step has had this many,
+   * a rescue counts as a failed attempt under its retry policy.
+   */
+  maxRescues?: number;
+}
+
+/** Validates a `maxRescues` option (0 to 1000; default `DEFAULT_MAX_RESCUES`). */
+export function maxRescuesOf(value: unknown, field = "maxRescues"): number {
+  return value === undefined ? DEFAULT_MAX_RESCUES : requireInt(field, value, 0, 1000);
 }
 
 /**
  * Recovers the steps of workers that stopped heartbeating (crashed, killed,
  * partitioned): a running step whose worker's `last_heartbeat` is older than
- * `staleAfterMs` (by the database's clock) counts as a failed attempt, with
- * the step's own retry budget: while it has retries left (`attempts <=
- * maxRetries`) it goes back to `ready` after its retry delay, no worker, an
- * entry in `retryHistory`; else it is `failed` and its job is advanced, in
- * one transaction. A step whose job was cancelled (`cancelRequestedAt`) is
- * never requeued: it becomes `cancelled`. Locks each job row
- * before its steps, skipping jobs locked by a report in flight (they are
- * rescued on the next run), and each UPDATE re-checks `status = 'running'`
- * and the worker, so a rescue never overwrites a step its worker just
- * finished; a late report from the rescued worker is refused by its guard
- * (`StepOwnershipError`). Safe to run from several processes. Wakes
- * `listenForReady` listeners for requeued steps. Each step it moves gets a
- * `step.rescued` audit event (under its job; details: step, worker,
- * attempt, outcome) in the same statement. Returns what it requeued and failed.
+ * `staleAfterMs` (by the database's clock) goes back to the queue. The first
+ * `maxRescues` rescues of a step (default 3) are free: it is `ready` at once
+ * (no backoff) and its own retry budget is untouched (`rescues` and
+ * `maxRetries` both go up by one, so `maxRetries - rescues` stays the policy
+ * it was created with). After that a rescue is a failed attempt under the
+ * step's retry policy: back to `ready` after its retry delay while it has
+ * retries left, else `failed` and its job advanced. Either way the attempt
+ * gets a `retryHistory` entry ("worker … stopped heartbeating"). A step whose
+ * job was cancelled (`cancelRequestedAt`) is never requeued: it becomes
+ * `cancelled`. Locks each job row before its steps, skipping jobs locked by a
+ * report in flight (they are rescued on the next run), and each step is
+ * guarded by its worker and attempt, so a rescue never overwrites a step its
+ * worker just finished; a late report from the rescued worker is refused by
+ * its guard (`StepOwnershipError`; a late `fail` is answered `repeated`).
+ * Safe to run from several processes. Wakes `listenForReady` listeners for
+ * requeued steps. Each step it moves gets a `step.rescued` audit event
+ * (under its job; details: step, worker, attempt, outcome) in the same
+ * statement. Returns what it requeued, failed and cancelled. Throws
+ * `InvalidInputError` for bad options.
  */
 export async function rescueStaleSteps(
   db: Executor,
@@ -49,34 +69,26 @@ export async function rescueStaleSteps(
   if ((options as { maxAttempts?: unknown }).maxAttempts !== undefined) {
     throw new InvalidInputError("maxAttempts", "is gone: each step's maxRetries is its budget, for rescues too");
   }
-  return translateErrors(db, () =>
-    db.transaction(async (tx) => {
-      const { rows } = await tx.execute<{
-        job_id: string;
-        step_name: string;
-        attempts: number;
-        worker_id: string;
-        action_type: string;
-        outcome: "requeued" | "failed" | "cancelled";
-      }>(rescueStatement(staleAfterMs, actor));
-      const refs = (outcome: string) =>
-        rows
-          .filter((r) => r.outcome === outcome)
-          .map((r) => ({
-            jobId: r.job_id,
-            stepName: r.step_name,
-            attempts: Number(r.attempts),
-            workerId: r.worker_id,
-          }));
-      const failed = refs("failed");
-      // A failure changes what may run: move those jobs on, as a worker's report would.
-      const failedJobs = [...new Set(failed.map((f) => f.jobId))];
-      if (failedJobs.length > 0) await tx.execute(advanceManyStatement(failedJobs));
-      const requeuedTypes = [...new Set(rows.filter((r) => r.outcome === "requeued").map((r) => r.action_type))];
-      if (requeuedTypes.length > 0) await tx.execute(notifyReadyStatement(requeuedTypes));
-      return { requeued: refs("requeued"), failed, cancelled: refs("cancelled") };
-    }),
+  const maxRescues = maxRescuesOf(options.maxRescues);
+  const { rows } = await translateErrors(db, () =>
+    db.execute<{
+      job_id: string;
+      step_name: string;
+      attempts: number;
+      worker_id: string;
+      outcome: "requeued" | "failed" | "cancelled";
+    }>(rescueStatement(staleAfterMs, maxRescues, actor)),
   );
+  const refs = (outcome: string) =>
+    rows
+      .filter((r) => r.outcome === outcome)
+      .map((r) => ({
+        jobId: r.job_id,
+        stepName: r.step_name,
+        attempts: Number(r.attempts),
+        workerId: r.worker_id,
+      }));
+  return { requeued: refs("requeued"), failed: refs("failed"), cancelled: refs("cancelled") };
 }
 
 /** A running step `sweepTimeouts` failed, and what became of it. */

@@ -21,6 +21,7 @@ import {
   type SkipRow,
 } from "../sql/report.js";
 import { runStatement } from "../statement.js";
+import { retryTransient } from "../transient.js";
 import { optionalJson, requireCapabilities, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
 
 /**
@@ -132,8 +133,9 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
 
 async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<ReportResult> {
   const output = a.output === null ? null : JSON.stringify(a.output);
-  const rows = await translateErrors(db, () =>
-    runStatement<FinishRow, FinishValues>(db, FINISH_STEP, { ...a, output, propagate }),
+  // Guarded, a repeat of a report that committed is answered `repeated`: retry any transient error.
+  const rows = await retryTransient(db, a.workerId !== null && a.attempt !== null, () =>
+    translateErrors(db, () => runStatement<FinishRow, FinishValues>(db, FINISH_STEP, { ...a, output, propagate })),
   );
   const outcome = toOutcome(a, rows[0] as FinishRow);
   if (!outcome.ok) throw outcome.error;
@@ -153,7 +155,10 @@ async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<
  * `InvalidTransitionError` (the step is not running, or, without a guard,
  * neither running nor ready), `StepOwnershipError`
  * (the guard does not match). A finished job (cancelled, say) records the
- * outcome but does not move.
+ * outcome but does not move. A transient error (`isTransient`: a lost
+ * connection, a server restarting, a deadlock) is retried up to 6 tries in
+ * about 3 s (`REPORT_RETRY`); without a guard only when it proves nothing
+ * was committed (a repeat would be refused), and never inside a transaction.
  */
 export async function complete(db: Executor, ref: StepRef, output?: unknown): Promise<ReportResult> {
   return finish(db, checkReport({ ...ref, outcome: "completed", output }, "ref"), true);
@@ -178,7 +183,8 @@ export async function fail(db: Executor, ref: StepRef, error: string): Promise<R
  * running, not this worker's) is answered `{ ok: false, error }` and does not
  * spoil the others. Jobs are locked in job id order, so concurrent batches
  * cannot deadlock. Bad input throws `InvalidInputError` before anything is
- * written.
+ * written. Transient errors are retried as for `complete` (any of them when
+ * every report is guarded).
  */
 export async function reportMany(db: Executor, reports: readonly StepReport[]): Promise<ReportOutcome[]> {
   if (!Array.isArray(reports)) throw new InvalidInputError("reports", "must be an array");
@@ -199,8 +205,11 @@ export async function reportMany(db: Executor, reports: readonly StepReport[]): 
       attempt: a.attempt,
     })),
   );
-  const rows = await translateErrors(db, () =>
-    runStatement<FinishRow & { ord: number }, { reports: string }>(db, REPORT_MANY, { reports: json }),
+  const guarded = args.every((a) => a.workerId !== null && a.attempt !== null);
+  const rows = await retryTransient(db, guarded, () =>
+    translateErrors(db, () =>
+      runStatement<FinishRow & { ord: number }, { reports: string }>(db, REPORT_MANY, { reports: json }),
+    ),
   );
   const out = new Array<ReportOutcome>(args.length);
   for (const row of rows) out[row.ord] = toOutcome(args[row.ord] as FinishArgs, row);
@@ -274,11 +283,14 @@ export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repea
   const stepName = requireText("ref.stepName", ref.stepName);
   const workerId = ref.workerId === undefined ? null : requireUuid("ref.workerId", ref.workerId);
   const attempt = ref.attempt === undefined ? null : requireInt("ref.attempt", ref.attempt, 1, 2 ** 31 - 1);
-  const rows = await translateErrors(db, () =>
-    runStatement<CancelStepRow, { jobId: string; stepName: string; workerId: string | null; attempt: number | null }>(
-      db,
-      CANCEL_STEP,
-      { jobId, stepName, workerId, attempt },
+  // Repeating it is a no-op answered `repeated`: retry any transient error.
+  const rows = await retryTransient(db, true, () =>
+    translateErrors(db, () =>
+      runStatement<CancelStepRow, { jobId: string; stepName: string; workerId: string | null; attempt: number | null }>(
+        db,
+        CANCEL_STEP,
+        { jobId, stepName, workerId, attempt },
+      ),
     ),
   );
   const row = rows[0] as CancelStepRow;
@@ -326,8 +338,10 @@ export async function reportAndClaim(
   const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
   const output = a.output === null ? null : JSON.stringify(a.output);
   const { statement, values } = reportAndClaimStatement(caps, { ...a, output, propagate: true });
-  const rows = await translateErrors(db, () =>
-    runStatement<FinishRow & Record<string, unknown>, typeof values>(db, statement, values),
+  // Retried only when the error proves nothing committed: a repeat of a call
+  // that did commit would claim a second step (the first held by nobody).
+  const rows = await retryTransient(db, false, () =>
+    translateErrors(db, () => runStatement<FinishRow & Record<string, unknown>, typeof values>(db, statement, values)),
   );
   const row = rows[0] as FinishRow & Record<string, unknown>;
   const outcome = toOutcome(a, row);
