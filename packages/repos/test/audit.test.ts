@@ -137,6 +137,7 @@ describe("audit events are written with the change they record", () => {
     await t.db.execute(sql`update worker set last_heartbeat = now() - interval '1 hour' where worker_id = ${w}`);
     const r = await JobStepRepo.rescueStaleSteps(t.db, {
       staleAfterMs: 60_000,
+      maxRescues: 0, // no free rescue: this one spends the step's (zero) retries and fails it
       actor: { type: "system", id: "reaper" },
     });
     expect(r.failed).toHaveLength(1);
