@@ -123,7 +123,7 @@ describe("reportAndClaim: a report and the next claim in one round trip", () => 
     );
     const runs = new Map<string, number>();
     const loop = async () => {
-      const db = createPool(t.url, { max: 1 });
+      const db = createPool(t.url, { max: 1, pooler: t.pooler });
       try {
         const w = await registerWorker(db);
         let step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
