@@ -1,6 +1,6 @@
 import { is, sql } from "drizzle-orm";
 import { PgTransaction } from "drizzle-orm/pg-core";
-import { type Executor, translateErrors } from "./db.js";
+import { type Executor, transaction, translateErrors } from "./db.js";
 import { InvalidInputError } from "./errors.js";
 import { allowAuditPurgeStatement, purgeAuditStatement, purgeJobsStatement } from "./sql/purge.js";
 import { requireInt } from "./validate.js";
@@ -142,7 +142,7 @@ export async function purgeFinished(db: Executor, options: PurgeOptions): Promis
   });
   await drain(async () => {
     const events = await translateErrors(db, () =>
-      db.transaction(async (tx) => {
+      transaction(db, async (tx) => {
         await tx.execute(allowAuditPurgeStatement());
         const { rows } = await tx.execute<{ events: number }>(purgeAuditStatement(auditBefore, batchSize));
         return rows[0]?.events ?? 0;

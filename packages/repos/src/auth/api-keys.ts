@@ -1,7 +1,7 @@
 import { type ApiKey, AUDIT_ACTIONS, AUTH_CONSTRAINTS, AUTH_LIMITS, apiKey } from "@stroem/schema";
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import { type AuditOptions, auditEventSql } from "../audit-repo.js";
-import { type Executor, translateErrors } from "../db.js";
+import { type Executor, transaction, translateErrors } from "../db.js";
 import { ApiKeyNotFoundError, InvalidInputError, UserNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
 import { VERIFY_API_KEY } from "../sql/auth.js";
@@ -67,7 +67,7 @@ export async function issue(db: Executor, input: NewApiKey, options: AuditOption
     details: { userId, name, prefix },
   });
   // The key and its `api_key.issued` event in one transaction.
-  return db.transaction(async (tx) => {
+  return transaction(db, async (tx) => {
     const rows = await translateErrors(
       tx,
       () => tx.insert(apiKey).values({ keyHash, userId, name, prefix, expiresAt }).returning(),
@@ -165,7 +165,7 @@ export async function revoke(
   const mine = and(eq(apiKey.keyHash, keyHash), eq(apiKey.userId, userId));
   // The revocation and its `api_key.revoked` event in one transaction; a
   // repeated revoke writes neither.
-  const revoked = await db.transaction(async (tx) => {
+  const revoked = await transaction(db, async (tx) => {
     const rows = await translateErrors(tx, () =>
       tx
         .update(apiKey)

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { AUDIT_ACTIONS, AUTH_CONSTRAINTS, AUTH_LIMITS, type UserAuthLink, user, userAuthLink } from "@stroem/schema";
 import { and, asc, eq, or, sql } from "drizzle-orm";
 import { type AuditOptions, auditEventSql } from "../audit-repo.js";
-import { type Executor, translateErrors } from "../db.js";
+import { type Executor, transaction, translateErrors } from "../db.js";
 import { DuplicateEmailError, IdentityLinkConflictError, InvalidInputError, UserNotFoundError } from "../errors.js";
 import { requireInt, requireUuid } from "../validate.js";
 import { emailProblem, isStorableText, requireBoundedText, requireEmail, requirePasswordHash } from "./secrets.js";
@@ -59,7 +59,7 @@ export async function create(db: Executor, input: NewUser, options: AuditOptions
   });
   // The user and its `user.created` event in one transaction (a savepoint
   // inside the caller's): both or neither.
-  return db.transaction(async (tx) => {
+  return transaction(db, async (tx) => {
     const rows = await translateErrors(
       tx,
       () => tx.insert(user).values({ userId, email, name, passwordHash }).returning(userInfoColumns),
@@ -162,7 +162,7 @@ async function deleteUser(db: Executor, userId: string, options: AuditOptions = 
     entityId: userId,
   });
   // The deletion and its `user.deleted` event in one transaction.
-  return db.transaction(async (tx) => {
+  return transaction(db, async (tx) => {
     const rows = await translateErrors(tx, () =>
       tx.delete(user).where(eq(user.userId, userId)).returning(userInfoColumns),
     );

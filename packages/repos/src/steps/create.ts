@@ -9,7 +9,7 @@ import {
   STEP_INITIAL_STATUSES,
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
-import { type Executor, translateErrors } from "../db.js";
+import { type Executor, transaction, translateErrors } from "../db.js";
 import {
   type ConstraintViolationError,
   DuplicateStepError,
@@ -99,7 +99,7 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
   await translateErrors(
     db,
     () =>
-      db.transaction(async (tx) => {
+      transaction(db, async (tx) => {
         // The jobs' rows first (the lock order), in job id order; a cancelled
         // job takes no new steps (they would be claimable).
         const locked = await tx.execute<{ job_id: string; status: string }>(
