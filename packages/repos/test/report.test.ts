@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { StepStatus as PlannedStepStatus } from "@stroem/orchestrator";
 import { FlowValidationError } from "@stroem/orchestrator";
-import { type NewFlowStep, STEP_STATUSES } from "@stroem/schema";
+import { type JobStep, type NewFlowStep, STEP_STATUSES } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
@@ -122,20 +122,23 @@ describe("reportAndClaim: a report and the next claim in one round trip", () => 
       })),
     );
     const runs = new Map<string, number>();
+    const total = jobs.length * diamond.length;
+    let reported = 0;
+    // Each loop runs until every step is reported (not until it sees an idle
+    // queue, which a busy machine can show while others are mid-step), with a deadline.
+    const deadline = Date.now() + 90_000;
     const loop = async () => {
       const db = createPool(t.url, { max: 1, pooler: t.pooler });
       try {
         const w = await registerWorker(db);
-        let step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
-        let idle = 0;
-        while (idle < 20) {
+        let step: JobStep | undefined;
+        while (reported < total) {
+          if (Date.now() > deadline) throw new Error(`stuck: ${reported} of ${total} steps reported`);
+          step ??= await JobStepRepo.claimReadyStep(db, ["shell"], w);
           if (!step) {
-            idle += 1;
-            await new Promise((r) => setTimeout(r, 5));
-            step = await JobStepRepo.claimReadyStep(db, ["shell"], w);
+            await new Promise((r) => setTimeout(r, 5)); // others are finishing what promotes more
             continue;
           }
-          idle = 0;
           const key = `${step.jobId}/${step.stepName}`;
           runs.set(key, (runs.get(key) ?? 0) + 1);
           const r = await JobStepRepo.reportAndClaim(
@@ -143,8 +146,10 @@ describe("reportAndClaim: a report and the next claim in one round trip", () => 
             { jobId: step.jobId, stepName: step.stepName, workerId: w, attempt: step.attempts, outcome: "completed" },
             ["shell"],
           );
+          reported += 1;
           step = r.next;
         }
+        expect(step).toBeUndefined(); // nothing claimed and left behind
       } finally {
         await db.$client.end();
       }

@@ -159,7 +159,8 @@ export const job = pgTable(
  * visited, so it holds only deadlines not yet swept. A separate table, not a
  * partial index on `job` such as `WHERE completed_at IS NULL`: that predicate
  * made the UPDATE that finishes every job non-HOT (three index inserts and
- * about 0.26 KB of WAL per job, measured), for the few jobs with a timeout.
+ * 0.26 KB more WAL per one-step job: 1.92 against 1.66 KB, PostgreSQL 15,
+ * fsync on, 4 workers), for the few jobs with a timeout.
  */
 export const jobDeadline = pgTable(
   "job_deadline",

@@ -42,8 +42,9 @@ export interface NewApiKey {
 /**
  * Issues an API key: `stroem_ak_` and 36 random bytes (288 bits) in
  * base64url. Stores only its SHA-256 (hex) and a display prefix
- * (`stroem_ak_` and 4 random characters); the key is returned once. One
- * INSERT (an audit insert can join it in the caller's transaction). Throws
+ * (`stroem_ak_` and 4 random characters); the key is returned once. The
+ * INSERT and its `api_key.issued` audit event (filed under the key's hash)
+ * in one transaction. Throws
  * `UserNotFoundError`, `InvalidInputError` (name, a past or invalid
  * `expiresAt`); nothing is written then.
  */
@@ -142,9 +143,9 @@ export async function list(
 
 /**
  * Revokes the user's key `keyHash` (`revoked_at = now()`): `verify` refuses
- * it from then on. One guarded UPDATE (an audit insert can join it in the
- * caller's transaction; `alreadyRevoked` says whether this call changed
- * anything). Revoking twice keeps the first time. Throws
+ * it from then on. One guarded UPDATE and, when it revoked the key, its
+ * `api_key.revoked` audit event, in one transaction (`alreadyRevoked` says
+ * whether this call changed anything). Revoking twice keeps the first time. Throws
  * `ApiKeyNotFoundError` (no such key of this user), `InvalidInputError`.
  */
 export async function revoke(

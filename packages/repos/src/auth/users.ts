@@ -40,8 +40,8 @@ export const userInfoColumns = {
 const emailKey = (email: string) => sql`lower(${user.email}) = lower(${email})`;
 
 /**
- * Creates a user and returns it. One INSERT (an audit insert can join it in
- * the caller's transaction). Throws `InvalidInputError` (email, name or
+ * Creates a user and returns it. The INSERT and its `user.created` audit
+ * event (by `options.actor`) in one transaction. Throws `InvalidInputError` (email, name or
  * password hash malformed) or `DuplicateEmailError` (another user has this
  * email in any case); either way nothing is written.
  */
@@ -149,9 +149,9 @@ export async function list(db: Executor, options: { limit?: number; offset?: num
 
 /**
  * Deletes the user and returns what it was; its identity links, refresh
- * tokens and API keys go with it (foreign keys `ON DELETE CASCADE`). One
- * DELETE (an audit insert can join it in the caller's transaction). Throws
- * `UserNotFoundError`, `InvalidInputError`.
+ * tokens and API keys go with it (foreign keys `ON DELETE CASCADE`). The
+ * DELETE and its `user.deleted` audit event (by `options.actor`) in one
+ * transaction. Throws `UserNotFoundError`, `InvalidInputError`.
  */
 async function deleteUser(db: Executor, userId: string, options: AuditOptions = {}): Promise<UserInfo> {
   requireUuid("userId", userId);

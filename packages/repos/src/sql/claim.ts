@@ -1,6 +1,6 @@
 import { type SQL, type SQLChunk, sql } from "drizzle-orm";
 import { type Statement, statement } from "../statement.js";
-import type { FinishValues } from "./report.js";
+import { type FinishValues, finishCall } from "./report.js";
 
 /**
  * Starts the jobs of the steps in the CTE `claimed` (a job is `running` from
@@ -86,9 +86,9 @@ const placeholders = {
 };
 // Claims run with a literal limit (`limit 1`, `limit 50`): with `limit $n`
 // Postgres judges the generic plan worse than a custom one (it cannot know n
-// is small) and re-plans the four-part statement on every execution, about a
-// sixth of the server's CPU per step in single claims (measured with
-// pg_prepared_statements.custom_plans and perf). With the literal it keeps
+// is small) and re-plans the four-part statement on every execution (seen in
+// pg_prepared_statements.custom_plans; perf put the planner at 18% of the
+// backends' time; figures in the README). With the literal it keeps
 // the generic plan after five executions. One prepared statement per batch
 // size a process uses, for up to LITERAL_SIZES sizes; others take `$n`.
 const LITERAL_SIZES = 16;
@@ -126,16 +126,14 @@ export function claim(
 
 const one = { ...placeholders, limit: sql.raw("1") };
 type ReportAndClaimValues = FinishValues & { actionTypes: string | string[] };
-const finishCall = sql`select * from stroem_finish_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text,
-    ${sql.placeholder("outcome")}::text, ${sql.placeholder("output")}::jsonb, ${sql.placeholder("error")}::text,
-    ${sql.placeholder("workerId")}::uuid, ${sql.placeholder("attempt")}::int, true)`;
+const reportFirst = finishCall(sql`true`);
 const REPORT_AND_CLAIM_ONE_TYPE = statement<ReportAndClaimValues>(
   "report_and_claim_one_type",
-  claimQuery(false, one, finishCall),
+  claimQuery(false, one, reportFirst),
 );
 const REPORT_AND_CLAIM_TYPES = statement<ReportAndClaimValues>(
   "report_and_claim_types",
-  claimQuery(true, one, finishCall),
+  claimQuery(true, one, reportFirst),
 );
 
 /**

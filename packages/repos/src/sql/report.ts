@@ -1,4 +1,4 @@
-import { type SQL, sql } from "drizzle-orm";
+import { type SQL, type SQLChunk, sql } from "drizzle-orm";
 import { statement } from "../statement.js";
 
 /**
@@ -38,13 +38,19 @@ export type FinishValues = Omit<FinishArgs, "output"> & { output: string | null;
 
 /**
  * One report: guarded mark of a running step and, with `propagate`, the
- * advance of its job (dependants' counts, promotions, skips, the job's status).
+ * advance of its job (dependants' counts, promotions, skips, the job's
+ * status). `FINISH_STEP` binds `propagate`; `reportAndClaim` (sql/claim.ts)
+ * embeds the call with `true`.
  */
+export function finishCall(propagate: SQLChunk): SQL {
+  return sql`select * from stroem_finish_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text,
+    ${sql.placeholder("outcome")}::text, ${sql.placeholder("output")}::jsonb, ${sql.placeholder("error")}::text,
+    ${sql.placeholder("workerId")}::uuid, ${sql.placeholder("attempt")}::int, ${propagate})`;
+}
+
 export const FINISH_STEP = statement<FinishValues>(
   "finish_step",
-  sql`select * from stroem_finish_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text,
-    ${sql.placeholder("outcome")}::text, ${sql.placeholder("output")}::jsonb, ${sql.placeholder("error")}::text,
-    ${sql.placeholder("workerId")}::uuid, ${sql.placeholder("attempt")}::int, ${sql.placeholder("propagate")}::boolean)`,
+  finishCall(sql`${sql.placeholder("propagate")}::boolean`),
 );
 
 /** Many reports: `reports` is a JSON array of `{ i, job_id, step_name, outcome, output, error, worker_id, attempt }`. */

@@ -131,16 +131,21 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
   }
 }
 
+/** An accepted report's result; a refused one's typed error is thrown. */
+function accepted(a: FinishArgs, row: FinishRow): ReportResult {
+  const outcome = toOutcome(a, row);
+  if (!outcome.ok) throw outcome.error;
+  const { ok: _, ...result } = outcome;
+  return result;
+}
+
 async function finish(db: Executor, a: FinishArgs, propagate: boolean): Promise<ReportResult> {
   const output = a.output === null ? null : JSON.stringify(a.output);
   // Guarded, a repeat of a report that committed is answered `repeated`: retry any transient error.
   const rows = await retryTransient(db, a.workerId !== null && a.attempt !== null, () =>
     translateErrors(db, () => runStatement<FinishRow, FinishValues>(db, FINISH_STEP, { ...a, output, propagate })),
   );
-  const outcome = toOutcome(a, rows[0] as FinishRow);
-  if (!outcome.ok) throw outcome.error;
-  const { ok: _, ...result } = outcome;
-  return result;
+  return accepted(a, rows[0] as FinishRow);
 }
 
 /**
@@ -344,8 +349,5 @@ export async function reportAndClaim(
     translateErrors(db, () => runStatement<FinishRow & Record<string, unknown>, typeof values>(db, statement, values)),
   );
   const row = rows[0] as FinishRow & Record<string, unknown>;
-  const outcome = toOutcome(a, row);
-  if (!outcome.ok) throw outcome.error;
-  const { ok: _, ...result } = outcome;
-  return { report: result, next: row.job_id == null ? undefined : mapRow(jobStep, row) };
+  return { report: accepted(a, row), next: row.job_id == null ? undefined : mapRow(jobStep, row) };
 }
