@@ -196,4 +196,99 @@ describe("random DAGs run by concurrent workers", () => {
       expect((await JobRepo.get(t.db, jobId))?.status).not.toBe("running");
     }
   }, 60_000);
+
+  // reportMany applies a batch's outcomes level by level across all its jobs
+  // at once: a join whose parents report in one batch, a skip cascading from
+  // a failure, and (sometimes) a bare mark waiting for an advance, all in the
+  // same call. The oracle is planAdvance on each job with every outcome of
+  // the batch applied; each move is credited to exactly one of the job's
+  // reports (the last of the batch that reached it).
+  it("a batch finishing several steps of each of several jobs moves every job as planAdvance does", async () => {
+    const next = rng(777);
+    const workerId = await registerWorker(t.db);
+    let batches = 0;
+    let joins = 0;
+    let waiting = 0;
+    for (let round = 0; round < 25; round++) {
+      const jobs = await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          const flow = randomFlow(next);
+          const jobId = await JobRepo.createWithSteps(
+            t.db,
+            { taskName: "oracle-batch", sourceType: "api" },
+            Object.entries(flow).map(([stepName, s]) => ({ stepName, actionType: "shell" as const, ...s })),
+          );
+          return { jobId, flow };
+        }),
+      );
+      for (;;) {
+        const reports: Parameters<typeof JobStepRepo.reportMany>[1][number][] = [];
+        const oracle = new Map<string, ReturnType<typeof planAdvance>>();
+        for (const { jobId, flow } of jobs) {
+          const ready = await JobStepRepo.getReadySteps(t.db, jobId);
+          if (ready.length === 0) continue;
+          const outcomes = new Map<string, "completed" | "failed">();
+          for (const step of ready) {
+            await JobStepRepo.markRunning(t.db, jobId, step.stepName, workerId);
+            outcomes.set(step.stepName, next() < 0.3 ? "failed" : "completed");
+          }
+          // Now and then the job's first ready step gets a bare mark (no
+          // advance): the batch's call must apply it too.
+          const [first, ...rest] = ready;
+          let bare: string | undefined;
+          if (first && rest.length > 0 && next() < 0.25) {
+            bare = first.stepName;
+            const guard = { workerId, attempt: 1 };
+            if (outcomes.get(first.stepName) === "failed")
+              await JobStepRepo.markFailed(t.db, jobId, first.stepName, "bare", guard);
+            else await JobStepRepo.markCompleted(t.db, jobId, first.stepName, undefined, guard);
+            waiting++;
+          }
+          const before = await JobStepRepo.getStepsForJob(t.db, jobId);
+          oracle.set(
+            jobId,
+            planAdvance(
+              before.map((s) => ({ stepName: s.stepName, status: outcomes.get(s.stepName) ?? s.status })),
+              flow,
+            ),
+          );
+          for (const step of ready) {
+            if (step.stepName === bare) continue;
+            const outcome = outcomes.get(step.stepName) ?? "completed";
+            reports.push({
+              jobId,
+              stepName: step.stepName,
+              workerId,
+              attempt: 1,
+              ...(outcome === "failed" ? { outcome, error: "boom" } : { outcome }),
+            });
+          }
+        }
+        if (oracle.size === 0) break;
+        // Interleave the jobs' reports (the batch's order is not the jobs').
+        reports.sort(() => next() - 0.5);
+        const results = await JobStepRepo.reportMany(t.db, reports);
+        batches++;
+        for (const [jobId, plan] of oracle) {
+          const mine = results.filter((_, k) => reports[k]?.jobId === jobId);
+          if (mine.length > 1) joins++;
+          for (const r of mine) {
+            if (!r.ok) throw r.error;
+            expect(r.jobStatus).toBe(plan.jobStatus);
+          }
+          const promoted = mine.flatMap((r) => (r.ok ? [...r.promoted] : []));
+          const skipped = mine.flatMap((r) => (r.ok ? [...r.skipped] : []));
+          // Each move once, and exactly the oracle's.
+          expect(promoted.sort()).toEqual([...plan.promote].sort());
+          expect(skipped.sort()).toEqual([...plan.skip].sort());
+          expect((await JobRepo.get(t.db, jobId))?.status).toBe(plan.jobStatus);
+        }
+      }
+      for (const { jobId } of jobs) expect((await JobRepo.get(t.db, jobId))?.status).not.toBe("running");
+    }
+    // The generator did produce what the test is about.
+    expect(batches).toBeGreaterThan(50);
+    expect(joins).toBeGreaterThan(20);
+    expect(waiting).toBeGreaterThan(5);
+  }, 90_000);
 });

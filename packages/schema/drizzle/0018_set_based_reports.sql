@@ -1,0 +1,447 @@
+-- Speed (issue #10). Hand-written: drizzle-kit does not model functions.
+--
+-- stroem_report_many, set-based. Same signature, locks and answers as 0005's,
+-- but the outcomes of a batch are no longer applied one report at a time (a
+-- call of stroem_apply_outcomes per report with dependants, then one of
+-- stroem_settle_jobs per call): the batch's edges (finished step ->
+-- dependant), across all its jobs, are applied one level at a time, with one
+-- UPDATE per level (a level past the first only when steps were skipped),
+-- and every job the batch moves settles in one UPDATE. A report is credited
+-- with the moves it caused: a dependant that several reports of the batch
+-- moved (a join whose parents finished together) is credited to the last of
+-- them in the batch's order, as the one-at-a-time version did for promotions
+-- (for a skip, that version credited the first failure; this one the last
+-- report that reached the step). A job whose bare marks wait for an advance
+-- (rare: callers composing markCompleted + advance) still goes through
+-- stroem_apply_outcomes, which applies those too; its moves are credited to
+-- its last report in the batch.
+CREATE OR REPLACE FUNCTION stroem_report_many(p_reports jsonb)
+RETURNS TABLE(ord integer, result text, promoted text[], skipped text[], job_status text,
+              step_status text, step_worker_id uuid, step_attempts integer, retried boolean, retry_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  -- Accepted reports, in order, and whether each went back to the queue.
+  v_ords integer[];
+  v_retried boolean[];
+  v_types text[]; -- action types of steps made ready now (notified on commit)
+  -- Per job that moves: reports finished, failures that fail it, its last report.
+  v_jobs uuid[];
+  v_finished integer[];
+  v_failed integer[];
+  v_last integer[];
+  -- The current level's edges: job, dependant, the finished dependency's outcome, credited report.
+  e_jobs uuid[];
+  e_names text[];
+  e_outcomes text[];
+  e_origins integer[];
+  -- Moves, credited: report, order within it, step, 'ready' | 'skipped'.
+  c_ords integer[] := '{}';
+  c_levels integer[] := '{}';
+  c_names text[] := '{}';
+  c_kinds text[] := '{}';
+  v_skipped_jobs uuid[] := '{}'; -- one entry per step the levels skipped (settled as finished)
+  v_level integer := 0;
+  v_waiting uuid[];
+  v_wait record;
+  v_applied record;
+  l_ords integer[];
+  l_names text[];
+  l_kinds text[];
+  l_skipped_jobs uuid[];
+  l_types text[];
+  k integer;
+BEGIN
+  PERFORM 1 FROM job j
+  WHERE j.job_id IN (SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid))
+  ORDER BY j.job_id
+  FOR NO KEY UPDATE;
+
+  -- The guarded marks (as 0005), and what they start: per job, per edge.
+  WITH r AS (
+    SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+      i integer, job_id uuid, step_name text, outcome text, output jsonb, error text, worker_id uuid, attempt integer)
+  ), marked AS (
+    UPDATE job_step s SET
+      status = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN 'ready' ELSE r.outcome END,
+      output = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE r.output END,
+      error_message = r.error,
+      completed_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE now() END,
+      propagated = NOT (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) AND j.status NOT IN ('completed', 'failed', 'cancelled'),
+      ready_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
+        THEN stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter) ELSE s.ready_at END,
+      worker_id = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.worker_id END,
+      started_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.started_at END,
+      retry_history = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
+        THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
+    FROM r JOIN job j ON j.job_id = r.job_id
+    WHERE s.job_id = r.job_id AND s.step_name = r.step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND r.worker_id IS NULL AND r.attempt IS NULL))
+      AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
+      AND (r.attempt IS NULL OR s.attempts = r.attempt)
+    RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,
+      s.status = 'ready' AS retried, s.action_type, s.ready_at
+  ), jobs AS (
+    SELECT m.job_id, count(*)::integer AS n,
+           count(*) FILTER (WHERE m.outcome = 'failed' AND NOT m.continue_on_failure)::integer AS failed,
+           max(m.i) AS last
+    FROM marked m WHERE m.moving GROUP BY m.job_id
+  ), edges AS (
+    SELECT m.job_id, d.name, m.outcome, m.i
+    FROM marked m CROSS JOIN LATERAL unnest(m.dependants) AS d(name)
+    WHERE m.moving
+  )
+  SELECT
+    (SELECT coalesce(array_agg(m.i ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.retried ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(DISTINCT m.action_type::text), '{}') FROM marked m WHERE m.retried AND m.ready_at <= now()),
+    (SELECT coalesce(array_agg(jobs.job_id ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.n ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.failed ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.last ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(e.job_id ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e)
+  INTO v_ords, v_retried, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
+
+  -- Jobs with bare marks waiting (served by idx_job_step_unpropagated; none
+  -- on the report path): one at a time through stroem_apply_outcomes, which
+  -- applies those marks, this batch's outcomes, settles and notifies.
+  SELECT coalesce(array_agg(DISTINCT s.job_id), '{}') INTO v_waiting
+  FROM job_step s
+  WHERE s.job_id = ANY (v_jobs) AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped');
+  IF cardinality(v_waiting) > 0 THEN
+    FOR v_wait IN
+      SELECT t.job_id, t.n, t.failed, t.last,
+             coalesce((SELECT array_agg(e.name ORDER BY e.name, e.origin) FROM unnest(e_jobs, e_names, e_origins) AS e(job_id, name, origin)
+                       WHERE e.job_id = t.job_id), '{}') AS targets,
+             coalesce((SELECT array_agg(e.outcome ORDER BY e.name, e.origin) FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS e(job_id, name, outcome, origin)
+                       WHERE e.job_id = t.job_id), '{}') AS outcomes
+      FROM unnest(v_jobs, v_finished, v_failed, v_last) AS t(job_id, n, failed, last)
+      WHERE t.job_id = ANY (v_waiting)
+      ORDER BY t.job_id
+    LOOP
+      SELECT * INTO v_applied FROM stroem_apply_outcomes(v_wait.job_id, v_wait.targets, v_wait.outcomes, v_wait.n, v_wait.failed);
+      SELECT c_ords || coalesce(array_agg(v_wait.last), '{}'), c_levels || coalesce(array_agg(m.k::integer ORDER BY m.k), '{}'),
+             c_names || coalesce(array_agg(m.name ORDER BY m.k), '{}'), c_kinds || coalesce(array_agg(m.kind ORDER BY m.k), '{}')
+      INTO c_ords, c_levels, c_names, c_kinds
+      FROM (SELECT p.name, p.k, 'ready' AS kind FROM unnest(v_applied.promoted) WITH ORDINALITY AS p(name, k)
+            UNION ALL
+            SELECT q.name, cardinality(v_applied.promoted) + q.k, 'skipped' FROM unnest(v_applied.skipped) WITH ORDINALITY AS q(name, k)) AS m;
+    END LOOP;
+    SELECT coalesce(array_agg(t.job_id ORDER BY t.job_id), '{}'), coalesce(array_agg(t.n ORDER BY t.job_id), '{}'),
+           coalesce(array_agg(t.failed ORDER BY t.job_id), '{}')
+    INTO v_jobs, v_finished, v_failed
+    FROM unnest(v_jobs, v_finished, v_failed) AS t(job_id, n, failed)
+    WHERE NOT (t.job_id = ANY (v_waiting));
+    SELECT coalesce(array_agg(e.job_id ORDER BY e.job_id, e.name, e.origin), '{}'), coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.origin), '{}'),
+           coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.origin), '{}'), coalesce(array_agg(e.origin ORDER BY e.job_id, e.name, e.origin), '{}')
+    INTO e_jobs, e_names, e_outcomes, e_origins
+    FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS e(job_id, name, outcome, origin)
+    WHERE NOT (e.job_id = ANY (v_waiting));
+  END IF;
+
+  -- The levels: each pending dependant takes the counts of its finished
+  -- dependencies (stroem_decide, as stroem_apply_outcomes); a skipped one
+  -- finishes in turn, and its dependants make the next level.
+  WHILE cardinality(e_jobs) > 0 LOOP
+    v_level := v_level + 1;
+    WITH agg AS (
+      SELECT t.job_id, t.name, count(*)::integer AS n,
+             count(*) FILTER (WHERE t.outcome = 'failed')::integer AS f,
+             count(*) FILTER (WHERE t.outcome = 'completed')::integer AS c,
+             max(t.origin) AS origin
+      FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS t(job_id, name, outcome, origin)
+      GROUP BY t.job_id, t.name
+    ), dec AS (
+      SELECT s.job_id, s.step_name, agg.n, agg.f, agg.c, agg.origin,
+             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                           s.deps_completed + agg.c, s.continue_on_failure) AS next
+      FROM agg JOIN job_step s ON s.job_id = agg.job_id AND s.step_name = agg.name
+      WHERE s.status = 'pending'
+    ), upd AS (
+      UPDATE job_step s SET
+        deps_unfinished = s.deps_unfinished - dec.n,
+        deps_failed = s.deps_failed + dec.f,
+        deps_completed = s.deps_completed + dec.c,
+        status = dec.next,
+        ready_at = CASE WHEN dec.next = 'ready' THEN now() ELSE s.ready_at END,
+        completed_at = CASE WHEN dec.next = 'skipped' THEN now() ELSE s.completed_at END,
+        propagated = (dec.next = 'skipped')
+      FROM dec
+      WHERE s.job_id = dec.job_id AND s.step_name = dec.step_name
+      RETURNING s.job_id, s.step_name, dec.next, s.dependants, s.action_type, dec.origin
+    ), nxt AS (
+      SELECT u.job_id, d.name, u.origin
+      FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d(name)
+      WHERE u.next = 'skipped'
+    )
+    SELECT
+      (SELECT coalesce(array_agg(u.origin), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.next), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.job_id), '{}') FROM upd u WHERE u.next = 'skipped'),
+      (SELECT coalesce(array_agg(DISTINCT u.action_type::text), '{}') FROM upd u WHERE u.next = 'ready'),
+      (SELECT coalesce(array_agg(n.job_id ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
+      (SELECT coalesce(array_agg(n.name ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
+      (SELECT coalesce(array_agg(n.origin ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n)
+    INTO l_ords, l_names, l_kinds, l_skipped_jobs, l_types, e_jobs, e_names, e_origins;
+    c_ords := c_ords || l_ords;
+    c_levels := c_levels || array_fill(v_level, ARRAY[cardinality(l_ords)]);
+    c_names := c_names || l_names;
+    c_kinds := c_kinds || l_kinds;
+    v_skipped_jobs := v_skipped_jobs || l_skipped_jobs;
+    v_types := v_types || l_types;
+    e_outcomes := array_fill('skipped'::text, ARRAY[cardinality(e_jobs)]);
+  END LOOP;
+
+  -- Every job the batch moved, settled at once: its finished reports and the
+  -- steps the levels skipped.
+  PERFORM 1 FROM stroem_settle_jobs(
+    (SELECT coalesce(array_agg(t.job_id ORDER BY t.job_id), '{}') FROM (
+       SELECT f.job_id FROM unnest(v_jobs) AS f(job_id) UNION SELECT x.job_id FROM unnest(v_skipped_jobs) AS x(job_id)) AS t),
+    (SELECT coalesce(array_agg(t.n ORDER BY t.job_id), '{}') FROM (
+       SELECT u.job_id, sum(u.n)::integer AS n FROM (
+         SELECT f.job_id, f.n FROM unnest(v_jobs, v_finished) AS f(job_id, n)
+         UNION ALL SELECT x.job_id, 1 FROM unnest(v_skipped_jobs) AS x(job_id)) AS u
+       GROUP BY u.job_id) AS t),
+    (SELECT coalesce(array_agg(t.failed ORDER BY t.job_id), '{}') FROM (
+       SELECT u.job_id, sum(u.failed)::integer AS failed FROM (
+         SELECT f.job_id, f.failed FROM unnest(v_jobs, v_failed) AS f(job_id, failed)
+         UNION ALL SELECT x.job_id, 0 FROM unnest(v_skipped_jobs) AS x(job_id)) AS u
+       GROUP BY u.job_id) AS t));
+
+  IF cardinality(v_types) > 0 THEN
+    PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
+  END IF;
+
+  RETURN QUERY
+    WITH r AS (
+      SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+        i integer, job_id uuid, step_name text, outcome text, worker_id uuid, attempt integer)
+    ), acc AS (
+      SELECT t.i, t.retried FROM unnest(v_ords, v_retried) AS t(i, retried)
+    ), credit AS (
+      SELECT c.i,
+             array_agg(c.name ORDER BY c.level, c.name) FILTER (WHERE c.kind = 'ready') AS promoted,
+             array_agg(c.name ORDER BY c.level, c.name) FILTER (WHERE c.kind = 'skipped') AS skipped
+      FROM unnest(c_ords, c_levels, c_names, c_kinds) AS c(i, level, name, kind)
+      GROUP BY c.i
+    )
+    SELECT r.i,
+      CASE
+        WHEN acc.i IS NOT NULL THEN 'ok'
+        WHEN s.step_name IS NULL THEN 'not_found'
+        WHEN s.status = r.outcome AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.worker_id = r.worker_id AND s.attempts = r.attempt THEN 'repeated'
+        WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN 'repeated'
+        WHEN s.status <> 'running' THEN 'invalid_transition'
+        ELSE 'not_owner'
+      END,
+      CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.promoted, '{}') END,
+      CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.skipped, '{}') END,
+      j.status, s.status, s.worker_id, s.attempts,
+      coalesce(acc.retried, acc.i IS NULL AND r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false),
+      CASE WHEN coalesce(acc.retried, acc.i IS NULL AND r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false) THEN s.ready_at END
+    FROM r
+      LEFT JOIN acc ON acc.i = r.i
+      LEFT JOIN credit ON credit.i = r.i
+      LEFT JOIN job_step s ON s.job_id = r.job_id AND s.step_name = r.step_name
+      LEFT JOIN job j ON j.job_id = r.job_id
+    ORDER BY r.i;
+END
+$$;
+--> statement-breakpoint
+-- stroem_finish_step: as in 0011, plus the first level of a report's
+-- dependants inline (one UPDATE of the pending dependants instead of a call
+-- of stroem_apply_outcomes, whose bare-marks UPDATE, loop and settle call
+-- cost more than that UPDATE on a DAG's report path); a skip that cascades,
+-- and a job whose bare marks wait, still go through stroem_apply_outcomes.
+CREATE OR REPLACE FUNCTION stroem_finish_step(
+  p_job_id uuid, p_step_name text, p_outcome text, p_output jsonb, p_error text,
+  p_worker_id uuid, p_attempt integer, p_propagate boolean,
+  OUT result text, OUT promoted text[], OUT skipped text[], OUT job_status text,
+  OUT step_status text, OUT step_worker_id uuid, OUT step_attempts integer,
+  OUT retried boolean, OUT retry_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_job_status text;
+  v_propagate boolean;
+  v_dependants text[];
+  v_continue boolean;
+  v_applied record;
+  v_step record;
+  v_history jsonb;
+  v_found boolean;
+  v_failed integer;
+  v_finished integer;
+  v_next text[];
+  v_types text[];
+BEGIN
+  promoted := '{}';
+  skipped := '{}';
+  retried := false;
+  SELECT j.status INTO v_job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
+  IF NOT FOUND THEN
+    result := 'not_found';
+    RETURN;
+  END IF;
+  job_status := v_job_status;
+  -- A finished job (cancelled, failed by hand) records the outcome but moves no more.
+  v_propagate := p_propagate AND v_job_status NOT IN ('completed', 'failed', 'cancelled');
+  -- Only a failure needs the step's retry policy before writing: a success
+  -- is the guarded UPDATE alone.
+  v_found := true;
+  IF p_outcome = 'failed' THEN
+    SELECT s.status, s.attempts, s.max_retries, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.action_type
+    INTO v_step
+    FROM job_step s
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    FOR UPDATE;
+    v_found := FOUND;
+    IF v_found AND v_step.status = 'running' AND v_job_status NOT IN ('completed', 'failed', 'cancelled')
+       AND v_step.attempts <= v_step.max_retries THEN
+      -- Retries left: back to the queue after the policy's delay; the job keeps running.
+      UPDATE job_step s SET
+        status = 'ready',
+        ready_at = stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter),
+        retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, p_error, s.started_at),
+        worker_id = NULL,
+        started_at = NULL,
+        output = NULL,
+        error_message = p_error
+      WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      RETURNING s.ready_at, s.attempts INTO retry_at, step_attempts;
+      result := 'ok';
+      retried := true;
+      step_status := 'ready';
+      IF retry_at <= now() THEN
+        PERFORM pg_notify('stroem_ready', v_step.action_type);
+      END IF;
+      RETURN;
+    END IF;
+  END IF;
+  IF v_found THEN
+    UPDATE job_step s SET
+      status = p_outcome,
+      output = p_output,
+      error_message = p_error,
+      completed_at = now(),
+      propagated = v_propagate
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
+    INTO v_dependants, v_continue, step_worker_id, step_attempts;
+    v_found := FOUND;
+  END IF;
+  IF NOT v_found THEN
+    SELECT s.status, s.worker_id, s.attempts, s.retry_history INTO step_status, step_worker_id, step_attempts, v_history
+    FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+    IF NOT FOUND THEN
+      result := 'not_found';
+    ELSIF step_status = p_outcome AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
+          AND step_worker_id = p_worker_id AND step_attempts = p_attempt THEN
+      result := 'repeated';
+    ELSIF p_outcome = 'failed' AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
+          AND v_history @> jsonb_build_array(jsonb_build_object('attempt', p_attempt, 'workerId', p_worker_id)) THEN
+      -- This worker's failure of this attempt was recorded and retried already.
+      result := 'repeated';
+      retried := true;
+    ELSIF step_status <> 'running' THEN
+      result := 'invalid_transition';
+    ELSE
+      result := 'not_owner';
+    END IF;
+    RETURN;
+  END IF;
+  result := 'ok';
+  step_status := p_outcome;
+  IF NOT v_propagate THEN
+    RETURN;
+  END IF;
+  v_failed := CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END;
+  IF EXISTS (
+    SELECT 1 FROM job_step s
+    WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
+  ) THEN
+    -- Bare marks wait for an advance: stroem_apply_outcomes applies them too.
+    SELECT * INTO v_applied FROM stroem_apply_outcomes(
+      p_job_id, v_dependants, array_fill(p_outcome, ARRAY[cardinality(v_dependants)]), 1, v_failed);
+    promoted := v_applied.promoted;
+    skipped := v_applied.skipped;
+    job_status := v_applied.job_status;
+    RETURN;
+  END IF;
+  v_finished := 1;
+  IF cardinality(v_dependants) > 0 THEN
+    -- The dependants' first level, inline (stroem_apply_outcomes' loop for
+    -- one edge per dependant): each pending dependant takes this outcome
+    -- into its counts and stroem_decide moves it.
+    WITH dec AS (
+      SELECT s.step_name,
+             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - 1,
+                           s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
+                           s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
+                           s.continue_on_failure) AS next
+      FROM job_step s
+      WHERE s.job_id = p_job_id AND s.step_name = ANY (v_dependants) AND s.status = 'pending'
+    ), upd AS (
+      UPDATE job_step s SET
+        deps_unfinished = s.deps_unfinished - 1,
+        deps_failed = s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
+        deps_completed = s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
+        status = dec.next,
+        ready_at = CASE WHEN dec.next = 'ready' THEN now() ELSE s.ready_at END,
+        completed_at = CASE WHEN dec.next = 'skipped' THEN now() ELSE s.completed_at END,
+        propagated = (dec.next = 'skipped')
+      FROM dec
+      WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
+      RETURNING s.step_name, dec.next, s.dependants, s.action_type
+    )
+    SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
+           coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
+           coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
+           coalesce((SELECT array_agg(DISTINCT u.action_type::text) FROM upd u WHERE u.next = 'ready'), '{}')
+    INTO promoted, skipped, v_next, v_types;
+    v_finished := 1 + cardinality(skipped);
+    IF cardinality(v_next) > 0 THEN
+      -- A skip cascades: stroem_apply_outcomes walks the next levels and
+      -- settles the job with this level's count.
+      SELECT * INTO v_applied FROM stroem_apply_outcomes(
+        p_job_id, v_next, array_fill('skipped'::text, ARRAY[cardinality(v_next)]), v_finished, v_failed);
+      promoted := promoted || v_applied.promoted;
+      skipped := skipped || v_applied.skipped;
+      job_status := v_applied.job_status;
+      v_finished := 0;
+    END IF;
+    IF cardinality(v_types) > 0 THEN
+      PERFORM pg_notify('stroem_ready', t) FROM unnest(v_types) AS t;
+    END IF;
+  END IF;
+  IF v_finished > 0 THEN
+    -- The job's counts, in one UPDATE (stroem_settle_jobs for one job,
+    -- inlined: a set-returning call over arrays cost more than the UPDATE
+    -- itself on this, the commonest path).
+    UPDATE job j SET
+      steps_unfinished = j.steps_unfinished - v_finished,
+      steps_failed = j.steps_failed + v_failed,
+      status = CASE WHEN j.steps_unfinished > v_finished THEN 'running'
+                    WHEN j.steps_failed + v_failed > 0 THEN 'failed'
+                    ELSE 'completed' END,
+      started_at = coalesce(j.started_at, now()),
+      completed_at = CASE WHEN j.steps_unfinished > v_finished THEN NULL ELSE now() END
+    WHERE j.job_id = p_job_id
+    RETURNING j.status INTO job_status;
+  END IF;
+END
+$$;
