@@ -637,3 +637,23 @@ describe.skipIf(t.pooler)("prepared statements (skipped through a transaction po
     }
   });
 });
+
+describe("plans inside the report functions", () => {
+  it("the report functions keep generic plans (re-planning their statements on every call cost more than running them)", async () => {
+    // Left to the plan cache, PostgreSQL 18 judged the generic plan of the
+    // dependants' UPDATE worse than a custom one and planned it on every
+    // report (migration 0018). A later CREATE OR REPLACE without the SET
+    // clause would bring that back.
+    const rows = await t.db.$client.query<{ proname: string; proconfig: string[] | null }>(
+      `select proname, proconfig from pg_proc
+       where proname in ('stroem_finish_step', 'stroem_report_many', 'stroem_apply_outcomes')
+         and pronamespace = to_regnamespace(current_schema())
+       order by proname`,
+    );
+    expect(rows.rows.map((r) => [r.proname, r.proconfig])).toEqual([
+      ["stroem_apply_outcomes", ["plan_cache_mode=force_generic_plan"]],
+      ["stroem_finish_step", ["plan_cache_mode=force_generic_plan"]],
+      ["stroem_report_many", ["plan_cache_mode=force_generic_plan"]],
+    ]);
+  });
+});
