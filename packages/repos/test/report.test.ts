@@ -274,6 +274,57 @@ describe("complete and fail", () => {
 });
 
 describe("reportMany", () => {
+  it("reads jobs and steps by key whatever the tables' size: no sequential scan of job or job_step", async () => {
+    // jsonb_to_recordset is planned as 100 rows: joined to it, `job` was
+    // read whole (a hash join) on tables of up to some 20,000 jobs.
+    const w = await registerWorker(t.db);
+    await JobRepo.createMany(
+      t.db,
+      Array.from({ length: 1500 }, () => ({ job: newJob, steps: diamond })),
+    );
+    await t.db.execute(sql`analyze job`);
+    await t.db.execute(sql`analyze job_step`);
+    // This transaction's own counts (pg_stat_xact_user_tables), the report
+    // functions' statements included; only the reports' are summed (the
+    // claim's plan is the planner's choice for a table this small).
+    const scans = await t.db.transaction(async (tx) => {
+      const count = async () =>
+        (
+          await tx.execute<{ relname: string; seq_scan: string }>(
+            sql`select relname, seq_scan from pg_stat_xact_user_tables where relname in ('job', 'job_step') order by relname`,
+          )
+        ).rows.map((r) => Number(r.seq_scan));
+      const sum = [0, 0];
+      // Two batches of roots: each promotes its jobs' b and c (a level).
+      for (let batch = 0; batch < 2; batch++) {
+        const claimed = await JobStepRepo.claimReadySteps(tx, ["shell"], w, 50);
+        expect(claimed.map((s) => s.stepName)).toEqual(Array(50).fill("a"));
+        const before = await count();
+        const results = await JobStepRepo.reportMany(
+          tx,
+          claimed.map((s) => ({
+            jobId: s.jobId,
+            stepName: s.stepName,
+            workerId: w,
+            attempt: s.attempts,
+            outcome: "completed" as const,
+          })),
+        );
+        const after = await count();
+        for (const k of [0, 1]) sum[k] = (sum[k] ?? 0) + (after[k] ?? 0) - (before[k] ?? 0);
+        expect(results.map((r) => r.ok && [...r.promoted].sort())).toEqual(Array(50).fill(["b", "c"]));
+      }
+      return [
+        ["job", sum[0]],
+        ["job_step", sum[1]],
+      ];
+    });
+    expect(scans).toEqual([
+      ["job", 0],
+      ["job_step", 0],
+    ]);
+  });
+
   it("reports across jobs in one call, answers in order, and a refusal spoils nothing", async () => {
     const ids = await JobRepo.createMany(t.db, [
       { job: newJob, steps: diamond },

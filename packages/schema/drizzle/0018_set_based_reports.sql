@@ -15,6 +15,13 @@
 -- (rare: callers composing markCompleted + advance) still goes through
 -- stroem_apply_outcomes, which applies those too; its moves are credited to
 -- its last report in the batch.
+--
+-- Every statement reaches `job` and `job_step` by key: the planner takes
+-- jsonb_to_recordset and unnest for 100 and 10 rows, and joined to them it
+-- read `job` whole (a hash join) on tables of up to some 20,000 jobs, four
+-- times a call (the lock, the marks' join, the settle, the answers), and
+-- `job_step` once. Accepted reports are answered from their marks and the
+-- settle; only a refused one reads its step again.
 CREATE OR REPLACE FUNCTION stroem_report_many(p_reports jsonb)
 RETURNS TABLE(ord integer, result text, promoted text[], skipped text[], job_status text,
               step_status text, step_worker_id uuid, step_attempts integer, retried boolean, retry_at timestamptz)
@@ -24,6 +31,16 @@ DECLARE
   -- Accepted reports, in order, and whether each went back to the queue.
   v_ords integer[];
   v_retried boolean[];
+  -- Their steps after the marks (the answer's step columns).
+  v_step_status text[];
+  v_step_worker uuid[];
+  v_step_attempts integer[];
+  v_step_ready timestamptz[];
+  -- Every job of the batch that exists, and its status (after the batch, once settled).
+  v_job_ids uuid[];
+  v_job_statuses text[];
+  v_settled_ids uuid[];
+  v_settled_statuses text[];
   v_types text[]; -- action types of steps made ready now (notified on commit)
   -- Per job that moves: reports finished, failures that fail it, its last report.
   v_jobs uuid[];
@@ -52,10 +69,17 @@ DECLARE
   l_types text[];
   k integer;
 BEGIN
-  PERFORM 1 FROM job j
-  WHERE j.job_id IN (SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid))
-  ORDER BY j.job_id
-  FOR NO KEY UPDATE;
+  -- The jobs' locks, in job id order. `= ANY (ARRAY(...))` walks job_pkey:
+  -- joined to jsonb_to_recordset (which the planner takes for 100 rows),
+  -- the job table was read whole up to some 20,000 rows.
+  SELECT coalesce(array_agg(l.job_id ORDER BY l.job_id), '{}'), coalesce(array_agg(l.status ORDER BY l.job_id), '{}')
+  INTO v_job_ids, v_job_statuses
+  FROM (
+    SELECT j.job_id, j.status FROM job j
+    WHERE j.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)))
+    ORDER BY j.job_id
+    FOR NO KEY UPDATE
+  ) AS l;
 
   -- The guarded marks (as 0005), and what they start: per job, per edge.
   WITH r AS (
@@ -74,13 +98,13 @@ BEGIN
       started_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.started_at END,
       retry_history = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
         THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
-    FROM r JOIN job j ON j.job_id = r.job_id
+    FROM r JOIN unnest(v_job_ids, v_job_statuses) AS j(job_id, status) ON j.job_id = r.job_id
     WHERE s.job_id = r.job_id AND s.step_name = r.step_name
       AND (s.status = 'running' OR (s.status = 'ready' AND r.worker_id IS NULL AND r.attempt IS NULL))
       AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
       AND (r.attempt IS NULL OR s.attempts = r.attempt)
     RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,
-      s.status = 'ready' AS retried, s.action_type, s.ready_at
+      s.status = 'ready' AS retried, s.action_type, s.ready_at, s.status, s.worker_id, s.attempts
   ), jobs AS (
     SELECT m.job_id, count(*)::integer AS n,
            count(*) FILTER (WHERE m.outcome = 'failed' AND NOT m.continue_on_failure)::integer AS failed,
@@ -94,6 +118,10 @@ BEGIN
   SELECT
     (SELECT coalesce(array_agg(m.i ORDER BY m.i), '{}') FROM marked m),
     (SELECT coalesce(array_agg(m.retried ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.status ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.worker_id ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.attempts ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.ready_at ORDER BY m.i), '{}') FROM marked m),
     (SELECT coalesce(array_agg(DISTINCT m.action_type::text), '{}') FROM marked m WHERE m.retried AND m.ready_at <= now()),
     (SELECT coalesce(array_agg(jobs.job_id ORDER BY jobs.job_id), '{}') FROM jobs),
     (SELECT coalesce(array_agg(jobs.n ORDER BY jobs.job_id), '{}') FROM jobs),
@@ -103,7 +131,7 @@ BEGIN
     (SELECT coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
     (SELECT coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
     (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e)
-  INTO v_ords, v_retried, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
+  INTO v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
 
   -- Jobs with bare marks waiting (served by idx_job_step_unpropagated; none
   -- on the report path): one at a time through stroem_apply_outcomes, which
@@ -123,6 +151,7 @@ BEGIN
       ORDER BY t.job_id
     LOOP
       SELECT * INTO v_applied FROM stroem_apply_outcomes(v_wait.job_id, v_wait.targets, v_wait.outcomes, v_wait.n, v_wait.failed);
+      v_job_statuses[array_position(v_job_ids, v_wait.job_id)] := v_applied.job_status;
       SELECT c_ords || coalesce(array_agg(v_wait.last), '{}'), c_levels || coalesce(array_agg(m.k::integer ORDER BY m.k), '{}'),
              c_names || coalesce(array_agg(m.name ORDER BY m.k), '{}'), c_kinds || coalesce(array_agg(m.kind ORDER BY m.k), '{}')
       INTO c_ords, c_levels, c_names, c_kinds
@@ -154,24 +183,27 @@ BEGIN
              max(t.origin) AS origin
       FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS t(job_id, name, outcome, origin)
       GROUP BY t.job_id, t.name
-    ), dec AS (
-      SELECT s.job_id, s.step_name, agg.n, agg.f, agg.c, agg.origin,
-             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
-                           s.deps_completed + agg.c, s.continue_on_failure) AS next
-      FROM agg JOIN job_step s ON s.job_id = agg.job_id AND s.step_name = agg.name
-      WHERE s.status = 'pending'
     ), upd AS (
+      -- One walk of the primary key per dependant: the decision
+      -- (stroem_decide, an inlined CASE) is written into the SET list, whose
+      -- expressions all read the row as it was.
       UPDATE job_step s SET
-        deps_unfinished = s.deps_unfinished - dec.n,
-        deps_failed = s.deps_failed + dec.f,
-        deps_completed = s.deps_completed + dec.c,
-        status = dec.next,
-        ready_at = CASE WHEN dec.next = 'ready' THEN now() ELSE s.ready_at END,
-        completed_at = CASE WHEN dec.next = 'skipped' THEN now() ELSE s.completed_at END,
-        propagated = (dec.next = 'skipped')
-      FROM dec
-      WHERE s.job_id = dec.job_id AND s.step_name = dec.step_name
-      RETURNING s.job_id, s.step_name, dec.next, s.dependants, s.action_type, dec.origin
+        deps_unfinished = s.deps_unfinished - agg.n,
+        deps_failed = s.deps_failed + agg.f,
+        deps_completed = s.deps_completed + agg.c,
+        status = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                               s.deps_completed + agg.c, s.continue_on_failure),
+        ready_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                           s.deps_completed + agg.c, s.continue_on_failure) = 'ready'
+                        THEN now() ELSE s.ready_at END,
+        completed_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                               s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
+                            THEN now() ELSE s.completed_at END,
+        propagated = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                   s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
+      FROM agg
+      WHERE s.job_id = agg.job_id AND s.step_name = agg.name AND s.status = 'pending'
+      RETURNING s.job_id, s.step_name, s.status AS next, s.dependants, s.action_type, agg.origin
     ), nxt AS (
       SELECT u.job_id, d.name, u.origin
       FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d(name)
@@ -197,31 +229,51 @@ BEGIN
   END LOOP;
 
   -- Every job the batch moved, settled at once: its finished reports and the
-  -- steps the levels skipped.
-  PERFORM 1 FROM stroem_settle_jobs(
-    (SELECT coalesce(array_agg(t.job_id ORDER BY t.job_id), '{}') FROM (
-       SELECT f.job_id FROM unnest(v_jobs) AS f(job_id) UNION SELECT x.job_id FROM unnest(v_skipped_jobs) AS x(job_id)) AS t),
-    (SELECT coalesce(array_agg(t.n ORDER BY t.job_id), '{}') FROM (
-       SELECT u.job_id, sum(u.n)::integer AS n FROM (
-         SELECT f.job_id, f.n FROM unnest(v_jobs, v_finished) AS f(job_id, n)
-         UNION ALL SELECT x.job_id, 1 FROM unnest(v_skipped_jobs) AS x(job_id)) AS u
-       GROUP BY u.job_id) AS t),
-    (SELECT coalesce(array_agg(t.failed ORDER BY t.job_id), '{}') FROM (
-       SELECT u.job_id, sum(u.failed)::integer AS failed FROM (
-         SELECT f.job_id, f.failed FROM unnest(v_jobs, v_failed) AS f(job_id, failed)
-         UNION ALL SELECT x.job_id, 0 FROM unnest(v_skipped_jobs) AS x(job_id)) AS u
-       GROUP BY u.job_id) AS t));
+  -- steps the levels skipped (stroem_settle_jobs' UPDATE, over one grouped
+  -- source rather than three argument arrays).
+  WITH f AS (
+    SELECT u.job_id, sum(u.n)::integer AS finished, sum(u.failed)::integer AS failed
+    FROM (
+      SELECT x.job_id, x.n, x.failed FROM unnest(v_jobs, v_finished, v_failed) AS x(job_id, n, failed)
+      UNION ALL SELECT y.job_id, 1, 0 FROM unnest(v_skipped_jobs) AS y(job_id)
+    ) AS u
+    GROUP BY u.job_id
+  ), settled AS (
+    UPDATE job j SET
+      steps_unfinished = j.steps_unfinished - f.finished,
+      steps_failed = j.steps_failed + f.failed,
+      status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
+                    WHEN j.steps_failed + f.failed > 0 THEN 'failed'
+                    ELSE 'completed' END,
+      started_at = coalesce(j.started_at, now()),
+      completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
+    FROM f
+    -- The ANY walks job_pkey (joined to f alone, `job` was read whole).
+    WHERE j.job_id = f.job_id AND j.job_id = ANY (v_jobs || v_skipped_jobs)
+    RETURNING j.job_id, j.status
+  )
+  SELECT coalesce(array_agg(settled.job_id), '{}'), coalesce(array_agg(settled.status), '{}')
+  INTO v_settled_ids, v_settled_statuses
+  FROM settled;
 
   IF cardinality(v_types) > 0 THEN
     PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
   END IF;
 
+  -- The answers. An accepted report's step columns come from its mark, its
+  -- job's status from the settle (or the lock, when the batch did not move
+  -- the job): only a refused report reads its step again.
   RETURN QUERY
     WITH r AS (
       SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
         i integer, job_id uuid, step_name text, outcome text, worker_id uuid, attempt integer)
     ), acc AS (
-      SELECT t.i, t.retried FROM unnest(v_ords, v_retried) AS t(i, retried)
+      SELECT t.* FROM unnest(v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready)
+        AS t(i, retried, status, worker_id, attempts, ready_at)
+    ), jobs AS (
+      SELECT l.job_id, coalesce(st.status, l.status) AS status
+      FROM unnest(v_job_ids, v_job_statuses) AS l(job_id, status)
+        LEFT JOIN unnest(v_settled_ids, v_settled_statuses) AS st(job_id, status) ON st.job_id = l.job_id
     ), credit AS (
       SELECT c.i,
              array_agg(c.name ORDER BY c.level, c.name) FILTER (WHERE c.kind = 'ready') AS promoted,
@@ -242,16 +294,24 @@ BEGIN
       END,
       CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.promoted, '{}') END,
       CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.skipped, '{}') END,
-      j.status, s.status, s.worker_id, s.attempts,
-      coalesce(acc.retried, acc.i IS NULL AND r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+      jobs.status,
+      coalesce(acc.status, s.status), coalesce(acc.worker_id, s.worker_id), coalesce(acc.attempts, s.attempts),
+      coalesce(acc.retried, r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
              AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false),
-      CASE WHEN coalesce(acc.retried, acc.i IS NULL AND r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
-             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false) THEN s.ready_at END
+      CASE WHEN acc.i IS NOT NULL THEN CASE WHEN acc.retried THEN acc.ready_at END
+           WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN s.ready_at END
     FROM r
       LEFT JOIN acc ON acc.i = r.i
       LEFT JOIN credit ON credit.i = r.i
-      LEFT JOIN job_step s ON s.job_id = r.job_id AND s.step_name = r.step_name
-      LEFT JOIN job j ON j.job_id = r.job_id
+      LEFT JOIN jobs ON jobs.job_id = r.job_id
+      -- Only a refused report (acc.i IS NULL: a one-time filter per row) reads its step.
+      LEFT JOIN LATERAL (
+        SELECT s1.step_name, s1.status, s1.worker_id, s1.attempts, s1.retry_history, s1.ready_at
+        FROM job_step s1
+        WHERE acc.i IS NULL AND s1.job_id = r.job_id AND s1.step_name = r.step_name
+        LIMIT 1 -- keeps the sub-select per row (not pulled up into a join that reads job_step whole)
+      ) AS s ON true
     ORDER BY r.i;
 END
 $$;
