@@ -16,6 +16,7 @@ import {
   PG,
   StepNotFoundError,
   StepOwnershipError,
+  WorkerRepo,
 } from "../src/index.js";
 import { deferred, errorOf, registerWorker, waitFor } from "./helpers.js";
 
@@ -274,7 +275,7 @@ describe("complete and fail", () => {
 });
 
 describe("reportMany", () => {
-  it("reads jobs and steps by key whatever the tables' size: no sequential scan of job or job_step", async () => {
+  it("reports and heartbeats read jobs and steps by key whatever the tables' size: no sequential scan of job or job_step", async () => {
     // jsonb_to_recordset is planned as 100 rows: joined to it, `job` was
     // read whole (a hash join) on tables of up to some 20,000 jobs.
     const w = await registerWorker(t.db);
@@ -314,6 +315,14 @@ describe("reportMany", () => {
         for (const k of [0, 1]) sum[k] = (sum[k] ?? 0) + (after[k] ?? 0) - (before[k] ?? 0);
         expect(results.map((r) => r.ok && [...r.promoted].sort())).toEqual(Array(50).fill(["b", "c"]));
       }
+      // A heartbeat listing what the worker holds looks each step up by key too.
+      const held = await JobStepRepo.claimReadySteps(tx, ["shell"], w, 50);
+      const before = await count();
+      await WorkerRepo.heartbeat(tx, w, {
+        running: held.map((s) => ({ jobId: s.jobId, stepName: s.stepName, attempt: s.attempts })),
+      });
+      const after = await count();
+      for (const k of [0, 1]) sum[k] = (sum[k] ?? 0) + (after[k] ?? 0) - (before[k] ?? 0);
       return [
         ["job", sum[0]],
         ["job_step", sum[1]],

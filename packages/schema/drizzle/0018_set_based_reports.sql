@@ -514,3 +514,64 @@ $$;
 -- finds its rows by primary key or a join on it, so the generic plan is the
 -- one a custom plan would choose.
 ALTER FUNCTION stroem_apply_outcomes(uuid, text[], text[], integer, integer) SET plan_cache_mode = force_generic_plan;
+--> statement-breakpoint
+-- stroem_heartbeat: as in 0017, except that the steps the worker listed are
+-- looked up one by one by key. Joined to jsonb_to_recordset (planned as 100
+-- rows), job_step was read whole on tables of up to some 20,000 steps, on
+-- every heartbeat of every worker.
+CREATE OR REPLACE FUNCTION stroem_heartbeat(p_worker_id uuid, p_running jsonb, p_release boolean, p_max_rescues integer)
+RETURNS TABLE(job_id uuid, step_name text, attempts integer, cancel_requested_at timestamptz, reason text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_prev timestamptz;
+  r record;
+BEGIN
+  SELECT w.last_heartbeat INTO v_prev FROM worker w WHERE w.worker_id = p_worker_id FOR NO KEY UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  UPDATE worker w SET last_heartbeat = now(), status = 'active' WHERE w.worker_id = p_worker_id;
+  IF p_release AND v_prev IS NOT NULL THEN
+    FOR r IN
+      SELECT s.job_id AS jid, s.step_name AS sname, s.attempts AS n
+      FROM job_step s
+      WHERE s.worker_id = p_worker_id AND s.status = 'running' AND s.started_at < v_prev
+        AND NOT EXISTS (
+          SELECT 1 FROM jsonb_to_recordset(p_running) AS x(job_id uuid, step_name text, attempt integer)
+          WHERE x.job_id = s.job_id AND x.step_name = s.step_name AND x.attempt = s.attempts)
+      ORDER BY s.job_id, s.step_name
+    LOOP
+      PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
+      CONTINUE WHEN NOT FOUND;
+      PERFORM stroem_rescue_step(r.jid, r.sname, p_worker_id, r.n,
+        'claim lost: worker ' || p_worker_id || ' did not list it in its heartbeat', p_max_rescues);
+    END LOOP;
+  END IF;
+  RETURN QUERY
+    SELECT s.job_id, s.step_name, s.attempts, s.cancel_requested_at, coalesce(j.cancel_reason, j.error_message)
+    FROM (SELECT p_worker_id AS worker_id) w
+    LEFT JOIN job_step s ON s.worker_id = w.worker_id AND s.status = 'running' AND s.cancel_requested_at IS NOT NULL
+    LEFT JOIN job j ON j.job_id = s.job_id
+    UNION ALL
+    SELECT h.job_id, h.step_name, h.attempt,
+      coalesce(e.failed_at, s.completed_at, now()),
+      coalesce(e.error, s.error_message, 'no longer held by this worker')
+    FROM jsonb_to_recordset(p_running) AS h(job_id uuid, step_name text, attempt integer)
+    LEFT JOIN LATERAL (
+      SELECT s1.step_name, s1.status, s1.worker_id, s1.attempts, s1.completed_at, s1.error_message, s1.retry_history
+      FROM job_step s1
+      WHERE s1.job_id = h.job_id AND s1.step_name = h.step_name
+      LIMIT 1 -- per listed step, by key (a plain join read job_step whole on tables of up to some 20,000 steps)
+    ) s ON true
+    LEFT JOIN LATERAL (
+      SELECT (x->>'failedAt')::timestamptz AS failed_at, x->>'error' AS error
+      FROM jsonb_array_elements(s.retry_history) x
+      WHERE (x->>'attempt')::int = h.attempt AND x->>'workerId' = p_worker_id::text
+      LIMIT 1
+    ) e ON true
+    WHERE s.step_name IS NULL OR s.status <> 'running' OR s.worker_id IS DISTINCT FROM p_worker_id
+      OR s.attempts <> h.attempt
+    ORDER BY 1, 2;
+END
+$$;
