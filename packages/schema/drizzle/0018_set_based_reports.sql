@@ -1,5 +1,27 @@
 -- Speed (issue #10). Hand-written: drizzle-kit does not model functions.
---
+
+-- stroem_settle_jobs: as in 0002, its rows found by key.
+CREATE OR REPLACE FUNCTION stroem_settle_jobs(p_job_ids uuid[], p_finished integer[], p_failed integer[])
+RETURNS TABLE(job_id uuid, status text) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
+  UPDATE job j SET
+    steps_unfinished = j.steps_unfinished - f.finished,
+    steps_failed = j.steps_failed + f.failed,
+    status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
+                  WHEN j.steps_failed + f.failed > 0 THEN 'failed'
+                  ELSE 'completed' END,
+    started_at = coalesce(j.started_at, now()),
+    completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
+  FROM unnest(p_job_ids, p_finished, p_failed) AS f(job_id, finished, failed)
+  -- The ANY walks job_pkey: joined to the unnest alone, a batch's settle
+  -- read `job` whole on tables of up to some 20,000 jobs.
+  WHERE j.job_id = f.job_id AND j.job_id = ANY (p_job_ids)
+  RETURNING j.job_id, j.status;
+END
+$$;
+--> statement-breakpoint
 -- stroem_report_many, set-based. Same signature, locks and answers as 0005's,
 -- but the outcomes of a batch are no longer applied one report at a time (a
 -- call of stroem_apply_outcomes per report with dependants, then one of
@@ -42,7 +64,8 @@ DECLARE
   v_settled_ids uuid[];
   v_settled_statuses text[];
   v_types text[]; -- action types of steps made ready now (notified on commit)
-  -- Per job that moves: reports finished, failures that fail it, its last report.
+  -- Per job that moves: reports finished, failures that fail it, its last
+  -- report (before the settle: with the steps the levels skipped added).
   v_jobs uuid[];
   v_finished integer[];
   v_failed integer[];
@@ -67,7 +90,6 @@ DECLARE
   l_kinds text[];
   l_skipped_jobs uuid[];
   l_types text[];
-  k integer;
 BEGIN
   -- The jobs' locks, in job id order. `= ANY (ARRAY(...))` walks job_pkey:
   -- joined to jsonb_to_recordset (which the planner takes for 100 rows),
@@ -209,10 +231,11 @@ BEGIN
       FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d(name)
       WHERE u.next = 'skipped'
     )
+    -- The three credit arrays are zipped later: one order for all three.
     SELECT
-      (SELECT coalesce(array_agg(u.origin), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
-      (SELECT coalesce(array_agg(u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
-      (SELECT coalesce(array_agg(u.next), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.origin ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.step_name ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.next ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
       (SELECT coalesce(array_agg(u.job_id), '{}') FROM upd u WHERE u.next = 'skipped'),
       (SELECT coalesce(array_agg(DISTINCT u.action_type::text), '{}') FROM upd u WHERE u.next = 'ready'),
       (SELECT coalesce(array_agg(n.job_id ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
@@ -228,33 +251,22 @@ BEGIN
     e_outcomes := array_fill('skipped'::text, ARRAY[cardinality(e_jobs)]);
   END LOOP;
 
-  -- Every job the batch moved, settled at once: its finished reports and the
-  -- steps the levels skipped (stroem_settle_jobs' UPDATE, over one grouped
-  -- source rather than three argument arrays).
-  WITH f AS (
-    SELECT u.job_id, sum(u.n)::integer AS finished, sum(u.failed)::integer AS failed
+  -- Every job the batch moved, settled at once (stroem_settle_jobs): its
+  -- finished reports and the steps the levels skipped, per job.
+  SELECT coalesce(array_agg(f.job_id ORDER BY f.job_id), '{}'), coalesce(array_agg(f.n ORDER BY f.job_id), '{}'),
+         coalesce(array_agg(f.failed ORDER BY f.job_id), '{}')
+  INTO v_jobs, v_finished, v_failed
+  FROM (
+    SELECT u.job_id, sum(u.n)::integer AS n, sum(u.failed)::integer AS failed
     FROM (
       SELECT x.job_id, x.n, x.failed FROM unnest(v_jobs, v_finished, v_failed) AS x(job_id, n, failed)
       UNION ALL SELECT y.job_id, 1, 0 FROM unnest(v_skipped_jobs) AS y(job_id)
     ) AS u
     GROUP BY u.job_id
-  ), settled AS (
-    UPDATE job j SET
-      steps_unfinished = j.steps_unfinished - f.finished,
-      steps_failed = j.steps_failed + f.failed,
-      status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
-                    WHEN j.steps_failed + f.failed > 0 THEN 'failed'
-                    ELSE 'completed' END,
-      started_at = coalesce(j.started_at, now()),
-      completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
-    FROM f
-    -- The ANY walks job_pkey (joined to f alone, `job` was read whole).
-    WHERE j.job_id = f.job_id AND j.job_id = ANY (v_jobs || v_skipped_jobs)
-    RETURNING j.job_id, j.status
-  )
-  SELECT coalesce(array_agg(settled.job_id), '{}'), coalesce(array_agg(settled.status), '{}')
+  ) AS f;
+  SELECT coalesce(array_agg(st.job_id), '{}'), coalesce(array_agg(st.status), '{}')
   INTO v_settled_ids, v_settled_statuses
-  FROM settled;
+  FROM stroem_settle_jobs(v_jobs, v_finished, v_failed) AS st;
 
   IF cardinality(v_types) > 0 THEN
     PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
