@@ -10,6 +10,7 @@ import { writeFile } from "node:fs/promises";
 import os from "node:os";
 import { createPool, runMigrations } from "@stroem/repos";
 import { type ClaimFigures, claimComparison } from "./claim.js";
+import { type FloorVariant, floorDrain } from "./floor.js";
 import {
   graphileEnqueue,
   graphileFlat,
@@ -54,13 +55,15 @@ export interface BenchOptions {
   workers: number;
   flatJobs: number;
   batch: number;
+  /** Section 8's batch mode: loops and claim size. */
+  floorBatch: { loops: number; size: number };
   dagJobs: number;
   fanOut: number[];
   enqueueJobs: number;
   enqueuePerCall: number;
   latencySamples: number;
   claim: { ready: number; history: number; claims: number };
-  /** Run only these sections (their numbers, 1 to 6); default all. */
+  /** Run only these sections (their numbers, 1 to 8; 7 runs only with `purge`); default all. */
   only?: number[];
   /** Section 7 (claim and report latency during a purge): off unless `--purge`; `only` runs it alone. */
   purge: PurgeSize & { enabled: boolean; only: boolean };
@@ -74,6 +77,7 @@ export const DEFAULTS: Omit<BenchOptions, "log"> = {
   workers: 8,
   flatJobs: 20_000,
   batch: 50,
+  floorBatch: { loops: 2, size: 200 },
   dagJobs: 2_000,
   fanOut: [500, 2_000, 5_000],
   enqueueJobs: 5_000,
@@ -404,6 +408,53 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             peer: `${fmtSummary(f.naive)} — design note's claim`,
             ratio: fmtRatio(f.ours.median, f.naive.median),
             note: `${fmt(c.claims)} claims a measurement; batch of ${o.batch}: ${fmt(f.batch)} steps/s`,
+          });
+        }
+      });
+
+    if (all)
+      await section("8. SQL alone", async () => {
+        const variants: FloorVariant[] = ["ours", "model", "peer"];
+        // Batch: few loops with big batches, the shape of graphile-worker's
+        // batched mode (one fetch of up to 500 at a time per runner); with 8
+        // loops of 50 its statements ran at half their speed here (skipped
+        // locks), ours at about the same.
+        for (const [key, loops, batch] of [
+          ["single", W, 1],
+          ["batch", o.floorBatch.loops, o.floorBatch.size],
+        ] as const) {
+          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], peer: [] };
+          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], peer: [] };
+          for (let r = 0; r < o.reps; r++) {
+            // A B C C B A: ours, model, peer, peer, model, ours.
+            for (const v of [...variants, ...[...variants].reverse()]) {
+              const f = await fresh((url) => floorDrain(url, v, o.flatJobs, loops, batch));
+              check(`SQL alone ${key} (${v})`, f.problems);
+              rates[v].push(f.rate);
+              if (f.cost.serverCpuMs !== undefined) cpu[v].push(f.cost.serverCpuMs / o.flatJobs);
+              o.log(`  SQL alone ${key} ${v}: ${fmt(f.rate)}`);
+            }
+          }
+          const s = { ours: summarize(rates.ours), model: summarize(rates.model), peer: summarize(rates.peer) };
+          const perJob = (v: FloorVariant) => (cpu[v].length ? `${fmt(median(cpu[v]))} ms` : "?");
+          const label = key === "single" ? "8a" : "8b";
+          const work = key === "single" ? "claim 1 + report" : `claim ${batch} + batch report, ${loops} loops`;
+          const peerText = `${fmtSummary(s.peer)} — graphile-worker's statements (getJobs, completeJobs)`;
+          rows.push({
+            section: `${label}. SQL alone, ${fmt(o.flatJobs)} one-step jobs, ${work}`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(s.ours)} — our statements (the claim, ${batch === 1 ? "stroem_finish_step" : "stroem_report_many"})`,
+            peer: peerText,
+            ratio: fmtRatio(s.ours.median, s.peer.median),
+            note: `${loops} loops on raw node-postgres, one harness; Postgres CPU per job: ours ${perJob("ours")}, peer ${perJob("peer")}`,
+          });
+          rows.push({
+            section: `${label}. Same, the floor of our row model`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(s.model)} — the step claimed; then the step marked and the job settled in one statement`,
+            peer: peerText,
+            ratio: fmtRatio(s.model.median, s.peer.median),
+            note: `a lower bound, not a usable queue: no job start at the claim, no job lock before the report; Postgres CPU per job ${perJob("model")}`,
           });
         }
       });

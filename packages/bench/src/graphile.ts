@@ -100,6 +100,28 @@ export async function remainingJobs(url: string): Promise<number> {
   });
 }
 
+/** What `seedGraphile` enqueued: the task identifier of its jobs. */
+export interface GraphileSeed {
+  task: string;
+}
+
+/** Enqueues `n` jobs of the bench's task, 1,000 an `addJobs` call (jobs' payload `{ i }`, 0 to n-1). */
+export async function seedGraphile(url: string, n: number): Promise<GraphileSeed> {
+  await withUtils(url, async (utils) => {
+    for (let i = 0; i < n; i += 1000) await utils.addJobs(specs(i, Math.min(1000, n - i)));
+  });
+  return { task: TASK };
+}
+
+/** The id graphile-worker gave a task identifier (its `getJobs` filters on it). */
+export async function graphileTaskId(url: string, identifier: string): Promise<number> {
+  return withClient(url, async (c) => {
+    const res = await c.query("select id from graphile_worker._private_tasks where identifier = $1", [identifier]);
+    if (res.rows.length !== 1) throw new Error(`graphile-worker has no task "${identifier}"`);
+    return Number(res.rows[0].id);
+  });
+}
+
 export interface GraphileRun {
   seconds: number;
   /** What running the jobs cost (enqueueing excluded). */
@@ -114,9 +136,7 @@ export interface GraphileRun {
  * task to the moment its table is empty (batched completions flushed).
  */
 export async function graphileFlat(url: string, n: number, options: RunnerOptions): Promise<GraphileRun> {
-  await withUtils(url, async (utils) => {
-    for (let i = 0; i < n; i += 1000) await utils.addJobs(specs(i, Math.min(1000, n - i)));
-  });
+  await seedGraphile(url, n);
   const probe = await startCost(url);
   const seen = new Set<number>();
   let duplicates = 0;

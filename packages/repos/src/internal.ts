@@ -3,7 +3,7 @@
  * and benchmarks. Not a stable API: call the repos instead.
  */
 export { REVOKE_REUSED_FAMILY, ROTATE_REFRESH_TOKEN, VERIFY_API_KEY } from "./sql/auth.js";
-export { claimStatement, directedClaimStatement } from "./sql/claim.js";
+export { claim, claimStatement, directedClaimStatement } from "./sql/claim.js";
 export { CREATE_JOBS } from "./sql/create.js";
 export { allowAuditPurgeStatement, purgeAuditStatement, purgeJobsStatement } from "./sql/purge.js";
 export {

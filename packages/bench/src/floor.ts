@@ -1,0 +1,302 @@
+/**
+ * Section 8, "SQL alone": how fast each system's statements drain a flat
+ * queue with no library around them, and the floor of our row model. One
+ * harness for all three: `workers` loops, each on one node-postgres
+ * connection, named prepared statements, no validation and no row mapping
+ * beyond node-postgres' own, so what differs is the SQL:
+ *
+ * - peer: graphile-worker 0.18's statements, as its `getJobs` builds them
+ *   (one task identifier, its default named-queue clause, `returning *`;
+ *   with a batch, its `distinct on` de-duplication) and as `completeJobs`
+ *   sends them (`delete … where id = $1`; a batch: `… using unnest($1)`);
+ * - ours: the statements `JobStepRepo` sends (the claim, then
+ *   `stroem_finish_step` or `stroem_report_many`), from `@stroem/repos/internal`;
+ * - model: the least a one-step job can cost in our row model (a `job` row
+ *   and a `job_step` row, both kept as history): the claim without starting
+ *   the job, then one statement that marks the step and settles the job,
+ *   without locking the job first. Not a usable queue (the job shows pending
+ *   while its step runs; a cancel could deadlock with such a report); a lower
+ *   bound for any implementation of the model.
+ */
+import { randomUUID } from "node:crypto";
+import { createPool, type Database } from "@stroem/repos";
+import { claim, FINISH_STEP, REPORT_MANY, runStatement } from "@stroem/repos/internal";
+import { type GraphileSeed, graphileTaskId, remainingJobs, seedGraphile } from "./graphile.js";
+import { registerWorker } from "./ours.js";
+import { checkAllDone } from "./scenarios.js";
+import { FLAT, seedJobs } from "./seed.js";
+import { type Cost, startCost } from "./server.js";
+
+export type FloorVariant = "peer" | "ours" | "model";
+
+export interface FloorRun {
+  /** Jobs per second, from the loops' start to the last report. */
+  rate: number;
+  cost: Cost;
+  problems: string[];
+}
+
+/** A claimed job: its key (for the exactly-once check) and what its report needs. */
+interface Claimed {
+  key: string;
+  jobId: string;
+  stepName: string;
+  attempt: number;
+}
+
+interface Driver {
+  claim(db: Database, worker: string, limit: number): Promise<Claimed[]>;
+  report(db: Database, worker: string, jobs: readonly Claimed[]): Promise<void>;
+}
+
+const CAPS = ["shell"];
+
+async function query<R>(db: Database, name: string, text: string, values: unknown[]): Promise<R[]> {
+  const res = await db.$client.query({ name, text, values });
+  return res.rows as R[];
+}
+
+const ours: Driver = {
+  async claim(db, worker, limit) {
+    const c = claim(CAPS, worker, limit);
+    const rows = await runStatement<{ job_id: string; step_name: string; attempts: number }, typeof c.values>(
+      db,
+      c.statement,
+      c.values,
+    );
+    return rows.map((r) => ({ key: r.job_id, jobId: r.job_id, stepName: r.step_name, attempt: r.attempts }));
+  },
+  async report(db, worker, jobs) {
+    if (jobs.length === 1) {
+      const j = jobs[0] as Claimed;
+      const [row] = await runStatement<{ result: string }, NonNullable<typeof FINISH_STEP.values>>(db, FINISH_STEP, {
+        jobId: j.jobId,
+        stepName: j.stepName,
+        outcome: "completed",
+        output: null,
+        error: null,
+        workerId: worker,
+        attempt: j.attempt,
+        propagate: true,
+      });
+      if (row?.result !== "ok") throw new Error(`stroem_finish_step refused ${j.key}: ${row?.result}`);
+      return;
+    }
+    const reports = JSON.stringify(
+      jobs.map((j, i) => ({
+        i,
+        job_id: j.jobId,
+        step_name: j.stepName,
+        outcome: "completed",
+        worker_id: worker,
+        attempt: j.attempt,
+      })),
+    );
+    const rows = await runStatement<{ result: string }, { reports: string }>(db, REPORT_MANY, { reports });
+    const refused = rows.find((r) => r.result !== "ok");
+    if (refused || rows.length !== jobs.length) throw new Error(`stroem_report_many refused: ${refused?.result}`);
+  },
+};
+
+const modelClaim = (limit: number) => `
+  with next as (
+    select s.job_id, s.step_name from job_step s
+    where s.status = 'ready' and s.action_type = 'shell' and s.ready_at <= now()
+    order by s.ready_at, s.job_id, s.step_name
+    limit ${limit}
+    for update skip locked
+  )
+  update job_step s set status = 'running', worker_id = $1::uuid, started_at = now(), attempts = s.attempts + 1
+  from next where s.job_id = next.job_id and s.step_name = next.step_name
+  returning s.job_id, s.step_name, s.attempts`;
+
+/** The job's settle of `stroem_finish_step`, for the steps the CTE `s` finished. */
+const modelSettle = `
+  update job j set
+    steps_unfinished = j.steps_unfinished - 1,
+    status = case when j.steps_unfinished > 1 then 'running' else 'completed' end,
+    started_at = coalesce(j.started_at, now()),
+    completed_at = case when j.steps_unfinished > 1 then null else now() end
+  from s where j.job_id = s.job_id
+  returning j.job_id`;
+
+const MODEL_REPORT_ONE = `
+  with s as (
+    update job_step t set status = 'completed', completed_at = now(), propagated = true
+    where t.job_id = $1::uuid and t.step_name = $2::text and t.status = 'running' and t.worker_id = $3::uuid
+    returning t.job_id
+  )${modelSettle}`;
+
+const MODEL_REPORT_MANY = `
+  with s as (
+    update job_step t set status = 'completed', completed_at = now(), propagated = true
+    from unnest($1::uuid[], $2::text[]) as u(job_id, step_name)
+    where t.job_id = u.job_id and t.step_name = u.step_name and t.status = 'running' and t.worker_id = $3::uuid
+    returning t.job_id
+  )${modelSettle}`;
+
+const model: Driver = {
+  async claim(db, worker, limit) {
+    const rows = await query<{ job_id: string; step_name: string; attempts: number }>(
+      db,
+      `floor_model_claim_${limit}`,
+      modelClaim(limit),
+      [worker],
+    );
+    return rows.map((r) => ({ key: r.job_id, jobId: r.job_id, stepName: r.step_name, attempt: r.attempts }));
+  },
+  async report(db, worker, jobs) {
+    const rows =
+      jobs.length === 1
+        ? await query(db, "floor_model_report_one", MODEL_REPORT_ONE, [jobs[0]?.jobId, jobs[0]?.stepName, worker])
+        : await query(db, "floor_model_report_many", MODEL_REPORT_MANY, [
+            jobs.map((j) => j.jobId),
+            jobs.map((j) => j.stepName),
+            worker,
+          ]);
+    if (rows.length !== jobs.length) throw new Error(`model report settled ${rows.length} of ${jobs.length} jobs`);
+  },
+};
+
+/** graphile-worker 0.18's getJobs query (src/sql/getJobs.ts), named-queue strategy 2, server time. */
+const peerClaim = (limit: number) => `
+  with ${limit > 1 ? "j_raw" : "j"} as (
+    select jobs.job_queue_id, jobs.priority, jobs.run_at, jobs.id
+    from graphile_worker._private_jobs as jobs
+    where jobs.is_available = true
+    and run_at <= now()
+    and task_id = any($2::int[])
+    and (
+      jobs.job_queue_id is null
+      or jobs.job_queue_id in (
+        select id from graphile_worker._private_job_queues as job_queues
+        where job_queues.is_available = true
+        for update skip locked
+      )
+    )
+    order by priority asc, run_at asc
+    limit ${limit}
+    for update
+    skip locked
+  )${
+    limit > 1
+      ? `,
+  j as (
+    select distinct on (job_queue_id, case when job_queue_id is null then id end)
+      job_queue_id, priority, run_at, id
+    from j_raw
+    order by job_queue_id, case when job_queue_id is null then id end, priority asc, run_at asc
+  )`
+      : ""
+  },
+  q as (
+    update graphile_worker._private_job_queues as job_queues
+    set locked_by = $1::text, locked_at = now()
+    from j where job_queues.id = j.job_queue_id
+  )
+  update graphile_worker._private_jobs as jobs
+  set attempts = jobs.attempts + 1, locked_by = $1::text, locked_at = now()
+  from j where jobs.id = j.id
+  returning *`;
+
+function peer(taskId: number): Driver {
+  return {
+    async claim(db, worker, limit) {
+      const rows = await query<{ id: string; attempts: number }>(db, `floor_peer_claim_${limit}`, peerClaim(limit), [
+        worker,
+        [taskId],
+      ]);
+      return rows.map((r) => ({ key: String(r.id), jobId: String(r.id), stepName: "", attempt: r.attempts }));
+    },
+    async report(db, _worker, jobs) {
+      if (jobs.length === 1) {
+        await query(
+          db,
+          "floor_peer_complete",
+          "delete from graphile_worker._private_jobs as jobs where id = $1::bigint",
+          [jobs[0]?.jobId],
+        );
+      } else {
+        await query(
+          db,
+          "floor_peer_complete_many",
+          "delete from graphile_worker._private_jobs as jobs using unnest($1::bigint[]) n(n) where id = n",
+          [jobs.map((j) => j.jobId)],
+        );
+      }
+    },
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Seeds `jobs` one-step jobs for `variant` (ours and model: the bench's
+ * seeding; peer: `addJobs`; not timed) and drains them with `workers` loops
+ * claiming `batch` at a time; checks every job ran exactly once.
+ */
+export async function floorDrain(
+  url: string,
+  variant: FloorVariant,
+  jobs: number,
+  workers: number,
+  batch: number,
+): Promise<FloorRun> {
+  const pools: Database[] = Array.from({ length: workers }, () =>
+    createPool(url, { max: 1, statementTimeoutMs: 0, applicationName: "stroem-bench-floor" }),
+  );
+  const ids = pools.map(() => randomUUID());
+  try {
+    let driver: Driver;
+    if (variant === "peer") {
+      const seed: GraphileSeed = await seedGraphile(url, jobs);
+      driver = peer(await graphileTaskId(url, seed.task));
+    } else {
+      await seedJobs(pools[0] as Database, jobs, FLAT);
+      await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS)));
+      driver = variant === "ours" ? ours : model;
+    }
+    const seen = new Set<string>();
+    let duplicates = 0;
+    let reported = 0;
+    let stop = false;
+    const loop = async (db: Database, worker: string) => {
+      while (!stop && reported < jobs) {
+        const claimed = await driver.claim(db, worker, batch);
+        if (claimed.length === 0) {
+          await sleep(1);
+          continue;
+        }
+        for (const c of claimed) {
+          if (seen.has(c.key)) duplicates += 1;
+          seen.add(c.key);
+        }
+        await driver.report(db, worker, claimed);
+        reported += claimed.length;
+      }
+    };
+    const probe = await startCost(url);
+    const started = performance.now();
+    const outcomes = await Promise.allSettled(
+      pools.map((db, i) =>
+        loop(db, ids[i] as string).catch((error) => {
+          stop = true;
+          throw error;
+        }),
+      ),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const cost = await probe.stop();
+    const failure = outcomes.find((o) => o.status === "rejected");
+    if (failure) throw failure.reason;
+    const problems =
+      variant === "peer"
+        ? await remainingJobs(url).then((n) => (n > 0 ? [`${n} jobs left in graphile_worker._private_jobs`] : []))
+        : await checkAllDone(url, jobs, jobs);
+    if (seen.size !== jobs) problems.push(`${seen.size}/${jobs} jobs claimed`);
+    if (duplicates > 0) problems.push(`${duplicates} jobs claimed twice`);
+    return { rate: reported / seconds, cost, problems };
+  } finally {
+    await Promise.all(pools.map((p) => p.$client.end()));
+  }
+}
