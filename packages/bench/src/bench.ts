@@ -414,7 +414,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
 
     if (all)
       await section("8. SQL alone", async () => {
-        const variants: FloorVariant[] = ["ours", "model", "peer"];
+        const variants: FloorVariant[] = ["ours", "model", "row", "peer"];
         // Batch: few loops with big batches, the shape of graphile-worker's
         // batched mode (one fetch of up to 500 at a time per runner); with 8
         // loops of 50 its statements ran at half their speed here (skipped
@@ -423,10 +423,10 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ["single", W, 1],
           ["batch", o.floorBatch.loops, o.floorBatch.size],
         ] as const) {
-          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], peer: [] };
-          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], peer: [] };
+          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], peer: [] };
+          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], peer: [] };
           for (let r = 0; r < o.reps; r++) {
-            // A B C C B A: ours, model, peer, peer, model, ours.
+            // A B C D D C B A: ours, model, row, peer, peer, row, model, ours.
             for (const v of [...variants, ...[...variants].reverse()]) {
               const f = await fresh((url) => floorDrain(url, v, o.flatJobs, loops, batch));
               check(`SQL alone ${key} (${v})`, f.problems);
@@ -435,7 +435,12 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
               o.log(`  SQL alone ${key} ${v}: ${fmt(f.rate)}`);
             }
           }
-          const s = { ours: summarize(rates.ours), model: summarize(rates.model), peer: summarize(rates.peer) };
+          const s = {
+            ours: summarize(rates.ours),
+            model: summarize(rates.model),
+            row: summarize(rates.row),
+            peer: summarize(rates.peer),
+          };
           const perJob = (v: FloorVariant) => (cpu[v].length ? `${fmt(median(cpu[v]))} ms` : "?");
           const label = key === "single" ? "8a" : "8b";
           const work = key === "single" ? "claim 1 + report" : `claim ${batch} + batch report, ${loops} loops`;
@@ -455,6 +460,14 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             peer: peerText,
             ratio: fmtRatio(s.model.median, s.peer.median),
             note: `a lower bound, not a usable queue: no job start at the claim, no job lock before the report; Postgres CPU per job ${perJob("model")}`,
+          });
+          rows.push({
+            section: `${label}. Same, one row per job, updated`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(s.row)} — the step row claimed, then marked; no job row written`,
+            peer: peerText,
+            ratio: fmtRatio(s.row.median, s.peer.median),
+            note: `a model of one row per one-step job kept as history (graphile-worker deletes its row); Postgres CPU per job ${perJob("row")}`,
           });
         }
       });
