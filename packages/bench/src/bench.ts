@@ -414,7 +414,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
 
     if (all)
       await section("8. SQL alone", async () => {
-        const variants: FloorVariant[] = ["ours", "model", "row", "peer"];
+        const variants: FloorVariant[] = ["ours", "model", "row", "queue", "peer"];
         // Batch: few loops with big batches, the shape of graphile-worker's
         // batched mode (one fetch of up to 500 at a time per runner); with 8
         // loops of 50 its statements ran at half their speed here (skipped
@@ -423,10 +423,10 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ["single", W, 1],
           ["batch", o.floorBatch.loops, o.floorBatch.size],
         ] as const) {
-          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], peer: [] };
-          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], peer: [] };
+          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], queue: [], peer: [] };
+          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], queue: [], peer: [] };
           for (let r = 0; r < o.reps; r++) {
-            // A B C D D C B A: ours, model, row, peer, peer, row, model, ours.
+            // A B C D E E D C B A: ours, model, row, queue, peer, then back.
             for (const v of [...variants, ...[...variants].reverse()]) {
               const f = await fresh((url) => floorDrain(url, v, o.flatJobs, loops, batch));
               check(`SQL alone ${key} (${v})`, f.problems);
@@ -439,6 +439,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             ours: summarize(rates.ours),
             model: summarize(rates.model),
             row: summarize(rates.row),
+            queue: summarize(rates.queue),
             peer: summarize(rates.peer),
           };
           const perJob = (v: FloorVariant) => (cpu[v].length ? `${fmt(median(cpu[v]))} ms` : "?");
@@ -468,6 +469,14 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             peer: peerText,
             ratio: fmtRatio(s.row.median, s.peer.median),
             note: `a model of one row per one-step job kept as history (graphile-worker deletes its row); Postgres CPU per job ${perJob("row")}`,
+          });
+          rows.push({
+            section: `${label}. Same, a queue row deleted + a history row`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(s.queue)} — a narrow queue row claimed, then deleted with its outcome inserted into an append-only history`,
+            peer: peerText,
+            ratio: fmtRatio(s.queue.median, s.peer.median),
+            note: `graphile-worker's shape plus the history a redesign would keep; Postgres CPU per job ${perJob("queue")}`,
           });
         }
       });

@@ -19,7 +19,13 @@
  *   bound for any implementation of the model;
  * - row: the step row alone, claimed and then marked, no job row written: a
  *   model of one row per one-step job (narrower than such a row would be),
- *   kept as history and updated, where graphile-worker deletes its row.
+ *   kept as history and updated, where graphile-worker deletes its row;
+ * - queue: graphile-worker's shape plus history: a narrow queue row claimed
+ *   by UPDATE and deleted at the report, which inserts the job's outcome
+ *   into an append-only history table in the same statement (tables of
+ *   this section's own, `floor_queue` and `floor_history`, created in the
+ *   measurement's database): what a redesign that keeps the history off the
+ *   hot table could reach at best.
  */
 import { randomUUID } from "node:crypto";
 import { createPool, type Database } from "@stroem/repos";
@@ -30,7 +36,7 @@ import { checkAllDone } from "./scenarios.js";
 import { FLAT, seedJobs } from "./seed.js";
 import { type Cost, startCost } from "./server.js";
 
-export type FloorVariant = "peer" | "ours" | "model" | "row";
+export type FloorVariant = "peer" | "ours" | "model" | "row" | "queue";
 
 export interface FloorRun {
   /** Jobs per second, from the loops' start to the last report. */
@@ -179,6 +185,82 @@ function claimThen(prefix: string, one: string, many: string): Driver {
 const model = claimThen("floor_model", MODEL_REPORT_ONE, MODEL_REPORT_MANY);
 const row = claimThen("floor_row", ROW_REPORT_ONE, ROW_REPORT_MANY);
 
+/** The queue variant's tables: a narrow queue (its claim index holds only unclaimed rows) and the history. */
+const QUEUE_TABLES = `
+  create table floor_queue (
+    id bigint generated always as identity primary key,
+    job_id uuid not null,
+    step_name text not null,
+    action_type text not null,
+    ready_at timestamptz not null default now(),
+    worker_id uuid,
+    locked_at timestamptz,
+    attempts integer not null default 0
+  );
+  create index floor_queue_claim on floor_queue (action_type, ready_at, id) where locked_at is null;
+  create table floor_history (
+    job_id uuid not null,
+    step_name text not null,
+    worker_id uuid not null,
+    attempt integer not null,
+    outcome text not null,
+    started_at timestamptz not null,
+    completed_at timestamptz not null,
+    output jsonb,
+    primary key (job_id, step_name, attempt)
+  );`;
+
+const queueClaim = (limit: number) => `
+  with next as (
+    select q.id from floor_queue q
+    where q.locked_at is null and q.action_type = 'shell' and q.ready_at <= now()
+    order by q.ready_at, q.id
+    limit ${limit}
+    for update skip locked
+  )
+  update floor_queue q set worker_id = $1::uuid, locked_at = now(), attempts = q.attempts + 1
+  from next where q.id = next.id
+  returning q.id, q.job_id, q.step_name, q.attempts`;
+
+const QUEUE_REPORT = `
+  with done as (
+    delete from floor_queue q using unnest($1::bigint[]) as u(id)
+    where q.id = u.id and q.worker_id = $2::uuid
+    returning q.job_id, q.step_name, q.worker_id, q.attempts, q.locked_at
+  )
+  insert into floor_history (job_id, step_name, worker_id, attempt, outcome, started_at, completed_at)
+  select job_id, step_name, worker_id, attempts, 'completed', locked_at, now() from done
+  returning job_id`;
+
+const queue: Driver = {
+  async claim(db, worker, limit) {
+    const rows = await query<{ id: string; job_id: string; step_name: string; attempts: number }>(
+      db,
+      `floor_queue_claim_${limit}`,
+      queueClaim(limit),
+      [worker],
+    );
+    return rows.map((r) => ({ key: r.job_id, jobId: String(r.id), stepName: r.step_name, attempt: r.attempts }));
+  },
+  async report(db, worker, jobs) {
+    const rows = await query(db, "floor_queue_report", QUEUE_REPORT, [jobs.map((j) => j.jobId), worker]);
+    if (rows.length !== jobs.length) throw new Error(`queue report finished ${rows.length} of ${jobs.length} jobs`);
+  },
+};
+
+/** The queue variant's check: every job in the history once, the queue empty. */
+async function checkQueue(db: Database, jobs: number): Promise<string[]> {
+  const res = await db.$client.query<{ queued: number; history: number; distinct: number }>(
+    "select (select count(*)::int from floor_queue) as queued, count(*)::int as history, count(distinct job_id)::int as distinct from floor_history",
+  );
+  const r = res.rows[0] as { queued: number; history: number; distinct: number };
+  const problems: string[] = [];
+  if (r.queued > 0) problems.push(`${r.queued} jobs left in floor_queue`);
+  if (r.history !== jobs || r.distinct !== jobs)
+    problems.push(`${r.distinct}/${jobs} jobs in floor_history (${r.history} rows)`);
+  return problems;
+}
+
 /** graphile-worker 0.18's getJobs query (src/sql/getJobs.ts), named-queue strategy 2, server time. */
 const peerClaim = (limit: number) => `
   with ${limit > 1 ? "j_raw" : "j"} as (
@@ -272,6 +354,15 @@ export async function floorDrain(
     if (variant === "peer") {
       const seed: GraphileSeed = await seedGraphile(url, jobs);
       driver = peer(await graphileTaskId(url, seed.task));
+    } else if (variant === "queue") {
+      const db = pools[0] as Database;
+      await db.$client.query(QUEUE_TABLES);
+      await db.$client.query(
+        "insert into floor_queue (job_id, step_name, action_type) select gen_random_uuid(), 'run', 'shell' from generate_series(1, $1::int)",
+        [jobs],
+      );
+      await db.$client.query("vacuum analyze floor_queue");
+      driver = queue;
     } else {
       await seedJobs(pools[0] as Database, jobs, FLAT);
       await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS)));
@@ -313,7 +404,9 @@ export async function floorDrain(
     const problems =
       variant === "peer"
         ? await remainingJobs(url).then((n) => (n > 0 ? [`${n} jobs left in graphile_worker._private_jobs`] : []))
-        : await checkAllDone(url, jobs, jobs, variant !== "row");
+        : variant === "queue"
+          ? await checkQueue(pools[0] as Database, jobs)
+          : await checkAllDone(url, jobs, jobs, variant !== "row");
     if (seen.size !== jobs) problems.push(`${seen.size}/${jobs} jobs claimed`);
     if (duplicates > 0) problems.push(`${duplicates} jobs claimed twice`);
     return { rate: reported / seconds, cost, problems };
