@@ -414,7 +414,29 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
 
     if (all)
       await section("8. SQL alone", async () => {
-        const variants: FloorVariant[] = ["ours", "model", "row", "queue", "peer"];
+        // The rows beside graphile-worker's, in the order measured (then back).
+        const models: { variant: Exclude<FloorVariant, "peer" | "ours">; title: string; what: string; note: string }[] =
+          [
+            {
+              variant: "model",
+              title: "the floor of our row model",
+              what: "the step claimed; then the step marked and the job settled in one statement",
+              note: "a lower bound, not a usable queue: no job start at the claim, no job lock before the report",
+            },
+            {
+              variant: "row",
+              title: "one row per job, updated",
+              what: "the step row claimed, then marked; no job row written",
+              note: "a model of one row per one-step job kept as history (graphile-worker deletes its row)",
+            },
+            {
+              variant: "queue",
+              title: "a queue row deleted + a history row",
+              what: "a narrow queue row claimed, then deleted with its outcome inserted into an append-only history",
+              note: "graphile-worker's shape plus the history a redesign would keep",
+            },
+          ];
+        const variants: FloorVariant[] = ["ours", ...models.map((m) => m.variant), "peer"];
         // Batch: few loops with big batches, the shape of graphile-worker's
         // batched mode (one fetch of up to 500 at a time per runner); with 8
         // loops of 50 its statements ran at half their speed here (skipped
@@ -423,61 +445,46 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ["single", W, 1],
           ["batch", o.floorBatch.loops, o.floorBatch.size],
         ] as const) {
-          const rates: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], queue: [], peer: [] };
-          const cpu: Record<FloorVariant, number[]> = { ours: [], model: [], row: [], queue: [], peer: [] };
+          const rates = new Map<FloorVariant, number[]>(variants.map((v) => [v, []]));
+          const cpu = new Map<FloorVariant, number[]>(variants.map((v) => [v, []]));
           for (let r = 0; r < o.reps; r++) {
-            // A B C D E E D C B A: ours, model, row, queue, peer, then back.
-            for (const v of [...variants, ...[...variants].reverse()]) {
+            // A B C D E E D C B A; once each in the quick mode (it checks, not times).
+            for (const v of o.quick ? variants : [...variants, ...[...variants].reverse()]) {
               const f = await fresh((url) => floorDrain(url, v, o.flatJobs, loops, batch));
               check(`SQL alone ${key} (${v})`, f.problems);
-              rates[v].push(f.rate);
-              if (f.cost.serverCpuMs !== undefined) cpu[v].push(f.cost.serverCpuMs / o.flatJobs);
+              rates.get(v)?.push(f.rate);
+              if (f.cost.serverCpuMs !== undefined) cpu.get(v)?.push(f.cost.serverCpuMs / o.flatJobs);
               o.log(`  SQL alone ${key} ${v}: ${fmt(f.rate)}`);
             }
           }
-          const s = {
-            ours: summarize(rates.ours),
-            model: summarize(rates.model),
-            row: summarize(rates.row),
-            queue: summarize(rates.queue),
-            peer: summarize(rates.peer),
+          const rate = (v: FloorVariant) => summarize(rates.get(v) ?? []);
+          const perJob = (v: FloorVariant) => {
+            const c = cpu.get(v) ?? [];
+            return c.length ? `${fmt(median(c))} ms` : "?";
           };
-          const perJob = (v: FloorVariant) => (cpu[v].length ? `${fmt(median(cpu[v]))} ms` : "?");
+          const peer = rate("peer");
+          const peerText = `${fmtSummary(peer)} — graphile-worker's statements (getJobs, completeJobs)`;
           const label = key === "single" ? "8a" : "8b";
           const work = key === "single" ? "claim 1 + report" : `claim ${batch} + batch report, ${loops} loops`;
-          const peerText = `${fmtSummary(s.peer)} — graphile-worker's statements (getJobs, completeJobs)`;
+          const order = "order A B C D E E D C B A (ours, the three models, graphile-worker)";
           rows.push({
             section: `${label}. SQL alone, ${fmt(o.flatJobs)} one-step jobs, ${work}`,
             measure: "jobs/s",
-            ours: `${fmtSummary(s.ours)} — our statements (the claim, ${batch === 1 ? "stroem_finish_step" : "stroem_report_many"})`,
+            ours: `${fmtSummary(rate("ours"))} — our statements (the claim, ${batch === 1 ? "stroem_finish_step" : "stroem_report_many"})`,
             peer: peerText,
-            ratio: fmtRatio(s.ours.median, s.peer.median),
-            note: `${loops} loops on raw node-postgres, one harness; Postgres CPU per job: ours ${perJob("ours")}, peer ${perJob("peer")}`,
+            ratio: fmtRatio(rate("ours").median, peer.median),
+            note: `${loops} loops on raw node-postgres, one harness, ${order}; Postgres CPU per job: ours ${perJob("ours")}, peer ${perJob("peer")}`,
           });
-          rows.push({
-            section: `${label}. Same, the floor of our row model`,
-            measure: "jobs/s",
-            ours: `${fmtSummary(s.model)} — the step claimed; then the step marked and the job settled in one statement`,
-            peer: peerText,
-            ratio: fmtRatio(s.model.median, s.peer.median),
-            note: `a lower bound, not a usable queue: no job start at the claim, no job lock before the report; Postgres CPU per job ${perJob("model")}`,
-          });
-          rows.push({
-            section: `${label}. Same, one row per job, updated`,
-            measure: "jobs/s",
-            ours: `${fmtSummary(s.row)} — the step row claimed, then marked; no job row written`,
-            peer: peerText,
-            ratio: fmtRatio(s.row.median, s.peer.median),
-            note: `a model of one row per one-step job kept as history (graphile-worker deletes its row); Postgres CPU per job ${perJob("row")}`,
-          });
-          rows.push({
-            section: `${label}. Same, a queue row deleted + a history row`,
-            measure: "jobs/s",
-            ours: `${fmtSummary(s.queue)} — a narrow queue row claimed, then deleted with its outcome inserted into an append-only history`,
-            peer: peerText,
-            ratio: fmtRatio(s.queue.median, s.peer.median),
-            note: `graphile-worker's shape plus the history a redesign would keep; Postgres CPU per job ${perJob("queue")}`,
-          });
+          for (const m of models) {
+            rows.push({
+              section: `${label}. Same, ${m.title}`,
+              measure: "jobs/s",
+              ours: `${fmtSummary(rate(m.variant))} — ${m.what}`,
+              peer: peerText,
+              ratio: fmtRatio(rate(m.variant).median, peer.median),
+              note: `${m.note}; Postgres CPU per job ${perJob(m.variant)}`,
+            });
+          }
         }
       });
 

@@ -1,7 +1,7 @@
 /**
  * Section 8, "SQL alone": how fast each system's statements drain a flat
- * queue with no library around them, and the floor of our row model. One
- * harness for all three: `workers` loops, each on one node-postgres
+ * queue with no library around them, beside other row models. One harness
+ * for all five: `workers` loops, each on one node-postgres
  * connection, named prepared statements, no validation and no row mapping
  * beyond node-postgres' own, so what differs is the SQL:
  *
@@ -30,7 +30,7 @@
 import { randomUUID } from "node:crypto";
 import { createPool, type Database } from "@stroem/repos";
 import { claim, FINISH_STEP, REPORT_MANY, runStatement } from "@stroem/repos/internal";
-import { type GraphileSeed, graphileTaskId, remainingJobs, seedGraphile } from "./graphile.js";
+import { graphileTaskId, remainingJobs, seedGraphile } from "./graphile.js";
 import { registerWorker } from "./ours.js";
 import { checkAllDone } from "./scenarios.js";
 import { FLAT, seedJobs } from "./seed.js";
@@ -45,7 +45,10 @@ export interface FloorRun {
   problems: string[];
 }
 
-/** A claimed job: its key (for the exactly-once check) and what its report needs. */
+/**
+ * A claimed job: its key (for the exactly-once check) and what its report
+ * needs: `jobId` is the row's id where the variant has no job id (peer, queue).
+ */
 interface Claimed {
   key: string;
   jobId: string;
@@ -250,14 +253,14 @@ const queue: Driver = {
 
 /** The queue variant's check: every job in the history once, the queue empty. */
 async function checkQueue(db: Database, jobs: number): Promise<string[]> {
-  const res = await db.$client.query<{ queued: number; history: number; distinct: number }>(
-    "select (select count(*)::int from floor_queue) as queued, count(*)::int as history, count(distinct job_id)::int as distinct from floor_history",
+  const res = await db.$client.query<{ queued: number; history: number; jobs: number }>(
+    "select (select count(*)::int from floor_queue) as queued, count(*)::int as history, count(distinct job_id)::int as jobs from floor_history",
   );
-  const r = res.rows[0] as { queued: number; history: number; distinct: number };
+  const r = res.rows[0] as { queued: number; history: number; jobs: number };
   const problems: string[] = [];
   if (r.queued > 0) problems.push(`${r.queued} jobs left in floor_queue`);
-  if (r.history !== jobs || r.distinct !== jobs)
-    problems.push(`${r.distinct}/${jobs} jobs in floor_history (${r.history} rows)`);
+  if (r.history !== jobs || r.jobs !== jobs)
+    problems.push(`${r.jobs}/${jobs} jobs in floor_history (${r.history} rows)`);
   return problems;
 }
 
@@ -334,8 +337,8 @@ function peer(taskId: number): Driver {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Seeds `jobs` one-step jobs for `variant` (ours and model: the bench's
- * seeding; peer: `addJobs`; not timed) and drains them with `workers` loops
+ * Seeds `jobs` one-step jobs for `variant` (ours, model and row: the
+ * bench's seeding; peer: `addJobs`; queue: its own tables; not timed) and drains them with `workers` loops
  * claiming `batch` at a time; checks every job ran exactly once.
  */
 export async function floorDrain(
@@ -352,8 +355,8 @@ export async function floorDrain(
   try {
     let driver: Driver;
     if (variant === "peer") {
-      const seed: GraphileSeed = await seedGraphile(url, jobs);
-      driver = peer(await graphileTaskId(url, seed.task));
+      await seedGraphile(url, jobs);
+      driver = peer(await graphileTaskId(url));
     } else if (variant === "queue") {
       const db = pools[0] as Database;
       await db.$client.query(QUEUE_TABLES);

@@ -100,24 +100,18 @@ export async function remainingJobs(url: string): Promise<number> {
   });
 }
 
-/** What `seedGraphile` enqueued: the task identifier of its jobs. */
-export interface GraphileSeed {
-  task: string;
-}
-
 /** Enqueues `n` jobs of the bench's task, 1,000 an `addJobs` call (jobs' payload `{ i }`, 0 to n-1). */
-export async function seedGraphile(url: string, n: number): Promise<GraphileSeed> {
+export async function seedGraphile(url: string, n: number): Promise<void> {
   await withUtils(url, async (utils) => {
     for (let i = 0; i < n; i += 1000) await utils.addJobs(specs(i, Math.min(1000, n - i)));
   });
-  return { task: TASK };
 }
 
-/** The id graphile-worker gave a task identifier (its `getJobs` filters on it). */
-export async function graphileTaskId(url: string, identifier: string): Promise<number> {
+/** The id graphile-worker gave the bench's task (its `getJobs` filters on it); after `seedGraphile`. */
+export async function graphileTaskId(url: string): Promise<number> {
   return withClient(url, async (c) => {
-    const res = await c.query("select id from graphile_worker._private_tasks where identifier = $1", [identifier]);
-    if (res.rows.length !== 1) throw new Error(`graphile-worker has no task "${identifier}"`);
+    const res = await c.query("select id from graphile_worker._private_tasks where identifier = $1", [TASK]);
+    if (res.rows.length !== 1) throw new Error(`graphile-worker has no task "${TASK}"`);
     return Number(res.rows[0].id);
   });
 }

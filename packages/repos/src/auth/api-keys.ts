@@ -44,9 +44,8 @@ export interface NewApiKey {
  * base64url. Stores only its SHA-256 (hex) and a display prefix
  * (`stroem_ak_` and 4 random characters); the key is returned once. The
  * INSERT and its `api_key.issued` audit event (filed under the key's hash)
- * in one transaction. Throws
- * `UserNotFoundError`, `InvalidInputError` (name, a past or invalid
- * `expiresAt`); nothing is written then.
+ * in one transaction. Throws `UserNotFoundError`, `InvalidInputError`
+ * (name, a past or invalid `expiresAt`); nothing is written then.
  */
 export async function issue(db: Executor, input: NewApiKey, options: AuditOptions = {}): Promise<IssuedApiKey> {
   if (typeof input !== "object" || input === null) throw new InvalidInputError("input", "must be an object");
@@ -145,8 +144,8 @@ export async function list(
  * Revokes the user's key `keyHash` (`revoked_at = now()`): `verify` refuses
  * it from then on. One guarded UPDATE and, when it revoked the key, its
  * `api_key.revoked` audit event, in one transaction (`alreadyRevoked` says
- * whether this call changed anything). Revoking twice keeps the first time. Throws
- * `ApiKeyNotFoundError` (no such key of this user), `InvalidInputError`.
+ * whether this call changed anything). Revoking twice keeps the first
+ * time. Throws `ApiKeyNotFoundError` (no such key of this user), `InvalidInputError`.
  */
 export async function revoke(
   db: Executor,

@@ -41,8 +41,8 @@ const emailKey = (email: string) => sql`lower(${user.email}) = lower(${email})`;
 
 /**
  * Creates a user and returns it. The INSERT and its `user.created` audit
- * event (by `options.actor`) in one transaction. Throws `InvalidInputError` (email, name or
- * password hash malformed) or `DuplicateEmailError` (another user has this
+ * event (by `options.actor`) in one transaction. Throws `InvalidInputError`
+ * (email, name or password hash malformed) or `DuplicateEmailError` (another user has this
  * email in any case); either way nothing is written.
  */
 export async function create(db: Executor, input: NewUser, options: AuditOptions = {}): Promise<UserInfo> {
