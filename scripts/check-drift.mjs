@@ -1,6 +1,12 @@
-// Fails when the Drizzle schema and the committed migrations disagree: runs
-// `drizzle-kit generate` against a scratch copy of the migrations folder and
-// fails if it writes anything, then runs `drizzle-kit check` on the real one.
+// Fails when the committed migrations disagree with their sources:
+// - the Drizzle schema: runs `drizzle-kit generate` against a scratch copy of
+//   the migrations folder and fails if it writes anything, then runs
+//   `drizzle-kit check` on the real one;
+// - the SQL folder (packages/schema/sql/, the functions, triggers and table
+//   settings): the last definition of each block in the migrations must be the
+//   block, and every object they install must have one (the text check; the
+//   catalog check is packages/testing/test/sql-source.test.ts). Needs
+//   @stroem/schema built (turbo builds it first).
 import { execFileSync } from "node:child_process";
 import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -61,7 +67,16 @@ export default defineConfig({ dialect: "postgresql", schema: "./packages/schema/
       throw new DriftError();
     }
   }
-  console.log("drift: schema and committed migrations agree");
+  const { textDrift } = await import(path.join(root, "packages/schema/dist/sql-source.js"));
+  const problems = textDrift();
+  if (problems.length > 0) {
+    console.error(
+      `drift: packages/schema/sql/ and the migrations disagree:\n${problems.map((p) => `  - ${p}`).join("\n")}\n` +
+        "Edit the folder, never a migration, then run `pnpm db:sql --name <change>` and commit the new migration.",
+    );
+    throw new DriftError();
+  }
+  console.log("drift: schema, SQL folder and committed migrations agree");
 } catch (error) {
   if (!(error instanceof DriftError)) throw error;
   process.exitCode = 1;

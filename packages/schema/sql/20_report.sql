@@ -1,0 +1,499 @@
+-- A report of one step (complete, fail, the bare marks, a rescue's failure).
+-- Locks the job row, then marks the step, guarded when p_worker_id and
+-- p_attempt are given. A failure with retries left goes back to `ready`
+-- (stroem_retry_at, a retry_history entry). Otherwise, with p_propagate, the
+-- outcome is applied: a step nothing depends on settles its job with one
+-- UPDATE (the arithmetic of stroem_settle_jobs); the first level of
+-- dependants is updated inline (one UPDATE of the pending dependants); a skip
+-- that cascades, and a job whose bare marks wait, go through
+-- stroem_apply_outcomes. A finished job records a late outcome and moves
+-- nothing. `result`: ok | repeated | not_found | invalid_transition |
+-- not_owner, with the step's status, worker and attempts for the refusals.
+CREATE OR REPLACE FUNCTION stroem_finish_step(
+  p_job_id uuid, p_step_name text, p_outcome text, p_output jsonb, p_error text,
+  p_worker_id uuid, p_attempt integer, p_propagate boolean,
+  OUT result text, OUT promoted text[], OUT skipped text[], OUT job_status text,
+  OUT step_status text, OUT step_worker_id uuid, OUT step_attempts integer,
+  OUT retried boolean, OUT retry_at timestamptz)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+DECLARE
+  v_job_status text;
+  v_propagate boolean;
+  v_dependants text[];
+  v_continue boolean;
+  v_applied record;
+  v_step record;
+  v_history jsonb;
+  v_found boolean;
+  v_failed integer;
+  v_finished integer;
+  v_next text[];
+  v_types text[];
+BEGIN
+  promoted := '{}';
+  skipped := '{}';
+  retried := false;
+  SELECT j.status INTO v_job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
+  IF NOT FOUND THEN
+    result := 'not_found';
+    RETURN;
+  END IF;
+  job_status := v_job_status;
+  -- A finished job (cancelled, failed by hand) records the outcome but moves no more.
+  v_propagate := p_propagate AND v_job_status NOT IN ('completed', 'failed', 'cancelled');
+  -- Only a failure needs the step's retry policy before writing: a success
+  -- is the guarded UPDATE alone.
+  v_found := true;
+  IF p_outcome = 'failed' THEN
+    SELECT s.status, s.attempts, s.max_retries, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.action_type
+    INTO v_step
+    FROM job_step s
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    FOR UPDATE;
+    v_found := FOUND;
+    IF v_found AND v_step.status = 'running' AND v_job_status NOT IN ('completed', 'failed', 'cancelled')
+       AND v_step.attempts <= v_step.max_retries THEN
+      -- Retries left: back to the queue after the policy's delay; the job keeps running.
+      UPDATE job_step s SET
+        status = 'ready',
+        ready_at = stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter),
+        retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, p_error, s.started_at),
+        worker_id = NULL,
+        started_at = NULL,
+        output = NULL,
+        error_message = p_error
+      WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      RETURNING s.ready_at, s.attempts INTO retry_at, step_attempts;
+      result := 'ok';
+      retried := true;
+      step_status := 'ready';
+      IF retry_at <= now() THEN
+        PERFORM pg_notify('stroem_ready', v_step.action_type);
+      END IF;
+      RETURN;
+    END IF;
+  END IF;
+  IF v_found THEN
+    UPDATE job_step s SET
+      status = p_outcome,
+      output = p_output,
+      error_message = p_error,
+      completed_at = now(),
+      propagated = v_propagate
+    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+      AND (p_attempt IS NULL OR s.attempts = p_attempt)
+    RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
+    INTO v_dependants, v_continue, step_worker_id, step_attempts;
+    v_found := FOUND;
+  END IF;
+  IF NOT v_found THEN
+    SELECT s.status, s.worker_id, s.attempts, s.retry_history INTO step_status, step_worker_id, step_attempts, v_history
+    FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+    IF NOT FOUND THEN
+      result := 'not_found';
+    ELSIF step_status = p_outcome AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
+          AND step_worker_id = p_worker_id AND step_attempts = p_attempt THEN
+      result := 'repeated';
+    ELSIF p_outcome = 'failed' AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
+          AND v_history @> jsonb_build_array(jsonb_build_object('attempt', p_attempt, 'workerId', p_worker_id)) THEN
+      -- This worker's failure of this attempt was recorded and retried already.
+      result := 'repeated';
+      retried := true;
+    ELSIF step_status <> 'running' THEN
+      result := 'invalid_transition';
+    ELSE
+      result := 'not_owner';
+    END IF;
+    RETURN;
+  END IF;
+  result := 'ok';
+  step_status := p_outcome;
+  IF NOT v_propagate THEN
+    RETURN;
+  END IF;
+  v_failed := CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END;
+  IF EXISTS (
+    SELECT 1 FROM job_step s
+    WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
+  ) THEN
+    -- Bare marks wait for an advance: stroem_apply_outcomes applies them too.
+    SELECT * INTO v_applied FROM stroem_apply_outcomes(
+      p_job_id, v_dependants, array_fill(p_outcome, ARRAY[cardinality(v_dependants)]), 1, v_failed);
+    promoted := v_applied.promoted;
+    skipped := v_applied.skipped;
+    job_status := v_applied.job_status;
+    RETURN;
+  END IF;
+  v_finished := 1;
+  IF cardinality(v_dependants) > 0 THEN
+    -- The dependants' first level, inline (stroem_apply_outcomes' loop for
+    -- one edge per dependant): each pending dependant takes this outcome
+    -- into its counts and stroem_decide moves it.
+    WITH dec AS (
+      SELECT s.step_name,
+             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - 1,
+                           s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
+                           s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
+                           s.continue_on_failure) AS next
+      FROM job_step s
+      WHERE s.job_id = p_job_id AND s.step_name = ANY (v_dependants) AND s.status = 'pending'
+    ), upd AS (
+      UPDATE job_step s SET
+        deps_unfinished = s.deps_unfinished - 1,
+        deps_failed = s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
+        deps_completed = s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
+        status = dec.next,
+        ready_at = CASE WHEN dec.next = 'ready' THEN now() ELSE s.ready_at END,
+        completed_at = CASE WHEN dec.next = 'skipped' THEN now() ELSE s.completed_at END,
+        propagated = (dec.next = 'skipped')
+      FROM dec
+      WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
+      RETURNING s.step_name, dec.next, s.dependants, s.action_type
+    )
+    SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
+           coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
+           coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
+           coalesce((SELECT array_agg(DISTINCT u.action_type::text) FROM upd u WHERE u.next = 'ready'), '{}')
+    INTO promoted, skipped, v_next, v_types;
+    v_finished := 1 + cardinality(skipped);
+    IF cardinality(v_next) > 0 THEN
+      -- A skip cascades: stroem_apply_outcomes walks the next levels and
+      -- settles the job with this level's count.
+      SELECT * INTO v_applied FROM stroem_apply_outcomes(
+        p_job_id, v_next, array_fill('skipped'::text, ARRAY[cardinality(v_next)]), v_finished, v_failed);
+      promoted := promoted || v_applied.promoted;
+      skipped := skipped || v_applied.skipped;
+      job_status := v_applied.job_status;
+      v_finished := 0;
+    END IF;
+    IF cardinality(v_types) > 0 THEN
+      PERFORM pg_notify('stroem_ready', t) FROM unnest(v_types) AS t;
+    END IF;
+  END IF;
+  IF v_finished > 0 THEN
+    -- The job's counts, in one UPDATE (stroem_settle_jobs for one job,
+    -- inlined: a set-returning call over arrays cost more than the UPDATE
+    -- itself on this, the commonest path).
+    UPDATE job j SET
+      steps_unfinished = j.steps_unfinished - v_finished,
+      steps_failed = j.steps_failed + v_failed,
+      status = CASE WHEN j.steps_unfinished > v_finished THEN 'running'
+                    WHEN j.steps_failed + v_failed > 0 THEN 'failed'
+                    ELSE 'completed' END,
+      started_at = coalesce(j.started_at, now()),
+      completed_at = CASE WHEN j.steps_unfinished > v_finished THEN NULL ELSE now() END
+    WHERE j.job_id = p_job_id
+    RETURNING j.status INTO job_status;
+  END IF;
+END
+$$;
+--> statement-breakpoint
+-- A batch of guarded reports (JobStepRepo.reportMany), set-based: the jobs'
+-- rows are locked in job id order, the steps marked, and the batch's edges
+-- (finished step -> dependant), across all its jobs, are applied one level at a time, with one
+-- UPDATE per level (a level past the first only when steps were skipped),
+-- and every job the batch moves settles in one UPDATE. A report is credited
+-- with the moves it caused: a dependant that several reports of the batch
+-- moved (a join whose parents finished together) is credited to the last of
+-- them in the batch's order, as the one-at-a-time version did for promotions
+-- (for a skip, that version credited the first failure; this one the last
+-- report that reached the step). A job whose bare marks wait for an advance
+-- (rare: callers composing markCompleted + advance) still goes through
+-- stroem_apply_outcomes, which applies those too; its moves are credited to
+-- its last report in the batch.
+--
+-- Every statement reaches `job` and `job_step` by key: the planner takes
+-- jsonb_to_recordset and unnest for 100 and 10 rows, and joined to them it
+-- read `job` whole (a hash join) on tables of up to some 20,000 jobs, four
+-- times a call (the lock, the marks' join, the settle, the answers), and
+-- `job_step` once. Accepted reports are answered from their marks and the
+-- settle; only a refused one reads its step again.
+CREATE OR REPLACE FUNCTION stroem_report_many(p_reports jsonb)
+RETURNS TABLE(ord integer, result text, promoted text[], skipped text[], job_status text,
+              step_status text, step_worker_id uuid, step_attempts integer, retried boolean, retry_at timestamptz)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+DECLARE
+  -- Accepted reports, in order, and whether each went back to the queue.
+  v_ords integer[];
+  v_retried boolean[];
+  -- Their steps after the marks (the answer's step columns).
+  v_step_status text[];
+  v_step_worker uuid[];
+  v_step_attempts integer[];
+  v_step_ready timestamptz[];
+  -- Every job of the batch that exists, and its status (after the batch, once settled).
+  v_job_ids uuid[];
+  v_job_statuses text[];
+  v_settled_ids uuid[];
+  v_settled_statuses text[];
+  v_types text[]; -- action types of steps made ready now (notified on commit)
+  -- Per job that moves: reports finished, failures that fail it, its last
+  -- report (before the settle: with the steps the levels skipped added).
+  v_jobs uuid[];
+  v_finished integer[];
+  v_failed integer[];
+  v_last integer[];
+  -- The current level's edges: job, dependant, the finished dependency's outcome, credited report.
+  e_jobs uuid[];
+  e_names text[];
+  e_outcomes text[];
+  e_origins integer[];
+  -- Moves, credited: report, order within it, step, 'ready' | 'skipped'.
+  c_ords integer[] := '{}';
+  c_levels integer[] := '{}';
+  c_names text[] := '{}';
+  c_kinds text[] := '{}';
+  v_skipped_jobs uuid[] := '{}'; -- one entry per step the levels skipped (settled as finished)
+  v_level integer := 0;
+  v_waiting uuid[];
+  v_wait record;
+  v_applied record;
+  l_ords integer[];
+  l_names text[];
+  l_kinds text[];
+  l_skipped_jobs uuid[];
+  l_types text[];
+BEGIN
+  -- The jobs' locks, in job id order. `= ANY (ARRAY(...))` walks job_pkey:
+  -- joined to jsonb_to_recordset (which the planner takes for 100 rows),
+  -- the job table was read whole up to some 20,000 rows.
+  SELECT coalesce(array_agg(l.job_id ORDER BY l.job_id), '{}'), coalesce(array_agg(l.status ORDER BY l.job_id), '{}')
+  INTO v_job_ids, v_job_statuses
+  FROM (
+    SELECT j.job_id, j.status FROM job j
+    WHERE j.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)))
+    ORDER BY j.job_id
+    FOR NO KEY UPDATE
+  ) AS l;
+
+  -- The guarded marks, and what they start: per job, per edge.
+  WITH r AS (
+    SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+      i integer, job_id uuid, step_name text, outcome text, output jsonb, error text, worker_id uuid, attempt integer)
+  ), marked AS (
+    UPDATE job_step s SET
+      status = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN 'ready' ELSE r.outcome END,
+      output = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE r.output END,
+      error_message = r.error,
+      completed_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE now() END,
+      propagated = NOT (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) AND j.status NOT IN ('completed', 'failed', 'cancelled'),
+      ready_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
+        THEN stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter) ELSE s.ready_at END,
+      worker_id = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.worker_id END,
+      started_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.started_at END,
+      retry_history = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
+        THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
+    FROM r JOIN unnest(v_job_ids, v_job_statuses) AS j(job_id, status) ON j.job_id = r.job_id
+    WHERE s.job_id = r.job_id AND s.step_name = r.step_name
+      AND (s.status = 'running' OR (s.status = 'ready' AND r.worker_id IS NULL AND r.attempt IS NULL))
+      AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
+      AND (r.attempt IS NULL OR s.attempts = r.attempt)
+    RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,
+      s.status = 'ready' AS retried, s.action_type, s.ready_at, s.status, s.worker_id, s.attempts
+  ), jobs AS (
+    SELECT m.job_id, count(*)::integer AS n,
+           count(*) FILTER (WHERE m.outcome = 'failed' AND NOT m.continue_on_failure)::integer AS failed,
+           max(m.i) AS last
+    FROM marked m WHERE m.moving GROUP BY m.job_id
+  ), edges AS (
+    SELECT m.job_id, d.name, m.outcome, m.i
+    FROM marked m CROSS JOIN LATERAL unnest(m.dependants) AS d(name)
+    WHERE m.moving
+  )
+  SELECT
+    (SELECT coalesce(array_agg(m.i ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.retried ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.status ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.worker_id ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.attempts ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(m.ready_at ORDER BY m.i), '{}') FROM marked m),
+    (SELECT coalesce(array_agg(DISTINCT m.action_type::text), '{}') FROM marked m WHERE m.retried AND m.ready_at <= now()),
+    (SELECT coalesce(array_agg(jobs.job_id ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.n ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.failed ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(jobs.last ORDER BY jobs.job_id), '{}') FROM jobs),
+    (SELECT coalesce(array_agg(e.job_id ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e)
+  INTO v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
+
+  -- Jobs with bare marks waiting (served by idx_job_step_unpropagated; none
+  -- on the report path): one at a time through stroem_apply_outcomes, which
+  -- applies those marks, this batch's outcomes, settles and notifies.
+  SELECT coalesce(array_agg(DISTINCT s.job_id), '{}') INTO v_waiting
+  FROM job_step s
+  WHERE s.job_id = ANY (v_jobs) AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped');
+  IF cardinality(v_waiting) > 0 THEN
+    FOR v_wait IN
+      SELECT t.job_id, t.n, t.failed, t.last,
+             coalesce((SELECT array_agg(e.name ORDER BY e.name, e.origin) FROM unnest(e_jobs, e_names, e_origins) AS e(job_id, name, origin)
+                       WHERE e.job_id = t.job_id), '{}') AS targets,
+             coalesce((SELECT array_agg(e.outcome ORDER BY e.name, e.origin) FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS e(job_id, name, outcome, origin)
+                       WHERE e.job_id = t.job_id), '{}') AS outcomes
+      FROM unnest(v_jobs, v_finished, v_failed, v_last) AS t(job_id, n, failed, last)
+      WHERE t.job_id = ANY (v_waiting)
+      ORDER BY t.job_id
+    LOOP
+      SELECT * INTO v_applied FROM stroem_apply_outcomes(v_wait.job_id, v_wait.targets, v_wait.outcomes, v_wait.n, v_wait.failed);
+      v_job_statuses[array_position(v_job_ids, v_wait.job_id)] := v_applied.job_status;
+      SELECT c_ords || coalesce(array_agg(v_wait.last), '{}'), c_levels || coalesce(array_agg(m.k::integer ORDER BY m.k), '{}'),
+             c_names || coalesce(array_agg(m.name ORDER BY m.k), '{}'), c_kinds || coalesce(array_agg(m.kind ORDER BY m.k), '{}')
+      INTO c_ords, c_levels, c_names, c_kinds
+      FROM (SELECT p.name, p.k, 'ready' AS kind FROM unnest(v_applied.promoted) WITH ORDINALITY AS p(name, k)
+            UNION ALL
+            SELECT q.name, cardinality(v_applied.promoted) + q.k, 'skipped' FROM unnest(v_applied.skipped) WITH ORDINALITY AS q(name, k)) AS m;
+    END LOOP;
+    SELECT coalesce(array_agg(t.job_id ORDER BY t.job_id), '{}'), coalesce(array_agg(t.n ORDER BY t.job_id), '{}'),
+           coalesce(array_agg(t.failed ORDER BY t.job_id), '{}')
+    INTO v_jobs, v_finished, v_failed
+    FROM unnest(v_jobs, v_finished, v_failed) AS t(job_id, n, failed)
+    WHERE NOT (t.job_id = ANY (v_waiting));
+    SELECT coalesce(array_agg(e.job_id ORDER BY e.job_id, e.name, e.origin), '{}'), coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.origin), '{}'),
+           coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.origin), '{}'), coalesce(array_agg(e.origin ORDER BY e.job_id, e.name, e.origin), '{}')
+    INTO e_jobs, e_names, e_outcomes, e_origins
+    FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS e(job_id, name, outcome, origin)
+    WHERE NOT (e.job_id = ANY (v_waiting));
+  END IF;
+
+  -- The levels: each pending dependant takes the counts of its finished
+  -- dependencies (stroem_decide, as stroem_apply_outcomes); a skipped one
+  -- finishes in turn, and its dependants make the next level.
+  WHILE cardinality(e_jobs) > 0 LOOP
+    v_level := v_level + 1;
+    WITH agg AS (
+      SELECT t.job_id, t.name, count(*)::integer AS n,
+             count(*) FILTER (WHERE t.outcome = 'failed')::integer AS f,
+             count(*) FILTER (WHERE t.outcome = 'completed')::integer AS c,
+             max(t.origin) AS origin
+      FROM unnest(e_jobs, e_names, e_outcomes, e_origins) AS t(job_id, name, outcome, origin)
+      GROUP BY t.job_id, t.name
+    ), upd AS (
+      -- One walk of the primary key per dependant: the decision
+      -- (stroem_decide, an inlined CASE) is written into the SET list, whose
+      -- expressions all read the row as it was.
+      UPDATE job_step s SET
+        deps_unfinished = s.deps_unfinished - agg.n,
+        deps_failed = s.deps_failed + agg.f,
+        deps_completed = s.deps_completed + agg.c,
+        status = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                               s.deps_completed + agg.c, s.continue_on_failure),
+        ready_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                           s.deps_completed + agg.c, s.continue_on_failure) = 'ready'
+                        THEN now() ELSE s.ready_at END,
+        completed_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                               s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
+                            THEN now() ELSE s.completed_at END,
+        propagated = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+                                   s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
+      FROM agg
+      WHERE s.job_id = agg.job_id AND s.step_name = agg.name AND s.status = 'pending'
+      RETURNING s.job_id, s.step_name, s.status AS next, s.dependants, s.action_type, agg.origin
+    ), nxt AS (
+      SELECT u.job_id, d.name, u.origin
+      FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d(name)
+      WHERE u.next = 'skipped'
+    )
+    -- The three credit arrays are zipped later: one order for all three.
+    SELECT
+      (SELECT coalesce(array_agg(u.origin ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.step_name ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.next ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
+      (SELECT coalesce(array_agg(u.job_id), '{}') FROM upd u WHERE u.next = 'skipped'),
+      (SELECT coalesce(array_agg(DISTINCT u.action_type::text), '{}') FROM upd u WHERE u.next = 'ready'),
+      (SELECT coalesce(array_agg(n.job_id ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
+      (SELECT coalesce(array_agg(n.name ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
+      (SELECT coalesce(array_agg(n.origin ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n)
+    INTO l_ords, l_names, l_kinds, l_skipped_jobs, l_types, e_jobs, e_names, e_origins;
+    c_ords := c_ords || l_ords;
+    c_levels := c_levels || array_fill(v_level, ARRAY[cardinality(l_ords)]);
+    c_names := c_names || l_names;
+    c_kinds := c_kinds || l_kinds;
+    v_skipped_jobs := v_skipped_jobs || l_skipped_jobs;
+    v_types := v_types || l_types;
+    e_outcomes := array_fill('skipped'::text, ARRAY[cardinality(e_jobs)]);
+  END LOOP;
+
+  -- Every job the batch moved, settled at once (stroem_settle_jobs): its
+  -- finished reports and the steps the levels skipped, per job.
+  SELECT coalesce(array_agg(f.job_id ORDER BY f.job_id), '{}'), coalesce(array_agg(f.n ORDER BY f.job_id), '{}'),
+         coalesce(array_agg(f.failed ORDER BY f.job_id), '{}')
+  INTO v_jobs, v_finished, v_failed
+  FROM (
+    SELECT u.job_id, sum(u.n)::integer AS n, sum(u.failed)::integer AS failed
+    FROM (
+      SELECT x.job_id, x.n, x.failed FROM unnest(v_jobs, v_finished, v_failed) AS x(job_id, n, failed)
+      UNION ALL SELECT y.job_id, 1, 0 FROM unnest(v_skipped_jobs) AS y(job_id)
+    ) AS u
+    GROUP BY u.job_id
+  ) AS f;
+  SELECT coalesce(array_agg(st.job_id), '{}'), coalesce(array_agg(st.status), '{}')
+  INTO v_settled_ids, v_settled_statuses
+  FROM stroem_settle_jobs(v_jobs, v_finished, v_failed) AS st;
+
+  IF cardinality(v_types) > 0 THEN
+    PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
+  END IF;
+
+  -- The answers. An accepted report's step columns come from its mark, its
+  -- job's status from the settle (or the lock, when the batch did not move
+  -- the job): only a refused report reads its step again.
+  RETURN QUERY
+    WITH r AS (
+      SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
+        i integer, job_id uuid, step_name text, outcome text, worker_id uuid, attempt integer)
+    ), acc AS (
+      SELECT t.* FROM unnest(v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready)
+        AS t(i, retried, status, worker_id, attempts, ready_at)
+    ), jobs AS (
+      SELECT l.job_id, coalesce(st.status, l.status) AS status
+      FROM unnest(v_job_ids, v_job_statuses) AS l(job_id, status)
+        LEFT JOIN unnest(v_settled_ids, v_settled_statuses) AS st(job_id, status) ON st.job_id = l.job_id
+    ), credit AS (
+      SELECT c.i,
+             array_agg(c.name ORDER BY c.level, c.name) FILTER (WHERE c.kind = 'ready') AS promoted,
+             array_agg(c.name ORDER BY c.level, c.name) FILTER (WHERE c.kind = 'skipped') AS skipped
+      FROM unnest(c_ords, c_levels, c_names, c_kinds) AS c(i, level, name, kind)
+      GROUP BY c.i
+    )
+    SELECT r.i,
+      CASE
+        WHEN acc.i IS NOT NULL THEN 'ok'
+        WHEN s.step_name IS NULL THEN 'not_found'
+        WHEN s.status = r.outcome AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.worker_id = r.worker_id AND s.attempts = r.attempt THEN 'repeated'
+        WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN 'repeated'
+        WHEN s.status <> 'running' THEN 'invalid_transition'
+        ELSE 'not_owner'
+      END,
+      CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.promoted, '{}') END,
+      CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.skipped, '{}') END,
+      jobs.status,
+      coalesce(acc.status, s.status), coalesce(acc.worker_id, s.worker_id), coalesce(acc.attempts, s.attempts),
+      coalesce(acc.retried, r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false),
+      CASE WHEN acc.i IS NOT NULL THEN CASE WHEN acc.retried THEN acc.ready_at END
+           WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN s.ready_at END
+    FROM r
+      LEFT JOIN acc ON acc.i = r.i
+      LEFT JOIN credit ON credit.i = r.i
+      LEFT JOIN jobs ON jobs.job_id = r.job_id
+      -- Only a refused report (acc.i IS NULL: a one-time filter per row) reads its step.
+      LEFT JOIN LATERAL (
+        SELECT s1.step_name, s1.status, s1.worker_id, s1.attempts, s1.retry_history, s1.ready_at
+        FROM job_step s1
+        WHERE acc.i IS NULL AND s1.job_id = r.job_id AND s1.step_name = r.step_name
+        LIMIT 1 -- keeps the sub-select per row (not pulled up into a join that reads job_step whole)
+      ) AS s ON true
+    ORDER BY r.i;
+END
+$$;

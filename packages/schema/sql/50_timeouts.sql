@@ -1,0 +1,89 @@
+-- Job deadlines. A trigger writes a job_deadline row for every job inserted
+-- with timeout_secs (created_at + timeout_secs), whatever the insert path,
+-- and moves it when an UPDATE sets created_at or timeout_secs.
+-- stroem_sweep_timeouts' second phase walks job_deadline by deadline
+-- (idx_job_deadline) and deletes each row it visits. With no index on `job`
+-- naming completed_at, the UPDATE that finishes a job is HOT.
+CREATE OR REPLACE FUNCTION stroem_job_deadline() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.timeout_secs IS NULL OR NEW.completed_at IS NOT NULL THEN
+    DELETE FROM job_deadline d WHERE d.job_id = NEW.job_id;
+  ELSE
+    INSERT INTO job_deadline (job_id, deadline)
+    VALUES (NEW.job_id, NEW.created_at + make_interval(secs => NEW.timeout_secs))
+    ON CONFLICT (job_id) DO UPDATE SET deadline = EXCLUDED.deadline;
+  END IF;
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER job_deadline_insert AFTER INSERT ON job
+FOR EACH ROW WHEN (NEW.timeout_secs IS NOT NULL)
+EXECUTE FUNCTION stroem_job_deadline();
+--> statement-breakpoint
+-- Only an UPDATE that sets created_at or timeout_secs fires it (an operator
+-- moving a deadline): the claim and report UPDATEs set neither.
+CREATE OR REPLACE TRIGGER job_deadline_update AFTER UPDATE OF created_at, timeout_secs ON job
+FOR EACH ROW WHEN (OLD.created_at IS DISTINCT FROM NEW.created_at OR OLD.timeout_secs IS DISTINCT FROM NEW.timeout_secs)
+EXECUTE FUNCTION stroem_job_deadline();
+--> statement-breakpoint
+CREATE OR REPLACE FUNCTION stroem_sweep_timeouts()
+RETURNS TABLE(kind text, job_id uuid, step_name text, worker_id uuid, attempt integer, outcome text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  r record;
+  f record;
+BEGIN
+  FOR r IN
+    SELECT s.job_id AS jid, s.step_name AS sname, s.worker_id AS wid, s.attempts AS n, s.timeout_secs AS secs
+    FROM job_step s
+    WHERE s.status = 'running' AND s.timeout_secs IS NOT NULL
+      AND s.started_at + make_interval(secs => s.timeout_secs) <= now()
+    ORDER BY s.job_id, s.step_name
+  LOOP
+    PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
+    CONTINUE WHEN NOT FOUND;
+    SELECT * INTO f FROM stroem_finish_step(r.jid, r.sname, 'failed', NULL,
+      'timed out: running for more than ' || r.secs || ' s (timeoutSecs)', r.wid, r.n, true);
+    CONTINUE WHEN f.result <> 'ok';
+    kind := 'step';
+    job_id := r.jid;
+    step_name := r.sname;
+    worker_id := r.wid;
+    attempt := r.n;
+    outcome := CASE WHEN f.retried THEN 'retried' ELSE 'failed' END;
+    RETURN NEXT;
+  END LOOP;
+
+  FOR r IN
+    SELECT j.job_id AS jid, j.timeout_secs AS secs
+    FROM job_deadline d JOIN job j ON j.job_id = d.job_id
+    WHERE d.deadline <= now()
+    ORDER BY j.job_id
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+  LOOP
+    -- Visited once: the deadline row goes whether the job was still
+    -- unfinished (it fails now) or had finished in time.
+    DELETE FROM job_deadline d WHERE d.job_id = r.jid;
+    UPDATE job j SET status = 'failed', completed_at = now(),
+      error_message = 'timed out: not finished ' || r.secs || ' s after its creation (timeoutSecs)'
+    WHERE j.job_id = r.jid AND j.status IN ('pending', 'running');
+    CONTINUE WHEN NOT FOUND;
+    UPDATE job_step s SET
+      status = CASE WHEN s.status = 'running' THEN s.status ELSE 'cancelled' END,
+      completed_at = CASE WHEN s.status = 'running' THEN s.completed_at ELSE now() END,
+      propagated = CASE WHEN s.status = 'running' THEN s.propagated ELSE true END,
+      cancel_requested_at = CASE WHEN s.status = 'running' THEN now() ELSE s.cancel_requested_at END
+    WHERE s.job_id = r.jid AND s.status IN ('pending', 'ready', 'running');
+    kind := 'job';
+    job_id := r.jid;
+    step_name := NULL;
+    worker_id := NULL;
+    attempt := NULL;
+    outcome := 'failed';
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
