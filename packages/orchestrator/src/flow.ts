@@ -1,5 +1,6 @@
 import { FlowValidationError } from "./errors.js";
 import type { Flow, FlowProblem, NamedFlowStep } from "./types.js";
+import { stepAction } from "./validate.js";
 
 /**
  * The one conversion from a list of named steps (job creation's input, the
@@ -11,12 +12,17 @@ import type { Flow, FlowProblem, NamedFlowStep } from "./types.js";
 export function toFlow(steps: readonly NamedFlowStep[]): Flow {
   const flow: Flow = {};
   const problems: FlowProblem[] = [];
-  for (const { stepName, actionName, dependsOn, continueOnFailure } of steps) {
+  for (const step of steps) {
+    const { stepName, dependsOn, continueOnFailure } = step;
     if (Object.hasOwn(flow, stepName)) {
       problems.push({ kind: "duplicate-name", step: stepName, message: `step name "${stepName}" is used twice` });
       continue;
     }
-    flow[stepName] = { actionName, dependsOn: dependsOn ?? [], continueOnFailure: continueOnFailure ?? false };
+    flow[stepName] = {
+      actionName: stepAction(step) ?? "",
+      dependsOn: dependsOn ?? [],
+      continueOnFailure: continueOnFailure ?? false,
+    };
   }
   if (problems.length > 0) throw new FlowValidationError(problems);
   return flow;

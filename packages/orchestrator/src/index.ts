@@ -19,8 +19,9 @@ export type {
   Flow,
   FlowProblem,
   FlowStep,
+  FlowStepGraph,
   NamedFlowStep,
   StepStatus,
   StepStatusView,
 } from "./types.js";
-export { validateFlow } from "./validate.js";
+export { stepAction, validateFlow } from "./validate.js";

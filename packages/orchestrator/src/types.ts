@@ -1,6 +1,12 @@
-/** One step of a flow: what runs (`actionName`), and after what. */
-export interface FlowStep {
-  actionName: string;
+/**
+ * One step of a flow: what runs (`actionName`; `action` is the design
+ * note's and Strøm's name for it, accepted alike), and after what.
+ */
+export type FlowStep = FlowStepGraph &
+  ({ actionName: string; action?: string } | { action: string; actionName?: string });
+
+/** A flow step's graph: its dependencies and what it does after a failure. */
+export interface FlowStepGraph {
   dependsOn?: readonly string[];
   /**
    * Runs once every dependency is terminal even if some failed or were
@@ -43,6 +49,8 @@ export type FlowProblem =
   | { kind: "empty-name"; message: string }
   | { kind: "duplicate-name"; step: string; message: string }
   | { kind: "missing-action"; step: string; message: string }
+  | { kind: "conflicting-action"; step: string; message: string }
+  | { kind: "graph-mismatch"; step: string; message: string }
   | { kind: "duplicate-dependency"; step: string; dependency: string; message: string }
   | { kind: "unknown-dependency"; step: string; dependency: string; message: string }
   | { kind: "self-dependency"; step: string; message: string }

@@ -3,6 +3,12 @@ import type { Flow, FlowProblem, FlowStep } from "./types.js";
 
 const own = (flow: Flow, name: string) => Object.hasOwn(flow, name);
 
+/** A step's action: `actionName`, or `action` (the design note's and Strøm's name). */
+export function stepAction(step: FlowStep | undefined): string | undefined {
+  if (typeof step?.actionName === "string") return step.actionName;
+  return typeof step?.action === "string" ? step.action : undefined;
+}
+
 /**
  * Checks that `flow` can run and returns its steps in a topological order
  * (every step after all its dependencies; ties in the flow's own order).
@@ -19,8 +25,19 @@ export function validateFlow(flow: Flow): string[] {
   for (const name of names) {
     const step = flow[name] as FlowStep;
     if (name.trim() === "") problems.push({ kind: "empty-name", message: "a step has an empty name" });
-    if (typeof step?.actionName !== "string" || step.actionName.trim() === "") {
+    const action = stepAction(step);
+    if (action === undefined || action.trim() === "") {
       problems.push({ kind: "missing-action", step: name, message: `step "${name}" has no action` });
+    } else if (
+      typeof step.action === "string" &&
+      typeof step.actionName === "string" &&
+      step.action !== step.actionName
+    ) {
+      problems.push({
+        kind: "conflicting-action",
+        step: name,
+        message: `step "${name}" names two actions: action "${step.action}" and actionName "${step.actionName}"`,
+      });
     }
     const seen = new Set<string>();
     for (const dep of step?.dependsOn ?? []) {

@@ -1,9 +1,9 @@
-import { type Flow, planAdvance } from "@stroem/orchestrator";
+import { type Flow, type FlowStep, FlowValidationError, planAdvance, validateFlow } from "@stroem/orchestrator";
 import { type JobStatus, jobStep } from "@stroem/schema";
-import { eq } from "drizzle-orm";
-import { type Executor, translateErrors } from "./db.js";
-import { JobNotFoundError } from "./errors.js";
-import { ADVANCE } from "./sql/report.js";
+import { eq, sql } from "drizzle-orm";
+import { type Executor, transaction, translateErrors } from "./db.js";
+import { InvalidInputError, JobNotFoundError } from "./errors.js";
+import { ADVANCE, recountStatement } from "./sql/report.js";
 import { runStatement } from "./statement.js";
 import { requireUuid } from "./validate.js";
 
@@ -46,15 +46,87 @@ export async function advanceJob(db: Executor, jobId: string): Promise<AdvanceRe
 }
 
 /**
- * Checks that `flow` is the graph stored on the job's steps (same names;
- * `FlowValidationError` otherwise) before advancing by the stored graph. For
- * the seed-facing calls that take the caller's flow.
+ * Advances a job by the caller's `flow` (the seed-facing calls, which take
+ * the graph as the design note does), in one transaction that locks the job
+ * row first:
+ * - the flow must be valid and name exactly the job's steps;
+ * - rows that hold no graph (steps created without `dependsOn`, as the
+ *   note's `NewJobStep` creates them) adopt the flow's: their `dependsOn` and
+ *   `continueOnFailure` are written and the job's counts recomputed, so a
+ *   join is promoted only once all its inputs are done;
+ * - rows that hold a graph must hold this one (same dependencies and
+ *   `continueOnFailure` per step).
+ * Then advances as `advanceJob`. Throws, having written nothing:
+ * `InvalidInputError`, `JobNotFoundError`, `FlowValidationError` (an invalid
+ * flow, other step names, or `graph-mismatch` problems naming each step
+ * whose stored graph differs).
  */
 export async function advanceWithFlow(db: Executor, jobId: string, flow: Flow): Promise<AdvanceResult> {
   requireUuid("jobId", jobId);
-  const steps = await translateErrors(db, () =>
-    db.select({ stepName: jobStep.stepName, status: jobStep.status }).from(jobStep).where(eq(jobStep.jobId, jobId)),
+  if (typeof flow !== "object" || flow === null) throw new InvalidInputError("flow", "must be an object");
+  validateFlow(flow);
+  return transaction(db, async (tx) => {
+    const locked = await translateErrors(tx, () =>
+      tx.execute(sql`select 1 from job where job_id = ${jobId}::uuid for no key update`),
+    );
+    if (locked.rows.length === 0) throw new JobNotFoundError(jobId);
+    const steps = await translateErrors(tx, () =>
+      tx
+        .select({
+          stepName: jobStep.stepName,
+          status: jobStep.status,
+          dependsOn: jobStep.dependsOn,
+          continueOnFailure: jobStep.continueOnFailure,
+        })
+        .from(jobStep)
+        .where(eq(jobStep.jobId, jobId)),
+    );
+    if (steps.length > 0) {
+      planAdvance(steps, flow); // throws FlowValidationError unless the names agree
+      const differs = steps.filter((s) => !sameGraph(s, flow[s.stepName] as FlowStep));
+      if (differs.length > 0 && steps.some((s) => s.dependsOn.length > 0)) {
+        throw new FlowValidationError(
+          differs.map((s) => ({
+            kind: "graph-mismatch",
+            step: s.stepName,
+            message: `step "${s.stepName}" is stored with dependsOn [${s.dependsOn.join(", ")}]${
+              s.continueOnFailure ? " and continueOnFailure" : ""
+            }, the flow says [${[...((flow[s.stepName] as FlowStep).dependsOn ?? [])].join(", ")}]${
+              (flow[s.stepName] as FlowStep).continueOnFailure ? " and continueOnFailure" : ""
+            }`,
+          })),
+        );
+      }
+      if (differs.length > 0) {
+        const graph = JSON.stringify(
+          differs.map((s) => {
+            const step = flow[s.stepName] as FlowStep;
+            return {
+              step_name: s.stepName,
+              depends_on: [...(step.dependsOn ?? [])],
+              continue_on_failure: step.continueOnFailure ?? false,
+            };
+          }),
+        );
+        await translateErrors(tx, () =>
+          tx.execute(sql`
+            update job_step s set depends_on = g.depends_on, continue_on_failure = g.continue_on_failure
+            from jsonb_to_recordset(${graph}::jsonb) as g(step_name text, depends_on text[], continue_on_failure boolean)
+            where s.job_id = ${jobId}::uuid and s.step_name = g.step_name`),
+        );
+        await translateErrors(tx, () => tx.execute(recountStatement([jobId])));
+      }
+    }
+    return advanceJob(tx, jobId);
+  });
+}
+
+/** Whether a stored step has the flow step's graph (dependencies as a set, `continueOnFailure`). */
+function sameGraph(stored: { dependsOn: string[]; continueOnFailure: boolean }, step: FlowStep): boolean {
+  const deps = new Set(step.dependsOn ?? []);
+  return (
+    stored.continueOnFailure === (step.continueOnFailure ?? false) &&
+    stored.dependsOn.length === deps.size &&
+    stored.dependsOn.every((d) => deps.has(d))
   );
-  if (steps.length > 0) planAdvance(steps, flow); // throws FlowValidationError when they disagree
-  return advanceJob(db, jobId);
 }

@@ -5,7 +5,8 @@ import { drizzle, type NodePgDatabase, type NodePgQueryResultHKT } from "drizzle
 import type { PgDatabase, PgTransaction } from "drizzle-orm/pg-core";
 import pg from "pg";
 import { pooledClient } from "./cancel.js";
-import { ConstraintViolationError, InvalidInputError, type Target, translateError } from "./errors.js";
+import { ConstraintViolationError, InvalidInputError } from "./errors.js";
+import { type Target, translateError } from "./translate-error.js";
 
 export type Schema = typeof schema;
 
@@ -71,7 +72,9 @@ export interface PoolOptions {
    * option). Sent as the startup option `-c search_path=<schema>`: every
    * statement names its tables unqualified. Not with `pooler` (a transaction
    * pooler refuses startup options): set the role's search path there
-   * (`ALTER ROLE … SET search_path = <schema>`).
+   * (`ALTER ROLE … SET search_path = <schema>`). A URL that has an `options`
+   * parameter of its own is refused with it (`InvalidInputError`): the URL's
+   * would silently win.
    */
   schema?: string | undefined;
   /**
@@ -142,20 +145,13 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
       `must be "transaction" or undefined, got ${JSON.stringify(o.pooler)}`,
     );
   }
-  let searchPath: string | undefined;
-  if (o.schema !== undefined) {
-    if (o.pooler) {
-      throw new InvalidInputError(
-        "options.schema",
-        "a transaction pooler refuses startup options: set the role's search_path instead (ALTER ROLE … SET search_path = …)",
-      );
-    }
-    try {
-      searchPath = schema.searchPathOption(o.schema);
-    } catch (error) {
-      throw new InvalidInputError("options.schema", (error as Error).message);
-    }
+  if (o.schema !== undefined && o.pooler) {
+    throw new InvalidInputError(
+      "options.schema",
+      "a transaction pooler refuses startup options: set the role's search_path instead (ALTER ROLE … SET search_path = …)",
+    );
   }
+  const searchPath = searchPathFor(url, o.schema);
   const timeout = o.statementTimeoutMs > 0 ? o.statementTimeoutMs : undefined;
   const idleInTx = o.idleInTransactionTimeoutMs > 0 ? o.idleInTransactionTimeoutMs : undefined;
   const pool = new pg.Pool({
@@ -182,6 +178,30 @@ export function createPool(url: string, options: PoolOptions = {}): Database {
   pool.on("connect", (client) => client.on("error", onError));
   targets.set(pool, target);
   return drizzle({ client: pool, schema }) as Database;
+}
+
+/**
+ * The startup option for `options.schema` (undefined without one). The URL's
+ * own `options` parameter would silently replace it (node-postgres lets the
+ * connection string win), so a URL that has one together with `schema` is
+ * refused: give the search path in one place. Throws `InvalidInputError`.
+ */
+export function searchPathFor(url: string, schemaName: string | undefined): string | undefined {
+  if (schemaName === undefined) return undefined;
+  let option: string;
+  try {
+    option = schema.searchPathOption(schemaName);
+  } catch (error) {
+    throw new InvalidInputError("options.schema", (error as Error).message);
+  }
+  const own = new URL(url).searchParams.get("options");
+  if (own !== null) {
+    throw new InvalidInputError(
+      "options.schema",
+      `the URL sets options=${JSON.stringify(own)}, which would override it: set the search path in the URL or in options.schema, not both`,
+    );
+  }
+  return option;
 }
 
 /** Host and port of a Postgres URL; throws `InvalidInputError` for anything else. */

@@ -1,10 +1,8 @@
-import { CONSTRAINTS } from "@stroem/schema";
-import { DrizzleQueryError } from "drizzle-orm/errors";
-
 /**
  * Typed errors of the repos boundary. Driver and Drizzle errors never leave
- * this package untranslated: callers match on these classes (or on `code`),
- * and the original error stays available as `cause`.
+ * this package untranslated (`translate-error.ts` turns them into these):
+ * callers match on these classes (or on `code`), and the driver's error
+ * stays available as `cause`.
  */
 
 /** Postgres SQLSTATE codes this package reacts to. */
@@ -23,6 +21,12 @@ export const PG = {
 
 export class StroemDbError extends Error {
   override name = "StroemDbError";
+  /**
+   * The name of the prepared statement that failed (`stroem_finish_step`,
+   * …), when the error came from one: what to log. Neither the message nor
+   * `cause` carries a statement's SQL text or its values.
+   */
+  statement?: string;
 }
 
 /** Input rejected before anything was written. */
@@ -107,9 +111,15 @@ export class StepOwnershipError extends StroemDbError {
     readonly stepName: string,
     readonly expected: { workerId?: string; attempt?: number },
     readonly actual: { workerId: string | null; attempt: number },
+    /** The step's status now (a stale report meets it in any status: rescued, retried, claimed again, finished). */
+    readonly currentStatus?: string,
   ) {
     super(
-      `step "${stepName}" of job ${jobId} is held by worker ${actual.workerId ?? "none"} in attempt ${actual.attempt}, not by ${expected.workerId ?? "any worker"} in attempt ${expected.attempt ?? "any"}`,
+      `step "${stepName}" of job ${jobId} is ${currentStatus ? `${currentStatus}, ` : ""}${
+        actual.workerId ? `held by worker ${actual.workerId}` : "held by no worker"
+      } in attempt ${actual.attempt}, not by ${expected.workerId ?? "any worker"} in attempt ${
+        expected.attempt ?? "any"
+      }: the report is not from the step's current claim`,
     );
   }
 }
@@ -197,137 +207,6 @@ export class DatabaseError extends StroemDbError {
   ) {
     super(message, options);
   }
-}
-
-interface PgErrorLike {
-  code?: string;
-  constraint?: string;
-  detail?: string;
-  message: string;
-  severity?: string;
-}
-
-const CONNECTION_CODES = new Set([
-  "ECONNREFUSED",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "ETIMEDOUT",
-  "ECONNRESET",
-  "EHOSTUNREACH",
-  "EPIPE",
-]);
-
-/** The innermost error carrying a Postgres SQLSTATE or a socket error code, following `cause`. */
-function rootCause(error: unknown): { pg?: PgErrorLike; sys?: NodeJS.ErrnoException } {
-  let current: unknown = error;
-  for (let depth = 0; current && depth < 10; depth++) {
-    const e = current as PgErrorLike & NodeJS.ErrnoException & { cause?: unknown };
-    if (typeof e.code === "string") {
-      if (/^[0-9A-Z]{5}$/.test(e.code) && e.severity !== undefined) return { pg: e };
-      if (CONNECTION_CODES.has(e.code)) return { sys: e };
-    }
-    current = e.cause;
-  }
-  return {};
-}
-
-function causeChain(error: unknown): unknown[] {
-  const chain: unknown[] = [];
-  for (let e = error; e && chain.length < 10; e = (e as { cause?: unknown }).cause) chain.push(e);
-  return chain;
-}
-
-export interface Target {
-  host?: string;
-  port?: number;
-}
-
-const isConnectionMessage = (m: string) =>
-  /timeout exceeded when trying to connect|Connection terminated|connection timeout|Client has encountered a connection error/i.test(
-    m,
-  );
-
-/**
- * Turns whatever a query threw into one of the errors above. Errors that are
- * already ours pass through unchanged. `target` names the server for
- * connection errors.
- */
-export function translateError(error: unknown, target: Target = {}): Error {
-  if (error instanceof StroemDbError) return error;
-  const where = `${target.host ?? "?"}:${target.port ?? "?"}`;
-  const { pg, sys } = rootCause(error);
-  if (sys) {
-    return new ConnectionError(
-      `cannot reach PostgreSQL at ${where}: ${sys.code} (${sys.message})`,
-      target.host,
-      target.port,
-      {
-        cause: error,
-      },
-    );
-  }
-  if (pg?.code) {
-    const detail = pg.detail ? ` (${pg.detail})` : "";
-    switch (pg.code) {
-      case PG.CHECK_VIOLATION:
-        return new CheckViolationError(`check constraint ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
-          cause: error,
-          detail: pg.detail,
-        });
-      case PG.UNIQUE_VIOLATION:
-        return new UniqueViolationError(
-          `unique constraint ${pg.constraint} violated${detail}`,
-          pg.code,
-          pg.constraint,
-          { cause: error, detail: pg.detail },
-        );
-      case PG.FOREIGN_KEY_VIOLATION:
-        return new ForeignKeyViolationError(`foreign key ${pg.constraint} violated${detail}`, pg.code, pg.constraint, {
-          cause: error,
-          detail: pg.detail,
-        });
-      case PG.RESTRICT_VIOLATION:
-        if (pg.constraint === CONSTRAINTS.auditAppendOnly) {
-          return new AuditLogAppendOnlyError(/: (\w+) refused/.exec(pg.message)?.[1] ?? "change", { cause: error });
-        }
-        return new DatabaseError(pg.message, pg.code, { cause: error });
-      case PG.ADMIN_SHUTDOWN:
-      case PG.CANNOT_CONNECT_NOW:
-        return new ConnectionError(
-          `PostgreSQL at ${where} is shutting down or starting: ${pg.message}`,
-          target.host,
-          target.port,
-          {
-            cause: error,
-          },
-        );
-      default:
-        if (pg.code.startsWith("28") || pg.code.startsWith("3D") || pg.code.startsWith("08")) {
-          return new ConnectionError(
-            `cannot connect to PostgreSQL at ${where}: ${pg.message}`,
-            target.host,
-            target.port,
-            {
-              cause: error,
-            },
-          );
-        }
-        return new DatabaseError(pg.message, pg.code, { cause: error });
-    }
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  // The driver's own words ("Connection terminated unexpectedly"), not Drizzle's wrapper ("Failed query: …").
-  const lost = causeChain(error)
-    .map((e) => (e instanceof Error ? e.message : String(e)))
-    .find(isConnectionMessage);
-  if (lost !== undefined) {
-    return new ConnectionError(`cannot reach PostgreSQL at ${where}: ${lost}`, target.host, target.port, {
-      cause: error,
-    });
-  }
-  if (error instanceof DrizzleQueryError) return new DatabaseError(message, undefined, { cause: error });
-  // Not from the database (a FlowValidationError from the planner, say): already typed, pass it on.
-  return error instanceof Error ? error : new DatabaseError(message, undefined, { cause: error });
 }
 
 /** No user with this id. */

@@ -53,7 +53,7 @@ export type {
   TimedOutStep,
 } from "./job-step-repo.js";
 export * as JobStepRepo from "./job-step-repo.js";
-export { type ListenOptions, listenForReady, READY_CHANNEL, type ReadyListener, type WaitOptions } from "./listen.js";
+export { type ListenOptions, listenForReady, type ReadyListener, readyChannel, type WaitOptions } from "./listen.js";
 export {
   builtInSweeps,
   MAINTENANCE_DEFAULTS,
@@ -67,5 +67,6 @@ export {
 } from "./maintenance.js";
 export { MAX_PURGE_BATCH, type PurgeCounts, type PurgeOptions, purgeFinished } from "./retention.js";
 export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
+export { type Target, translateError } from "./translate-error.js";
 export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -17,7 +17,7 @@ import { type AdvanceResult, advanceJob } from "./advance.js";
 import { type AuditOptions, checkActor } from "./audit-repo.js";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
-import { CANCEL_JOB, type CancelJobRow } from "./sql/cancel.js";
+import { CANCEL_JOB, type CancelJobRow, FINISH_JOB, type FinishJobRow } from "./sql/cancel.js";
 import { CREATE_JOBS } from "./sql/create.js";
 import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
@@ -71,21 +71,44 @@ export type { AuditOptions } from "./audit-repo.js";
 export async function create(db: Executor, input: NewJob, options: AuditOptions = {}): Promise<string> {
   const row = toJobRow(input);
   const actor = checkActor("actor", options?.actor);
-  await translateErrors(db, () =>
-    db.execute(sql`
-      with j as (
-        insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs)
-        values (${row.jobId}::uuid, ${row.workspace}, ${row.taskName}, ${row.mode},
-                ${row.input === null ? null : JSON.stringify(row.input)}::jsonb, ${row.sourceType}, ${row.sourceId},
-                ${row.revision}, ${row.timeoutSecs}::int)
-        returning job_id, workspace, task_name, source_type
-      )
-      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
-      select ${actor.type}, ${actor.id}::text, 'job.created', 'job', j.job_id::text,
-             jsonb_build_object('workspace', j.workspace, 'taskName', j.task_name, 'sourceType', j.source_type, 'steps', 0)
-      from j`),
-  );
+  await insertJobs(db, [{ ...row, stepsUnfinished: 0 }], [], actor);
   return row.jobId;
+}
+
+type JobRow = ReturnType<typeof toJobRow> & { stepsUnfinished: number };
+
+/** The one insert of jobs (and their steps, and their `job.created` events): `CREATE_JOBS`. */
+async function insertJobs(
+  db: Executor,
+  jobs: readonly JobRow[],
+  steps: readonly Record<string, unknown>[],
+  actor: { type: string; id: string | null },
+): Promise<void> {
+  const jobJson = JSON.stringify(
+    jobs.map((j) => ({
+      job_id: j.jobId,
+      workspace: j.workspace,
+      task_name: j.taskName,
+      mode: j.mode,
+      input: j.input,
+      source_type: j.sourceType,
+      source_id: j.sourceId,
+      revision: j.revision,
+      timeout_secs: j.timeoutSecs,
+      steps_unfinished: j.stepsUnfinished,
+    })),
+  );
+  await translateErrors(
+    db,
+    () =>
+      runStatement(db, CREATE_JOBS, {
+        jobs: jobJson,
+        steps: JSON.stringify(steps),
+        actorType: actor.type,
+        actorId: actor.id,
+      }),
+    (e) => stepConstraintError(e, undefined),
+  );
 }
 
 /** One job of `createMany`: the job and the steps of its flow. */
@@ -120,7 +143,7 @@ export async function createMany(
     throw new InvalidInputError("items", `must hold at most ${MAX_CREATE_BATCH} jobs, got ${items.length}`);
   }
   if (items.length === 0) return [];
-  const jobs: Array<ReturnType<typeof toJobRow> & { stepsUnfinished: number }> = [];
+  const jobs: JobRow[] = [];
   const steps: Array<Record<string, unknown>> = [];
   for (const [i, item] of items.entries()) {
     const at = items.length === 1 ? "" : `items[${i}].`;
@@ -155,31 +178,7 @@ export async function createMany(
       });
     }
   }
-  const jobJson = JSON.stringify(
-    jobs.map((j) => ({
-      job_id: j.jobId,
-      workspace: j.workspace,
-      task_name: j.taskName,
-      mode: j.mode,
-      input: j.input,
-      source_type: j.sourceType,
-      source_id: j.sourceId,
-      revision: j.revision,
-      timeout_secs: j.timeoutSecs,
-      steps_unfinished: j.stepsUnfinished,
-    })),
-  );
-  await translateErrors(
-    db,
-    () =>
-      runStatement(db, CREATE_JOBS, {
-        jobs: jobJson,
-        steps: JSON.stringify(steps),
-        actorType: actor.type,
-        actorId: actor.id,
-      }),
-    (e) => stepConstraintError(e, undefined),
-  );
+  await insertJobs(db, jobs, steps, actor);
   return jobs.map((j) => j.jobId);
 }
 
@@ -257,17 +256,56 @@ export async function markRunning(db: Executor, jobId: string, workerId: string)
   );
 }
 
-/** running -> completed with the output and `completed_at`. Throws `InvalidTransitionError`, `JobNotFoundError`. */
-export async function markCompleted(db: Executor, jobId: string, output?: unknown): Promise<void> {
-  const value = optionalJson("output", output);
-  requireUuid("jobId", jobId);
-  await transitionJob(db, jobId, ["running"], "completed", { output: value, completedAt: sql`now()` });
+/** What ending a job by hand (`markCompleted`, `markFailed`) did to its open steps. */
+export interface FinishJobResult {
+  /** Its steps that were pending or ready, now `cancelled` (never claimed). */
+  cancelled: string[];
+  /** Its running steps, which keep running with `cancelRequestedAt` set (their workers learn it from `heartbeat`). */
+  cancelRequested: string[];
 }
 
-/** pending or running -> failed with `completed_at`. Throws `InvalidTransitionError`, `JobNotFoundError`. */
-export async function markFailed(db: Executor, jobId: string): Promise<void> {
+async function finishJob(
+  db: Executor,
+  jobId: string,
+  status: "completed" | "failed",
+  output: unknown,
+): Promise<FinishJobResult> {
+  const rows = await translateErrors(db, () =>
+    runStatement<FinishJobRow, { jobId: string; status: "completed" | "failed"; output: string | null }>(
+      db,
+      FINISH_JOB,
+      { jobId, status, output: output === null ? null : JSON.stringify(output) },
+    ),
+  );
+  const row = rows[0] as FinishJobRow;
+  if (row.result === "not_found") throw new JobNotFoundError(jobId);
+  if (row.result === "invalid_transition") {
+    throw new InvalidTransitionError("job", jobId, undefined, row.job_status ?? "?", status);
+  }
+  return { cancelled: row.cancelled ?? [], cancelRequested: row.cancel_requested ?? [] };
+}
+
+/**
+ * The design note's hand mark: `pending | running -> completed` with the
+ * output and `completed_at`, in one statement that locks the job row, then
+ * ends its open steps as `cancel` does (pending and ready ones `cancelled`,
+ * never claimed; running ones asked to stop through `WorkerRepo.heartbeat`,
+ * their late reports recorded and moving nothing), so no worker runs a step
+ * of a finished job. Jobs with steps normally finish by themselves when
+ * their last step reports; this is for the server deciding a job's outcome.
+ * Throws, having written nothing: `InvalidInputError`, `JobNotFoundError`,
+ * `InvalidTransitionError` (the job is already completed, failed or cancelled).
+ */
+export async function markCompleted(db: Executor, jobId: string, output?: unknown): Promise<FinishJobResult> {
+  const value = optionalJson("output", output);
   requireUuid("jobId", jobId);
-  await transitionJob(db, jobId, ["pending", "running"], "failed", { completedAt: sql`now()` });
+  return finishJob(db, jobId, "completed", value);
+}
+
+/** `pending | running -> failed` with `completed_at`, its open steps ended with it; otherwise as `markCompleted`. */
+export async function markFailed(db: Executor, jobId: string): Promise<FinishJobResult> {
+  requireUuid("jobId", jobId);
+  return finishJob(db, jobId, "failed", null);
 }
 
 /** Sets where the job's log is kept, in any status. Throws `JobNotFoundError`. */

@@ -1,15 +1,25 @@
 import { ACTION_TYPES } from "@stroem/schema";
 import pg from "pg";
-import { parseDatabaseUrl } from "./db.js";
-import { translateError } from "./errors.js";
+import { parseDatabaseUrl, searchPathFor } from "./db.js";
+import { translateError } from "./translate-error.js";
 import { requireCapabilities } from "./validate.js";
 
-/** The channel on which steps becoming ready are announced; the payload is their action type. */
-export const READY_CHANNEL = "stroem_ready";
+/**
+ * The channel on which steps becoming ready are announced in `schema` (the
+ * payload is their action type): `stroem_ready.<schema>`, one per schema
+ * since NOTIFY is database-wide, so workers of two deployments in one
+ * database never wake each other. The SQL twin is `stroem_ready_channel()`
+ * (packages/schema/sql/10_advance.sql), which the listener asks for.
+ */
+export function readyChannel(schema = "public"): string {
+  return `stroem_ready.${schema}`.slice(0, 63);
+}
 
 export interface ListenOptions {
   /** Wake only for steps of these action types. Default: every type. */
   capabilities?: readonly string[];
+  /** The schema the tables live in, as `createPool`'s `schema` (its channel is listened to). */
+  schema?: string | undefined;
   /** Connection errors (the listener reconnects by itself). Default: ignore. */
   onError?: (error: Error) => void;
 }
@@ -35,7 +45,8 @@ export interface ReadyListener {
 const MAX_BACKOFF_MS = 5000;
 
 /**
- * Listens for steps becoming ready (`LISTEN stroem_ready`), on a connection
+ * Listens for steps becoming ready (`LISTEN` on the channel of the schema
+ * the connection's search path finds the tables in, `readyChannel`), on a connection
  * of its own to `url`, so idle workers can sleep until there is work instead
  * of polling: every statement that makes steps ready (job creation,
  * promotion, a rescue's requeue) sends `pg_notify` in its transaction. Needs
@@ -50,6 +61,7 @@ const MAX_BACKOFF_MS = 5000;
  */
 export async function listenForReady(url: string, options: ListenOptions = {}): Promise<ReadyListener> {
   const target = parseDatabaseUrl(url);
+  const searchPath = searchPathFor(url, options.schema);
   const caps =
     options.capabilities === undefined
       ? undefined
@@ -59,6 +71,7 @@ export async function listenForReady(url: string, options: ListenOptions = {}): 
   let client: pg.Client | undefined;
   let retry: NodeJS.Timeout | undefined;
   let backoff = 100;
+  let channel = readyChannel();
   const waiters = new Set<(woke: boolean) => void>();
 
   const wake = () => {
@@ -67,9 +80,13 @@ export async function listenForReady(url: string, options: ListenOptions = {}): 
   };
 
   const connect = async (): Promise<void> => {
-    const c = new pg.Client({ connectionString: url, application_name: "stroem-listener" });
+    const c = new pg.Client({
+      connectionString: url,
+      application_name: "stroem-listener",
+      ...(searchPath ? { options: searchPath } : {}),
+    });
     c.on("notification", (msg) => {
-      if (msg.channel === READY_CHANNEL && (!caps || caps.has(msg.payload ?? ""))) wake();
+      if (msg.channel === channel && (!caps || caps.has(msg.payload ?? ""))) wake();
     });
     const lost = (error?: Error) => {
       if (client !== c) return;
@@ -82,7 +99,9 @@ export async function listenForReady(url: string, options: ListenOptions = {}): 
     c.on("error", lost);
     c.on("end", () => lost());
     await c.connect();
-    await c.query(`listen ${READY_CHANNEL}`);
+    const answer = await c.query<{ channel: string }>("select stroem_ready_channel() as channel");
+    channel = answer.rows[0]?.channel ?? readyChannel();
+    await c.query(`listen "${channel.replaceAll('"', '""')}"`);
     if (closed) {
       await c.end();
       return;

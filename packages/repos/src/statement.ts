@@ -2,6 +2,7 @@ import { fillPlaceholders, type SQL } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
 import type pg from "pg";
 import type { Executor } from "./db.js";
+import { STATEMENT_NAME } from "./translate-error.js";
 
 const dialect = new PgDialect();
 
@@ -55,10 +56,16 @@ export async function runStatement<R, V extends Record<string, unknown>>(
 ): Promise<R[]> {
   const client = clientOf(db);
   const params = fillPlaceholders(st.params as unknown[], values);
-  const result = await client.query({
-    ...(mayPrepare(client) ? { name: st.name } : {}),
-    text: st.text,
-    values: params,
-  });
-  return result.rows as R[];
+  try {
+    const result = await client.query({
+      ...(mayPrepare(client) ? { name: st.name } : {}),
+      text: st.text,
+      values: params,
+    });
+    return result.rows as R[];
+  } catch (error) {
+    // The name, for the typed error (`StroemDbError.statement`): logs name the statement, never its text.
+    if (typeof error === "object" && error !== null) (error as { [STATEMENT_NAME]?: string })[STATEMENT_NAME] = st.name;
+    throw error;
+  }
 }

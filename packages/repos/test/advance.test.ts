@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { type Flow, FlowValidationError } from "@stroem/orchestrator";
+import { type Flow, FlowValidationError, stepAction } from "@stroem/orchestrator";
 import { job, jobStep } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
@@ -26,7 +26,7 @@ const diamondFlow: Flow = {
 const asSteps = (flow: Flow) =>
   Object.entries(flow).map(([stepName, s]) => ({
     stepName,
-    actionName: s.actionName,
+    actionName: stepAction(s) ?? "",
     actionType: "shell" as const,
     dependsOn: s.dependsOn,
     continueOnFailure: s.continueOnFailure,

@@ -91,6 +91,19 @@ describe("claimReadyStep", () => {
     expect((await stepRows()).map((r) => [r.status, r.attempts])).toEqual([["ready", 0]]);
   });
 
+  it("an unregistered worker gets the same WorkerNotFoundError on an empty queue: the bug shows before work arrives", async () => {
+    const stranger = randomUUID();
+    expect(await errorOf(() => JobStepRepo.claimReadyStep(t.db, ["pod"], stranger))).toBeInstanceOf(
+      WorkerNotFoundError,
+    );
+    expect(await errorOf(() => JobStepRepo.claimReadySteps(t.db, ["pod", "docker"], stranger, 10))).toMatchObject({
+      name: "WorkerNotFoundError",
+      workerId: stranger,
+    });
+    // A registered worker on the same empty queue: nothing, no error.
+    expect(await JobStepRepo.claimReadyStep(t.db, ["pod"], await registerWorker(t.db))).toBeUndefined();
+  });
+
   it("validates capabilities and limit", async () => {
     const workerId = await registerWorker(t.db);
     for (const attempt of [

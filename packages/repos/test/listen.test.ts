@@ -10,6 +10,7 @@ import {
   JobStepRepo,
   listenForReady,
   type ReadyListener,
+  readyChannel,
 } from "../src/index.js";
 import { errorOf, registerWorker, waitFor } from "./helpers.js";
 
@@ -106,6 +107,27 @@ describe.skipIf(t.pooler)(
       expect(await errorOf(() => listenForReady("http://x"))).toBeInstanceOf(InvalidInputError);
       expect(await errorOf(() => listenForReady(t.url, { capabilities: ["vm"] }))).toBeInstanceOf(InvalidInputError);
       expect(await errorOf(() => listenForReady("postgres://u:p@127.0.0.1:1/db"))).toBeInstanceOf(ConnectionError);
+    });
+
+    it("listens on its schema's own channel: another schema's wake-ups in the same database never reach it", async () => {
+      const { rows } = await t.db.execute<{ schema: string; channel: string }>(
+        sql`select current_schema() as schema, stroem_ready_channel() as channel`,
+      );
+      const own = rows[0];
+      expect(own?.channel).toBe(readyChannel(own?.schema));
+      const l = await listen(["shell"]);
+      // What a deployment in another schema of this database sends when its steps become ready.
+      await t.db.execute(sql`select pg_notify(${readyChannel("another_deployment")}, 'shell')`);
+      expect(await l.wait({ timeoutMs: 300 })).toBe(false);
+      await JobRepo.createWithSteps(t.db, newJob, [{ stepName: "s", actionName: "x", actionType: "shell" }]);
+      expect(await l.wait({ timeoutMs: 10_000 })).toBe(true);
+      // The channel follows the search path: another schema first, another channel.
+      await t.db.execute(sql`create schema if not exists another_deployment`);
+      const other = await t.db.transaction(async (tx) => {
+        await tx.execute(sql`set local search_path = another_deployment, ${sql.raw(own?.schema ?? "public")}`);
+        return (await tx.execute<{ channel: string }>(sql`select stroem_ready_channel() as channel`)).rows[0];
+      });
+      expect(other?.channel).toBe("stroem_ready.another_deployment");
     });
   },
 );

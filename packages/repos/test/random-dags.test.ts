@@ -1,4 +1,4 @@
-import { type Flow, planAdvance, toFlow } from "@stroem/orchestrator";
+import { type Flow, planAdvance, stepAction, toFlow } from "@stroem/orchestrator";
 import { useTestDb } from "@stroem/testing/fixture";
 import { describe, expect, it } from "vitest";
 import { type Executor, JobRepo, JobStepRepo } from "../src/index.js";
@@ -41,7 +41,7 @@ describe("random DAGs run by concurrent workers", () => {
           { taskName: "random", sourceType: "api" },
           Object.entries(flow).map(([stepName, s]) => ({
             stepName,
-            actionName: s.actionName,
+            actionName: stepAction(s) ?? "",
             actionType: next() < 0.5 ? ("shell" as const) : ("docker" as const),
             dependsOn: s.dependsOn,
             continueOnFailure: s.continueOnFailure,
@@ -135,7 +135,7 @@ describe("random DAGs run by concurrent workers", () => {
         Object.fromEntries(
           Object.entries(flows[i] as Flow).map(([n, s]) => [
             n,
-            { actionName: s.actionName, dependsOn: s.dependsOn, continueOnFailure: s.continueOnFailure },
+            { actionName: stepAction(s) ?? "", dependsOn: s.dependsOn, continueOnFailure: s.continueOnFailure },
           ]),
         ),
       );

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import type { Flow } from "@stroem/orchestrator";
+import { type Flow, stepAction } from "@stroem/orchestrator";
 import { worker } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
@@ -23,7 +23,7 @@ const createChain = (maxRetries = 2) =>
     { taskName: "chain", sourceType: "api" },
     Object.entries(chain).map(([stepName, s]) => ({
       stepName,
-      actionName: s.actionName,
+      actionName: stepAction(s) ?? "",
       actionType: "shell" as const,
       dependsOn: s.dependsOn,
       maxRetries,

@@ -237,12 +237,13 @@ describe("complete and fail", () => {
     expect(await errorOf(() => JobStepRepo.fail(t.db, { jobId: randomUUID(), stepName: "a" }, "x"))).toBeInstanceOf(
       StepNotFoundError,
     );
-    // Guarded, a ready step is refused (unguarded, the server may finish it: test/state-machine.test.ts).
+    // Guarded, a ready step is refused: that worker holds no claim of it (unguarded, the server
+    // may finish it: test/state-machine.test.ts).
     const w = await registerWorker(t.db);
     expect(
       await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 })),
     ).toMatchObject({
-      name: "InvalidTransitionError",
+      name: "StepOwnershipError",
       currentStatus: "ready",
     });
     expect(await statuses(jobId)).toEqual({ a: "ready", b: "pending", c: "pending", d: "pending" });
@@ -360,7 +361,7 @@ describe("reportMany", () => {
     // Refusals are explained by the step's status after the batch: `a`'s report promoted `b`.
     expect(results[1]).toMatchObject({
       ok: false,
-      error: { name: "InvalidTransitionError", currentStatus: "ready" },
+      error: { name: "StepOwnershipError", currentStatus: "ready" },
     });
     expect(results[2]).toEqual({
       ok: true,
@@ -370,7 +371,8 @@ describe("reportMany", () => {
       repeated: false,
       retried: false,
     });
-    expect(results[3]).toMatchObject({ ok: false, error: { name: "InvalidTransitionError" } });
+    // Another worker's report of a step it never held: not its claim, whatever the step's status.
+    expect(results[3]).toMatchObject({ ok: false, error: { name: "StepOwnershipError", currentStatus: "completed" } });
     expect(await statuses(j1)).toEqual({ a: "completed", b: "ready", c: "ready", d: "pending" });
     expect((await JobRepo.get(t.db, j2))?.status).toBe("failed");
   });

@@ -1,7 +1,7 @@
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { describe, expect, inject, it } from "vitest";
-import { createPool, InvalidInputError, JobRepo, JobStepRepo } from "../src/index.js";
+import { createPool, InvalidInputError, JobRepo, JobStepRepo, listenForReady } from "../src/index.js";
 import { registerWorker } from "./helpers.js";
 
 const t = useTestDb();
@@ -53,6 +53,13 @@ describe("the tables' schema", () => {
     expect(() => createPool(t.url, { schema: "Bad-Name" })).toThrow(InvalidInputError);
     expect(() => createPool(t.url, { schema: "x; drop table job" })).toThrow(InvalidInputError);
     expect(() => createPool(t.url, { schema: "stroem", pooler: "transaction" })).toThrow(/search_path/);
+    // A URL with options of its own would silently win over the option: refused, with both named.
+    const withOptions = new URL(t.url);
+    withOptions.searchParams.set("options", "-c search_path=elsewhere");
+    expect(() => createPool(withOptions.toString(), { schema: "stroem" })).toThrow(
+      /options.schema: the URL sets options="-c search_path=elsewhere"/,
+    );
+    await expect(listenForReady(withOptions.toString(), { schema: "stroem" })).rejects.toThrow(InvalidInputError);
   });
 });
 

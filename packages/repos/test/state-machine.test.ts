@@ -2,13 +2,22 @@ import { JOB_STATUSES, type JobStatus, type NewFlowStep, STEP_STATUSES, type Ste
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
-import { InvalidInputError, InvalidTransitionError, JobRepo, JobStepRepo, StepNotFoundError } from "../src/index.js";
+import {
+  InvalidInputError,
+  InvalidTransitionError,
+  JobRepo,
+  JobStepRepo,
+  StepNotFoundError,
+  StepOwnershipError,
+} from "../src/index.js";
 import { errorOf, registerWorker } from "./helpers.js";
 
 /**
  * Every cell of the step state machine in the repos README: each call from
- * each status, allowed (the status it leads to) or refused
- * (`InvalidTransitionError`, nothing written).
+ * each status, allowed (the status it leads to) or refused, nothing written:
+ * `StepOwnershipError` when a guarded call's claim is not the row's (a step
+ * never claimed by that worker), `InvalidTransitionError` otherwise. Every
+ * step that has been claimed was claimed by the guard's worker (attempt 1).
  */
 const t = useTestDb();
 
@@ -22,16 +31,23 @@ const flow: NewFlowStep[] = [
   { stepName: "other", actionName: "x", actionType: "shell" },
 ];
 
-/** A job whose step `t` is in `status` (terminal ones forced by SQL), and the guard of a worker holding it when running. */
+/**
+ * A job whose step `t` is in `status`, and the guard of the worker that
+ * claimed it (attempt 1): pending and ready ones were never claimed; running
+ * and terminal ones were claimed by that worker (terminal ones then forced
+ * by SQL, keeping the claim's worker and attempt).
+ */
 async function stepIn(status: StepStatus) {
   const jobId = await JobRepo.createWithSteps(t.db, newJob, flow);
   const workerId = await registerWorker(t.db);
-  if (status === "running") await JobStepRepo.markRunning(t.db, jobId, "t", workerId);
-  else if (status === "pending") {
+  if (status === "pending") {
     await t.db.execute(sql`update job_step set status = 'pending' where job_id = ${jobId} and step_name = 't'`);
   } else if (status !== "ready") {
-    await t.db.execute(sql`update job_step set status = ${status}, completed_at = now(), propagated = true
-      where job_id = ${jobId} and step_name = 't'`);
+    await JobStepRepo.markRunning(t.db, jobId, "t", workerId);
+    if (status !== "running") {
+      await t.db.execute(sql`update job_step set status = ${status}, completed_at = now(), propagated = true
+        where job_id = ${jobId} and step_name = 't'`);
+    }
   }
   return { jobId, stepName: "t", workerId, attempt: 1 };
 }
@@ -80,25 +96,34 @@ const calls: Record<string, (r: Ref) => Promise<unknown>> = {
 const withRetries = (r: Ref) =>
   t.db.execute(sql`update job_step set max_retries = 1 where job_id = ${r.jobId} and step_name = ${r.stepName}`);
 
-/** from status -> call -> the status it leads to (absent: refused). */
+/**
+ * from status -> call -> the status it leads to (absent: refused). A guarded
+ * call from the terminal status its own outcome leads to is the same report
+ * repeated (a retry whose first reply was lost): accepted, nothing written.
+ */
 const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
-  "complete, no guard": { ready: "completed", running: "completed" },
-  "complete, guard": { running: "completed" },
-  "fail, no guard": { ready: "failed", running: "failed" },
-  "fail, guard": { running: "failed" },
-  "markCompleted, no guard": { ready: "completed", running: "completed" },
-  "markCompleted, guard": { running: "completed" },
-  "markFailed, no guard": { ready: "failed", running: "failed" },
-  "markFailed, guard": { running: "failed" },
-  "reportMany completed, no guard": { ready: "completed", running: "completed" },
-  "reportMany failed, guard": { running: "failed" },
+  "complete, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "complete, guard": { running: "completed", completed: "completed" },
+  "fail, no guard": { pending: "failed", ready: "failed", running: "failed" },
+  "fail, guard": { running: "failed", failed: "failed" },
+  "markCompleted, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "markCompleted, guard": { running: "completed", completed: "completed" },
+  "markFailed, no guard": { pending: "failed", ready: "failed", running: "failed" },
+  "markFailed, guard": { running: "failed", failed: "failed" },
+  "reportMany completed, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "reportMany failed, guard": { running: "failed", failed: "failed" },
   markSkipped: { pending: "skipped", ready: "skipped" },
   markRunning: { ready: "running" },
-  "markCancelled, no cancel requested": {},
-  "markCancelled, cancel requested": { running: "cancelled" },
-  "fail, guard, retries left": { running: "ready" },
-  "fail, no guard, retries left": { ready: "failed", running: "ready" },
+  "markCancelled, no cancel requested": { cancelled: "cancelled" },
+  // From cancelled: this worker's own cancel of this attempt, repeated (a no-op).
+  "markCancelled, cancel requested": { running: "cancelled", cancelled: "cancelled" },
+  "fail, guard, retries left": { running: "ready", failed: "failed" },
+  "fail, no guard, retries left": { pending: "failed", ready: "failed", running: "ready" },
 };
+
+/** Guarded calls: refused with `StepOwnershipError` from a status the guard's claim never held. */
+const guarded = new Set(Object.keys(calls).filter((n) => / guard|markCancelled/.test(n) && !/no guard/.test(n)));
+const notClaimed: readonly StepStatus[] = ["pending", "ready"];
 
 /** Calls that succeed whatever the step's status and leave the others unchanged. */
 const unrefused: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
@@ -123,7 +148,8 @@ describe("the step state machine, every cell", () => {
           expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, to]);
         } else {
           const error = await errorOf(() => call(ref));
-          expect([from, error]).toEqual([from, expect.any(InvalidTransitionError)]);
+          const expected = guarded.has(name) && notClaimed.includes(from) ? StepOwnershipError : InvalidTransitionError;
+          expect([from, error]).toEqual([from, expect.any(expected)]);
           expect([from, await statusOf(ref.jobId, "t")]).toEqual([from, from]);
         }
       }
@@ -141,7 +167,7 @@ describe("the job state machine, every cell", () => {
   const jobAllowed: Record<string, Partial<Record<JobStatus, JobStatus>>> = {
     cancel: { pending: "cancelled", running: "cancelled", cancelled: "cancelled" }, // the last: a no-op
     markRunning: { pending: "running" },
-    markCompleted: { running: "completed" },
+    markCompleted: { pending: "completed", running: "completed" },
     markFailed: { pending: "failed", running: "failed" },
   };
   for (const [name, call] of Object.entries(jobCalls)) {

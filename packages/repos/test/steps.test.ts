@@ -212,9 +212,9 @@ describe("step lifecycle", () => {
     const jobId = await jobWithReadySteps(t.db, 1);
     const guard = { workerId: await registerWorker(t.db), attempt: 1 };
     expect(await errorOf(() => JobStepRepo.markCompleted(t.db, jobId, "s0000", null, guard))).toMatchObject({
-      name: "InvalidTransitionError",
+      name: "StepOwnershipError",
       currentStatus: "ready",
-      requestedStatus: "completed",
+      actual: { workerId: null, attempt: 0 },
     });
   });
 

@@ -58,7 +58,7 @@ describe("sweepTimeouts: steps", () => {
     expect(await WorkerRepo.heartbeat(t.db, w)).toEqual([]);
     expect(
       await errorOf(() => JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 })),
-    ).toMatchObject({ name: "InvalidTransitionError" });
+    ).toMatchObject({ name: "StepOwnershipError", currentStatus: "ready" });
 
     // Second run, timed out too: no retries left, it fails and the job advances.
     const [again] = await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);

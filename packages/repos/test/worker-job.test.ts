@@ -178,12 +178,6 @@ describe("JobRepo", () => {
       expect(error).toMatchObject({ entity: "job", jobId, currentStatus: "failed" });
     }
     expect(await JobRepo.get(t.db, jobId)).toEqual(before);
-    // pending -> completed skips running: refused too.
-    const other = await newJob(t.db);
-    expect(await errorOf(() => JobRepo.markCompleted(t.db, other))).toMatchObject({
-      currentStatus: "pending",
-      requestedStatus: "completed",
-    });
   });
 
   it("marking an unknown job is a not-found error, never a silent no-op", async () => {

@@ -17,6 +17,15 @@
 -- foreign-key check of a step update takes on the job row, so a transaction
 -- that updated a step twice cannot deadlock with another one's advance.
 
+-- The channel on which steps becoming ready are announced (pg_notify; the
+-- payload is their action type), one per schema, since NOTIFY is
+-- database-wide: `stroem_ready.<schema>` for the schema the tables live in
+-- (the first of the search path), cut to the 63 bytes of an identifier.
+-- listenForReady asks for it on its own connection.
+CREATE OR REPLACE FUNCTION stroem_ready_channel() RETURNS text LANGUAGE sql STABLE AS $$
+  SELECT left('stroem_ready.' || current_schema(), 63)
+$$;
+--> statement-breakpoint
 -- 'ready', 'skipped' or 'pending' (wait) for a pending step, from its counts.
 CREATE OR REPLACE FUNCTION stroem_decide(n_deps integer, unfinished integer, failed integer, completed integer, continue_on_failure boolean)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -78,7 +87,7 @@ $$;
 -- finished: the given ones (dependant names, each with the outcome of the
 -- dependency that reached it; a NULL outcome only re-decides), plus those of
 -- every terminal step not yet propagated (bare marks). Cascades skips level by
--- level, settles the job's counts and status, and notifies `stroem_ready`
+-- level, settles the job's counts and status, and notifies stroem_ready_channel()
 -- (payload: the action type) for the steps it made ready.
 -- Returns the promoted and skipped steps, level by level, by name within a level.
 -- Generic plans (as the report functions): on PostgreSQL 18 the plan cache
@@ -169,7 +178,7 @@ BEGIN
     SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id;
   END IF;
   IF cardinality(v_types) > 0 THEN
-    PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
+    PERFORM pg_notify(stroem_ready_channel(), t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
   END IF;
 END
 $$;

@@ -1,6 +1,10 @@
 -- A report of one step (complete, fail, the bare marks, a rescue's failure).
--- Locks the job row, then marks the step, guarded when p_worker_id and
--- p_attempt are given. A failure with retries left goes back to `ready`
+-- Locks the job row, then marks the step. Guarded (p_worker_id and p_attempt
+-- given), the step must be running in that claim; a report whose claim the
+-- row no longer holds (rescued, retried, claimed again, never claimed by it)
+-- is `not_owner` in every status. Unguarded (the server finishing a step no
+-- worker runs), any non-terminal step is accepted: pending, ready or running.
+-- A failure with retries left goes back to `ready`
 -- (stroem_retry_at, a retry_history entry). Otherwise, with p_propagate, the
 -- outcome is applied: a step nothing depends on settles its job with one
 -- UPDATE (the arithmetic of stroem_settle_jobs); the first level of
@@ -50,7 +54,7 @@ BEGIN
     INTO v_step
     FROM job_step s
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND p_worker_id IS NULL AND p_attempt IS NULL))
       AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
       AND (p_attempt IS NULL OR s.attempts = p_attempt)
     FOR UPDATE;
@@ -72,7 +76,7 @@ BEGIN
       retried := true;
       step_status := 'ready';
       IF retry_at <= now() THEN
-        PERFORM pg_notify('stroem_ready', v_step.action_type);
+        PERFORM pg_notify(stroem_ready_channel(), v_step.action_type);
       END IF;
       RETURN;
     END IF;
@@ -85,7 +89,7 @@ BEGIN
       completed_at = now(),
       propagated = v_propagate
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-      AND (s.status = 'running' OR (s.status = 'ready' AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND p_worker_id IS NULL AND p_attempt IS NULL))
       AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
       AND (p_attempt IS NULL OR s.attempts = p_attempt)
     RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
@@ -101,14 +105,19 @@ BEGIN
           AND step_worker_id = p_worker_id AND step_attempts = p_attempt THEN
       result := 'repeated';
     ELSIF p_outcome = 'failed' AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
-          AND v_history @> jsonb_build_array(jsonb_build_object('attempt', p_attempt, 'workerId', p_worker_id)) THEN
-      -- This worker's failure of this attempt was recorded and retried already.
+          AND v_history @> jsonb_build_array(jsonb_build_object('attempt', p_attempt, 'workerId', p_worker_id, 'error', p_error)) THEN
+      -- This worker's same failure of this attempt was recorded and retried already (a
+      -- retried call). A rescue's or a timeout's entry has another error: not a repeat.
       result := 'repeated';
       retried := true;
-    ELSIF step_status <> 'running' THEN
-      result := 'invalid_transition';
-    ELSE
+    ELSIF (p_worker_id IS NOT NULL AND step_worker_id IS DISTINCT FROM p_worker_id)
+          OR (p_attempt IS NOT NULL AND step_attempts IS DISTINCT FROM p_attempt) THEN
+      -- The row is not in the reporter's claim (rescued, retried, claimed again,
+      -- never claimed by it), whatever its status: a stale report.
       result := 'not_owner';
+    ELSE
+      -- Its own claim ended otherwise (completed, then a fail), or unguarded on a finished step.
+      result := 'invalid_transition';
     END IF;
     RETURN;
   END IF;
@@ -173,7 +182,7 @@ BEGIN
       v_finished := 0;
     END IF;
     IF cardinality(v_types) > 0 THEN
-      PERFORM pg_notify('stroem_ready', t) FROM unnest(v_types) AS t;
+      PERFORM pg_notify(stroem_ready_channel(), t) FROM unnest(v_types) AS t;
     END IF;
   END IF;
   IF v_finished > 0 THEN
@@ -292,7 +301,7 @@ BEGIN
         THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
     FROM r JOIN unnest(v_job_ids, v_job_statuses) AS j(job_id, status) ON j.job_id = r.job_id
     WHERE s.job_id = r.job_id AND s.step_name = r.step_name
-      AND (s.status = 'running' OR (s.status = 'ready' AND r.worker_id IS NULL AND r.attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND r.worker_id IS NULL AND r.attempt IS NULL))
       AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
       AND (r.attempt IS NULL OR s.attempts = r.attempt)
     RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,
@@ -439,7 +448,7 @@ BEGIN
   FROM stroem_settle_jobs(v_jobs, v_finished, v_failed) AS st;
 
   IF cardinality(v_types) > 0 THEN
-    PERFORM pg_notify('stroem_ready', t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
+    PERFORM pg_notify(stroem_ready_channel(), t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
   END IF;
 
   -- The answers. An accepted report's step columns come from its mark, its
@@ -448,7 +457,7 @@ BEGIN
   RETURN QUERY
     WITH r AS (
       SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
-        i integer, job_id uuid, step_name text, outcome text, worker_id uuid, attempt integer)
+        i integer, job_id uuid, step_name text, outcome text, error text, worker_id uuid, attempt integer)
     ), acc AS (
       SELECT t.* FROM unnest(v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready)
         AS t(i, retried, status, worker_id, attempts, ready_at)
@@ -470,19 +479,20 @@ BEGIN
         WHEN s.status = r.outcome AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
              AND s.worker_id = r.worker_id AND s.attempts = r.attempt THEN 'repeated'
         WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
-             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN 'repeated'
-        WHEN s.status <> 'running' THEN 'invalid_transition'
-        ELSE 'not_owner'
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id, 'error', r.error)) THEN 'repeated'
+        WHEN (r.worker_id IS NOT NULL AND s.worker_id IS DISTINCT FROM r.worker_id)
+          OR (r.attempt IS NOT NULL AND s.attempts IS DISTINCT FROM r.attempt) THEN 'not_owner'
+        ELSE 'invalid_transition'
       END,
       CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.promoted, '{}') END,
       CASE WHEN acc.i IS NULL THEN '{}'::text[] ELSE coalesce(credit.skipped, '{}') END,
       jobs.status,
       coalesce(acc.status, s.status), coalesce(acc.worker_id, s.worker_id), coalesce(acc.attempts, s.attempts),
       coalesce(acc.retried, r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
-             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)), false),
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id, 'error', r.error)), false),
       CASE WHEN acc.i IS NOT NULL THEN CASE WHEN acc.retried THEN acc.ready_at END
            WHEN r.outcome = 'failed' AND r.worker_id IS NOT NULL AND r.attempt IS NOT NULL
-             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id)) THEN s.ready_at END
+             AND s.retry_history @> jsonb_build_array(jsonb_build_object('attempt', r.attempt, 'workerId', r.worker_id, 'error', r.error)) THEN s.ready_at END
     FROM r
       LEFT JOIN acc ON acc.i = r.i
       LEFT JOIN credit ON credit.i = r.i

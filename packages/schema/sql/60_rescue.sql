@@ -48,7 +48,7 @@ BEGIN
   IF f.retried AND v_free THEN
     UPDATE job_step s SET ready_at = now()
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status = 'ready';
-    PERFORM pg_notify('stroem_ready', v_step.action_type);
+    PERFORM pg_notify(stroem_ready_channel(), v_step.action_type);
   END IF;
   RETURN CASE WHEN f.retried THEN 'requeued' ELSE 'failed' END;
 END
@@ -100,7 +100,9 @@ $$;
 -- to this worker that the list lacks, claimed before the previous heartbeat
 -- (a claim in flight, claimed after it, is never taken back), is an orphan:
 -- the claim committed but its reply never reached the worker. It goes
--- through stroem_rescue_step (crash budget, then the retry policy). Lock
+-- through stroem_rescue_step (crash budget, then the retry policy), with a
+-- `step.rescued` audit event by the worker (details: stepName, workerId,
+-- attempt, outcome, reason 'claim lost'). Lock
 -- order: the worker row, then each job row (SKIP LOCKED: a job busy with a
 -- report is looked at on the next heartbeat), then its steps.
 -- The listed steps are looked up one by one by key: joined to
@@ -113,6 +115,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_prev timestamptz;
   r record;
+  v_outcome text;
 BEGIN
   SELECT w.last_heartbeat INTO v_prev FROM worker w WHERE w.worker_id = p_worker_id FOR NO KEY UPDATE;
   IF NOT FOUND THEN
@@ -131,8 +134,14 @@ BEGIN
     LOOP
       PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
       CONTINUE WHEN NOT FOUND;
-      PERFORM stroem_rescue_step(r.jid, r.sname, p_worker_id, r.n,
+      v_outcome := stroem_rescue_step(r.jid, r.sname, p_worker_id, r.n,
         'claim lost: worker ' || p_worker_id || ' did not list it in its heartbeat', p_max_rescues);
+      CONTINUE WHEN v_outcome IS NULL;
+      -- The same event as the stale-worker rescue's, by the worker whose heartbeat gave it back.
+      INSERT INTO audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      VALUES ('worker', p_worker_id::text, 'step.rescued', 'job', r.jid::text,
+              jsonb_build_object('stepName', r.sname, 'workerId', p_worker_id, 'attempt', r.n,
+                                 'outcome', v_outcome, 'reason', 'claim lost'));
     END LOOP;
   END IF;
   RETURN QUERY

@@ -78,33 +78,38 @@ export async function runMigrations(
   const isPool = "totalCount" in client;
   const conn = isPool ? await (client as pg.Pool).connect() : (client as pg.PoolClient);
   let failure: Error | undefined;
+  // BEGIN inside the try (drizzle-orm 0.45's `transaction` sends it outside
+  // its own, so a BEGIN that fails on a dead connection leaks it): whatever
+  // fails, the connection is rolled back and, from a pool, destroyed.
   try {
-    return await drizzle({ client: conn }).transaction(async (tx) => {
-      await tx.execute(sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`);
-      await tx.execute(sql`CREATE SCHEMA IF NOT EXISTS ${sql.identifier(MIGRATIONS_SCHEMA)}`);
-      await tx.execute(sql`CREATE TABLE IF NOT EXISTS ${table} (
-        id SERIAL PRIMARY KEY,
-        hash text NOT NULL,
-        created_at bigint
-      )`);
-      const last = await tx.execute<{ created_at: string | null }>(
-        sql`select id, hash, created_at from ${table} order by created_at desc limit 1`,
+    await conn.query("begin");
+    const tx = drizzle({ client: conn });
+    await tx.execute(sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`);
+    await tx.execute(sql`CREATE SCHEMA IF NOT EXISTS ${sql.identifier(MIGRATIONS_SCHEMA)}`);
+    await tx.execute(sql`CREATE TABLE IF NOT EXISTS ${table} (
+      id SERIAL PRIMARY KEY,
+      hash text NOT NULL,
+      created_at bigint
+    )`);
+    const last = await tx.execute<{ created_at: string | null }>(
+      sql`select id, hash, created_at from ${table} order by created_at desc limit 1`,
+    );
+    const lastRow = last.rows[0];
+    const applied: string[] = [];
+    for (const [i, migration] of migrations.entries()) {
+      if (lastRow && Number(lastRow.created_at) >= migration.folderMillis) continue;
+      for (const statement of migration.sql) await tx.execute(sql.raw(statement));
+      await tx.execute(
+        sql`insert into ${table} ("hash", "created_at") values(${migration.hash}, ${migration.folderMillis})`,
       );
-      const lastRow = last.rows[0];
-      const applied: string[] = [];
-      for (const [i, migration] of migrations.entries()) {
-        if (lastRow && Number(lastRow.created_at) >= migration.folderMillis) continue;
-        for (const statement of migration.sql) await tx.execute(sql.raw(statement));
-        await tx.execute(
-          sql`insert into ${table} ("hash", "created_at") values(${migration.hash}, ${migration.folderMillis})`,
-        );
-        applied.push(all[i] ?? String(migration.folderMillis));
-      }
-      return { applied, all };
-    });
+      applied.push(all[i] ?? String(migration.folderMillis));
+    }
+    await conn.query("commit");
+    return { applied, all };
   } catch (error) {
-    // A connection whose state is unknown (a failed ROLLBACK) must not go back to the pool.
-    failure = error as Error;
+    // A connection whose state is unknown must not go back to the pool.
+    failure = error instanceof Error ? error : new Error(String(error));
+    await conn.query("rollback").catch(() => undefined);
     throw error;
   } finally {
     if (isPool) (conn as pg.PoolClient).release(failure);

@@ -150,10 +150,16 @@ export function migrationTags(migrationsFolder: string): string[] {
  * Replays the migrations' statements in journal order and returns, per key,
  * the last statement that defined the object and is still in force (a DROP
  * removes it; an `ALTER FUNCTION` after it is recorded as `alteredIn`).
+ * With `upTo`, only the migrations before that tag.
  */
-export function liveDefinitions(migrationsFolder: string): Map<string, LiveDefinition> {
+export function liveDefinitions(
+  migrationsFolder: string,
+  options: { upTo?: string } = {},
+): Map<string, LiveDefinition> {
   const live = new Map<string, LiveDefinition>();
-  for (const tag of migrationTags(migrationsFolder)) {
+  const tags = migrationTags(migrationsFolder);
+  const end = options.upTo === undefined ? tags.length : tags.indexOf(options.upTo);
+  for (const tag of tags.slice(0, end)) {
     const text = readFileSync(path.join(migrationsFolder, `${tag}.sql`), "utf8");
     for (const chunk of splitStatements(text)) {
       const statement = stripComments(chunk);
@@ -243,10 +249,15 @@ export function dropFunctionStatement(def: { name: string; statement: string }):
  * order, each preceded by a DROP when its arguments or result type changed
  * (CREATE OR REPLACE cannot change them; it would add an overload); then a
  * DROP for each object the migrations define that the folder no longer has.
+ * With `upTo`, against the migrations before that tag (to rewrite it).
  */
-export function pendingStatements(sqlFolder: string, migrationsFolder: string): string[] {
+export function pendingStatements(
+  sqlFolder: string,
+  migrationsFolder: string,
+  options: { upTo?: string } = {},
+): string[] {
   const blocks = readSqlSource(sqlFolder);
-  const live = liveDefinitions(migrationsFolder);
+  const live = liveDefinitions(migrationsFolder, options);
   const out: string[] = [];
   for (const block of blocks) {
     const def = live.get(block.key);

@@ -8,9 +8,13 @@ import type { ActionType, RetryStrategy, StepInitialStatus } from "./constants.j
  * `@stroem/orchestrator`'s `toFlow` reads (`stepName`, `actionName`,
  * `dependsOn`, `continueOnFailure`).
  */
-export interface NewFlowStep {
+export type NewFlowStep = NewFlowStepFields &
+  // `action` is the design note's and Strøm's name for `actionName`: either is accepted (not two that differ).
+  ({ actionName: string; action?: string } | { action: string; actionName?: string });
+
+/** The fields of a `NewFlowStep` besides its action's name. */
+export interface NewFlowStepFields {
   stepName: string;
-  actionName: string;
   actionType: ActionType;
   actionImage?: string | null;
   actionSpec?: unknown;
@@ -31,7 +35,7 @@ export interface NewFlowStep {
 }
 
 /** A step inserted into an existing job with `JobStepRepo.createSteps`, its status chosen by the caller. */
-export interface NewJobStep extends NewFlowStep {
+export type NewJobStep = NewFlowStep & {
   jobId: string;
   status: StepInitialStatus;
-}
+};

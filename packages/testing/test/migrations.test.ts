@@ -118,6 +118,38 @@ describe("runMigrations", () => {
     }
   });
 
+  it.skipIf(poolerUrl)(
+    "a BEGIN on a dead connection fails, and the connection goes back destroyed, not leaked",
+    async () => {
+      const url = await emptyDatabase();
+      let armed = true;
+      // A client whose socket dies just as BEGIN is sent: a connection lost while idle in the pool.
+      class Dying extends pg.Client {
+        // biome-ignore lint/suspicious/noExplicitAny: wraps every overload of query()
+        override query(...args: any[]): any {
+          const text = typeof args[0] === "string" ? args[0] : args[0]?.text;
+          if (armed && text === "begin") {
+            armed = false;
+            (this as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+          }
+          // biome-ignore lint/suspicious/noExplicitAny: as above
+          return (super.query as any)(...args);
+        }
+      }
+      const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 2000, Client: Dying });
+      pool.on("error", () => {});
+      pool.on("connect", (client) => client.on("error", () => {}));
+      try {
+        await expect(runMigrations(drizzle({ client: pool }))).rejects.toThrow();
+        // The pool of one is not exhausted: the next run gets a fresh connection and applies everything.
+        const second = await runMigrations(drizzle({ client: pool }));
+        expect(second.applied).toEqual(second.all);
+      } finally {
+        await pool.end();
+      }
+    },
+  );
+
   it("drizzle-kit migrate gives the same schema as runMigrations, and each is up to date for the other", async () => {
     const viaKit = await emptyDatabase();
     const viaRun = await emptyDatabase();

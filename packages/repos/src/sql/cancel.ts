@@ -1,7 +1,7 @@
 import { sql } from "drizzle-orm";
 import { statement } from "../statement.js";
 
-/** What `stroem_cancel_job` returns (migration 0007). */
+/** What `stroem_cancel_job` returns. */
 export type CancelJobRow = {
   result: "ok" | "already" | "not_found" | "invalid_transition";
   cancelled: string[] | null;
@@ -33,6 +33,24 @@ export const CANCEL_JOB = statement<{
       from r where r.result = 'ok'
     )
     select * from r`,
+);
+
+/** What `stroem_finish_job` returns. */
+export type FinishJobRow = {
+  result: "ok" | "not_found" | "invalid_transition";
+  cancelled: string[] | null;
+  cancel_requested: string[] | null;
+  job_status: string | null;
+};
+
+/**
+ * Ends a job by hand (`completed` with its output, or `failed`): the job row
+ * locked first, then its open steps closed as a cancel closes them.
+ */
+export const FINISH_JOB = statement<{ jobId: string; status: "completed" | "failed"; output: string | null }>(
+  "finish_job",
+  sql`select * from stroem_finish_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("status")}::text,
+    ${sql.placeholder("output")}::jsonb)`,
 );
 
 /** What `stroem_cancel_step` returns. */

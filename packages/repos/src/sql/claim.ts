@@ -113,7 +113,7 @@ function claimsFor(limit: number): Claims {
 }
 
 /** The prepared claim for these capabilities, and its values. */
-export function claim(
+export function preparedClaim(
   capabilities: readonly string[],
   workerId: string,
   limit: number,
@@ -143,7 +143,7 @@ const REPORT_AND_CLAIM_TYPES = statement<ReportAndClaimValues>(
  * answer is one row: the report's columns (`FinishRow`), then the claimed
  * step's (all null when nothing was claimed).
  */
-export function reportAndClaim(
+export function preparedReportAndClaim(
   capabilities: readonly string[],
   values: FinishValues,
 ): { statement: Statement<ReportAndClaimValues>; values: ReportAndClaimValues } {
@@ -161,6 +161,16 @@ export function claimStatement(capabilities: readonly string[], workerId: string
     limit: sql`${limit}`,
   });
 }
+
+/**
+ * Whether a worker is registered: asked only when a claim found nothing (a
+ * claim that moves a step hits the `job_step -> worker` foreign key
+ * instead), so an unregistered worker is refused on an empty queue too.
+ */
+export const WORKER_EXISTS = statement<{ workerId: string }>(
+  "worker_exists",
+  sql`select 1 from worker where worker_id = ${sql.placeholder("workerId")}::uuid`,
+);
 
 /**
  * A directed claim (`markRunning`): one named ready step moved to `running`

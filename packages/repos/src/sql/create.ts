@@ -8,7 +8,7 @@ import { statement } from "../statement.js";
  * counts (`dependants`, `deps_unfinished`) and the jobs `steps_unfinished`,
  * computed by the caller from the validated flow. Records one `job.created`
  * audit event per job (by `actorType` / `actorId`) in the same statement.
- * Notifies `stroem_ready` for the action types of the steps created ready.
+ * Notifies `stroem_ready_channel()` (the schema's channel) for the action types of the steps created ready.
  */
 export const CREATE_JOBS = statement<{ jobs: string; steps: string; actorType: string; actorId: string | null }>(
   "create_jobs",
@@ -43,6 +43,6 @@ export const CREATE_JOBS = statement<{ jobs: string; steps: string; actorType: s
         retry_jitter double precision, timeout_secs integer)
       returning action_type, status
     )
-    select pg_notify('stroem_ready', r.action_type)
+    select pg_notify(stroem_ready_channel(), r.action_type)
     from (select distinct action_type from steps where status = 'ready') as r`,
 );

@@ -78,7 +78,7 @@ export function recountStatement(jobIds: readonly string[]): SQL {
 
 /** Wakes `listenForReady` listeners of these action types (in the caller's transaction: sent on commit). */
 export function notifyReadyStatement(actionTypes: readonly string[]): SQL {
-  return sql`select pg_notify('stroem_ready', t) from unnest(${sql.param(actionTypes)}::text[]) as t`;
+  return sql`select pg_notify(stroem_ready_channel(), t) from unnest(${sql.param(actionTypes)}::text[]) as t`;
 }
 
 /** What `stroem_skip_step` returns. */

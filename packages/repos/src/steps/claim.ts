@@ -2,7 +2,7 @@ import { ACTION_TYPES, CONSTRAINTS, type JobStep, jobStep } from "@stroem/schema
 import { type Executor, translateErrors } from "../db.js";
 import { WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
-import { claim, directedClaimStatement } from "../sql/claim.js";
+import { directedClaimStatement, preparedClaim, WORKER_EXISTS } from "../sql/claim.js";
 import { runStatement } from "../statement.js";
 import { explainRefusal } from "../transition.js";
 import { requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
@@ -19,7 +19,10 @@ const workerMissing = (workerId: string) => (e: { constraint?: string; cause?: u
  * statement with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any
  * number of connections never get the same step. The step's job becomes
  * `running` if it was `pending`. Returns `undefined` when nothing is ready.
- * Throws `WorkerNotFoundError` for an unregistered worker.
+ * `workerId` is the UUID the worker registered with (`WorkerRepo.register`;
+ * make one with `randomUUID()`). Throws `InvalidInputError` for one that is
+ * not a UUID, and `WorkerNotFoundError` for an unregistered worker, whether
+ * or not a step was ready.
  */
 export async function claimReadyStep(
   db: Executor,
@@ -45,12 +48,17 @@ export async function claimReadySteps(
   const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
-  const { statement, values } = claim(caps, workerId, limit);
+  const { statement, values } = preparedClaim(caps, workerId, limit);
   const rows = await translateErrors(
     db,
     () => runStatement<Record<string, unknown>, typeof values>(db, statement, values),
     workerMissing(workerId),
   );
+  if (rows.length === 0) {
+    // The same answer whether or not a step was ready: the bug shows before work arrives.
+    const known = await translateErrors(db, () => runStatement(db, WORKER_EXISTS, { workerId }));
+    if (known.length === 0) throw new WorkerNotFoundError(workerId);
+  }
   return rows.map((r) => mapRow(jobStep, r));
 }
 

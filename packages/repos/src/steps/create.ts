@@ -34,7 +34,7 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
   }
   return {
     stepName: requireText(`${at}.stepName`, s.stepName),
-    actionName: requireText(`${at}.actionName`, s.actionName),
+    actionName: checkActionName(s, at),
     actionType: requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES),
     actionImage: optionalText(`${at}.actionImage`, s.actionImage),
     actionSpec: optionalJson(`${at}.actionSpec`, s.actionSpec),
@@ -43,6 +43,19 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     continueOnFailure: s.continueOnFailure ?? false,
     ...checkRetryPolicy(s, at),
   };
+}
+
+/** `actionName`, or `action` (the design note's name for it); both only when they agree. */
+function checkActionName(s: NewFlowStep, at: string): string {
+  if (s.actionName !== undefined && s.action !== undefined && s.actionName !== s.action) {
+    throw new InvalidInputError(
+      `${at}.action`,
+      `names another action than actionName (${JSON.stringify(s.action)} vs ${JSON.stringify(s.actionName)}): give one`,
+    );
+  }
+  return s.actionName !== undefined || s.action === undefined
+    ? requireText(`${at}.actionName`, s.actionName)
+    : requireText(`${at}.action`, s.action);
 }
 
 /** A step's retry policy with its defaults (no retry; 10 s doubling, no jitter). Throws `InvalidInputError`. */

@@ -10,7 +10,7 @@ import {
 } from "../errors.js";
 import { mapRow } from "../rows.js";
 import { CANCEL_STEP, type CancelStepRow } from "../sql/cancel.js";
-import { reportAndClaim as reportAndClaimStatement } from "../sql/claim.js";
+import { preparedReportAndClaim } from "../sql/claim.js";
 import {
   FINISH_STEP,
   type FinishArgs,
@@ -126,6 +126,7 @@ function toOutcome(a: FinishArgs, row: FinishRow): ReportOutcome {
           a.stepName,
           { workerId: a.workerId ?? undefined, attempt: a.attempt ?? undefined },
           { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
+          row.step_status ?? undefined,
         ),
       };
   }
@@ -313,6 +314,7 @@ export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repea
         stepName,
         { workerId: workerId ?? undefined, attempt: attempt ?? undefined },
         { workerId: row.step_worker_id, attempt: row.step_attempts ?? 0 },
+        row.step_status ?? undefined,
       );
   }
 }
@@ -342,7 +344,7 @@ export async function reportAndClaim(
   if (a.workerId === null) throw new InvalidInputError("report.workerId", "is required: the worker that claims next");
   const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
   const output = a.output === null ? null : JSON.stringify(a.output);
-  const { statement, values } = reportAndClaimStatement(caps, { ...a, output, propagate: true });
+  const { statement, values } = preparedReportAndClaim(caps, { ...a, output, propagate: true });
   // Retried only when the error proves nothing committed: a repeat of a call
   // that did commit would claim a second step (the first held by nobody).
   const rows = await retryTransient(db, false, () =>
