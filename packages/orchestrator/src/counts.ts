@@ -25,7 +25,7 @@ export type StepDecision = "ready" | "skipped" | "pending";
  * - else skipped as soon as one dependency failed (without waiting for the others);
  * - else wait while one is unfinished;
  * - then ready if it has none or one completed, skipped if all were skipped.
- * The database applies the same rule (`stroem_decide`, migration 0002); a
+ * The database applies the same rule (`stroem_decide` in `packages/schema/sql/10_advance.sql`); a
  * property test checks this against `planAdvance`, another the SQL.
  */
 export function decideStep(c: DependencyCounts): StepDecision {

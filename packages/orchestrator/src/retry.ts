@@ -2,7 +2,7 @@
  * Retries of a failed step: whether it runs again, and after how long. Pure:
  * the randomness of the jitter comes in as `u`, a number in [0, 1), so the
  * rule is testable and the database can apply the very same formula
- * (`stroem_retry_delay`, migration 0005, property-tested against this one).
+ * (`stroem_retry_delay` in `packages/schema/sql/30_retry.sql`, property-tested against this one).
  */
 
 /** How the delay grows with the attempt. */

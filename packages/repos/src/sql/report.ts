@@ -3,8 +3,8 @@ import { statement } from "../statement.js";
 
 /**
  * The statements of reports and advancing. Each is one call of a function
- * installed by migration 0002 (`packages/schema/drizzle/0002_advance_functions.sql`),
- * so a report is one round trip whatever the job's size.
+ * whose current definition is in `packages/schema/sql/` (`20_report.sql`,
+ * `10_advance.sql`), so a report is one round trip whatever the job's size.
  */
 
 /** What `stroem_finish_step` and `stroem_report_many` return per report. */
@@ -16,7 +16,7 @@ export type FinishRow = {
   step_status: string | null;
   step_worker_id: string | null;
   step_attempts: number | null;
-  /** A failure with retries left: the step went back to `ready` (migration 0005). */
+  /** A failure with retries left: the step went back to `ready` (`packages/schema/sql/20_report.sql`). */
   retried: boolean | null;
   /** When the retried step runs again. */
   retry_at: string | Date | null;
@@ -90,7 +90,7 @@ export type SkipRow = {
   step_status: string | null;
 };
 
-/** `pending | ready -> skipped` of one step under its job's lock, then the advance (migration 0003). */
+/** `pending | ready -> skipped` of one step under its job's lock, then the advance (`stroem_skip_step`, `packages/schema/sql/10_advance.sql`). */
 export const SKIP_STEP = statement<{ jobId: string; stepName: string }>(
   "skip_step",
   sql`select * from stroem_skip_step(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("stepName")}::text)`,
