@@ -21,6 +21,7 @@ import {
   runnerOptions,
 } from "./graphile.js";
 import { API_PATHS } from "./ours.js";
+import { bossDiamonds, bossEnqueue, bossFlat, bossVersion, migrateBoss } from "./pgboss.js";
 import { type LatencyRun, type PurgeSize, p50, p95, purgeLatency, seedPurge } from "./purge.js";
 import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
@@ -133,6 +134,9 @@ interface Row {
   ours: string;
   peer: string;
   ratio: string;
+  /** pg-boss's figure and ours / pg-boss, where the section runs it. */
+  boss?: string;
+  bossRatio?: string;
   note: string;
 }
 
@@ -160,6 +164,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
       await db.$client.end();
     }
     await migrateGraphile(templateUrl);
+    await migrateBoss(templateUrl);
 
     /** Runs `fn` in a fresh copy of the template (or of `from`), dropped afterwards. */
     const fresh = async <T>(fn: (url: string) => Promise<T>, from = template): Promise<T> => {
@@ -182,6 +187,22 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
     const check = (what: string, problems: readonly string[]) => {
       for (const p of problems) failures.push(`${what}: ${p}`);
       if (problems.length > 0) o.log(`  CHECK FAILED ${what}: ${problems.join("; ")}`);
+    };
+    /**
+     * Sides in the order A B C … C B A per repetition (ours first); the
+     * summaries by side.
+     */
+    const alternate = async <K extends string>(label: string, sides: Record<K, () => Promise<number>>) => {
+      const keys = Object.keys(sides) as K[];
+      const values = new Map<K, number[]>(keys.map((k) => [k, []]));
+      for (let r = 0; r < o.reps; r++) {
+        for (const k of [...keys, ...[...keys].reverse()]) {
+          const v = await sides[k]();
+          values.get(k)?.push(v);
+          o.log(`  ${label} ${k}: ${fmt(v)}`);
+        }
+      }
+      return Object.fromEntries(keys.map((k) => [k, summarize(values.get(k) ?? [])])) as Record<K, Summary>;
     };
     /** Ours and the peer in the order A B B A per repetition. */
     const abba = async (label: string, ours: () => Promise<number>, peer: () => Promise<number>) => {
@@ -244,29 +265,38 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
         const label = { single: "1a", batch: "1b", chain: "1c" } as const;
         for (const m of modes) {
           const shares: number[] = [];
-          const costs: { ours: Cost[]; peer: Cost[] } = { ours: [], peer: [] };
-          const r = await abba(
-            `flat ${m.key}`,
-            () =>
-              fresh(async (url) => {
-                const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch, m.claimNext === true);
-                check(`flat ${m.key} (ours)`, t.problems);
-                if (t.reportShare !== undefined) shares.push(t.reportShare);
-                if (t.cost) costs.ours.push(t.cost);
-                return t.rate;
-              }),
-            () =>
-              fresh(async (url) => {
-                const g = await graphileFlat(url, o.flatJobs, runnerOptions(W, m.batched));
-                const problems: string[] = [];
-                if (g.executed !== o.flatJobs) problems.push(`${g.executed}/${o.flatJobs} jobs ran`);
-                if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
-                if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
-                check(`flat ${m.key} (graphile-worker)`, problems);
-                costs.peer.push(g.cost);
-                return o.flatJobs / g.seconds;
-              }),
-          );
+          const costs: { ours: Cost[]; peer: Cost[]; boss: Cost[] } = { ours: [], peer: [], boss: [] };
+          const ours = () =>
+            fresh(async (url) => {
+              const t = await oursDrain(url, o.flatJobs, FLAT, W, m.batch, m.claimNext === true);
+              check(`flat ${m.key} (ours)`, t.problems);
+              if (t.reportShare !== undefined) shares.push(t.reportShare);
+              if (t.cost) costs.ours.push(t.cost);
+              return t.rate;
+            });
+          const peer = () =>
+            fresh(async (url) => {
+              const g = await graphileFlat(url, o.flatJobs, runnerOptions(W, m.batched));
+              const problems: string[] = [];
+              if (g.executed !== o.flatJobs) problems.push(`${g.executed}/${o.flatJobs} jobs ran`);
+              if (g.duplicates > 0) problems.push(`${g.duplicates} jobs ran twice`);
+              if (g.remaining > 0) problems.push(`${g.remaining} jobs left in graphile_worker._private_jobs`);
+              check(`flat ${m.key} (graphile-worker)`, problems);
+              costs.peer.push(g.cost);
+              return o.flatJobs / g.seconds;
+            });
+          // pg-boss has no report-and-claim call: the chain mode runs ours and graphile-worker only.
+          const boss = () =>
+            fresh(async (url) => {
+              const b = await bossFlat(url, o.flatJobs, W, m.batch);
+              check(`flat ${m.key} (pg-boss)`, b.problems);
+              costs.boss.push(b.cost);
+              return b.rate;
+            });
+          const r =
+            m.key === "chain"
+              ? { ...(await alternate(`flat ${m.key}`, { ours, peer })), boss: undefined }
+              : await alternate(`flat ${m.key}`, { ours, peer, boss });
           flatRate[m.key] = r.ours;
           rows.push({
             section: `${label[m.key as keyof typeof label]}. Flat queue, ${fmt(o.flatJobs)} one-step jobs`,
@@ -274,7 +304,13 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             ours: `${fmtSummary(r.ours)} — ${m.ours}`,
             peer: `${fmtSummary(r.peer)} — ${m.peer}`,
             ratio: fmtRatio(r.ours.median, r.peer.median),
-            note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports`,
+            ...(r.boss
+              ? {
+                  boss: `${fmtSummary(r.boss)} — fetch ${m.batch} + complete(${m.batch === 1 ? "job" : "jobs"})`,
+                  bossRatio: fmtRatio(r.ours.median, r.boss.median),
+                }
+              : {}),
+            note: `${W} workers; ours' worker time ${Math.round(100 * median(shares))}% in reports${r.boss ? `; pg-boss: ${W} loops on one instance, pool of ${W}` : ""}`,
           });
           const perJob = (cs: Cost[]) => {
             const each = (f: (c: Cost) => number | undefined) => {
@@ -289,6 +325,7 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             ours: perJob(costs.ours),
             peer: perJob(costs.peer),
             ratio: "–",
+            ...(r.boss ? { boss: perJob(costs.boss), bossRatio: "–" } : {}),
             note: "medians; seeding excluded; Postgres CPU = all of the server's processes (local servers only)",
           });
         }
@@ -300,21 +337,29 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
           ["single", 1],
           ["batch", o.batch],
         ] as const) {
-          const values: number[] = [];
-          for (let i = 0; i < 2 * o.reps; i++) {
-            const t = await fresh((url) => oursDrain(url, o.dagJobs, DIAMOND, W, batch));
-            check(`diamonds ${key}`, t.problems);
-            values.push(t.rate);
-            o.log(`  diamonds ${key} ours: ${fmt(t.rate)}`);
-          }
-          const s = summarize(values);
+          const r = await alternate(`diamonds ${key}`, {
+            ours: () =>
+              fresh(async (url) => {
+                const t = await oursDrain(url, o.dagJobs, DIAMOND, W, batch);
+                check(`diamonds ${key} (ours)`, t.problems);
+                return t.rate;
+              }),
+            boss: () =>
+              fresh(async (url) => {
+                const b = await bossDiamonds(url, o.dagJobs, W, batch);
+                check(`diamonds ${key} (pg-boss)`, b.problems);
+                return b.rate;
+              }),
+          });
           rows.push({
             section: `2. DAG diamonds a→b,c→d, ${fmt(o.dagJobs)} jobs`,
             measure: "steps/s",
-            ours: `${fmtSummary(s)} — ${key === "single" ? "single claim" : `batch ${batch}`}`,
+            ours: `${fmtSummary(r.ours)} — ${key === "single" ? "single claim" : `batch ${batch}`}; ${fmtRatio(r.ours.median, flatRate[key]?.median)} of ours' flat`,
             peer: "–",
-            ratio: `${fmtRatio(s.median, flatRate[key]?.median)} of flat`,
-            note: `${W} workers; ratio to ours' flat jobs/s, same mode`,
+            ratio: "–",
+            boss: `${fmtSummary(r.boss)} — flow(), fetch ${batch} + complete, resolveFlow() back to back`,
+            bossRatio: fmtRatio(r.ours.median, r.boss.median),
+            note: `${W} workers; order ours, pg-boss, pg-boss, ours; pg-boss unblocks a flow's dependants only in its resolver (background poll at most once a second, 5 s by default), here called back to back: its best case`,
           });
         }
       });
@@ -338,29 +383,36 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
 
     if (all)
       await section("4. enqueue", async () => {
-        const r = await abba(
-          "enqueue",
-          () =>
+        const r = await alternate("enqueue", {
+          ours: () =>
             fresh(async (url) => {
               const t = await oursEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
               check("enqueue (ours)", t.problems);
               return t.rate;
             }),
-          () =>
+          peer: () =>
             fresh(async (url) => {
               const g = await graphileEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
               const left = await remainingJobs(url);
               check("enqueue (graphile-worker)", left === o.enqueueJobs ? [] : [`${left}/${o.enqueueJobs} jobs added`]);
               return o.enqueueJobs / g.seconds;
             }),
-        );
+          boss: () =>
+            fresh(async (url) => {
+              const b = await bossEnqueue(url, o.enqueueJobs, o.enqueuePerCall);
+              check("enqueue (pg-boss)", b.problems);
+              return b.rate;
+            }),
+        });
         rows.push({
           section: `4. Enqueue ${fmt(o.enqueueJobs)} one-step jobs, ${fmt(o.enqueuePerCall)} a call`,
           measure: "jobs/s",
           ours: `${fmtSummary(r.ours)} — ${API_PATHS.enqueue}`,
           peer: `${fmtSummary(r.peer)} — addJobs`,
           ratio: fmtRatio(r.ours.median, r.peer.median),
-          note: "one connection",
+          boss: `${fmtSummary(r.boss)} — insert`,
+          bossRatio: fmtRatio(r.ours.median, r.boss.median),
+          note: "one connection; order ours, graphile-worker, pg-boss, then back",
         });
       });
 
@@ -573,9 +625,9 @@ function render(
     ...(o.purge.only
       ? []
       : [
-          `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10).`,
+          `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10). pg-boss ${bossVersion()} (schema \`pgboss\`, one queue; no supervise, no cron): ${o.workers} loops of \`fetch\` + \`complete\` on one instance, pool of ${o.workers}.`,
           `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; report and claim next = ${api.chainReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
-          `- Method: pairs in the order ours, peer, peer, ours (${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours from the workers' start to the last report; graphile-worker from its first task to its table being empty.`,
+          `- Method: sides in the order A B … B A, ours first (ours, graphile-worker, pg-boss, pg-boss, graphile-worker, ours where all three run; ${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours and pg-boss from the workers' start to the last report (pg-boss's \`complete\`); graphile-worker from its first task to its table being empty.`,
         ]),
     ...(o.purge.enabled || o.purge.only
       ? [
@@ -584,9 +636,12 @@ function render(
       : []),
     `- Exactly-once checks: ${failures.length === 0 ? "all passed" : `${failures.length} FAILED (below)`}. Total ${seconds.toFixed(0)} s.`,
     "",
-    "| Section | Measure | Ours | graphile-worker | Ratio | Notes |",
-    "|---|---|---|---|---|---|",
-    ...rows.map((r) => `| ${[r.section, r.measure, r.ours, r.peer, r.ratio, r.note].map(cell).join(" | ")} |`),
+    `| Section | Measure | Ours | graphile-worker | Ratio | pg-boss ${bossVersion()} | Ratio to pg-boss | Notes |`,
+    "|---|---|---|---|---|---|---|---|",
+    ...rows.map(
+      (r) =>
+        `| ${[r.section, r.measure, r.ours, r.peer, r.ratio, r.boss ?? "–", r.bossRatio ?? "–", r.note].map(cell).join(" | ")} |`,
+    ),
   ];
   if (failures.length > 0) lines.push("", "## Failures", "", ...failures.map((f) => `- ${f.split("\n")[0]}`));
   return `${lines.join("\n")}\n`;

@@ -9,7 +9,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { createPool, type Database, JobStepRepo, WorkerRepo } from "@stroem/repos";
-import { sql } from "drizzle-orm";
+import { sql } from "./sql.js";
 import { fmt, type Summary, summarize } from "./stats.js";
 
 /** The design note's claim: ordered by primary key, served by nothing but the status index. */

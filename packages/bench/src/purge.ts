@@ -9,9 +9,9 @@
  */
 import { randomUUID } from "node:crypto";
 import { createPool, type Database, JobStepRepo, type PurgeCounts, purgeFinished } from "@stroem/repos";
-import { sql } from "drizzle-orm";
 import { claimOne, complete, registerWorker } from "./ours.js";
 import { withClient } from "./server.js";
+import { sql } from "./sql.js";
 import { quantile } from "./stats.js";
 
 export interface PurgeSize {

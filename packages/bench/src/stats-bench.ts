@@ -16,7 +16,6 @@
  */
 import { createPool, JobRepo, runMigrations } from "@stroem/repos";
 import { statsStatement } from "@stroem/repos/internal";
-import { sql } from "drizzle-orm";
 import { drive } from "./drive.js";
 import { type HistoryShape, seedHistory } from "./history.js";
 import { FLAT, seedJobs } from "./seed.js";
@@ -29,6 +28,7 @@ import {
   withClient,
   withDatabase,
 } from "./server.js";
+import { sql } from "./sql.js";
 import { fmt, fmtSummary, summarize } from "./stats.js";
 
 export interface StatsBenchOptions {

@@ -14,7 +14,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type RunningServer, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/embedded-pg";
 import { createPool, type Database, JobRepo, type NewFlowStep, runMigrations, startMaintenance } from "@stroem/repos";
-import { sql } from "drizzle-orm";
+import { sql } from "../sql.js";
 import { prng } from "./random.js";
 import type { ChaosWorkerConfig } from "./worker.js";
 
