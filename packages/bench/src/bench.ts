@@ -10,7 +10,7 @@ import { writeFile } from "node:fs/promises";
 import os from "node:os";
 import { createPool, runMigrations } from "@stroem/repos";
 import { type ClaimFigures, claimComparison } from "./claim.js";
-import { type FloorVariant, floorDrain } from "./floor.js";
+import { type FloorRun, type FloorVariant, floorDrain, MODEL_NAMES, modelSchema } from "./floor.js";
 import {
   graphileEnqueue,
   graphileFlat,
@@ -25,6 +25,7 @@ import { bossDiamonds, bossEnqueue, bossFlat, bossVersion, migrateBoss } from ".
 import { type LatencyRun, type PurgeSize, p50, p95, purgeLatency, seedPurge } from "./purge.js";
 import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
+import { modelSemantics } from "./semantics.js";
 import {
   type Cost,
   createDatabase,
@@ -466,6 +467,12 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
 
     if (all)
       await section("8. SQL alone", async () => {
+        // Semantics first (not timed): each candidate model on a handful of jobs.
+        for (const name of MODEL_NAMES) {
+          const problems = await fresh((url) => modelSemantics(url, name, modelSchema(name)));
+          check(`SQL alone semantics (${name})`, problems);
+          o.log(`  SQL alone semantics ${name}: ${problems.length === 0 ? "ok" : problems.join("; ")}`);
+        }
         // The rows beside graphile-worker's, in the order measured (then back).
         const models: { variant: Exclude<FloorVariant, "peer" | "ours">; title: string; what: string; note: string }[] =
           [
@@ -485,57 +492,131 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
               variant: "queue",
               title: "a queue row deleted + a history row",
               what: "a narrow queue row claimed, then deleted with its outcome inserted into an append-only history",
-              note: "graphile-worker's shape plus the history a redesign would keep",
+              note: "graphile-worker's shape plus the history a redesign would keep; no job, no DAG, no guard on the attempt",
+            },
+            {
+              variant: "live",
+              title: "candidate (a) live: job + job_step HOT-updated, a narrow live table",
+              what: "claim: live row leased, job_step and (first claim) job marked running; complete: jobs locked, live row deleted (worker + attempt guard), step completed, dependants counted down and promoted, job settled",
+              note: "real semantics (guard, running from the first claim, DAG, retry, cancel, rescue, timeouts); fillfactor 50, keys the only indexes",
+            },
+            {
+              variant: "append",
+              title: "candidate (b) append: immutable definitions, live rows, append-only attempts and results",
+              what: "claim: live row leased, an attempt row appended, job_run marked running; complete: job_run locked, live row deleted (guard), a result row appended, dependants counted down, job_run settled or deleted with a job_result row appended",
+              note: "real semantics; Hatchet v1 / Windmill's split; job_run HOT-updated",
+            },
+            {
+              variant: "lean",
+              title: "candidate (c) lean: (b) without what a one-step job does not need",
+              what: "claim: live row leased (no other row for a one-step job); complete: live row deleted (guard), one result row appended that carries the attempt and, when it ends the job, the job's outcome",
+              note: "real semantics; job_run only for jobs of several steps; history keyed by time-ordered ids",
+            },
+            {
+              variant: "boss",
+              title: "pg-boss 12's statements",
+              what: `pg-boss ${bossVersion()}'s fetchNextJob and completeJobs (fenced to the attempt) as its fetch and complete build them`,
+              note: "keeps every job as a row (updated twice); no DAG work in complete (its resolver does it)",
             },
           ];
         const variants: FloorVariant[] = ["ours", ...models.map((m) => m.variant), "peer"];
+        const dagVariants: FloorVariant[] = ["ours", ...MODEL_NAMES];
+        const title = (v: FloorVariant) =>
+          v === "ours" ? "our statements" : (models.find((m) => m.variant === v)?.title ?? v);
+        const hotText = (hot: NonNullable<FloorRun["hot"]>[]) => {
+          const by = new Map<string, { updates: number; hot: number }>();
+          for (const run of hot)
+            for (const h of run) {
+              const t = by.get(h.table) ?? { updates: 0, hot: 0 };
+              t.updates += h.updates;
+              t.hot += h.hot;
+              by.set(h.table, t);
+            }
+          return [...by]
+            .map(
+              ([t, h]) => `${t} ${h.updates === 0 ? "not updated" : `${Math.round((100 * h.hot) / h.updates)}% HOT`}`,
+            )
+            .join(", ");
+        };
+        const flatBy = new Map<string, number>();
         // Batch: few loops with big batches, the shape of graphile-worker's
         // batched mode (one fetch of up to 500 at a time per runner); with 8
         // loops of 50 its statements ran at half their speed here (skipped
         // locks), ours at about the same.
-        for (const [key, loops, batch] of [
-          ["single", W, 1],
-          ["batch", o.floorBatch.loops, o.floorBatch.size],
+        for (const [key, loops, batch, dag] of [
+          ["single", W, 1, false],
+          ["batch", o.floorBatch.loops, o.floorBatch.size, false],
+          ["single", W, 1, true],
+          ["batch", o.floorBatch.loops, o.floorBatch.size, true],
         ] as const) {
-          const rates = new Map<FloorVariant, number[]>(variants.map((v) => [v, []]));
-          const cpu = new Map<FloorVariant, number[]>(variants.map((v) => [v, []]));
+          const list = dag ? dagVariants : variants;
+          const jobs = dag ? o.dagJobs : o.flatJobs;
+          const steps = jobs * (dag ? DIAMOND.length : 1);
+          const rates = new Map<FloorVariant, number[]>(list.map((v) => [v, []]));
+          const costs = new Map<FloorVariant, Cost[]>(list.map((v) => [v, []]));
+          const hot = new Map<FloorVariant, NonNullable<FloorRun["hot"]>[]>(list.map((v) => [v, []]));
           for (let r = 0; r < o.reps; r++) {
-            // A B C D E E D C B A; once each in the quick mode (it checks, not times).
-            for (const v of o.quick ? variants : [...variants, ...[...variants].reverse()]) {
-              const f = await fresh((url) => floorDrain(url, v, o.flatJobs, loops, batch));
-              check(`SQL alone ${key} (${v})`, f.problems);
+            // A B C … C B A; once each in the quick mode (it checks, not times).
+            for (const v of o.quick ? list : [...list, ...[...list].reverse()]) {
+              const f = await fresh((url) => floorDrain(url, v, jobs, loops, batch, dag ? DIAMOND : FLAT));
+              const what = `SQL alone ${dag ? "diamonds " : ""}${key} (${v})`;
+              check(what, f.problems);
               rates.get(v)?.push(f.rate);
-              if (f.cost.serverCpuMs !== undefined) cpu.get(v)?.push(f.cost.serverCpuMs / o.flatJobs);
-              o.log(`  SQL alone ${key} ${v}: ${fmt(f.rate)}`);
+              costs.get(v)?.push(f.cost);
+              if (f.hot) hot.get(v)?.push(f.hot);
+              o.log(`  ${what}: ${fmt(f.rate)}`);
             }
           }
           const rate = (v: FloorVariant) => summarize(rates.get(v) ?? []);
           const perJob = (v: FloorVariant) => {
-            const c = cpu.get(v) ?? [];
-            return c.length ? `${fmt(median(c))} ms` : "?";
+            const cs = costs.get(v) ?? [];
+            const cpu = cs.map((c) => c.serverCpuMs).filter((x): x is number => x !== undefined);
+            const wal = cs.map((c) => c.walBytes / 1024);
+            return `Postgres CPU ${cpu.length ? fmt(median(cpu) / steps) : "?"} ms, WAL ${wal.length ? fmt(median(wal) / steps) : "?"} KB per ${dag ? "step" : "job"}`;
           };
-          const peer = rate("peer");
-          const peerText = `${fmtSummary(peer)} — graphile-worker's statements (getJobs, completeJobs)`;
-          const label = key === "single" ? "8a" : "8b";
+          const label = dag ? (key === "single" ? "8c" : "8d") : key === "single" ? "8a" : "8b";
           const work = key === "single" ? "claim 1 + report" : `claim ${batch} + batch report, ${loops} loops`;
-          const order = "order A B C D E E D C B A (ours, the three models, graphile-worker)";
-          rows.push({
-            section: `${label}. SQL alone, ${fmt(o.flatJobs)} one-step jobs, ${work}`,
-            measure: "jobs/s",
-            ours: `${fmtSummary(rate("ours"))} — our statements (the claim, ${batch === 1 ? "stroem_finish_step" : "stroem_report_many"})`,
-            peer: peerText,
-            ratio: fmtRatio(rate("ours").median, peer.median),
-            note: `${loops} loops on raw node-postgres, one harness, ${order}; Postgres CPU per job: ours ${perJob("ours")}, peer ${perJob("peer")}`,
-          });
-          for (const m of models) {
+          const order = `order A B … B A (${list.join(", ")})`;
+          if (!dag) {
+            const peer = rate("peer");
+            const peerText = `${fmtSummary(peer)} — graphile-worker's statements (getJobs, completeJobs); ${perJob("peer")}`;
+            for (const v of list) if (v !== "peer") flatBy.set(`${key}/${v}`, rate(v).median);
             rows.push({
-              section: `${label}. Same, ${m.title}`,
+              section: `${label}. SQL alone, ${fmt(o.flatJobs)} one-step jobs, ${work}`,
               measure: "jobs/s",
-              ours: `${fmtSummary(rate(m.variant))} — ${m.what}`,
+              ours: `${fmtSummary(rate("ours"))} — our statements (the claim, ${batch === 1 ? "stroem_finish_step" : "stroem_report_many"}); ${perJob("ours")}`,
               peer: peerText,
-              ratio: fmtRatio(rate(m.variant).median, peer.median),
-              note: `${m.note}; Postgres CPU per job ${perJob(m.variant)}`,
+              ratio: fmtRatio(rate("ours").median, peer.median),
+              boss: `${fmtSummary(rate("boss"))} — its statements; ${perJob("boss")}`,
+              bossRatio: fmtRatio(rate("ours").median, rate("boss").median),
+              note: `${loops} loops on raw node-postgres, one harness, ${order}`,
             });
+            for (const m of models) {
+              if (m.variant === "boss") continue;
+              const h = hot.get(m.variant) ?? [];
+              rows.push({
+                section: `${label}. Same, ${m.title}`,
+                measure: "jobs/s",
+                ours: `${fmtSummary(rate(m.variant))} — ${m.what}; ${perJob(m.variant)}`,
+                peer: peerText,
+                ratio: fmtRatio(rate(m.variant).median, peer.median),
+                boss: `${fmtSummary(rate("boss"))}`,
+                bossRatio: fmtRatio(rate(m.variant).median, rate("boss").median),
+                note: `${m.note}${h.length ? `; ${hotText(h)}` : ""}`,
+              });
+            }
+          } else {
+            for (const v of list) {
+              const h = hot.get(v) ?? [];
+              rows.push({
+                section: `${label}. SQL alone, ${fmt(jobs)} diamonds a→b,c→d, ${work}: ${title(v)}`,
+                measure: "steps/s",
+                ours: `${fmtSummary(rate(v))}; ${perJob(v)}`,
+                peer: "–",
+                ratio: `${fmtRatio(rate(v).median, flatBy.get(`${key}/${v}`))} of its flat`,
+                note: `the report promotes the dependants in its statement; ${order}${h.length ? `; ${hotText(h)}` : ""}`,
+              });
+            }
           }
         }
       });

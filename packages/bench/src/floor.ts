@@ -30,19 +30,31 @@
 import { randomUUID } from "node:crypto";
 import { createPool, type Database } from "@stroem/repos";
 import { claim, FINISH_STEP, REPORT_MANY, runStatement } from "@stroem/repos/internal";
+import * as bossPlans from "pg-boss/dist/plans.js";
 import { graphileTaskId, remainingJobs, seedGraphile } from "./graphile.js";
+import { installModel, MODELS, type Model, type ModelName } from "./models.js";
 import { registerWorker } from "./ours.js";
+import { BOSS_QUEUE, BOSS_SCHEMA, bossCheck, bossTable, seedBoss } from "./pgboss.js";
 import { checkAllDone } from "./scenarios.js";
-import { FLAT, seedJobs } from "./seed.js";
+import { FLAT, type StepShape, seedJobs } from "./seed.js";
 import { type Cost, startCost } from "./server.js";
 
-export type FloorVariant = "peer" | "ours" | "model" | "row" | "queue";
+export type FloorVariant = "peer" | "boss" | "ours" | "model" | "row" | "queue" | ModelName;
+
+export const MODEL_NAMES: readonly ModelName[] = ["live", "append", "lean"];
+
+const isModel = (v: FloorVariant): v is ModelName => (MODEL_NAMES as readonly string[]).includes(v);
+
+/** The schema a candidate model's tables live in, in the measurement's database. */
+export const modelSchema = (name: ModelName) => `hp_${name}`;
 
 export interface FloorRun {
-  /** Jobs per second, from the loops' start to the last report. */
+  /** Steps (for one-step jobs: jobs) per second, from the loops' start to the last report. */
   rate: number;
   cost: Cost;
   problems: string[];
+  /** Candidate models: updates and HOT updates of the tables whose updates must be HOT. */
+  hot?: { table: string; updates: number; hot: number }[];
 }
 
 /**
@@ -76,7 +88,12 @@ const ours: Driver = {
       c.statement,
       c.values,
     );
-    return rows.map((r) => ({ key: r.job_id, jobId: r.job_id, stepName: r.step_name, attempt: r.attempts }));
+    return rows.map((r) => ({
+      key: `${r.job_id}/${r.step_name}`,
+      jobId: r.job_id,
+      stepName: r.step_name,
+      attempt: r.attempts,
+    }));
   },
   async report(db, worker, jobs) {
     if (jobs.length === 1) {
@@ -334,12 +351,106 @@ function peer(taskId: number): Driver {
   };
 }
 
+/** A candidate model's claim and its one-statement complete (one job or a batch alike). */
+function modelDriver(m: Model): Driver {
+  return {
+    async claim(db, worker, limit) {
+      const rows = await query<{ job_id: string; step_name: string; attempt: number }>(
+        db,
+        `${m.name}_claim_${limit}`,
+        m.claim(limit),
+        [worker, "shell"],
+      );
+      return rows.map((r) => ({
+        key: `${r.job_id}/${r.step_name}`,
+        jobId: r.job_id,
+        stepName: r.step_name,
+        attempt: r.attempt,
+      }));
+    },
+    async report(db, worker, jobs) {
+      const rows = await query(db, `${m.name}_complete`, m.complete, [
+        jobs.map((j) => j.jobId),
+        jobs.map((j) => j.stepName),
+        jobs.map((j) => j.attempt),
+        worker,
+      ]);
+      if (rows.length !== jobs.length) throw new Error(`${m.name} complete took ${rows.length} of ${jobs.length}`);
+    },
+  };
+}
+
+/**
+ * pg-boss 12's statements as its `fetch` and `complete` build them
+ * (`plans.fetchNextJob` for a standard queue without metadata or tracing;
+ * `plans.completeJobs`, fenced to the fetched attempt, no output), taken
+ * from the installed package so they stay its own.
+ */
+function bossDriver(table: string): Driver {
+  const fetchText = (limit: number) =>
+    bossPlans.fetchNextJob({
+      schema: BOSS_SCHEMA,
+      table,
+      name: BOSS_QUEUE,
+      policy: bossPlans.QUEUE_POLICIES.standard,
+      limit,
+      includeMetadata: false,
+      includeTraceContext: false,
+    }).text;
+  const completeText = bossPlans.completeJobs(BOSS_SCHEMA, table, false, true);
+  return {
+    async claim(db, _worker, limit) {
+      const rows = await query<{ id: string; retryCount: number }>(
+        db,
+        `floor_boss_fetch_${limit}`,
+        fetchText(limit),
+        [],
+      );
+      return rows.map((r) => ({ key: r.id, jobId: r.id, stepName: "", attempt: r.retryCount }));
+    },
+    async report(db, _worker, jobs) {
+      const ids = jobs.map((j) => j.jobId);
+      const rows = await query<{ count: string }>(db, "floor_boss_complete", completeText, [
+        BOSS_QUEUE,
+        ids,
+        null,
+        bossPlans.attemptPairs(
+          ids,
+          jobs.map((j) => j.attempt),
+        ),
+      ]);
+      const n = Number(rows[0]?.count ?? 0);
+      if (n !== jobs.length) throw new Error(`pg-boss complete took ${n} of ${jobs.length}`);
+    },
+  };
+}
+
+/** Updates and HOT updates of `tables` in `schema`, once every other backend of the database has gone (a backend flushes its statistics when it exits). */
+async function hotUpdates(db: Database, schema: string, tables: readonly string[]) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const res = await db.$client.query<{ n: number }>(
+      "select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
+    );
+    if ((res.rows[0]?.n ?? 0) === 0 || Date.now() > deadline) break;
+    await sleep(20);
+  }
+  const res = await db.$client.query<{ table: string; updates: string; hot: string }>(
+    `select relname as table, n_tup_upd as updates, n_tup_hot_upd as hot from pg_stat_user_tables
+     where schemaname = $1 and relname = any($2::text[]) order by relname`,
+    [schema, tables],
+  );
+  return res.rows.map((r) => ({ table: r.table, updates: Number(r.updates), hot: Number(r.hot) }));
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Seeds `jobs` one-step jobs for `variant` (ours, model and row: the
- * bench's seeding; peer: `addJobs`; queue: its own tables; not timed) and drains them with `workers` loops
- * claiming `batch` at a time; checks every job ran exactly once.
+ * Seeds `jobs` jobs of `shape` for `variant` (ours, model and row: the
+ * bench's seeding; peer: `addJobs`; boss: `insert`; queue and the candidate
+ * models: their own tables; not timed; shapes other than one step only for
+ * ours and the candidate models) and drains them with `workers` loops
+ * claiming `batch` at a time; checks every step ran exactly once.
  */
 export async function floorDrain(
   url: string,
@@ -347,27 +458,46 @@ export async function floorDrain(
   jobs: number,
   workers: number,
   batch: number,
+  shape: readonly StepShape[] = FLAT,
 ): Promise<FloorRun> {
+  if (shape.length > 1 && !isModel(variant) && variant !== "ours")
+    throw new Error(`SQL alone: ${variant} runs one-step jobs only`);
+  const steps = jobs * shape.length;
   const pools: Database[] = Array.from({ length: workers }, () =>
     createPool(url, { max: 1, statementTimeoutMs: 0, applicationName: "stroem-bench-floor" }),
   );
+  const admin = createPool(url, { max: 1, statementTimeoutMs: 0, applicationName: "stroem-bench-floor-check" });
   const ids = pools.map(() => randomUUID());
+  let ended = false;
+  const endPools = async () => {
+    if (ended) return;
+    ended = true;
+    await Promise.all(pools.map((p) => p.$client.end()));
+  };
   try {
     let driver: Driver;
+    let m: Model | undefined;
     if (variant === "peer") {
       await seedGraphile(url, jobs);
       driver = peer(await graphileTaskId(url));
+    } else if (variant === "boss") {
+      await seedBoss(url, jobs);
+      driver = bossDriver(await bossTable(url));
     } else if (variant === "queue") {
-      const db = pools[0] as Database;
-      await db.$client.query(QUEUE_TABLES);
-      await db.$client.query(
+      await admin.$client.query(QUEUE_TABLES);
+      await admin.$client.query(
         "insert into floor_queue (job_id, step_name, action_type) select gen_random_uuid(), 'run', 'shell' from generate_series(1, $1::int)",
         [jobs],
       );
-      await db.$client.query("vacuum analyze floor_queue");
+      await admin.$client.query("vacuum analyze floor_queue");
       driver = queue;
+    } else if (isModel(variant)) {
+      m = MODELS[variant](modelSchema(variant));
+      await installModel(admin, m, jobs, shape);
+      await admin.$client.query(`vacuum analyze ${m.schema}.live`);
+      driver = modelDriver(m);
     } else {
-      await seedJobs(pools[0] as Database, jobs, FLAT);
+      await seedJobs(pools[0] as Database, jobs, shape);
       await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS)));
       driver = variant === "ours" ? ours : variant === "model" ? model : row;
     }
@@ -376,7 +506,7 @@ export async function floorDrain(
     let reported = 0;
     let stop = false;
     const loop = async (db: Database, worker: string) => {
-      while (!stop && reported < jobs) {
+      while (!stop && reported < steps) {
         const claimed = await driver.claim(db, worker, batch);
         if (claimed.length === 0) {
           await sleep(1);
@@ -404,16 +534,38 @@ export async function floorDrain(
     const cost = await probe.stop();
     const failure = outcomes.find((o) => o.status === "rejected");
     if (failure) throw failure.reason;
-    const problems =
-      variant === "peer"
-        ? await remainingJobs(url).then((n) => (n > 0 ? [`${n} jobs left in graphile_worker._private_jobs`] : []))
-        : variant === "queue"
-          ? await checkQueue(pools[0] as Database, jobs)
-          : await checkAllDone(url, jobs, jobs, variant !== "row");
-    if (seen.size !== jobs) problems.push(`${seen.size}/${jobs} jobs claimed`);
-    if (duplicates > 0) problems.push(`${duplicates} jobs claimed twice`);
-    return { rate: reported / seconds, cost, problems };
+    await endPools();
+    let hot: FloorRun["hot"];
+    let problems: string[];
+    if (variant === "peer") {
+      problems = await remainingJobs(url).then((n) =>
+        n > 0 ? [`${n} jobs left in graphile_worker._private_jobs`] : [],
+      );
+    } else if (variant === "boss") {
+      problems = await bossCheck(url, jobs);
+    } else if (variant === "queue") {
+      problems = await checkQueue(admin, jobs);
+    } else if (m) {
+      const res = await admin.$client.query<{ p: string }>(m.check, [jobs, shape.length]);
+      problems = res.rows.map((r) => `${m.name}: ${r.p}`);
+      hot = await hotUpdates(admin, m.schema, m.hotTables);
+      for (const h of hot) {
+        // HOT is what the model is built for. A page too full for the new
+        // version loses it now and then (a batch claim updates whole pages at
+        // once; old versions another transaction may still see cannot be
+        // pruned): that is a figure, in the table. An indexed column written
+        // by the hot path loses it always: that is a broken model.
+        if (h.updates > 0 && h.hot < 0.5 * h.updates)
+          problems.push(`${m.name}: only ${h.hot} of ${h.updates} updates of ${h.table} were HOT`);
+      }
+    } else {
+      problems = await checkAllDone(url, jobs, steps, variant !== "row");
+    }
+    if (seen.size !== steps) problems.push(`${seen.size}/${steps} steps claimed`);
+    if (duplicates > 0) problems.push(`${duplicates} steps claimed twice`);
+    return { rate: reported / seconds, cost, problems, ...(hot ? { hot } : {}) };
   } finally {
-    await Promise.all(pools.map((p) => p.$client.end()));
+    await endPools();
+    await admin.$client.end();
   }
 }

@@ -71,9 +71,9 @@ export async function migrateBoss(url: string): Promise<void> {
 /** The partition table pg-boss gave the bench's queue (its statements name it). */
 export async function bossTable(url: string): Promise<string> {
   return withClient(url, async (c) => {
-    const res = await c.query(`select "table" from ${BOSS_SCHEMA}.queue where name = $1`, [BOSS_QUEUE]);
+    const res = await c.query(`select table_name from ${BOSS_SCHEMA}.queue where name = $1`, [BOSS_QUEUE]);
     if (res.rows.length !== 1) throw new Error(`pg-boss has no queue "${BOSS_QUEUE}"`);
-    return String(res.rows[0].table);
+    return String(res.rows[0].table_name);
   });
 }
 
