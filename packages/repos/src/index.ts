@@ -1,5 +1,7 @@
 export type { NewJobStep } from "@stroem/schema";
 export type { AdvanceResult } from "./advance.js";
+export type { NewArtifact, PutArtifactResult } from "./artifact-repo.js";
+export * as ArtifactRepo from "./artifact-repo.js";
 export type { AuditActor, AuditEvent, AuditPage, ListAuditEvents, NewAuditEvent } from "./audit-repo.js";
 export * as AuditRepo from "./audit-repo.js";
 export { auditEventSql, record as recordAudit } from "./audit-repo.js";
@@ -26,6 +28,7 @@ export * from "./errors.js";
 export type {
   AuditOptions,
   CancelResult,
+  CreateResult,
   JobSearch,
   JobSearchPage,
   JobStats,
@@ -66,6 +69,8 @@ export {
   startMaintenance,
 } from "./maintenance.js";
 export { MAX_PURGE_BATCH, type PurgeCounts, type PurgeOptions, purgeFinished } from "./retention.js";
+export type { NewTaskState, StateScope } from "./task-state-repo.js";
+export * as TaskStateRepo from "./task-state-repo.js";
 export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
 export { type Target, translateError } from "./translate-error.js";
 export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";

@@ -9,6 +9,7 @@ import {
   type JobStatus,
   job,
   type NewFlowStep,
+  RECORD_LIMITS,
   SOURCE_TYPES,
   type SourceType,
 } from "@stroem/schema";
@@ -18,7 +19,7 @@ import { type AuditOptions, checkActor } from "./audit-repo.js";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
 import { CANCEL_JOB, type CancelJobRow, FINISH_JOB, type FinishJobRow } from "./sql/cancel.js";
-import { CREATE_JOBS } from "./sql/create.js";
+import { CREATE_JOBS, CREATE_JOBS_KEYED, JOBS_BY_KEYS } from "./sql/create.js";
 import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
 import { transitionJob } from "./transition.js";
@@ -38,7 +39,19 @@ export interface NewJob {
   revision?: string | null;
   /** The job fails once it is this many seconds old and not finished (`JobStepRepo.sweepTimeouts`); default none. */
   timeoutSecs?: number | null;
+  /**
+   * With `createWithSteps` / `createMany`: a key (1 to 512 characters,
+   * unique per workspace) that makes a repeated create (a retried webhook, a
+   * client's retry after a lost reply) return the first job instead of
+   * creating another, for `idempotencyTtlSecs`.
+   */
+  idempotencyKey?: string | null;
+  /** How long the key holds, seconds: 1 to 30 days; default one day. */
+  idempotencyTtlSecs?: number;
 }
+
+/** Longest an idempotency key holds, seconds (30 days), and the default (a day). */
+export const IDEMPOTENCY_TTL = { defaultSecs: 86_400, maxSecs: 30 * 86_400 } as const;
 
 /** Largest page `list` returns. */
 export const MAX_PAGE = 1000;
@@ -59,7 +72,22 @@ function toJobRow(input: NewJob, at = "") {
       input.timeoutSecs === undefined || input.timeoutSecs === null
         ? null
         : requireInt(`${at}timeoutSecs`, input.timeoutSecs, 1, 2 ** 31 - 1),
+    idempotencyKey: checkKey(`${at}idempotencyKey`, input.idempotencyKey),
+    idempotencyTtlSecs: requireInt(
+      `${at}idempotencyTtlSecs`,
+      input.idempotencyTtlSecs ?? IDEMPOTENCY_TTL.defaultSecs,
+      1,
+      IDEMPOTENCY_TTL.maxSecs,
+    ),
   };
+}
+
+function checkKey(field: string, value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== "string" || value.length === 0 || value.length > RECORD_LIMITS.maxKey) {
+    throw new InvalidInputError(field, `must be a string of 1 to ${RECORD_LIMITS.maxKey} characters`);
+  }
+  return value;
 }
 
 export type { AuditOptions } from "./audit-repo.js";
@@ -70,6 +98,12 @@ export type { AuditOptions } from "./audit-repo.js";
  */
 export async function create(db: Executor, input: NewJob, options: AuditOptions = {}): Promise<string> {
   const row = toJobRow(input);
+  if (row.idempotencyKey !== null) {
+    throw new InvalidInputError(
+      "idempotencyKey",
+      "is for createWithSteps and createMany (a job created with its steps)",
+    );
+  }
   const actor = checkActor("actor", options?.actor);
   await insertJobs(db, [{ ...row, stepsUnfinished: 0 }], [], actor);
   return row.jobId;
@@ -77,15 +111,36 @@ export async function create(db: Executor, input: NewJob, options: AuditOptions 
 
 type JobRow = ReturnType<typeof toJobRow> & { stepsUnfinished: number };
 
-/** The one insert of jobs (and their steps, and their `job.created` events): `CREATE_JOBS`. */
+/**
+ * The one insert of jobs (and their steps, and their `job.created` events):
+ * `CREATE_JOBS`, or `CREATE_JOBS_KEYED` when a job has an idempotency key.
+ * Returns, per job, the id it has: its own when created, else the id of the
+ * job that holds its key (a key repeated within the call: the first job's).
+ */
 async function insertJobs(
   db: Executor,
   jobs: readonly JobRow[],
   steps: readonly Record<string, unknown>[],
   actor: { type: string; id: string | null },
-): Promise<void> {
+): Promise<CreateResult[]> {
+  // A key repeated within the call: its later jobs are the first's.
+  const firstByKey = new Map<string, JobRow>();
+  const unique: JobRow[] = [];
+  for (const j of jobs) {
+    if (j.idempotencyKey === null) {
+      unique.push(j);
+      continue;
+    }
+    const k = JSON.stringify([j.workspace, j.idempotencyKey]);
+    if (!firstByKey.has(k)) {
+      firstByKey.set(k, j);
+      unique.push(j);
+    }
+  }
+  const keyed = firstByKey.size > 0;
+  const kept = new Set<string>(unique.map((j) => j.jobId));
   const jobJson = JSON.stringify(
-    jobs.map((j) => ({
+    unique.map((j) => ({
       job_id: j.jobId,
       workspace: j.workspace,
       task_name: j.taskName,
@@ -96,19 +151,64 @@ async function insertJobs(
       revision: j.revision,
       timeout_secs: j.timeoutSecs,
       steps_unfinished: j.stepsUnfinished,
+      keyed: j.idempotencyKey !== null,
     })),
   );
-  await translateErrors(
+  const values = {
+    jobs: jobJson,
+    steps: JSON.stringify(keyed ? steps.filter((s) => kept.has(s.job_id as string)) : steps),
+    actorType: actor.type,
+    actorId: actor.id,
+  };
+  if (!keyed) {
+    await translateErrors(
+      db,
+      () => runStatement(db, CREATE_JOBS, values),
+      (e) => stepConstraintError(e, undefined),
+    );
+    return jobs.map((j) => ({ jobId: j.jobId, created: true }));
+  }
+  const keys = [...firstByKey.values()].map((j) => ({
+    workspace: j.workspace,
+    key: j.idempotencyKey,
+    job_id: j.jobId,
+    ttl_secs: j.idempotencyTtlSecs,
+  }));
+  const rows = await translateErrors(
     db,
     () =>
-      runStatement(db, CREATE_JOBS, {
-        jobs: jobJson,
-        steps: JSON.stringify(steps),
-        actorType: actor.type,
-        actorId: actor.id,
+      runStatement<{ created: string[] }, typeof values & { keys: string }>(db, CREATE_JOBS_KEYED, {
+        ...values,
+        keys: JSON.stringify(keys),
       }),
     (e) => stepConstraintError(e, undefined),
   );
+  const created = new Set(rows[0]?.created ?? []);
+  // Keys another job holds: read after the create, which waited for that job's commit.
+  const taken = keys.filter((k) => !created.has(k.job_id));
+  const holders = new Map<string, string>();
+  if (taken.length > 0) {
+    const found = await translateErrors(db, () =>
+      runStatement<{ workspace: string; key: string; job_id: string }, { keys: string }>(db, JOBS_BY_KEYS, {
+        keys: JSON.stringify(taken.map((k) => ({ workspace: k.workspace, key: k.key }))),
+      }),
+    );
+    for (const f of found) holders.set(JSON.stringify([f.workspace, f.key]), f.job_id);
+  }
+  return jobs.map((j) => {
+    if (j.idempotencyKey === null) return { jobId: j.jobId, created: true };
+    const k = JSON.stringify([j.workspace, j.idempotencyKey]);
+    const first = firstByKey.get(k) as JobRow;
+    if (created.has(first.jobId)) return { jobId: first.jobId, created: first === j };
+    return { jobId: holders.get(k) ?? first.jobId, created: false };
+  });
+}
+
+/** What `createManyWithResults` did for one job: its id, and whether this call created it. */
+export interface CreateResult {
+  jobId: string;
+  /** False when its idempotency key was live: `jobId` is the job that holds it, and nothing was written for it. */
+  created: boolean;
 }
 
 /** One job of `createMany`: the job and the steps of its flow. */
@@ -137,6 +237,22 @@ export async function createMany(
   items: readonly NewJobWithSteps[],
   options: AuditOptions = {},
 ): Promise<string[]> {
+  return (await createManyWithResults(db, items, options)).map((r) => r.jobId);
+}
+
+/**
+ * `createMany`, answering per job whether this call created it: a job whose
+ * `idempotencyKey` another job holds (live, in its workspace) is answered
+ * with that job's id and `created: false`, and nothing is written for it
+ * (no job, steps, event or wake-up), also when two calls race with one key
+ * (the second waits for the first's commit) and when a key repeats within
+ * the call (its later jobs are the first's). An expired key is taken over.
+ */
+export async function createManyWithResults(
+  db: Executor,
+  items: readonly NewJobWithSteps[],
+  options: AuditOptions = {},
+): Promise<CreateResult[]> {
   if (!Array.isArray(items)) throw new InvalidInputError("items", "must be an array");
   const actor = checkActor("actor", options?.actor);
   if (items.length > MAX_CREATE_BATCH) {
@@ -178,8 +294,7 @@ export async function createMany(
       });
     }
   }
-  await insertJobs(db, jobs, steps, actor);
-  return jobs.map((j) => j.jobId);
+  return insertJobs(db, jobs, steps, actor);
 }
 
 /**

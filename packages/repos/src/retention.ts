@@ -34,6 +34,10 @@ export interface PurgeOptions {
 export interface PurgeCounts {
   jobs: number;
   steps: number;
+  /** Artifacts removed with their jobs; each storage key is in `storage_deletion` (`ArtifactRepo.pendingDeletions`). */
+  artifacts: number;
+  /** Idempotency keys removed: those of the purged jobs, and expired ones. */
+  idempotencyKeys: number;
   auditEvents: number;
   /** Batches run (transactions committed), both kinds. */
   batches: number;
@@ -109,6 +113,8 @@ export async function purgeFinished(db: Executor, options: PurgeOptions): Promis
   const counts: PurgeCounts = {
     jobs: 0,
     steps: 0,
+    artifacts: 0,
+    idempotencyKeys: 0,
     auditEvents: 0,
     batches: 0,
     complete: true,
@@ -133,12 +139,16 @@ export async function purgeFinished(db: Executor, options: PurgeOptions): Promis
 
   await drain(async () => {
     const { rows } = await translateErrors(db, () =>
-      db.execute<{ jobs: number; steps: number }>(purgeJobsStatement(jobsBefore, batchSize)),
+      db.execute<{ jobs: number; steps: number; artifacts: number; keys: number }>(
+        purgeJobsStatement(jobsBefore, batchSize),
+      ),
     );
-    const r = rows[0] ?? { jobs: 0, steps: 0 };
+    const r = rows[0] ?? { jobs: 0, steps: 0, artifacts: 0, keys: 0 };
     counts.jobs += r.jobs;
     counts.steps += r.steps;
-    return r.jobs;
+    counts.artifacts += r.artifacts;
+    counts.idempotencyKeys += r.keys;
+    return Math.max(r.jobs, r.keys);
   });
   await drain(async () => {
     const events = await translateErrors(db, () =>

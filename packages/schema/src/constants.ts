@@ -36,6 +36,9 @@ export const STEP_TERMINAL_STATUSES = [
 export const RETRY_STRATEGIES = ["fixed", "exponential"] as const;
 export type RetryStrategy = (typeof RETRY_STRATEGIES)[number];
 
+/** Bounds the database holds for the records kept beside jobs (idempotency keys, artifacts, state). */
+export const RECORD_LIMITS = { maxKey: 512, maxName: 512, maxStorageKey: 1024 } as const;
+
 /** Bounds the database holds for a step's retry policy (the orchestrator's `MAX_RETRIES`, `MAX_RETRY_DELAY_SECS`). */
 export const RETRY_LIMITS = { maxRetries: 1000, maxBackoffSecs: 86_400 } as const;
 

@@ -25,6 +25,7 @@ import {
   JOB_TERMINAL_STATUSES,
   type JobMode,
   type JobStatus,
+  RECORD_LIMITS,
   RETRY_LIMITS,
   RETRY_STRATEGIES,
   type RetryStrategy,
@@ -52,6 +53,9 @@ export const CONSTRAINTS = {
   stepWorkerFk: "job_step_worker_id_worker_worker_id_fk",
   stepPk: "job_step_job_id_step_name_pk",
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
+  idempotencyKeyPk: "job_idempotency_key_pk",
+  artifactPk: "job_artifact_pk",
+  artifactJobFk: "job_artifact_job_id_job_job_id_fk",
   ...AUTH_CONSTRAINTS,
   /** Not a table constraint: the name the append-only trigger on `audit_event` raises with (SQLSTATE 23001). */
   auditAppendOnly: "audit_event_append_only",
@@ -330,6 +334,112 @@ export const auditEvent = pgTable(
   ],
 );
 
+/**
+ * Idempotent job creation: a key given to `JobRepo.createWithSteps` /
+ * `createMany` maps to the job it created, per workspace, until
+ * `expires_at`. A create with a live key returns that job and writes no
+ * job; an expired key is taken over by the next create. Deleted with its
+ * job (the retention purge), and expired rows by the purge too.
+ */
+export const jobIdempotencyKey = pgTable(
+  "job_idempotency_key",
+  {
+    workspace: text("workspace").notNull(),
+    key: text("key").notNull(),
+    jobId: uuid("job_id").notNull(),
+    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+    expiresAt: timestamp("expires_at", tz).notNull(),
+  },
+  (t) => [
+    primaryKey({ name: CONSTRAINTS.idempotencyKeyPk, columns: [t.workspace, t.key] }),
+    foreignKey({ columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
+    check("job_idempotency_key_check", sql`length(${t.key}) between 1 and ${sql.raw(String(RECORD_LIMITS.maxKey))}`),
+    // The purge's walk over expired keys.
+    index("idx_job_idempotency_key_expires").on(t.expiresAt),
+    index("idx_job_idempotency_key_job").on(t.jobId),
+  ],
+);
+
+/**
+ * A job's named outputs kept elsewhere (object storage): one row per job and
+ * name (a second upload of the name replaces it), with the step that made
+ * it, the content type, the size and the object's storage key. Deleted with
+ * its job; the retention purge records the keys in `storage_deletion` first.
+ */
+export const jobArtifact = pgTable(
+  "job_artifact",
+  {
+    jobId: uuid("job_id").notNull(),
+    name: text("name").notNull(),
+    stepName: text("step_name"),
+    contentType: text("content_type").notNull().default("application/octet-stream"),
+    sizeBytes: bigint("size_bytes", { mode: "number" }).notNull(),
+    storageKey: text("storage_key").notNull(),
+    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ name: CONSTRAINTS.artifactPk, columns: [t.jobId, t.name] }),
+    foreignKey({ name: CONSTRAINTS.artifactJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete(
+      "cascade",
+    ),
+    check(
+      "job_artifact_check",
+      sql`length(${t.name}) between 1 and ${sql.raw(String(RECORD_LIMITS.maxName))} and ${t.sizeBytes} >= 0 and length(${t.storageKey}) between 1 and ${sql.raw(String(RECORD_LIMITS.maxStorageKey))}`,
+    ),
+  ],
+);
+
+/**
+ * State a task (or a workspace: `task_name = ''`) leaves for its next run: a
+ * snapshot kept elsewhere (storage key, size, whether it holds JSON) and the
+ * job that wrote it. Newest is highest `id`; `TaskStateRepo.insertAndPrune`
+ * keeps the newest N per (workspace, task).
+ */
+export const taskState = pgTable(
+  "task_state",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    workspace: text("workspace").notNull(),
+    /** The task, or '' for the workspace's own state. */
+    taskName: text("task_name").notNull().default(""),
+    storageKey: text("storage_key").notNull(),
+    sizeBytes: bigint("size_bytes", { mode: "number" }).notNull(),
+    isJson: boolean("is_json").notNull().default(false),
+    /** The job that wrote it (null once that job is purged). */
+    jobId: uuid("job_id"),
+    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+  },
+  (t) => [
+    foreignKey({ columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("set null"),
+    check(
+      "task_state_check",
+      sql`${t.sizeBytes} >= 0 and length(${t.storageKey}) between 1 and ${sql.raw(String(RECORD_LIMITS.maxStorageKey))}`,
+    ),
+    // latest(): one probe, newest first; list() and the prune walk it too.
+    index("idx_task_state_latest").on(t.workspace, t.taskName, t.id),
+    index("idx_task_state_job").on(t.jobId),
+  ],
+);
+
+/**
+ * Objects whose rows are gone and that the server must delete from storage:
+ * the retention purge records each artifact's key here in the statement that
+ * deletes it (`StorageRepo.pendingDeletions`, `confirmDeleted`).
+ */
+export const storageDeletion = pgTable(
+  "storage_deletion",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    storageKey: text("storage_key").notNull(),
+    /** What the key belonged to: `artifact` (with its job id and name). */
+    source: text("source").notNull(),
+    jobId: uuid("job_id"),
+    name: text("name"),
+    recordedAt: timestamp("recorded_at", tz).notNull().defaultNow(),
+  },
+  (t) => [check("storage_deletion_source_check", sql`${t.source} in ('artifact')`)],
+);
+
 /** One failed attempt of a step that was retried (`job_step.retry_history`). Timestamps as ISO strings. */
 export interface RetryHistoryEntry {
   attempt: number;
@@ -348,3 +458,9 @@ export type Job = typeof job.$inferSelect;
 export type JobStep = typeof jobStep.$inferSelect;
 /** An audit event as read from the database. */
 export type AuditEvent = typeof auditEvent.$inferSelect;
+/** An artifact row as read from the database. */
+export type JobArtifact = typeof jobArtifact.$inferSelect;
+/** A task or workspace state snapshot as read from the database. */
+export type TaskState = typeof taskState.$inferSelect;
+/** A storage object waiting to be deleted. */
+export type StorageDeletion = typeof storageDeletion.$inferSelect;

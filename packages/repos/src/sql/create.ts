@@ -10,17 +10,34 @@ import { statement } from "../statement.js";
  * audit event per job (by `actorType` / `actorId`) in the same statement.
  * Notifies `stroem_ready_channel()` (the schema's channel) for the action types of the steps created ready.
  */
-export const CREATE_JOBS = statement<{ jobs: string; steps: string; actorType: string; actorId: string | null }>(
-  "create_jobs",
-  sql`
-    with jobs as (
+function createJobsQuery(keyed: boolean) {
+  // Keyed: the idempotency keys are claimed first; only the jobs whose key
+  // this statement inserted (or took over, expired) and the jobs without a
+  // key are created, with their steps, events and wake-ups.
+  const claimKeys = keyed
+    ? sql`
+    keys as (
+      insert into job_idempotency_key (workspace, key, job_id, expires_at)
+      select k.workspace, k.key, k.job_id, now() + make_interval(secs => k.ttl_secs)
+      from jsonb_to_recordset(${sql.placeholder("keys")}::jsonb) as k(workspace text, key text, job_id uuid, ttl_secs integer)
+      on conflict (workspace, key) do update
+        set job_id = excluded.job_id, created_at = now(), expires_at = excluded.expires_at
+        where job_idempotency_key.expires_at <= now()
+      returning job_id
+    ), `
+    : sql``;
+  const keep = keyed ? sql` where not x.keyed or x.job_id in (select job_id from keys)` : sql``;
+  return sql`
+    with ${claimKeys}new_jobs as (
+      select x.* from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
+        job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
+        revision text, steps_unfinished integer, timeout_secs integer, keyed boolean)${keep}
+    ), jobs as (
       insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished,
                        timeout_secs)
       select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision,
              x.steps_unfinished, x.timeout_secs
-      from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
-        job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
-        revision text, steps_unfinished integer, timeout_secs integer)
+      from new_jobs x
       returning job_id, workspace, task_name, source_type, steps_unfinished
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
@@ -40,9 +57,38 @@ export const CREATE_JOBS = statement<{ jobs: string; steps: string; actorType: s
         job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
         input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
         deps_unfinished integer, max_retries integer, retry_backoff_secs integer, retry_strategy text,
-        retry_jitter double precision, timeout_secs integer)
+        retry_jitter double precision, timeout_secs integer)${keyed ? sql` where x.job_id in (select job_id from new_jobs)` : sql``}
       returning action_type, status
     )
-    select pg_notify(stroem_ready_channel(), r.action_type)
-    from (select distinct action_type from steps where status = 'ready') as r`,
+    -- array_agg over the notifications makes each one run (an unread CTE would be skipped).
+    select (select array_agg(pg_notify(stroem_ready_channel(), r.action_type)::text)
+            from (select distinct action_type from steps where status = 'ready') as r) as woken${
+              keyed ? sql`, (select coalesce(array_agg(job_id), '{}') from new_jobs) as created` : sql``
+            }`;
+}
+
+/** Values of `CREATE_JOBS`; `CREATE_JOBS_KEYED` also takes `keys` (`[{ workspace, key, job_id, ttl_secs }]`). */
+export type CreateJobsValues = { jobs: string; steps: string; actorType: string; actorId: string | null };
+
+export const CREATE_JOBS = statement<CreateJobsValues>("create_jobs", createJobsQuery(false));
+
+/**
+ * `CREATE_JOBS` for a call with idempotency keys: first claims each key in
+ * `job_idempotency_key` (a live key held by another job is left alone; an
+ * expired one is taken over), then creates only the jobs whose key it
+ * claimed, and the keyless ones. Returns `created`, their ids. Two
+ * concurrent calls with one key: the second's insert waits for the first's
+ * commit, then finds the key live and creates nothing.
+ */
+export const CREATE_JOBS_KEYED = statement<CreateJobsValues & { keys: string }>(
+  "create_jobs_keyed",
+  createJobsQuery(true),
+);
+
+/** The jobs that hold these keys now (a second statement: it sees the commits the create waited for). */
+export const JOBS_BY_KEYS = statement<{ keys: string }>(
+  "jobs_by_keys",
+  sql`select k.workspace, k.key, k.job_id from job_idempotency_key k
+      join jsonb_to_recordset(${sql.placeholder("keys")}::jsonb) as x(workspace text, key text)
+        on k.workspace = x.workspace and k.key = x.key`,
 );

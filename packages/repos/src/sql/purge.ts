@@ -9,10 +9,12 @@ const list = (values: readonly string[]) => sql.raw(values.map((v) => `'${v}'`).
  * oldest created first, whose steps are all terminal, locked
  * `FOR UPDATE SKIP LOCKED` (a job row someone holds is left for a later
  * batch, never waited for), then their steps and the jobs deleted, in one
- * statement. Lock order as everywhere: the job row before its steps. A
+ * statement, with their artifacts (each storage key recorded in
+ * `storage_deletion` for the server to delete) and idempotency keys, and up
+ * to `batchSize` expired keys of any job. Lock order as everywhere: the job row before its steps. A
  * finished job that still has an open step (a running step of a cancelled
  * job whose worker has not reported yet) is kept until that step ends.
- * Returns one row: `jobs`, `steps` deleted.
+ * Returns one row: `jobs`, `steps`, `artifacts` (recorded for deletion), `keys` deleted.
  *
  * The walk is `idx_job_created_at` up to the cutoff (a job finished before
  * it was also created before it), not an index on `completed_at`: any index
@@ -37,10 +39,27 @@ export function purgeJobsStatement(cutoff: Date, batchSize: number): SQL {
       for update of j skip locked
     ), steps as (
       delete from job_step s where s.job_id in (select job_id from doomed) returning 1
+    ), artifacts as (
+      delete from job_artifact a where a.job_id in (select job_id from doomed) returning a.job_id, a.name, a.storage_key
+    ), recorded as (
+      -- The objects to delete from storage: recorded with the rows' deletion, so none is orphaned.
+      insert into storage_deletion (storage_key, source, job_id, name)
+      select a.storage_key, 'artifact', a.job_id, a.name from artifacts a
+      returning 1
+    ), keys as (
+      delete from job_idempotency_key k where k.job_id in (select job_id from doomed) returning 1
+    ), expired as (
+      delete from job_idempotency_key k
+      where (k.workspace, k.key) in (
+        select e.workspace, e.key from job_idempotency_key e
+        where e.expires_at < now() order by e.expires_at limit ${batchSize}::int for update skip locked)
+      returning 1
     ), jobs as (
       delete from job j where j.job_id in (select job_id from doomed) returning 1
     )
-    select (select count(*) from jobs)::int as jobs, (select count(*) from steps)::int as steps`;
+    select (select count(*) from jobs)::int as jobs, (select count(*) from steps)::int as steps,
+           (select count(*) from recorded)::int as artifacts,
+           ((select count(*) from keys) + (select count(*) from expired))::int as keys`;
 }
 
 /**
