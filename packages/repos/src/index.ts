@@ -7,6 +7,7 @@ export * as AuditRepo from "./audit-repo.js";
 export { auditEventSql, record as recordAudit } from "./audit-repo.js";
 export type { ApiKeyInfo, IssuedApiKey, NewApiKey, VerifiedApiKey } from "./auth/api-keys.js";
 export * as ApiKeyRepo from "./auth/api-keys.js";
+export * as GroupRepo from "./auth/groups.js";
 export type { IssuedRefreshToken } from "./auth/refresh-tokens.js";
 export * as RefreshTokenRepo from "./auth/refresh-tokens.js";
 export type { ExternalIdentity, NewUser, UserInfo } from "./auth/users.js";

@@ -493,13 +493,18 @@ export {
   search,
 } from "./search.js";
 export {
+  type DurationQuery,
+  type DurationSummary,
+  durations,
   type JobStats,
   type JobStatsQuery,
+  MAX_RECENT,
   MAX_STATS_BUCKETS,
   MAX_STATS_DAYS,
   type Percentiles,
   parseBucket,
   stats,
+  type TaskDurations,
   type TaskStats,
   type ThroughputBucket,
 } from "./stats.js";

@@ -1,8 +1,8 @@
 import { JOB_STATUSES, type JobStatus } from "@stroem/schema";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidRangeError } from "./errors.js";
-import { type StatsRow, statsStatement } from "./sql/stats.js";
-import { optionalDate, requireText } from "./validate.js";
+import { durationsStatement, type StatsRow, statsStatement } from "./sql/stats.js";
+import { optionalDate, requireInt, requireText } from "./validate.js";
 
 /** What `JobRepo.stats` summarises: the jobs created in `[from, to)`, of one workspace and task if given. */
 export interface JobStatsQuery {
@@ -157,6 +157,102 @@ export async function stats(db: Executor, query: JobStatsQuery): Promise<JobStat
       created: Number(b.created),
       finished: Number(b.finished),
       failed: Number(b.failed),
+    })),
+  };
+}
+
+/** Durations in milliseconds: how many, p50, p95, min, max (null when there were none). */
+export interface DurationSummary extends Percentiles {
+  min: number | null;
+  max: number | null;
+}
+
+/** What `JobRepo.durations` takes: one task of one workspace, the jobs created in `[from, to)`. */
+export interface DurationQuery {
+  workspace: string;
+  taskName: string;
+  from: Date;
+  to: Date;
+  /** How many of the task's newest finished jobs to list (0 to 100; default 10), whatever the window. */
+  recent?: number;
+}
+
+/** `JobRepo.durations`' answer. */
+export interface TaskDurations {
+  /** `started_at -> completed_at` of the window's completed and failed jobs. */
+  jobs: DurationSummary;
+  /** The same per step name (each step's last run), by name. */
+  steps: Array<{ stepName: string } & DurationSummary>;
+  /** The task's newest finished jobs, newest first: what a UI estimates the next run's length from. */
+  recent: Array<{
+    jobId: string;
+    status: "completed" | "failed";
+    createdAt: Date;
+    completedAt: Date;
+    durationMs: number;
+  }>;
+}
+
+/** Most `recent` jobs `durations` lists. */
+export const MAX_RECENT = 100;
+
+const summaryOf = (d: { count: number; p: number[] | null; min: number | null; max: number | null }) => ({
+  count: Number(d.count),
+  p50: ms(d.p?.[0]),
+  p95: ms(d.p?.[1]),
+  min: ms(d.min),
+  max: ms(d.max),
+});
+
+/**
+ * How long a task's jobs and steps take: over the task's jobs created in
+ * `[from, to)`, count, p50, p95, min and max of the job durations and of each
+ * step's, and the task's newest finished jobs with their durations, in one
+ * read-only statement (`durationsStatement`: index ranges, no scan of the
+ * history). Throws, before any query: `InvalidInputError`,
+ * `InvalidRangeError` (`from` not before `to`, more than 366 days).
+ */
+export async function durations(db: Executor, query: DurationQuery): Promise<TaskDurations> {
+  if (typeof query !== "object" || query === null) throw new InvalidInputError("query", "must be an object");
+  const from = optionalDate("from", query.from);
+  const to = optionalDate("to", query.to);
+  if (!from) throw new InvalidInputError("from", "is required");
+  if (!to) throw new InvalidInputError("to", "is required");
+  if (from >= to) throw new InvalidRangeError("from", "must be before to");
+  if (to.getTime() - from.getTime() > MAX_STATS_DAYS * 86_400_000) {
+    throw new InvalidRangeError("to", `the window must be at most ${MAX_STATS_DAYS} days`);
+  }
+  const filters = {
+    workspace: requireText("workspace", query.workspace),
+    taskName: requireText("taskName", query.taskName),
+    from,
+    to,
+    recent: requireInt("recent", query.recent ?? 10, 0, MAX_RECENT),
+  };
+  const result = await translateErrors(db, () => db.execute<Record<string, unknown>>(durationsStatement(filters)));
+  const row = result.rows[0] as unknown as {
+    jobs: { count: number; p: number[] | null; min: number | null; max: number | null };
+    steps: Array<{
+      step_name: string;
+      d: { count: number; p: number[] | null; min: number | null; max: number | null };
+    }>;
+    recent: Array<{
+      job_id: string;
+      status: "completed" | "failed";
+      created_at: string;
+      completed_at: string;
+      ms: number;
+    }>;
+  };
+  return {
+    jobs: summaryOf(row.jobs),
+    steps: row.steps.map((s) => ({ stepName: s.step_name, ...summaryOf(s.d) })),
+    recent: row.recent.map((r) => ({
+      jobId: r.job_id,
+      status: r.status,
+      createdAt: new Date(r.created_at),
+      completedAt: new Date(r.completed_at),
+      durationMs: ms(r.ms) as number,
     })),
   };
 }

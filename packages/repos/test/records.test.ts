@@ -284,3 +284,51 @@ describe("task and workspace state", () => {
     expect([...pruned, ...left].sort()).toEqual(Array.from({ length: 12 }, (_, i) => `c/${i}`).sort());
   });
 });
+
+describe("durations", () => {
+  it("per task: count, p50, p95, min, max of job and step durations over a window, and the recent runs", async () => {
+    const workspace = `dur-${randomUUID()}`;
+    const ids: string[] = [];
+    for (let i = 1; i <= 4; i++) {
+      const jobId = await JobRepo.createWithSteps(t.db, { workspace, taskName: "build", sourceType: "api" }, steps);
+      await JobStepRepo.complete(t.db, { jobId, stepName: "build" });
+      await JobStepRepo.complete(t.db, { jobId, stepName: "deploy" });
+      ids.push(jobId);
+      // Durations of i seconds (job), i/2 (each step), by setting the times the run recorded.
+      await t.db.execute(sql`update job set started_at = completed_at - make_interval(secs => ${i})
+        where job_id = ${jobId}`);
+      await t.db.execute(sql`update job_step set started_at = completed_at - make_interval(secs => ${i / 2})
+        where job_id = ${jobId}`);
+    }
+    await JobRepo.createWithSteps(t.db, { workspace, taskName: "other", sourceType: "api" }, steps);
+    const now = new Date();
+    const d = await JobRepo.durations(t.db, {
+      workspace,
+      taskName: "build",
+      from: new Date(now.getTime() - 3_600_000),
+      to: new Date(now.getTime() + 60_000),
+      recent: 3,
+    });
+    expect(d.jobs).toEqual({ count: 4, p50: 2500, p95: 3850, min: 1000, max: 4000 });
+    expect(d.steps).toEqual([
+      { stepName: "build", count: 4, p50: 1250, p95: 1925, min: 500, max: 2000 },
+      { stepName: "deploy", count: 4, p50: 1250, p95: 1925, min: 500, max: 2000 },
+    ]);
+    expect(d.recent.map((r) => [r.jobId, r.durationMs])).toEqual([
+      [ids[3], 4000],
+      [ids[2], 3000],
+      [ids[1], 2000],
+    ]);
+    const hourAgo = new Date(now.getTime() - 3_600_000);
+    const none = await JobRepo.durations(t.db, { workspace, taskName: "nothing", from: hourAgo, to: now });
+    expect(none).toEqual({ jobs: { count: 0, p50: null, p95: null, min: null, max: null }, steps: [], recent: [] });
+    for (const bad of [
+      { workspace, taskName: "build", from: now, to: now },
+      { workspace, taskName: "", from: hourAgo, to: now },
+      { workspace, taskName: "build", from: hourAgo, to: now, recent: 101 },
+      { workspace, taskName: "build", from: new Date(0), to: now },
+    ]) {
+      expect(await errorOf(() => JobRepo.durations(t.db, bad))).toBeInstanceOf(InvalidInputError);
+    }
+  });
+});

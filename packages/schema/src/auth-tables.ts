@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import {
+  boolean,
   check,
   foreignKey,
   index,
@@ -31,6 +32,7 @@ export const AUTH_LIMITS = {
   externalIdMaxLength: 512,
   passwordHashMaxLength: 1024,
   apiKeyNameMaxLength: 200,
+  groupNameMaxLength: 200,
 } as const;
 
 /** Names of the auth tables' constraints the repos translate into typed errors (part of `CONSTRAINTS`). */
@@ -43,6 +45,7 @@ export const AUTH_CONSTRAINTS = {
   authLinkUserFk: "user_auth_link_user_id_user_user_id_fk",
   refreshTokenUserFk: "refresh_token_user_id_user_user_id_fk",
   apiKeyUserFk: "api_key_user_id_user_user_id_fk",
+  groupMemberUserFk: "user_group_member_user_id_user_user_id_fk",
 } as const;
 
 const tz = { withTimezone: true, mode: "date" } as const;
@@ -64,6 +67,8 @@ export const user = pgTable(
     /** A slow hash computed by the server (`$argon2id$…`, `$scrypt$…`, `$2b$…`); null: no password login. */
     passwordHash: text("password_hash"),
     createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+    /** Sees and manages everything, whatever its groups (the server's access rules decide the rest). */
+    isAdmin: boolean("is_admin").notNull().default(false),
   },
   (t) => [
     check(
@@ -169,3 +174,31 @@ export type UserAuthLink = typeof userAuthLink.$inferSelect;
 export type RefreshToken = typeof refreshToken.$inferSelect;
 /** An API key row: its hash and display prefix, never the key. */
 export type ApiKey = typeof apiKey.$inferSelect;
+
+/**
+ * Group membership: a user belongs to any number of groups, named freely (1
+ * to 200 characters); the server's access rules say what a group may see.
+ * Deleted with the user.
+ */
+export const userGroupMember = pgTable(
+  "user_group_member",
+  {
+    userId: uuid("user_id").notNull(),
+    groupName: text("group_name").notNull(),
+    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.userId, t.groupName] }),
+    foreignKey({
+      name: AUTH_CONSTRAINTS.groupMemberUserFk,
+      columns: [t.userId],
+      foreignColumns: [user.userId],
+    }).onDelete("cascade"),
+    check("user_group_member_name_check", lengthBetween(t.groupName, 1, AUTH_LIMITS.groupNameMaxLength)),
+    // listGroups and "who is in this group".
+    index("idx_user_group_member_group").on(t.groupName),
+  ],
+);
+
+/** A group membership row. */
+export type UserGroupMember = typeof userGroupMember.$inferSelect;

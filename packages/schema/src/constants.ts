@@ -59,6 +59,8 @@ export const AUDIT_ACTIONS = {
   stepTimedOut: "step.timed_out",
   userCreated: "user.created",
   userDeleted: "user.deleted",
+  userAdminChanged: "user.admin_changed",
+  userGroupsChanged: "user.groups_changed",
   apiKeyIssued: "api_key.issued",
   apiKeyRevoked: "api_key.revoked",
 } as const;

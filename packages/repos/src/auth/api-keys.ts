@@ -89,6 +89,7 @@ interface VerifyRow extends Record<string, unknown> {
   email: string;
   user_created_at: string | Date;
   has_password: boolean;
+  is_admin: boolean;
 }
 
 /**
@@ -117,6 +118,7 @@ export async function verify(db: Executor, key: unknown): Promise<VerifiedApiKey
       email: row.email,
       createdAt: new Date(row.user_created_at),
       hasPassword: row.has_password,
+      isAdmin: row.is_admin,
     },
   };
 }

@@ -18,6 +18,8 @@ export interface UserInfo {
   createdAt: Date;
   /** Whether a password hash is set (false: the user logs in through a provider only). */
   hasPassword: boolean;
+  /** Sees and manages everything, whatever its groups (`UserRepo.setAdmin`). */
+  isAdmin: boolean;
 }
 
 export interface NewUser {
@@ -35,6 +37,7 @@ export const userInfoColumns = {
   email: user.email,
   createdAt: user.createdAt,
   hasPassword: sql<boolean>`${user.passwordHash} is not null`.as("has_password"),
+  isAdmin: user.isAdmin,
 };
 
 const emailKey = (email: string) => sql`lower(${user.email}) = lower(${email})`;

@@ -30,7 +30,8 @@ export const VERIFY_API_KEY = statement<{ keyHash: string }>(
     )
     select k.key_hash, k.user_id, k.name, k.prefix, k.created_at, k.expires_at,
            coalesce(t.last_used_at, k.last_used_at) as last_used_at, k.revoked_at,
-           u.name as user_name, u.email, u.created_at as user_created_at, u.password_hash is not null as has_password
+           u.name as user_name, u.email, u.created_at as user_created_at, u.password_hash is not null as has_password,
+           u.is_admin
     from live k
     join "user" u on u.user_id = k.user_id
     left join touched t on true`,

@@ -78,3 +78,53 @@ export function statsStatement(f: StatsFilters): SQL {
                       count(*) filter (where status = 'failed') as failed
                     from w where completed_at < ${to} group by 1) d on d.k = b.start) as buckets`;
 }
+
+/** The checked input of `JobRepo.durations`. */
+export interface DurationFilters {
+  workspace: string;
+  taskName: string;
+  from: Date;
+  to: Date;
+  recent: number;
+}
+
+/**
+ * `durations`' statement, one snapshot: over the task's jobs created in
+ * `[from, to)` (one range of `idx_job_workspace_task`), the job durations'
+ * count, p50, p95, min and max (`started_at -> completed_at` of completed and
+ * failed jobs), the same per step name (each step's last run, read through
+ * the primary key per job as `statsStatement` does), and the task's `recent`
+ * newest finished jobs, whatever the window (the same index walked
+ * backwards, stopping after `recent`).
+ */
+export function durationsStatement(f: DurationFilters): SQL {
+  const from = sql`${f.from.toISOString()}::timestamptz`;
+  const to = sql`${f.to.toISOString()}::timestamptz`;
+  const summary = (d: SQL) =>
+    sql`'count', count(*), 'p', percentile_cont(array[0.5, 0.95]) within group (order by ${d}), 'min', min(${d}), 'max', max(${d})`;
+  const jobMs = sql`extract(epoch from w.completed_at - w.started_at)::float8 * 1000`;
+  const stepMs = sql`extract(epoch from s.completed_at - s.started_at)::float8 * 1000`;
+  return sql`with w as materialized (
+      select j.job_id, j.status, j.started_at, j.completed_at from job j
+      where j.workspace = ${f.workspace} and j.task_name = ${f.taskName}
+        and j.created_at >= ${from} and j.created_at < ${to}
+    )
+    select
+      (select json_build_object(${summary(jobMs)}) from w
+         where w.status in ('completed', 'failed') and w.started_at is not null) as jobs,
+      (select coalesce(json_agg(x order by x.step_name), '[]'::json) from (
+         select s.step_name, json_build_object(${summary(stepMs)}) as d
+         from w cross join lateral (
+           select s.step_name, s.started_at, s.completed_at from job_step s
+           where s.job_id = w.job_id and s.status in ('completed', 'failed') and s.started_at is not null
+           offset 0) s
+         group by s.step_name) x) as steps,
+      (select coalesce(json_agg(r order by r.created_at desc), '[]'::json) from (
+         select j.job_id, j.status, j.created_at, j.completed_at,
+                extract(epoch from j.completed_at - j.started_at)::float8 * 1000 as ms
+         from job j
+         where j.workspace = ${f.workspace} and j.task_name = ${f.taskName}
+           and j.status in ('completed', 'failed') and j.started_at is not null
+         order by j.created_at desc
+         limit ${f.recent}::int) r) as recent`;
+}
