@@ -161,7 +161,7 @@ export async function pendingDeletions(db: Executor, options: { limit?: number }
 /** Forgets the given `pendingDeletions` rows (their objects are gone); returns how many it removed. */
 export async function confirmDeleted(db: Executor, ids: readonly number[]): Promise<number> {
   if (!Array.isArray(ids)) throw new InvalidInputError("ids", "must be an array of ids");
-  ids.forEach((id, i) => requireInt(`ids[${i}]`, id, 1, Number.MAX_SAFE_INTEGER));
+  for (const [i, id] of ids.entries()) requireInt(`ids[${i}]`, id, 1, Number.MAX_SAFE_INTEGER);
   if (ids.length === 0) return 0;
   const rows = await translateErrors(db, () =>
     db

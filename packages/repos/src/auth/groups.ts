@@ -46,7 +46,7 @@ export async function groupsOfUser(db: Executor, userId: string): Promise<string
 export async function groupsOf(db: Executor, userIds: readonly string[]): Promise<Map<string, string[]>> {
   if (!Array.isArray(userIds)) throw new InvalidInputError("userIds", "must be an array of user ids");
   if (userIds.length > MAX_GROUPS) throw new InvalidInputError("userIds", `must hold at most ${MAX_GROUPS} ids`);
-  userIds.forEach((id, i) => requireUuid(`userIds[${i}]`, id));
+  for (const [i, id] of userIds.entries()) requireUuid(`userIds[${i}]`, id);
   const out = new Map<string, string[]>(userIds.map((id) => [id, []]));
   if (userIds.length === 0) return out;
   const rows = await translateErrors(db, () =>
