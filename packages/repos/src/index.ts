@@ -30,6 +30,9 @@ export type {
   AuditOptions,
   CancelResult,
   CreateResult,
+  DurationQuery,
+  DurationSummary,
+  JobScope,
   JobSearch,
   JobSearchPage,
   JobStats,
@@ -39,6 +42,7 @@ export type {
   NewJob,
   NewJobWithSteps,
   Percentiles,
+  TaskDurations,
   TaskStats,
   ThroughputBucket,
 } from "./job-repo.js";

@@ -18,8 +18,11 @@ import { type AdvanceResult, advanceJob } from "./advance.js";
 import { type AuditOptions, checkActor } from "./audit-repo.js";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, WorkerNotFoundError } from "./errors.js";
+import { mapRow } from "./rows.js";
+import { checkScope, type JobScope } from "./search.js";
 import { CANCEL_JOB, type CancelJobRow, FINISH_JOB, type FinishJobRow } from "./sql/cancel.js";
 import { CREATE_JOBS, CREATE_JOBS_KEYED, JOBS_BY_KEYS } from "./sql/create.js";
+import { searchStatement } from "./sql/search.js";
 import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
 import { transitionJob } from "./transition.js";
@@ -327,9 +330,15 @@ export interface ListJobs {
   limit: number;
   /** 0 or more. */
   offset: number;
+  /** Only these (workspace, task) pairs, as `search`'s `scope`; an empty scope sees nothing. */
+  scope?: JobScope;
 }
 
-/** A page of jobs, newest first (ties by job id, so pages never overlap), filtered by the given fields. */
+/**
+ * A page of jobs, newest first (ties by job id, so pages never overlap),
+ * filtered by the given fields. Scoped, each allowed pair's newest
+ * `offset + limit` rows come from its own index range (`search`'s plan).
+ */
 export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   const limit = requireInt("limit", query.limit, 1, MAX_PAGE);
   const offset = requireInt("offset", query.offset, 0, Number.MAX_SAFE_INTEGER);
@@ -337,6 +346,21 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   if (query.workspace !== undefined) filters.push(eq(job.workspace, requireText("workspace", query.workspace)));
   if (query.status !== undefined) filters.push(eq(job.status, requireOneOf("status", query.status, JOB_STATUSES)));
   if (query.taskName !== undefined) filters.push(eq(job.taskName, requireText("taskName", query.taskName)));
+  const scope = checkScope(query.scope, query.workspace);
+  if (scope !== undefined) {
+    if (scope.length === 0) return [];
+    const rows = await translateErrors(db, () =>
+      db.execute<Record<string, unknown>>(
+        searchStatement({
+          ...(query.status === undefined ? {} : { statuses: [query.status] }),
+          ...(query.taskName === undefined ? {} : { taskNames: [query.taskName] }),
+          scope,
+          limit: offset + limit,
+        }),
+      ),
+    );
+    return rows.rows.slice(offset).map((r) => mapRow(job, r));
+  }
   return translateErrors(db, () =>
     db
       .select()
@@ -348,11 +372,35 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   );
 }
 
-/** Jobs per status, every status present. */
-export async function countByStatus(db: Executor): Promise<Record<JobStatus, number>> {
-  const rows = await translateErrors(db, () =>
-    db.select({ status: job.status, n: count() }).from(job).groupBy(job.status),
-  );
+/**
+ * Jobs per status, every status present; with `scope`, only the allowed
+ * (workspace, task) pairs' jobs (an empty scope counts nothing), each pair
+ * counted over its own index range.
+ */
+export async function countByStatus(
+  db: Executor,
+  options: { scope?: JobScope } = {},
+): Promise<Record<JobStatus, number>> {
+  const scope = checkScope(options?.scope);
+  const rows =
+    scope === undefined
+      ? await translateErrors(db, () => db.select({ status: job.status, n: count() }).from(job).groupBy(job.status))
+      : scope.length === 0
+        ? []
+        : (
+            await translateErrors(db, () =>
+              db.execute<{ status: JobStatus; n: number }>(sql`
+                select j.status, count(*)::int as n
+                from jsonb_to_recordset(${JSON.stringify(scope)}::jsonb) as p(workspace text, "taskName" text)
+                cross join lateral (
+                  select j.status from job j
+                  where j.workspace = p.workspace and p."taskName" is not null and j.task_name = p."taskName"
+                  union all
+                  select j.status from job j where j.workspace = p.workspace and p."taskName" is null
+                ) j
+                group by j.status`),
+            )
+          ).rows;
   const out = Object.fromEntries(JOB_STATUSES.map((s) => [s, 0])) as Record<JobStatus, number>;
   for (const r of rows) out[r.status] = r.n;
   return out;
@@ -485,8 +533,10 @@ export async function cancel(
 
 export {
   decodeCursor,
+  type JobScope,
   type JobSearch,
   type JobSearchPage,
+  MAX_SCOPE_PAIRS,
   MAX_SEARCH_PAGE,
   MAX_SEARCH_TEXT,
   MAX_SEARCH_VALUES,

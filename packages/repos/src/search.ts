@@ -28,6 +28,52 @@ export interface JobSearch {
   cursor?: string;
   /** Page size, 1 to `MAX_SEARCH_PAGE`; default 50. */
   limit?: number;
+  /**
+   * What the reader may see (the server's access rules, resolved): only
+   * jobs of these pairs; a pair without `taskName` allows every task of its
+   * workspace. An empty scope sees nothing. Absent: everything.
+   */
+  scope?: JobScope;
+}
+
+/** The (workspace, task) pairs a reader may see. */
+export type JobScope = ReadonlyArray<{ workspace: string; taskName?: string }>;
+
+/** Most pairs a scope may hold. */
+export const MAX_SCOPE_PAIRS = 1000;
+
+/**
+ * The scope checked and normalised: duplicates dropped, a task pair dropped
+ * where its workspace is allowed whole, and (with a `workspace` filter) only
+ * that workspace's pairs. Throws `InvalidInputError`.
+ */
+export function checkScope(
+  scope: unknown,
+  workspace?: string,
+): Array<{ workspace: string; taskName: string | null }> | undefined {
+  if (scope === undefined) return undefined;
+  if (!Array.isArray(scope)) throw new InvalidInputError("scope", "must be an array of { workspace, taskName? }");
+  if (scope.length > MAX_SCOPE_PAIRS) {
+    throw new InvalidInputError("scope", `must hold at most ${MAX_SCOPE_PAIRS} pairs, got ${scope.length}`);
+  }
+  const whole = new Set<string>();
+  const tasks = new Map<string, { workspace: string; taskName: string }>();
+  for (const [i, p] of scope.entries()) {
+    if (typeof p !== "object" || p === null) throw new InvalidInputError(`scope[${i}]`, "must be an object");
+    const ws = requireText(`scope[${i}].workspace`, (p as { workspace?: unknown }).workspace);
+    const task = (p as { taskName?: unknown }).taskName;
+    if (task === undefined) whole.add(ws);
+    else {
+      const name = requireText(`scope[${i}].taskName`, task);
+      tasks.set(JSON.stringify([ws, name]), { workspace: ws, taskName: name });
+    }
+  }
+  const out: Array<{ workspace: string; taskName: string | null }> = [...whole].map((w) => ({
+    workspace: w,
+    taskName: null,
+  }));
+  for (const p of tasks.values()) if (!whole.has(p.workspace)) out.push(p);
+  return workspace === undefined ? out : out.filter((p) => p.workspace === workspace);
 }
 
 /** A page of `search`: jobs newest first, and the cursor of the next page (absent on the last). */
@@ -126,7 +172,9 @@ export async function search(db: Executor, query: JobSearch = {}): Promise<JobSe
     text,
     after: query.cursor === undefined ? undefined : decodeCursor(query.cursor),
     limit: limit + 1,
+    scope: checkScope(query.scope, query.workspace),
   };
+  if (filters.scope?.length === 0) return { jobs: [] };
   const rows = await translateErrors(db, () =>
     db.execute<Record<string, unknown> & { cursor_time: string }>(searchStatement(filters)),
   );

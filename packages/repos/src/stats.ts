@@ -1,6 +1,7 @@
 import { JOB_STATUSES, type JobStatus } from "@stroem/schema";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, InvalidRangeError } from "./errors.js";
+import { checkScope, type JobScope } from "./search.js";
 import { durationsStatement, type StatsRow, statsStatement } from "./sql/stats.js";
 import { optionalDate, requireInt, requireText } from "./validate.js";
 
@@ -12,6 +13,8 @@ export interface JobStatsQuery {
   to: Date;
   /** Throughput bucket: seconds, or `"30s"`, `"15m"`, `"1h"`, `"1d"`. */
   bucket: number | string;
+  /** Only these (workspace, task) pairs, as `search`'s `scope`; an empty scope sees nothing (all counts 0). */
+  scope?: JobScope;
 }
 
 /** Percentiles in milliseconds (null when nothing was measured). */
@@ -125,6 +128,9 @@ export async function stats(db: Executor, query: JobStatsQuery): Promise<JobStat
     ...(query.workspace === undefined ? {} : { workspace: requireText("workspace", query.workspace) }),
     ...(query.taskName === undefined ? {} : { taskName: requireText("taskName", query.taskName) }),
   };
+  const scope = checkScope(query.scope, query.workspace);
+  // An empty scope sees nothing: the same statement over a window no job is in.
+  if (scope !== undefined) Object.assign(filters, { scope });
   const result = await translateErrors(db, () => db.execute<Record<string, unknown>>(statsStatement(filters)));
   const row = result.rows[0] as unknown as StatsRow;
   const jobs = Object.fromEntries(JOB_STATUSES.map((s) => [s, Number(row.statuses[s] ?? 0)])) as Record<

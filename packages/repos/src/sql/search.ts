@@ -14,6 +14,11 @@ export interface SearchFilters {
   after?: { createdAt: string; jobId: string };
   /** Rows to read (the page size plus one, to know whether a next page exists). */
   limit: number;
+  /**
+   * Only these (workspace, task) pairs (`taskName` null: every task of the
+   * workspace), deduplicated by the caller; absent: no restriction.
+   */
+  scope?: ReadonlyArray<{ workspace: string; taskName: string | null }>;
 }
 
 /** `created_at` to the microsecond, in UTC, as the cursor carries it (a JS Date keeps only milliseconds). */
@@ -54,8 +59,37 @@ export function searchStatement(f: SearchFilters): SQL {
       select job_id from job_step where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
   }
   const filter = where.length === 0 ? sql`true` : sql.join(where, sql` and `);
-  return sql`select j.*, ${CURSOR_TIME} as cursor_time from job j
+  if (f.scope === undefined) {
+    return sql`select j.*, ${CURSOR_TIME} as cursor_time from job j
     where ${filter}
     order by j.created_at desc, j.job_id desc
+    limit ${f.limit}`;
+  }
+  // Scoped: per allowed pair, its newest `limit` rows from the index of that
+  // shape (idx_job_workspace_task for a task, idx_job_workspace_created for a
+  // whole workspace), then the newest `limit` of those: at most pairs x limit
+  // index entries read, whatever the table's size and however rare a pair is.
+  // A whole-workspace entry is the planner's choice between that range and
+  // idx_job_created_at filtered by workspace (it estimates a workspace's
+  // share generically): both are index walks, the second slower for a
+  // workspace that holds few of the jobs.
+  const pairs = JSON.stringify(f.scope.filter((p) => p.taskName !== null));
+  const wide = JSON.stringify(f.scope.filter((p) => p.taskName === null).map((p) => p.workspace));
+  return sql`select s.* from (
+      select j.*, ${CURSOR_TIME} as cursor_time
+      from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text)
+      cross join lateral (
+        select j.* from job j
+        where j.workspace = p.workspace and j.task_name = p."taskName" and ${filter}
+        order by j.created_at desc, j.job_id desc limit ${f.limit}) j
+      union all
+      select j.*, ${CURSOR_TIME} as cursor_time
+      from jsonb_array_elements_text(${wide}::jsonb) as w(workspace)
+      cross join lateral (
+        select j.* from job j
+        where j.workspace = w.workspace and ${filter}
+        order by j.created_at desc, j.job_id desc limit ${f.limit}) j
+    ) s
+    order by s.created_at desc, s.job_id desc
     limit ${f.limit}`;
 }

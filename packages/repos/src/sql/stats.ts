@@ -7,6 +7,8 @@ export interface StatsFilters {
   from: Date;
   to: Date;
   bucketSecs: number;
+  /** Only these (workspace, task) pairs (`taskName` null: the whole workspace), normalised; absent: no restriction. */
+  scope?: ReadonlyArray<{ workspace: string; taskName: string | null }>;
 }
 
 /** One row: every figure as JSON, from one snapshot. */
@@ -44,10 +46,23 @@ export function statsStatement(f: StatsFilters): SQL {
   const where: SQL[] = [sql`j.created_at >= ${from}`, sql`j.created_at < ${to}`];
   if (f.workspace !== undefined) where.push(sql`j.workspace = ${f.workspace}`);
   if (f.taskName !== undefined) where.push(sql`j.task_name = ${f.taskName}`);
-  return sql`with w as materialized (
-      select j.job_id, j.task_name, j.status, j.created_at, j.started_at, j.completed_at
-      from job j where ${sql.join(where, sql` and `)}
-    ),
+  const cols = sql`j.job_id, j.task_name, j.status, j.created_at, j.started_at, j.completed_at`;
+  const filter = sql.join(where, sql` and `);
+  // Scoped: one range scan per allowed pair (as unscoped, per index shape), their union the window.
+  const window =
+    f.scope === undefined
+      ? sql`select ${cols} from job j where ${filter}`
+      : sql`select ${cols}
+        from jsonb_to_recordset(${JSON.stringify(f.scope.filter((p) => p.taskName !== null))}::jsonb)
+          as p(workspace text, "taskName" text)
+        cross join lateral (select * from job j
+          where j.workspace = p.workspace and j.task_name = p."taskName" and ${filter}) j
+        union all
+        select ${cols}
+        from jsonb_array_elements_text(${JSON.stringify(f.scope.filter((p) => p.taskName === null).map((p) => p.workspace))}::jsonb)
+          as s(workspace)
+        cross join lateral (select * from job j where j.workspace = s.workspace and ${filter}) j`;
+  return sql`with w as materialized (${window}),
     b as (select generate_series(${from}, ${to} - interval '1 microsecond', ${bucket}) as start)
     select
       (select coalesce(json_object_agg(status, n), '{}'::json)
