@@ -52,7 +52,7 @@ export function purgeJobsStatement(cutoff: Date, batchSize: number): SQL {
       delete from job_idempotency_key k
       where (k.workspace, k.key) in (
         select e.workspace, e.key from job_idempotency_key e
-        where e.expires_at < now() order by e.expires_at limit ${batchSize}::int for update skip locked)
+        where e.expires_at < now() limit ${batchSize}::int for update skip locked)
       returning 1
     ), jobs as (
       delete from job j where j.job_id in (select job_id from doomed) returning 1
