@@ -32,6 +32,6 @@ export {
   SKIP_STEP,
 } from "./sql/report.js";
 export { rescueStatement, sweepTimeoutsStatement } from "./sql/rescue.js";
-export { searchStatement } from "./sql/search.js";
+export { searchStatement, searchWalkStatement } from "./sql/search.js";
 export { statsStatement } from "./sql/stats.js";
 export { runStatement, type Statement } from "./statement.js";

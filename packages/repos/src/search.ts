@@ -2,7 +2,7 @@ import { JOB_STATUSES, type Job, type JobStatus, job, SOURCE_TYPES, type SourceT
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidCursorError, InvalidInputError, InvalidRangeError } from "./errors.js";
 import { mapRow } from "./rows.js";
-import { searchStatement } from "./sql/search.js";
+import { searchStatement, searchWalkStatement } from "./sql/search.js";
 import { optionalDate, requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
 
 /** What `JobRepo.search` looks for. Every field is optional; the given ones all apply (AND). */
@@ -81,6 +81,17 @@ export interface JobSearchPage {
   jobs: Job[];
   nextCursor?: string;
 }
+
+/**
+ * How far a text search walks the newest jobs before it asks the text
+ * indexes instead: `perRow` times the page (plus one), at least `min` rows.
+ * Measured on 1,000,000 jobs (PostgreSQL 15, shared_buffers 128 MB, a first
+ * page of 50, median of 7): `prod` in a third of them, one workspace,
+ * 1,298 ms by the text indexes alone, 29 ms walking; `staging` in two thirds,
+ * 5,777 against 19 ms; a word in one job 1.5 against 12.5 ms (the walk that
+ * did not fill the page, then the index).
+ */
+export const SEARCH_WALK = { min: 1000, perRow: 20 } as const;
 
 /** Largest page `search` returns. */
 export const MAX_SEARCH_PAGE = 1000;
@@ -175,9 +186,18 @@ export async function search(db: Executor, query: JobSearch = {}): Promise<JobSe
     scope: checkScope(query.scope, query.workspace),
   };
   if (filters.scope?.length === 0) return { jobs: [] };
-  const rows = await translateErrors(db, () =>
-    db.execute<Record<string, unknown> & { cursor_time: string }>(searchStatement(filters)),
-  );
+  type Row = Record<string, unknown> & { cursor_time: string };
+  let found: Row[] | undefined;
+  if (text !== undefined && filters.scope === undefined) {
+    // A common word fills the page from the newest jobs; a rare one falls back to the text indexes.
+    const budget = Math.max(SEARCH_WALK.min, SEARCH_WALK.perRow * filters.limit);
+    const walk = await translateErrors(db, () =>
+      db.execute<Row & { walked: number }>(searchWalkStatement({ ...filters, text }, budget)),
+    );
+    const hits = walk.rows.filter((r) => r.job_id != null);
+    if (hits.length >= filters.limit || Number(walk.rows[0]?.walked ?? 0) < budget) found = hits;
+  }
+  const rows = found ? { rows: found } : await translateErrors(db, () => db.execute<Row>(searchStatement(filters)));
   const page = rows.rows.slice(0, limit);
   const last = page[page.length - 1];
   const jobs = page.map((r) => mapRow(job, r));

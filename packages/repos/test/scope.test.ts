@@ -2,7 +2,7 @@ import { useTestDb } from "@stroem/testing/fixture";
 import { type SQL, sql } from "drizzle-orm";
 import { beforeAll, describe, expect, it } from "vitest";
 import { InvalidInputError, JobRepo, type JobScope } from "../src/index.js";
-import { searchStatement, statsStatement } from "../src/internal.js";
+import { searchStatement, searchWalkStatement, statsStatement } from "../src/internal.js";
 import { checkScope } from "../src/search.js";
 import { errorOf } from "./helpers.js";
 
@@ -116,6 +116,51 @@ describe("scoped reads", () => {
     expect(
       await errorOf(() => JobRepo.search(t.db, { scope: Array.from({ length: 1001 }, () => ({ workspace: "w" })) })),
     ).toMatchObject({ field: "scope" });
+  });
+});
+
+describe("text search: a common word walks the newest jobs, a rare one asks the text indexes", () => {
+  /** Every match, newest first, by the GIN path alone (searchStatement). */
+  async function byIndex(text: string, limit: number, extra: Record<string, unknown> = {}) {
+    const { rows } = await t.db.execute<{ job_id: string }>(
+      searchStatement({ text, limit, ...extra } as Parameters<typeof searchStatement>[0]),
+    );
+    return rows.map((r) => r.job_id);
+  }
+
+  it("same pages either way: a word in every job, one in 1 of 20 jobs, one in a single job, with filters and cursors", async () => {
+    for (const [text, extra] of [
+      ["task", {}],
+      ["task-3", {}],
+      ["task-3", { workspace: "ws-1" }],
+      ["12345", {}],
+      ["task -task-3", { statuses: ["failed"] }],
+    ] as Array<[string, Record<string, unknown>]>) {
+      const want = await byIndex(text, 100_000, extra);
+      const got: string[] = [];
+      let cursor: string | undefined;
+      for (let pages = 0; pages < 4; pages++) {
+        const page = await JobRepo.search(t.db, { text, limit: 50, ...extra, ...(cursor ? { cursor } : {}) });
+        got.push(...page.jobs.map((j) => j.jobId));
+        cursor = page.nextCursor;
+        if (!cursor) break;
+      }
+      expect([text, got]).toEqual([text, want.slice(0, got.length)]);
+      expect(got.length).toBe(Math.min(want.length, 200));
+    }
+  });
+
+  it("the walk reads at most its budget of the newest rows (index-served), else falls back", async () => {
+    const common = await plan(searchWalkStatement({ text: "task", limit: 51 }, 1020));
+    expect(common, common).toMatch(/Index Scan Backward using idx_job_created_at/);
+    expect(common, common).not.toMatch(/Seq Scan on job |Bitmap Index Scan on idx_job_search/);
+    // A rare word: the walk's page is not full and it read its whole budget, so search asks the GIN index.
+    const { rows } = await t.db.execute<{ job_id: string | null; walked: number }>(
+      searchWalkStatement({ text: "12345", limit: 51 }, 1020),
+    );
+    expect(rows.filter((r) => r.job_id !== null).length).toBeLessThan(51);
+    expect(rows[0]?.walked).toBe(1020);
+    expect((await JobRepo.search(t.db, { text: "12345" })).jobs).toHaveLength(1);
   });
 });
 
