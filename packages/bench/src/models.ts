@@ -166,7 +166,7 @@ const live = (schema: string): Model => ({
     primary key (job_id, step_name)
   );
   create index live_ready on @.live (action_type, ready_at) where worker_id is null;
-  create index live_lease on @.live (deadline) where worker_id is not null;`,
+  create index live_lease on @.live (worker_id, deadline) where worker_id is not null;`,
   ),
   seed: q(
     schema,
@@ -196,16 +196,17 @@ const live = (schema: string): Model => ({
   ),
   c as (
     update @.live l set worker_id = $1::uuid, attempt = l.attempt + 1, deadline = now() + make_interval(secs => l.timeout_s)
-    from next where l.job_id = next.job_id and l.step_name = next.step_name
+    from next
+    where l.job_id = any(array(select job_id from next)) and l.job_id = next.job_id and l.step_name = next.step_name
     returning l.job_id, l.step_name, l.attempt
   ),
   s as (
     update @.job_step t set status = 'running', worker_id = $1::uuid, attempts = c.attempt, started_at = now(), error = null
-    from c where t.job_id = c.job_id and t.step_name = c.step_name
+    from c where t.job_id = any(array(select job_id from c)) and t.job_id = c.job_id and t.step_name = c.step_name
   ),
   j as (
     update @.job j set status = 'running', started_at = now()
-    from (select distinct job_id from c) cj where j.job_id = cj.job_id and j.status = 'pending'
+    where j.job_id = any(array(select job_id from c)) and j.status = 'pending'
   )
   select job_id, step_name, attempt from c`,
     ),
@@ -214,12 +215,12 @@ const live = (schema: string): Model => ({
     `with ${INPUT_CTE},
   jl as materialized (
     select j.job_id, j.status from @.job j
-    where j.job_id in (select job_id from input) order by j.job_id for no key update
+    where j.job_id = any($1::uuid[]) order by j.job_id for no key update
   ),
   done as (
     delete from @.live l using input i
-    where l.job_id = i.job_id and l.step_name = i.step_name and l.worker_id = $4::uuid and l.attempt = i.attempt
-      and (select count(*) from jl) >= 0
+    where l.job_id = any($1::uuid[]) and l.job_id = i.job_id and l.step_name = i.step_name
+      and l.worker_id = $4::uuid and l.attempt = i.attempt and (select count(*) from jl) >= 0
     returning l.job_id, l.step_name
   ),
   s as (
@@ -406,7 +407,7 @@ const append = (schema: string): Model => ({
     primary key (job_id, step_name)
   );
   create index live_ready on @.live (action_type, ready_at) where worker_id is null and deps_left = 0;
-  create index live_lease on @.live (deadline) where worker_id is not null;
+  create index live_lease on @.live (worker_id, deadline) where worker_id is not null;
   -- Append-only history.
   create table @.attempt (
     id bigint generated always as identity primary key,
@@ -461,13 +462,14 @@ const append = (schema: string): Model => ({
   ),
   c as (
     update @.live l set worker_id = $1::uuid, attempt = l.attempt + 1, deadline = now() + make_interval(secs => l.timeout_s)
-    from next where l.job_id = next.job_id and l.step_name = next.step_name
+    from next
+    where l.job_id = any(array(select job_id from next)) and l.job_id = next.job_id and l.step_name = next.step_name
     returning l.job_id, l.step_name, l.attempt
   ),
   a as (insert into @.attempt (job_id, step_name, attempt, worker_id) select job_id, step_name, attempt, $1::uuid from c),
   j as (
     update @.job_run r set status = 'running', started_at = now()
-    from (select distinct job_id from c) cj where r.job_id = cj.job_id and r.status = 'pending'
+    where r.job_id = any(array(select job_id from c)) and r.status = 'pending'
   )
   select job_id, step_name, attempt from c`,
     ),
@@ -476,12 +478,12 @@ const append = (schema: string): Model => ({
     `with ${INPUT_CTE},
   jl as materialized (
     select r.job_id, r.status, r.steps_unfinished, r.started_at from @.job_run r
-    where r.job_id in (select job_id from input) order by r.job_id for no key update
+    where r.job_id = any($1::uuid[]) order by r.job_id for no key update
   ),
   done as (
     delete from @.live l using input i
-    where l.job_id = i.job_id and l.step_name = i.step_name and l.worker_id = $4::uuid and l.attempt = i.attempt
-      and (select count(*) from jl) >= 0
+    where l.job_id = any($1::uuid[]) and l.job_id = i.job_id and l.step_name = i.step_name
+      and l.worker_id = $4::uuid and l.attempt = i.attempt and (select count(*) from jl) >= 0
     returning l.job_id, l.step_name, l.attempt, l.dependants
   ),
   res as (
@@ -683,7 +685,7 @@ const lean = (schema: string): Model => ({
     primary key (job_id, step_name)
   );
   create index live_ready on @.live (action_type, ready_at) where worker_id is null and deps_left = 0;
-  create index live_lease on @.live (deadline) where worker_id is not null;
+  create index live_lease on @.live (worker_id, deadline) where worker_id is not null;
   -- Append-only history: one row per finished attempt, written once; the
   -- row that ended its job says so (job_done) and carries the job's outcome.
   create table @.result (
@@ -733,12 +735,13 @@ const lean = (schema: string): Model => ({
   c as (
     update @.live l set worker_id = $1::uuid, attempt = l.attempt + 1, claimed_at = now(),
       deadline = now() + make_interval(secs => l.timeout_s)
-    from next where l.job_id = next.job_id and l.step_name = next.step_name
+    from next
+    where l.job_id = any(array(select job_id from next)) and l.job_id = next.job_id and l.step_name = next.step_name
     returning l.job_id, l.step_name, l.attempt, l.single
   ),
   j as (
     update @.job_run r set status = 'running', started_at = now()
-    from (select distinct job_id from c where not single) cj where r.job_id = cj.job_id and r.status = 'pending'
+    where r.job_id = any(array(select job_id from c where not single)) and r.status = 'pending'
   )
   select job_id, step_name, attempt from c`,
     ),
@@ -747,12 +750,12 @@ const lean = (schema: string): Model => ({
     `with ${INPUT_CTE},
   jl as materialized (
     select r.job_id, r.status, r.steps_unfinished from @.job_run r
-    where r.job_id in (select job_id from input) order by r.job_id for no key update
+    where r.job_id = any($1::uuid[]) order by r.job_id for no key update
   ),
   done as (
     delete from @.live l using input i
-    where l.job_id = i.job_id and l.step_name = i.step_name and l.worker_id = $4::uuid and l.attempt = i.attempt
-      and (select count(*) from jl) >= 0
+    where l.job_id = any($1::uuid[]) and l.job_id = i.job_id and l.step_name = i.step_name
+      and l.worker_id = $4::uuid and l.attempt = i.attempt and (select count(*) from jl) >= 0
     returning l.job_id, l.step_name, l.attempt, l.single, l.dependants, l.claimed_at
   ),
   f as (
