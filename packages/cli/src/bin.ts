@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
-import { JobRepo } from "@stroem/repos";
+import { InvalidRangeError, JobRepo } from "@stroem/repos";
+import { JOB_STATUSES, type JobStatus, SOURCE_TYPES, type SourceType } from "@stroem/schema";
 import { Command, InvalidArgumentError, Option } from "commander";
 import {
   graphCommand,
+  jobsCommand,
   maintainCommand,
   migrateCommand,
   purgeCommand,
@@ -132,7 +134,9 @@ program
 
 program
   .command("status")
-  .description("Workers (alive or stale), jobs by status, and ready steps by action type.")
+  .description(
+    "Workers (alive or stale), jobs by status, ready steps by action type, and what is stuck: running steps of stale or inactive workers, the oldest running steps, ready steps no live worker can take.",
+  )
   .option("--url <url>", "database URL (default: DATABASE_URL)")
   .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
   .addOption(
@@ -140,8 +144,17 @@ program
       .default(30)
       .argParser(integer(1, 86_400)),
   )
-  .action(async (opts: { url?: string; pooler?: boolean; staleAfter: number }) =>
-    statusCommand(target(opts), opts.staleAfter * 1000, say),
+  .addOption(
+    new Option("--limit <n>", "rows in each list of the stuck section").default(10).argParser(integer(1, 1000)),
+  )
+  .addOption(new Option("--format <format>", "output format").choices(["table", "json"]).default("table"))
+  .action(
+    async (opts: { url?: string; pooler?: boolean; staleAfter: number; limit: number; format: "table" | "json" }) =>
+      statusCommand(
+        target(opts),
+        { staleAfterMs: opts.staleAfter * 1000, limit: opts.limit, format: opts.format },
+        say,
+      ),
   );
 
 program
@@ -215,6 +228,95 @@ function bucketArg(value: string): string {
   }
   return value;
 }
+
+/** A repeatable, comma-separated option of known values: `--status failed,cancelled --status pending`. */
+function oneOf<T extends string>(allowed: readonly T[]) {
+  return (value: string, previous: T[] | undefined): T[] => {
+    const values = value.split(",").map((v) => v.trim());
+    for (const v of values)
+      if (!(allowed as readonly string[]).includes(v)) throw new InvalidArgumentError(`must be ${allowed.join(", ")}`);
+    return [...(previous ?? []), ...(values as T[])];
+  };
+}
+
+/** A repeatable option of free text (`--task deploy --task lint`). */
+function many(value: string, previous: string[] | undefined): string[] {
+  if (value.trim() === "") throw new InvalidArgumentError("must not be empty");
+  return [...(previous ?? []), value];
+}
+
+function cursorArg(value: string): string {
+  try {
+    JobRepo.decodeCursor(value);
+  } catch {
+    throw new InvalidArgumentError("must be a cursor printed by an earlier `stroem-db jobs`");
+  }
+  return value;
+}
+
+program
+  .command("jobs")
+  .description(
+    "List jobs newest first (JobRepo.search's filters), a page at a time: the ids `graph` takes. Only reads (a hot standby's URL works).",
+  )
+  .option("--url <url>", "database URL (default: DATABASE_URL)")
+  .option("--pooler", "the URL is a transaction pooler (PgBouncer in transaction mode)")
+  .option("--workspace <name>", "one workspace (default: every workspace)")
+  .addOption(new Option("--task <name>", "a task name, exact (repeat for any of several)").argParser(many))
+  .addOption(
+    new Option("--status <status>", `${JOB_STATUSES.join(", ")} (comma-separated or repeated: any of them)`).argParser(
+      oneOf(JOB_STATUSES),
+    ),
+  )
+  .addOption(
+    new Option("--source <type>", `${SOURCE_TYPES.join(", ")} (comma-separated or repeated: any of them)`).argParser(
+      oneOf(SOURCE_TYPES),
+    ),
+  )
+  .option(
+    "--text <query>",
+    "words in the task name, the input's values or a step's error (web-search syntax: deploy -staging \"exit 137\")",
+  )
+  .addOption(new Option("--from <when>", "created at or after (now, or an ISO date or date-time)").argParser(instant))
+  .addOption(new Option("--to <when>", "created before").argParser(instant))
+  .addOption(new Option("--limit <n>", "jobs per page").default(20).argParser(integer(1, 1000)))
+  .addOption(new Option("--cursor <cursor>", "the next page's cursor, printed under a page").argParser(cursorArg))
+  .addOption(new Option("--format <format>", "output format").choices(["table", "json"]).default("table"))
+  .action(
+    async (opts: {
+      url?: string;
+      pooler?: boolean;
+      workspace?: string;
+      task?: string[];
+      status?: JobStatus[];
+      source?: SourceType[];
+      text?: string;
+      from?: Date;
+      to?: Date;
+      limit: number;
+      cursor?: string;
+      format: "table" | "json";
+    }) => {
+      // Checked before connecting, named by the flags.
+      if (opts.from && opts.to && opts.from >= opts.to) throw new InvalidRangeError("--from", "must be before --to");
+      await jobsCommand(
+        target(opts),
+        {
+          ...(opts.workspace === undefined ? {} : { workspace: opts.workspace }),
+          ...(opts.task === undefined ? {} : { taskNames: opts.task }),
+          ...(opts.status === undefined ? {} : { statuses: opts.status }),
+          ...(opts.source === undefined ? {} : { sourceTypes: opts.source }),
+          ...(opts.text === undefined ? {} : { text: opts.text }),
+          ...(opts.from === undefined ? {} : { from: opts.from }),
+          ...(opts.to === undefined ? {} : { to: opts.to }),
+          ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }),
+          limit: opts.limit,
+          format: opts.format,
+        },
+        say,
+      );
+    },
+  );
 
 program
   .command("stats")

@@ -5,17 +5,22 @@ import {
   JobRepo,
   JobStepRepo,
   type MaintenanceOptions,
+  oldestRunning,
   ping,
   purgeFinished,
+  type RunningStep,
   redactUrl,
   runMigrations,
   type SweepEvent,
   startMaintenance,
+  stuckSteps,
+  unmatchedReady,
   WorkerRepo,
 } from "@stroem/repos";
+import type { JobStatus, SourceType } from "@stroem/schema";
 import { CliError } from "./errors.js";
 import { age, duration, maybeDuration, sparkline, table } from "./format.js";
-import { renderMermaid, renderText } from "./graph.js";
+import { renderJobTimes, renderMermaid, renderRetries, renderStepTable, renderText } from "./graph.js";
 
 export function resolveUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   const url = flag ?? env.DATABASE_URL;
@@ -54,14 +59,70 @@ export async function migrateCommand(target: Target, say: (s: string) => void): 
   });
 }
 
-export async function statusCommand(target: Target, staleAfterMs: number, say: (s: string) => void): Promise<void> {
+export interface StatusOptions {
+  /** A worker is stale after this long without a heartbeat. */
+  staleAfterMs: number;
+  /** Rows in each list of the stuck section. */
+  limit: number;
+  format: "table" | "json";
+}
+
+/** A worker as the tables show it: its name and the first 8 characters of its id. */
+function workerLabel(name: string | null | undefined, workerId: string): string {
+  return name ? `${name} (${workerId.slice(0, 8)})` : workerId;
+}
+
+/** Why a worker is not doing its work: `inactive`, `never heartbeated`, or `silent 5m0s`. */
+function workerState(s: RunningStep, now: Date): string {
+  if (s.workerStatus !== "active") return s.workerStatus;
+  return s.workerLastHeartbeat ? `silent ${age(s.workerLastHeartbeat, now)}` : "never heartbeated";
+}
+
+/** `running for`, with a pending cancel request. */
+function runningFor(s: RunningStep): string {
+  return `${duration(s.runningForMs)}${s.cancelRequestedAt ? " (cancel requested)" : ""}`;
+}
+
+/**
+ * `stroem-db status`: workers, jobs by status, the ready backlog, and what is
+ * stuck: running steps held by stale or inactive workers, the oldest running
+ * steps, and ready steps no live worker can take. One read each, in parallel.
+ */
+export async function statusCommand(target: Target, o: StatusOptions, say: (s: string) => void): Promise<void> {
   await withDb(target, async (db) => {
     const now = new Date();
-    const [workers, jobs, backlog] = await Promise.all([
+    const [workers, jobs, backlog, held, oldest, unmatched] = await Promise.all([
       WorkerRepo.list(db),
       JobRepo.countByStatus(db),
       JobStepRepo.readyBacklog(db),
+      stuckSteps(db, { staleAfterMs: o.staleAfterMs, limit: o.limit }),
+      oldestRunning(db, { limit: o.limit }),
+      unmatchedReady(db, { staleAfterMs: o.staleAfterMs }),
     ]);
+    const health = (w: (typeof workers)[number]) =>
+      w.status === "active" && w.lastHeartbeat && now.getTime() - w.lastHeartbeat.getTime() <= o.staleAfterMs
+        ? "alive"
+        : "stale";
+    if (o.format === "json") {
+      say(
+        JSON.stringify(
+          {
+            workers: workers.map((w) => ({ ...w, health: health(w) })),
+            jobs,
+            ready: backlog,
+            stuck: {
+              staleAfterMs: o.staleAfterMs,
+              heldByStaleWorkers: held,
+              oldestRunning: oldest,
+              unmatchedReady: unmatched,
+            },
+          },
+          null,
+          2,
+        ),
+      );
+      return;
+    }
     say("Workers");
     say(
       workers.length === 0
@@ -74,9 +135,7 @@ export async function statusCommand(target: Target, staleAfterMs: number, say: (
               w.capabilities.join(","),
               w.status,
               `${age(w.lastHeartbeat, now)} ago`,
-              w.status === "active" && w.lastHeartbeat && now.getTime() - w.lastHeartbeat.getTime() <= staleAfterMs
-                ? "alive"
-                : "stale",
+              health(w),
             ]),
           ),
     );
@@ -92,6 +151,127 @@ export async function statusCommand(target: Target, staleAfterMs: number, say: (
             ["action type", "ready", "oldest waiting"],
             backlog.map((b) => [b.actionType, b.ready, age(b.oldestReadyAt, now)]),
           ),
+    );
+    say("");
+    const staleAfter = duration(o.staleAfterMs);
+    say(`Stuck: running steps held by stale or inactive workers (no heartbeat for ${staleAfter}): ${held.total}`);
+    if (held.total > 0) {
+      say(
+        table(
+          ["job", "step", "worker", "worker state", "attempt", "running for"],
+          held.steps.map((s) => [
+            s.jobId,
+            s.stepName,
+            workerLabel(s.workerName, s.workerId),
+            workerState(s, now),
+            s.attempt,
+            runningFor(s),
+          ]),
+          "llllrr",
+        ),
+      );
+      if (held.total > held.steps.length)
+        say(`  … and ${held.total - held.steps.length} more (--limit ${Math.min(1000, held.total)} to list them)`);
+      say("  `stroem-db maintain` (or the server's maintenance) gives the stale workers' steps back to the queue.");
+    }
+    say("");
+    say(`Stuck: oldest running steps${oldest.length ? ` (${oldest.length})` : ""}`);
+    say(
+      oldest.length === 0
+        ? "  (nothing running)"
+        : table(
+            ["job", "step", "action type", "worker", "attempt", "running for"],
+            oldest.map((s) => [
+              s.jobId,
+              s.stepName,
+              s.actionType,
+              workerLabel(s.workerName, s.workerId),
+              s.attempt,
+              runningFor(s),
+            ]),
+            "llllrr",
+          ),
+    );
+    say("");
+    say(
+      `Stuck: ready steps no live worker can take (no active worker with a heartbeat in the last ${staleAfter} has their action type): ${unmatched.reduce((n, u) => n + u.ready, 0)}`,
+    );
+    if (unmatched.length > 0)
+      say(
+        table(
+          ["action type", "ready", "due", "oldest waiting"],
+          unmatched.map((u) => [u.actionType, u.ready, u.due, duration(u.oldestWaitMs)]),
+        ),
+      );
+  });
+}
+
+export interface JobsOptions {
+  workspace?: string;
+  taskNames?: string[];
+  statuses?: JobStatus[];
+  sourceTypes?: SourceType[];
+  text?: string;
+  from?: Date;
+  to?: Date;
+  limit: number;
+  cursor?: string;
+  format: "table" | "json";
+}
+
+/** How long a job took (`ran 1.2s`), or has been running (`running 5s`); empty when it has not started. */
+function jobTime(j: { startedAt: Date | null; completedAt: Date | null }, now: Date): string {
+  if (!j.startedAt) return "";
+  if (j.completedAt) return `ran ${duration(Math.max(0, j.completedAt.getTime() - j.startedAt.getTime()))}`;
+  return `running ${age(j.startedAt, now)}`;
+}
+
+/**
+ * `stroem-db jobs`: one page of `JobRepo.search`, newest first, as a table
+ * (then the `--cursor` of the next page) or as JSON (`{ jobs, nextCursor }`,
+ * `nextCursor` null on the last page). Only reads.
+ */
+export async function jobsCommand(target: Target, o: JobsOptions, say: (s: string) => void): Promise<void> {
+  await withDb(target, async (db) => {
+    const page = await JobRepo.search(db, {
+      ...(o.workspace === undefined ? {} : { workspace: o.workspace }),
+      ...(o.taskNames === undefined ? {} : { taskNames: o.taskNames }),
+      ...(o.statuses === undefined ? {} : { statuses: o.statuses }),
+      ...(o.sourceTypes === undefined ? {} : { sourceTypes: o.sourceTypes }),
+      ...(o.text === undefined ? {} : { text: o.text }),
+      ...(o.from === undefined ? {} : { createdFrom: o.from }),
+      ...(o.to === undefined ? {} : { createdTo: o.to }),
+      ...(o.cursor === undefined ? {} : { cursor: o.cursor }),
+      limit: o.limit,
+    });
+    if (o.format === "json") {
+      say(JSON.stringify({ jobs: page.jobs, nextCursor: page.nextCursor ?? null }, null, 2));
+      return;
+    }
+    if (page.jobs.length === 0) {
+      say(o.cursor === undefined ? "(no jobs match)" : "(no more jobs)");
+      return;
+    }
+    const now = new Date();
+    say(
+      table(
+        ["job", "workspace", "task", "status", "source", "created", "time"],
+        page.jobs.map((j) => [
+          j.jobId,
+          j.workspace,
+          j.taskName,
+          j.status,
+          j.sourceType,
+          j.createdAt.toISOString(),
+          jobTime(j, now),
+        ]),
+        "lllllll",
+      ),
+    );
+    say(
+      page.nextCursor
+        ? `${page.jobs.length} jobs; next page: --cursor ${page.nextCursor}`
+        : `${page.jobs.length} jobs; last page`,
     );
   });
 }
@@ -110,8 +290,33 @@ export async function graphCommand(
       say(renderMermaid(steps));
       return;
     }
+    // The names of the workers that ran its steps (a handful): by key.
+    const ids = new Set<string>();
+    for (const s of steps) {
+      if (s.workerId) ids.add(s.workerId);
+      for (const h of s.retryHistory) if (h.workerId) ids.add(h.workerId);
+    }
+    const workers = new Map<string, string>();
+    for (const w of await Promise.all([...ids].map((id) => WorkerRepo.get(db, id))))
+      if (w) workers.set(w.workerId, w.name);
+    const now = new Date();
     say(`job ${job.jobId}  ${job.workspace}/${job.taskName}  ${job.status}`);
-    say(steps.length ? renderText(steps) : "  (no steps)");
+    say(`  ${renderJobTimes(job, now)}`);
+    if (job.cancelReason !== null) say(`  cancel reason: ${job.cancelReason}`);
+    if (job.errorMessage !== null) say(`  error: ${job.errorMessage}`);
+    if (steps.length === 0) {
+      say("  (no steps)");
+      return;
+    }
+    say(renderText(steps));
+    say("");
+    say(renderStepTable(steps, workers, now));
+    const retries = renderRetries(steps, workers);
+    if (retries) {
+      say("");
+      say("Retries");
+      say(retries);
+    }
   });
 }
 
@@ -222,20 +427,53 @@ export async function statsCommand(target: Target, options: StatsOptions, say: (
   });
 }
 
-/** One line for a sweep run that changed something (`rescue: requeued 2, failed 0, cancelled 0`). */
+/** Most step or worker lines `describeSweep` prints under a sweep's line. */
+export const SWEEP_DETAIL_LINES = 20;
+
+interface SweptStep {
+  jobId: string;
+  stepName: string;
+  workerId?: string;
+  attempts?: number;
+  attempt?: number;
+  outcome?: string;
+}
+
+const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+
+function stepLine(verb: string, s: SweptStep): string {
+  const attempt = s.attempt ?? s.attempts;
+  const of = [attempt === undefined ? "" : `attempt ${attempt}`, s.workerId ? `worker ${s.workerId}` : ""]
+    .filter(Boolean)
+    .join(", ");
+  return `  ${verb} job ${s.jobId} step ${s.stepName}${of ? ` (${of})` : ""}${s.outcome ? `: ${s.outcome}` : ""}`;
+}
+
+/**
+ * A sweep run that changed something: one line with the counts
+ * (`rescue: requeued 2, failed 0, cancelled 0`), then a line per step, job
+ * or worker it moved (`  requeued job … step … (attempt 1, worker …)`), at
+ * most `SWEEP_DETAIL_LINES` of them and a count of the rest.
+ */
 export function describeSweep(e: SweepEvent): string {
   const r = e.result as Record<string, unknown> | undefined;
-  const count = (v: unknown) => (Array.isArray(v) ? v.length : 0);
+  const count = (v: unknown) => list(v).length;
   let what: string;
+  const details: string[] = [];
   switch (e.sweep) {
     case "rescue":
       what = `requeued ${count(r?.requeued)}, failed ${count(r?.failed)}, cancelled ${count(r?.cancelled)}`;
+      for (const verb of ["requeued", "failed", "cancelled"] as const)
+        for (const s of list(r?.[verb])) details.push(stepLine(verb, s as SweptStep));
       break;
     case "timeouts":
       what = `steps timed out ${count(r?.steps)}, jobs timed out ${count(r?.jobs)}`;
+      for (const s of list(r?.steps)) details.push(stepLine("timed out", s as SweptStep));
+      for (const jobId of list(r?.jobs)) details.push(`  timed out job ${String(jobId)}`);
       break;
     case "inactive":
       what = `workers marked inactive ${count(r?.workers)}`;
+      for (const w of list(r?.workers)) details.push(`  inactive worker ${String(w)}`);
       break;
     case "purge":
       what = `jobs removed ${Number(r?.jobs ?? 0)}, steps ${Number(r?.steps ?? 0)}, audit events ${Number(r?.auditEvents ?? 0)}`;
@@ -243,7 +481,9 @@ export function describeSweep(e: SweepEvent): string {
     default:
       what = `changed ${e.changed}`;
   }
-  return `${new Date().toISOString()} ${e.sweep}: ${what} (${Math.round(e.durationMs)} ms)`;
+  const shown = details.slice(0, SWEEP_DETAIL_LINES);
+  if (details.length > shown.length) shown.push(`  … and ${details.length - shown.length} more`);
+  return [`${new Date().toISOString()} ${e.sweep}: ${what} (${Math.round(e.durationMs)} ms)`, ...shown].join("\n");
 }
 
 /**

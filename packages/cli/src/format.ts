@@ -1,11 +1,17 @@
 /** Plain-text tables and small formatting helpers for terminal output. */
 
-export function table(headers: string[], rows: Array<Array<string | number>>): string {
+/**
+ * A table with a header and a rule. `align` gives each column's alignment,
+ * `l`eft or `r`ight, as a string (`"llrrl"`); by default the first column is
+ * left-aligned and the others (numbers, mostly) right-aligned.
+ */
+export function table(headers: string[], rows: Array<Array<string | number>>, align?: string): string {
   const cells = [headers, ...rows.map((r) => r.map(String))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
+  const left = (i: number) => (align ? align[i] !== "r" : i === 0);
   const line = (r: string[]) =>
     r
-      .map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0)))
+      .map((c, i) => (left(i) ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0)))
       .join("  ")
       .trimEnd();
   const rule = widths.map((w) => "─".repeat(w)).join("  ");

@@ -1,5 +1,6 @@
 import { toFlow, validateFlow } from "@stroem/orchestrator";
-import type { JobStep } from "@stroem/schema";
+import type { Job, JobStep } from "@stroem/schema";
+import { age, duration, table } from "./format.js";
 
 const SYMBOL: Record<string, string> = {
   pending: "·",
@@ -17,10 +18,10 @@ type GraphStep = Pick<
 >;
 
 /** The steps in topological order (the stored graph), falling back to name order if it is broken. */
-function ordered(steps: readonly GraphStep[]): GraphStep[] {
+function ordered<T extends GraphStep>(steps: readonly T[]): T[] {
   const byName = new Map(steps.map((s) => [s.stepName, s]));
   try {
-    return validateFlow(toFlow(steps)).map((n) => byName.get(n) as GraphStep);
+    return validateFlow(toFlow(steps)).map((n) => byName.get(n) as T);
   } catch {
     return [...steps].sort((a, b) => a.stepName.localeCompare(b.stepName));
   }
@@ -74,5 +75,86 @@ export function renderMermaid(steps: readonly GraphStep[]): string {
     for (const d of s.dependsOn) if (id.has(d)) lines.push(`  ${id.get(d)} --> ${id.get(s.stepName)}`);
   }
   for (const status of new Set(order.map((s) => s.status))) lines.push(`  classDef ${status} ${STYLE[status] ?? ""}`);
+  return lines.join("\n");
+}
+
+/** A worker as `graph` shows it: its name and the first 8 characters of its id (the id alone when unknown). */
+function workerOf(workerId: string | null, names: ReadonlyMap<string, string>): string {
+  if (!workerId) return "";
+  const name = names.get(workerId);
+  return name ? `${name} (${workerId.slice(0, 8)})` : workerId;
+}
+
+const ms = (from: Date, to: Date) => Math.max(0, to.getTime() - from.getTime());
+
+/** The job's times: created, started, finished, and how long it ran (or has been running). */
+export function renderJobTimes(
+  job: Pick<Job, "createdAt" | "startedAt" | "completedAt" | "status">,
+  now: Date,
+): string {
+  const parts = [`created ${job.createdAt.toISOString()}`];
+  if (job.startedAt) parts.push(`started ${job.startedAt.toISOString()}`);
+  if (job.completedAt) parts.push(`finished ${job.completedAt.toISOString()}`);
+  if (job.startedAt && job.completedAt) parts.push(`(ran ${duration(ms(job.startedAt, job.completedAt))})`);
+  else if (job.startedAt) parts.push(`(running for ${age(job.startedAt, now)})`);
+  return parts.join("  ");
+}
+
+type DetailStep = GraphStep &
+  Pick<
+    JobStep,
+    | "attempts"
+    | "maxRetries"
+    | "rescues"
+    | "workerId"
+    | "startedAt"
+    | "completedAt"
+    | "cancelRequestedAt"
+    | "retryHistory"
+  >;
+
+/** A step's time: `running 1m2s` (and a pending cancel), `ran 1.2s`, or nothing before it started. */
+function stepTime(s: DetailStep, now: Date): string {
+  if (!s.startedAt) return "";
+  if (s.status === "running")
+    return `running ${age(s.startedAt, now)}${s.cancelRequestedAt ? " (cancel requested)" : ""}`;
+  if (s.completedAt && s.completedAt >= s.startedAt) return `ran ${duration(ms(s.startedAt, s.completedAt))}`;
+  return "";
+}
+
+/**
+ * One row per step in run order: its status, its attempt out of the attempts
+ * its policy allows (`maxRetries + 1`; a free rescue raises both), its
+ * rescues, the worker that holds or last ran it, and its time.
+ */
+export function renderStepTable(steps: readonly DetailStep[], workers: ReadonlyMap<string, string>, now: Date): string {
+  return table(
+    ["step", "status", "attempt", "rescues", "worker", "time"],
+    ordered(steps).map((s) => [
+      s.stepName,
+      s.status,
+      `${s.attempts}/${s.maxRetries + 1}`,
+      s.rescues,
+      workerOf(s.workerId, workers),
+      stepTime(s, now),
+    ]),
+    "llrrll",
+  );
+}
+
+/** Each step's retry history (failed attempts that were retried, rescues included), oldest first; "" when none. */
+export function renderRetries(steps: readonly DetailStep[], workers: ReadonlyMap<string, string>): string {
+  const lines: string[] = [];
+  for (const s of ordered(steps)) {
+    for (const h of s.retryHistory) {
+      const worker = h.workerId ? ` on ${workerOf(h.workerId, workers)}` : "";
+      const started = h.startedAt ? Date.parse(h.startedAt) : Number.NaN;
+      const failed = Date.parse(h.failedAt);
+      const at = Number.isNaN(failed) ? h.failedAt : new Date(failed).toISOString();
+      const took =
+        Number.isNaN(started) || Number.isNaN(failed) ? "" : ` after ${duration(Math.max(0, failed - started))}`;
+      lines.push(`  ${s.stepName}  attempt ${h.attempt}${worker}: failed ${at}${took}: ${h.error ?? "(no error)"}`);
+    }
+  }
   return lines.join("\n");
 }

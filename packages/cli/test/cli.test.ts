@@ -252,7 +252,17 @@ describe("errors are one line and a non-zero exit", () => {
   });
 
   it("--help works on every command", async () => {
-    for (const command of [[], ["demo"], ["migrate"], ["status"], ["graph"], ["purge"], ["stats"]]) {
+    for (const command of [
+      [],
+      ["demo"],
+      ["migrate"],
+      ["status"],
+      ["graph"],
+      ["purge"],
+      ["stats"],
+      ["jobs"],
+      ["maintain"],
+    ]) {
       const { code, stdout } = await cli([...command, "--help"]);
       expect(code).toBe(0);
       expect(stdout).toMatch(/^Usage: stroem-db/);

@@ -3,7 +3,6 @@ import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
 import { useTestDb } from "@stroem/testing/fixture";
-import { sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 
 const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
@@ -20,14 +19,16 @@ async function until(read: () => string, pattern: RegExp, ms = 60_000): Promise<
 describe("stroem-db maintain", () => {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     it(`rescues a dead worker's step, prints a line for it, and stops cleanly on ${signal}`, async () => {
-      await t.db.execute(sql`delete from job`);
+      await t.db.$client.query("delete from job");
       const jobId = await JobRepo.createWithSteps(t.db, { taskName: "m", sourceType: "api" }, [
         { stepName: "a", actionName: "x", actionType: "shell" },
       ]);
       const w = randomUUID();
       await WorkerRepo.register(t.db, { workerId: w, name: "dead", capabilities: ["shell"] });
       await JobStepRepo.claimReadyStep(t.db, ["shell"], w);
-      await t.db.execute(sql`update worker set last_heartbeat = now() - interval '1 hour' where worker_id = ${w}`);
+      await t.db.$client.query("update worker set last_heartbeat = now() - interval '1 hour' where worker_id = $1", [
+        w,
+      ]);
 
       const args = ["maintain", "--url", t.url, "--stale-after", "10", "--rescue-every", "0.05"];
       const child: ChildProcess = spawn(process.execPath, [BIN, ...args, ...(t.pooler ? ["--pooler"] : [])], {
@@ -52,6 +53,12 @@ describe("stroem-db maintain", () => {
         if (child.exitCode === null) child.kill("SIGKILL");
       }
       expect(stdout.match(/rescue:/g)).toHaveLength(1);
+      // The line names what it moved: a line per step under it.
+      expect(stdout).toMatch(
+        new RegExp(
+          `rescue: requeued 1, failed 0, cancelled 0 \\(\\d+ ms\\)\n {2}requeued job ${jobId} step a \\(attempt 1, worker ${w}\\)\n`,
+        ),
+      );
       expect(stdout).toMatch(/^maintaining postgres/m);
       expect(stdout).toMatch(/^stopped$/m);
       expect(stderr).not.toMatch(/failed/);

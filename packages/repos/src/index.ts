@@ -26,6 +26,15 @@ export {
   transaction,
 } from "./db.js";
 export * from "./errors.js";
+export {
+  MAX_INSPECT_ROWS,
+  oldestRunning,
+  type RunningStep,
+  type StuckSteps,
+  stuckSteps,
+  type UnmatchedReady,
+  unmatchedReady,
+} from "./inspect.js";
 export type {
   AuditOptions,
   CancelResult,
