@@ -1,4 +1,5 @@
 import {
+  ArtifactRepo,
   createPool,
   type Database,
   JobNotFoundError,
@@ -14,6 +15,7 @@ import {
   type SweepEvent,
   startMaintenance,
   stuckSteps,
+  TaskStateRepo,
   unmatchedReady,
   WorkerRepo,
 } from "@stroem/repos";
@@ -317,7 +319,50 @@ export async function graphCommand(
       say("Retries");
       say(retries);
     }
+    // What the job left: its artifacts and the task or workspace state it wrote.
+    const { artifacts, totalBytes } = await ArtifactRepo.list(db, jobId);
+    if (artifacts.length > 0) {
+      say("");
+      say(`Artifacts (${artifacts.length}, ${bytes(totalBytes)})`);
+      say(
+        table(
+          ["name", "step", "type", "size", "storage key"],
+          artifacts.map((a) => [a.name, a.stepName ?? "-", a.contentType, bytes(a.sizeBytes), a.storageKey]),
+          "lllrl",
+        ),
+      );
+    }
+    const states = await TaskStateRepo.byJob(db, jobId);
+    if (states.length > 0) {
+      say("");
+      say("State written");
+      say(
+        table(
+          ["for", "size", "json", "storage key", "written"],
+          states.map((s) => [
+            s.taskName === "" ? `workspace ${s.workspace}` : `task ${s.workspace}/${s.taskName}`,
+            bytes(s.sizeBytes),
+            s.isJson ? "yes" : "no",
+            s.storageKey,
+            `${age(s.createdAt, now)} ago`,
+          ]),
+          "lrlll",
+        ),
+      );
+    }
   });
+}
+
+/** A size for people: B, KB, MB, GB (powers of 1,024). */
+function bytes(n: number): string {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
 }
 
 export interface PurgeCommandOptions {

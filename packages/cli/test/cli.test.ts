@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dropDatabase, withClient, withDatabase } from "@stroem/embedded-pg";
-import { JobRepo, JobStepRepo, WorkerRepo } from "@stroem/repos";
+import { ArtifactRepo, JobRepo, JobStepRepo, TaskStateRepo, WorkerRepo } from "@stroem/repos";
 import { useTestDb } from "@stroem/testing/fixture";
 import { afterAll, describe, expect, inject, it } from "vitest";
 import { PIPELINE } from "../src/demo/pipeline.js";
@@ -81,6 +81,23 @@ describe("stroem-db status and graph", () => {
     expect(text.stdout).toMatch(/✘ failed\s+checkout\s+\[shell\]\s+\(exit 128\)/);
     expect(text.stdout).toMatch(/⊘ skipped\s+deploy\s+\[shell\]\s+← package/);
     expect(text.stdout).toMatch(/○ ready\s+notify/);
+    // What the job left: its artifacts and the state it wrote.
+    await ArtifactRepo.put(t.db, {
+      jobId,
+      name: "report.html",
+      stepName: "checkout",
+      sizeBytes: 2048,
+      storageKey: "s3/r1",
+    });
+    await TaskStateRepo.insertAndPrune(
+      t.db,
+      { workspace: "default", task: "ci", storageKey: "s3/state-1", sizeBytes: 10, isJson: true, jobId },
+      { keep: 3 },
+    );
+    const left = await cli(["graph", jobId, "--url", t.url]);
+    expect(left.stdout).toMatch(/Artifacts \(1, 2\.0 KB\)/);
+    expect(left.stdout).toMatch(/report\.html\s+checkout\s+application\/octet-stream\s+2\.0 KB\s+s3\/r1/);
+    expect(left.stdout).toMatch(/State written\n.*\n.*\ntask default\/ci\s+10 B\s+yes\s+s3\/state-1\s+\S+ ago/);
     const mermaid = await cli(["graph", jobId, "--url", t.url, "--format", "mermaid"]);
     expect(mermaid.code).toBe(0);
     expect(mermaid.stdout.split("\n")[0]).toBe("flowchart LR");

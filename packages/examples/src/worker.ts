@@ -47,10 +47,19 @@ async function run(step: JobStep, signal: AbortSignal): Promise<unknown> {
 
 const log = (...args: unknown[]) => console.log("[worker]", ...args);
 
-/** Creates one pipeline job, runs it with one worker until it is finished, and returns its final status. */
+/** Starts an embedded PostgreSQL unless a URL is given, runs the pipeline on it, and stops the server. */
 export async function main(databaseUrl = process.env.DATABASE_URL): Promise<string> {
-  const server = databaseUrl ? undefined : await startEmbeddedPostgres();
-  const url = databaseUrl ?? (server as { url: string }).url;
+  const given = databaseUrl?.trim() || undefined; // an empty DATABASE_URL: the embedded server
+  const server = given ? undefined : await startEmbeddedPostgres();
+  try {
+    return await runPipeline(given ?? (server as { url: string }).url);
+  } finally {
+    await server?.stop();
+  }
+}
+
+/** Creates one pipeline job, runs it with one worker until it is finished, and returns its final status. */
+export async function runPipeline(url: string): Promise<string> {
   const db = createPool(url, { max: 4 });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
@@ -131,7 +140,6 @@ export async function main(databaseUrl = process.env.DATABASE_URL): Promise<stri
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     await db.$client.end();
-    await server?.stop();
   }
 }
 

@@ -104,6 +104,14 @@ export async function insertAndPrune(
   );
 }
 
+/** The snapshots a job wrote, newest first (through `idx_task_state_job`). */
+export async function byJob(db: Executor, jobId: string): Promise<TaskState[]> {
+  requireUuid("jobId", jobId);
+  return translateErrors(db, () =>
+    db.select().from(taskState).where(eq(taskState.jobId, jobId)).orderBy(desc(taskState.id)).limit(MAX_STATE_ROWS),
+  );
+}
+
 /** Removes every snapshot of the scope and returns their storage keys. */
 export async function deleteAll(db: Executor, scope: StateScope): Promise<string[]> {
   const s = scopeOf(scope);
