@@ -26,6 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 const exec = promisify(execFile);
 const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const FIXTURE = fileURLToPath(new URL("../fixture/", import.meta.url));
+const EXAMPLE = fileURLToPath(new URL("../../examples/src/worker.ts", import.meta.url));
 const PUBLISHED = ["schema", "orchestrator", "repos", "embedded-pg", "cli", "testing"];
 
 // Time budgets for 2 busy cores. npm install takes about a minute with a
@@ -183,7 +184,7 @@ describe("each tarball", () => {
     }
   });
 
-  it("holds only what runs: dist without source maps, the README, and schema's migrations", async () => {
+  it("holds only what runs: dist without source maps, the README, and schema's migrations and SQL source", async () => {
     for (const [name, tarball] of tarballs) {
       const files = await packedFiles(tarball);
       const unexpected = files.filter(
@@ -191,7 +192,10 @@ describe("each tarball", () => {
           !/^dist\/.+\.(js|d\.ts)$/.test(f) &&
           f !== "package.json" &&
           f !== "README.md" &&
-          !(name === "@stroem/schema" && /^drizzle\/(\d{4}_\w+\.sql|meta\/_journal\.json)$/.test(f)),
+          !(
+            name === "@stroem/schema" &&
+            /^(drizzle\/(\d{4}_\w+\.sql|meta\/_journal\.json)|sql\/\d{2}_\w+\.sql)$/.test(f)
+          ),
       );
       expect(unexpected, name).toEqual([]);
       const m = await packedManifest(tarball);
@@ -320,5 +324,45 @@ describe("installed with npm into an empty project", () => {
       await expect(run.catch((e: { stdout?: string }) => Promise.reject(new Error(e.stdout)))).resolves.toBeDefined();
     },
     TSC_MS + 10_000,
+  );
+
+  it(
+    "compiles the README's worker (packages/examples) with the README's tsconfig and runs it to a completed job",
+    async () => {
+      requireInstall();
+      // What the root README's "Using it from TypeScript" prescribes, as a file.
+      writeFileSync(
+        path.join(project, "tsconfig.json"),
+        `${JSON.stringify(
+          {
+            compilerOptions: {
+              target: "es2022",
+              module: "nodenext",
+              moduleResolution: "nodenext",
+              strict: true,
+              skipLibCheck: true,
+              outDir: "dist",
+            },
+            include: ["worker.ts"],
+          },
+          null,
+          2,
+        )}\n`,
+      );
+      copyFileSync(EXAMPLE, path.join(project, "worker.ts"));
+      const tsc = path.join(path.dirname(createRequire(import.meta.url).resolve("typescript")), "../bin/tsc");
+      await exec("node", [tsc, "-p", "tsconfig.json"], { cwd: project, env: consumerEnv(), timeout: TSC_MS }).catch(
+        (e: { stdout?: string }) => Promise.reject(new Error(e.stdout)),
+      );
+      const { stdout } = await exec("node", ["dist/worker.js"], {
+        cwd: project,
+        env: { ...consumerEnv(), DATABASE_URL: "" },
+        timeout: SMOKE_MS,
+        killSignal: "SIGTERM",
+      });
+      expect(stdout).toMatch(/\[worker\] test failed \(retry at /);
+      expect(stdout).toMatch(/\[worker\] job [0-9a-f-]{36} completed\n$/);
+    },
+    TSC_MS + SMOKE_MS + 10_000,
   );
 });
