@@ -89,6 +89,21 @@ export function parseBucket(bucket: unknown): number {
   return secs;
 }
 
+/** A query's `[from, to)` window, checked: both given, `from` before `to`, at most 366 days. */
+function checkWindow(query: unknown): { from: Date; to: Date } {
+  if (typeof query !== "object" || query === null) throw new InvalidInputError("query", "must be an object");
+  const q = query as { from?: unknown; to?: unknown };
+  const from = optionalDate("from", q.from);
+  const to = optionalDate("to", q.to);
+  if (!from) throw new InvalidInputError("from", "is required");
+  if (!to) throw new InvalidInputError("to", "is required");
+  if (from >= to) throw new InvalidRangeError("from", "must be before to");
+  if (to.getTime() - from.getTime() > MAX_STATS_DAYS * 86_400_000) {
+    throw new InvalidRangeError("to", `the window must be at most ${MAX_STATS_DAYS} days`);
+  }
+  return { from, to };
+}
+
 const ms = (v: number | null | undefined) => (v === null || v === undefined ? null : Math.round(v * 1000) / 1000);
 
 /**
@@ -104,15 +119,7 @@ const ms = (v: number | null | undefined) => (v === null || v === undefined ? nu
  * not before `to`, more than 366 days, more than 1,000 buckets).
  */
 export async function stats(db: Executor, query: JobStatsQuery): Promise<JobStats> {
-  if (typeof query !== "object" || query === null) throw new InvalidInputError("query", "must be an object");
-  const from = optionalDate("from", query.from);
-  const to = optionalDate("to", query.to);
-  if (!from) throw new InvalidInputError("from", "is required");
-  if (!to) throw new InvalidInputError("to", "is required");
-  if (from >= to) throw new InvalidRangeError("from", "must be before to");
-  if (to.getTime() - from.getTime() > MAX_STATS_DAYS * 86_400_000) {
-    throw new InvalidRangeError("to", `the window must be at most ${MAX_STATS_DAYS} days`);
-  }
+  const { from, to } = checkWindow(query);
   const bucketSecs = parseBucket(query.bucket);
   const buckets = Math.ceil((to.getTime() - from.getTime()) / (bucketSecs * 1000));
   if (buckets > MAX_STATS_BUCKETS) {
@@ -219,15 +226,7 @@ const summaryOf = (d: { count: number; p: number[] | null; min: number | null; m
  * `InvalidRangeError` (`from` not before `to`, more than 366 days).
  */
 export async function durations(db: Executor, query: DurationQuery): Promise<TaskDurations> {
-  if (typeof query !== "object" || query === null) throw new InvalidInputError("query", "must be an object");
-  const from = optionalDate("from", query.from);
-  const to = optionalDate("to", query.to);
-  if (!from) throw new InvalidInputError("from", "is required");
-  if (!to) throw new InvalidInputError("to", "is required");
-  if (from >= to) throw new InvalidRangeError("from", "must be before to");
-  if (to.getTime() - from.getTime() > MAX_STATS_DAYS * 86_400_000) {
-    throw new InvalidRangeError("to", `the window must be at most ${MAX_STATS_DAYS} days`);
-  }
+  const { from, to } = checkWindow(query);
   const filters = {
     workspace: requireText("workspace", query.workspace),
     taskName: requireText("taskName", query.taskName),
