@@ -90,7 +90,7 @@ describe("stroem-db status: what is stuck", () => {
     expect(rows[1]).toMatch(new RegExp(`^${held}\\s+compile\\s+shell\\s+gone`));
     // pod: only the silent worker has it, so nobody takes the two ready pod steps.
     expect(stuck).toMatch(/^Stuck: ready steps no live worker can take .*: 2$/m);
-    expect(stuck).toMatch(/^pod\s+2\s+2\s+\d+ms$/m);
+    expect(stuck).toMatch(/^pod\s+2\s+2\s+\S+$/m); // the wait: any duration (a loaded machine takes seconds)
     expect(stuck).not.toMatch(/^shell\s+\d+\s+\d+/m);
   });
 
@@ -189,7 +189,7 @@ describe("stroem-db jobs", () => {
     expect(first.stdout.split("\n")[0]).toMatch(/^job\s+workspace\s+task\s+status\s+source\s+created\s+time$/);
     expect(rowIds(first.stdout)).toEqual([ids[4], ids[3]]);
     expect(first.stdout).toMatch(
-      new RegExp(`^${ids[3]}\\s+cli-jobs\\s+deploy\\s+failed\\s+api\\s+2026-05-01T09:03:00\\.000Z\\s+ran \\d+ms$`, "m"),
+      new RegExp(`^${ids[3]}\\s+cli-jobs\\s+deploy\\s+failed\\s+api\\s+2026-05-01T09:03:00\\.000Z\\s+ran \\S+$`, "m"),
     );
     const cursor = /^2 jobs; next page: --cursor (\S+)$/m.exec(first.stdout)?.[1];
     expect(cursor).toBeDefined();
@@ -307,13 +307,13 @@ describe("stroem-db graph: attempts, retries, workers, times, the job's reason",
     expect(stdout).toMatch(/^ {2}▶ running\s+test\s+\[shell\]\s+← checkout$/m);
     const label = `runner \\(${w.slice(0, 8)}\\)`;
     expect(stdout).toMatch(/^step\s+status\s+attempt\s+rescues\s+worker\s+time$/m);
-    expect(stdout).toMatch(new RegExp(`^checkout\\s+completed\\s+1/1\\s+0\\s+${label}\\s+ran \\d+ms$`, "m"));
+    expect(stdout).toMatch(new RegExp(`^checkout\\s+completed\\s+1/1\\s+0\\s+${label}\\s+ran \\S+$`, "m"));
     expect(stdout).toMatch(
       new RegExp(`^test\\s+running\\s+2/3\\s+0\\s+${label}\\s+running 2m\\d+s \\(cancel requested\\)$`, "m"),
     );
     expect(stdout).toMatch(/^deploy\s+cancelled\s+0\/1\s+0$/m);
     expect(stdout).toMatch(
-      new RegExp(`^Retries\\n {2}test {2}attempt 1 on ${label}: failed \\S+Z after \\d+ms: exit 1: flaky$`, "m"),
+      new RegExp(`^Retries\\n {2}test {2}attempt 1 on ${label}: failed \\S+Z after \\S+: exit 1: flaky$`, "m"),
     );
   });
 
