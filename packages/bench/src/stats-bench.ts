@@ -187,6 +187,19 @@ export async function runStatsBench(given: Partial<StatsBenchOptions> = {}): Pro
       await time("search: text, 1,000 matches (a branch)", () => JobRepo.search(db, { text: "branch-42" }));
       await time("search: text in step errors, 1% of jobs", () => JobRepo.search(db, { text: "segmentation" }));
       await time("search: text and workspace", () => JobRepo.search(db, { text: "oomkilled", workspace: "ws-3" }));
+      // A word in every job's input ("branch-N"): the walk down the time index fills the page at once.
+      await time("search: text in every job (a common word), one workspace", () =>
+        JobRepo.search(db, { text: "branch", workspace: "ws-3" }),
+      );
+      // A reader allowed 500 (workspace, task) pairs (some of tasks that never ran): each from its own index range.
+      const scope = Array.from({ length: 500 }, (_, i) => ({ workspace: `ws-${i % 10}`, taskName: `task-${i % 50}` }));
+      await time("search: scoped to 500 (workspace, task) pairs, first page", () => JobRepo.search(db, { scope }));
+      await time("search: scoped to 500 pairs, failed", () => JobRepo.search(db, { scope, statuses: ["failed"] }));
+      await time("stats: scoped to 500 pairs, one day", () => JobRepo.stats(db, { scope, ...day, bucket: "1h" }));
+      await time("countByStatus: scoped to 500 pairs", () => JobRepo.countByStatus(db, { scope }));
+      await time("durations: one task, 7 days, with the 10 newest runs", () =>
+        JobRepo.durations(db, { workspace: "ws-3", taskName: "task-4", ...week }),
+      );
 
       const explained = await db.execute<{ "QUERY PLAN": string }>(
         sql`explain (analyze, buffers) ${statsStatement({ workspace: "ws-3", ...day, bucketSecs: 3600 })}`,
