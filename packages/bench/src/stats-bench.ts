@@ -195,6 +195,13 @@ export async function runStatsBench(given: Partial<StatsBenchOptions> = {}): Pro
       const scope = Array.from({ length: 500 }, (_, i) => ({ workspace: `ws-${i % 10}`, taskName: `task-${i % 50}` }));
       await time("search: scoped to 500 (workspace, task) pairs, first page", () => JobRepo.search(db, { scope }));
       await time("search: scoped to 500 pairs, failed", () => JobRepo.search(db, { scope, statuses: ["failed"] }));
+      // Text under a scope: a common word walks the newest jobs keeping the allowed pairs'; a rare one asks the text indexes per pair.
+      await time("search: scoped to 500 pairs, text in every job (a common word)", () =>
+        JobRepo.search(db, { scope, text: "branch" }),
+      );
+      await time("search: scoped to 500 pairs, text, 1,000 matches (a branch)", () =>
+        JobRepo.search(db, { scope, text: "branch-42" }),
+      );
       await time("stats: scoped to 500 pairs, one day", () => JobRepo.stats(db, { scope, ...day, bucket: "1h" }));
       await time("countByStatus: scoped to 500 pairs", () => JobRepo.countByStatus(db, { scope }));
       await time("durations: one task, 7 days, with the 10 newest runs", () =>

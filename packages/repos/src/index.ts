@@ -87,5 +87,6 @@ export type { NewTaskState, StateScope } from "./task-state-repo.js";
 export * as TaskStateRepo from "./task-state-repo.js";
 export { isRolledBack, isTransient, REPORT_RETRY, type RetryPolicy, retryTransient } from "./transient.js";
 export { type Target, translateError } from "./translate-error.js";
+export { uuidv7, uuidv7Time } from "./uuid7.js";
 export type { CancelRequest, HeartbeatOptions, HeldStep, RegisterWorker } from "./worker-repo.js";
 export * as WorkerRepo from "./worker-repo.js";

@@ -188,8 +188,9 @@ export async function search(db: Executor, query: JobSearch = {}): Promise<JobSe
   if (filters.scope?.length === 0) return { jobs: [] };
   type Row = Record<string, unknown> & { cursor_time: string };
   let found: Row[] | undefined;
-  if (text !== undefined && filters.scope === undefined) {
-    // A common word fills the page from the newest jobs; a rare one falls back to the text indexes.
+  if (text !== undefined) {
+    // A common word fills the page from the newest jobs; a rare one (or a
+    // scope holding few of the newest jobs) falls back to the text indexes.
     const budget = Math.max(SEARCH_WALK.min, SEARCH_WALK.perRow * filters.limit);
     const walk = await translateErrors(db, () =>
       db.execute<Row & { walked: number }>(searchWalkStatement({ ...filters, text }, budget)),

@@ -150,6 +150,54 @@ describe("text search: a common word walks the newest jobs, a rare one asks the 
     }
   });
 
+  it("scoped alike: the walk keeps the allowed pairs' jobs, and the pages equal the text indexes' per pair", async () => {
+    // Allowed pairs holding many of the newest jobs (the walk fills the page), a
+    // pair of a few old jobs only (the walk reads its budget: the fallback), a whole workspace.
+    const wide: JobScope = [{ workspace: "ws-1" }, { workspace: "ws-2", taskName: "task-4" }];
+    const narrow: JobScope = [{ workspace: "ws-3", taskName: "task-9" }];
+    for (const [text, scope, extra] of [
+      ["task", wide, {}],
+      ["task -task-3", wide, { statuses: ["completed"] }],
+      ["task", narrow, {}],
+      ["12345", wide, {}],
+      ["task", [{ workspace: "ws-0", taskName: "no-such-task" }], {}],
+    ] as Array<[string, JobScope, Record<string, unknown>]>) {
+      const want = await byIndex(text, 100_000, { ...extra, scope: checkScope(scope) });
+      const got: string[] = [];
+      let cursor: string | undefined;
+      for (let pages = 0; pages < 4; pages++) {
+        const page = await JobRepo.search(t.db, {
+          text,
+          scope,
+          limit: 50,
+          ...extra,
+          ...(cursor ? { cursor } : {}),
+        });
+        got.push(...page.jobs.map((j) => j.jobId));
+        for (const j of page.jobs) {
+          expect(scope.some((p) => p.workspace === j.workspace && (p.taskName ?? j.taskName) === j.taskName)).toBe(
+            true,
+          );
+        }
+        cursor = page.nextCursor;
+        if (!cursor) break;
+      }
+      expect([text, got]).toEqual([text, want.slice(0, got.length)]);
+      expect(got.length).toBe(Math.min(want.length, 200));
+    }
+    // The walk alone fills a page for the wide scope, and reads its whole budget for the narrow one.
+    const walk = async (scope: JobScope) =>
+      (
+        await t.db.execute<{ job_id: string | null; walked: number }>(
+          searchWalkStatement({ text: "task", limit: 51, scope: checkScope(scope) }, 1020),
+        )
+      ).rows;
+    expect((await walk(wide)).filter((r) => r.job_id !== null)).toHaveLength(51);
+    const few = await walk(narrow);
+    expect(few.filter((r) => r.job_id !== null).length).toBeLessThan(51);
+    expect(few[0]?.walked).toBe(1020);
+  });
+
   it("the walk reads at most its budget of the newest rows (index-served), else falls back", async () => {
     const common = await plan(searchWalkStatement({ text: "task", limit: 51 }, 1020));
     expect(common, common).toMatch(/Index Scan Backward using idx_job_created_at/);

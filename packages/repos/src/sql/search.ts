@@ -39,15 +39,18 @@ export function searchStatement(f: SearchFilters): SQL {
 }
 
 /**
- * `search`'s first try for a text query without a scope: the newest
- * `budget` jobs under the other filters, walked down the time index, each
- * matched against the text (its document, or an error of one of its steps,
- * by key), keeping the first `limit`. One row per hit with `walked` (rows
- * read), or a single row of nulls with `walked` when nothing matched. A word
- * in many jobs fills the page after a few rows (the GIN path would collect
- * every match, then sort: 834 ms for a word in a third of 1,000,000 jobs);
- * when the page is not full and `walked` reached `budget`, the caller falls
- * back to `searchStatement` (a rare word: the GIN indexes answer it).
+ * `search`'s first try for a text query, scoped or not: the newest `budget`
+ * jobs under the other filters (the scope aside), walked down the time
+ * index, each kept when its (workspace, task) pair is in the scope and it
+ * matches the text (its document, or an error of one of its steps, by key),
+ * up to `limit`. One row per hit with `walked` (rows read), or a single row
+ * of nulls with `walked` when nothing matched. A word in many jobs fills
+ * the page after a few rows (the GIN path would collect every match, then
+ * sort: 834 ms for a word in a third of 1,000,000 jobs). The page is exact
+ * when it is full (every job not walked is older than every job walked) or
+ * when `walked` is below `budget` (nothing left to walk); otherwise the
+ * caller falls back to `searchStatement` (a rare word, or a scope that
+ * holds few of the newest jobs: the GIN indexes, per allowed pair).
  */
 export function searchWalkStatement(f: SearchFilters & { text: string }, budget: number): SQL {
   return searchQuery(f, { text: f.text, mode: "walk", budget });
@@ -83,6 +86,16 @@ function searchQuery(
   const filter = where.length === 0 ? sql`true` : sql.join(where, sql` and `);
   if (text?.mode === "walk") {
     const query = sql`websearch_to_tsquery('simple', ${text.text})`;
+    const match = sql`(${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
+           -- Each walked job's own steps, by key: the document is spelled so that the
+           -- GIN index cannot serve it (a bitmap scan of every match per walked row
+           -- made a word in 1% of the errors take 2.3 s at 1,000,000 jobs).
+           or exists (select 1 from job_step st where st.job_id = w.job_id and st.error_message is not null
+                      and to_tsvector('simple'::regconfig, st.error_message || '') @@ ${query}))`;
+    // The scope filters the walked rows, not the walk: the budget counts rows
+    // read, so a scope holding few of the newest jobs costs at most `budget`
+    // rows before the fallback.
+    const keep = f.scope === undefined ? match : sql`${inScope(f.scope)} and ${match}`;
     return sql`with walked as materialized (
         select j.*, ${CURSOR_TIME} as cursor_time from job j
         where ${filter}
@@ -90,12 +103,7 @@ function searchQuery(
         limit ${text.budget}::int
       ), hits as (
         select w.* from walked w
-        where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
-           -- Each walked job's own steps, by key: the document is spelled so that the
-           -- GIN index cannot serve it (a bitmap scan of every match per walked row
-           -- made a word in 1% of the errors take 2.3 s at 1,000,000 jobs).
-           or exists (select 1 from job_step st where st.job_id = w.job_id and st.error_message is not null
-                      and to_tsvector('simple'::regconfig, st.error_message || '') @@ ${query})
+        where ${keep}
         order by w.created_at desc, w.job_id desc
         limit ${f.limit}
       )
@@ -135,4 +143,13 @@ function searchQuery(
     ) s
     order by s.created_at desc, s.job_id desc
     limit ${f.limit}`;
+}
+
+/** Whether the walked row `w` is in the scope (a pair, or its whole workspace). */
+function inScope(scope: NonNullable<SearchFilters["scope"]>): SQL {
+  const pairs = JSON.stringify(scope.filter((p) => p.taskName !== null));
+  const wide = JSON.stringify(scope.filter((p) => p.taskName === null).map((p) => p.workspace));
+  return sql`((w.workspace, w.task_name) in (select p.workspace, p."taskName"
+        from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text))
+      or w.workspace in (select jsonb_array_elements_text(${wide}::jsonb)))`;
 }
