@@ -306,6 +306,8 @@ export async function graphCommand(
     say(`  ${renderJobTimes(job, now)}`);
     if (job.cancelReason !== null) say(`  cancel reason: ${job.cancelReason}`);
     if (job.errorMessage !== null) say(`  error: ${job.errorMessage}`);
+    const lineage = renderLineage(job);
+    if (lineage) say(`  ${lineage}`);
     if (steps.length === 0) {
       say("  (no steps)");
       return;
@@ -565,4 +567,26 @@ export async function maintainCommand(
   } finally {
     await db.$client.end();
   }
+}
+
+/** Where a job came from and what retried it, in one line (empty for a job made from none). */
+export function renderLineage(job: {
+  sourceType: string;
+  sourceId: string | null;
+  sourceJobId: string | null;
+  restartFromStep: string | null;
+  retryOfJobId: string | null;
+  retryAttempt: number;
+  retryJobId: string | null;
+}): string {
+  // The source's id stays in source_id once the source is purged (source_job_id is then null).
+  const source = job.sourceJobId ?? job.sourceId ?? "a purged job";
+  const parts: string[] = [];
+  if (job.sourceType === "rerun") parts.push(`rerun of ${source}`);
+  if (job.sourceType === "restart") parts.push(`restarted from step ${job.restartFromStep} of ${source}`);
+  if (job.sourceType === "retry") {
+    parts.push(`retry ${job.retryAttempt} of ${job.retryOfJobId ?? "a purged job"} (made from ${source})`);
+  }
+  if (job.retryJobId !== null) parts.push(`retried by ${job.retryJobId}`);
+  return parts.join("; ");
 }

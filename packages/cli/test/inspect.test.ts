@@ -317,6 +317,25 @@ describe("stroem-db graph: attempts, retries, workers, times, the job's reason",
     );
   });
 
+  it("shows where a job came from (a restart, a retry) and what retried it", async () => {
+    const w = await worker("lineage", ["shell"]);
+    const jobId = await JobRepo.createWithSteps(t.db, { taskName: "release", sourceType: "api" }, [
+      { stepName: "build", actionName: "make", actionType: "shell" },
+      { stepName: "ship", actionName: "push", actionType: "shell", dependsOn: ["build"] },
+    ]);
+    await JobStepRepo.markRunning(t.db, jobId, "build", w);
+    await JobStepRepo.complete(t.db, { jobId, stepName: "build" });
+    await JobStepRepo.markRunning(t.db, jobId, "ship", w);
+    await JobStepRepo.fail(t.db, { jobId, stepName: "ship" }, "registry down");
+    const restarted = await JobRepo.restart(t.db, jobId, { fromStep: "ship" });
+    const retry = await JobRepo.retry(t.db, jobId);
+    const graph = async (id: string) => (await cli(["graph", id, ...db()])).stdout;
+    expect(await graph(jobId)).toMatch(new RegExp(`^ {2}retried by ${retry}$`, "m"));
+    expect(await graph(restarted)).toMatch(new RegExp(`^ {2}restarted from step ship of ${jobId}$`, "m"));
+    expect(await graph(retry)).toMatch(new RegExp(`^ {2}retry 1 of ${jobId} \\(made from ${jobId}\\)$`, "m"));
+    expect(await graph(restarted)).toMatch(/^ {2}✔ completed\s+build/m);
+  });
+
   it("shows a job's own error (a timeout) and no Retries section without retries", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, { taskName: "slow", sourceType: "api", timeoutSecs: 60 }, [
       { stepName: "wait", actionName: "x", actionType: "shell" },

@@ -103,6 +103,31 @@ export class InvalidTransitionError extends StroemDbError {
   }
 }
 
+/**
+ * A job that cannot be made from another as asked (`JobRepo.restart`,
+ * `retry`); nothing was written. `reason`: `not_failed` (only a failed job
+ * is retried; `currentStatus` says what it is), `already_retried` (a job is
+ * retried once: `retryJobId` is the retry), `upstream_not_completed` (a
+ * restart's upstream steps must have completed in the source job: `steps`
+ * are those that did not).
+ */
+export class LineageError extends StroemDbError {
+  override name = "LineageError";
+  constructor(
+    readonly reason: "not_failed" | "already_retried" | "upstream_not_completed",
+    readonly jobId: string,
+    readonly details: { currentStatus?: string; retryJobId?: string; stepName?: string; steps?: string[] },
+  ) {
+    super(
+      reason === "not_failed"
+        ? `job ${jobId} is ${details.currentStatus}: only a failed job is retried`
+        : reason === "already_retried"
+          ? `job ${jobId} was retried already, by job ${details.retryJobId}`
+          : `job ${jobId} cannot restart from step "${details.stepName}": upstream steps did not complete (${(details.steps ?? []).join(", ")})`,
+    );
+  }
+}
+
 /** A report on a step by a worker that no longer holds it (see `StepGuard`). */
 export class StepOwnershipError extends StroemDbError {
   override name = "StepOwnershipError";

@@ -1,6 +1,7 @@
 import { toFlow, validateFlow } from "@stroem/orchestrator";
 import {
   CONSTRAINTS,
+  CREATION_SOURCE_TYPES,
   JOB_MODES,
   JOB_STATUSES,
   type Job,
@@ -9,8 +10,6 @@ import {
   job,
   type NewFlowStep,
   RECORD_LIMITS,
-  SOURCE_TYPES,
-  type SourceType,
 } from "@stroem/schema";
 import { and, count, desc, eq, type SQL, sql } from "drizzle-orm";
 import { type AdvanceResult, advanceJob } from "./advance.js";
@@ -37,7 +36,8 @@ export interface NewJob {
   /** Default "distributed". */
   mode?: JobMode;
   input?: unknown;
-  sourceType: SourceType;
+  /** How it was started; the jobs made from a job (`rerun`, `restart`, `retry`) come from `rerun()`, `restart()`, `retry()`. */
+  sourceType: (typeof CREATION_SOURCE_TYPES)[number];
   sourceId?: string | null;
   revision?: string | null;
   /** The job fails once it is this many seconds old and not finished (`JobStepRepo.sweepTimeouts`); default none. */
@@ -68,7 +68,8 @@ function toJobRow(input: NewJob, at = "") {
     taskName: requireText(`${at}taskName`, input.taskName),
     mode: input.mode === undefined ? ("distributed" as const) : requireOneOf(`${at}mode`, input.mode, JOB_MODES),
     input: optionalJson(`${at}input`, input.input),
-    sourceType: requireOneOf(`${at}sourceType`, input.sourceType, SOURCE_TYPES),
+    // rerun / restart / retry are made by rerun(), restart(), retry(), with their links.
+    sourceType: requireOneOf(`${at}sourceType`, input.sourceType, CREATION_SOURCE_TYPES),
     sourceId: optionalText(`${at}sourceId`, input.sourceId),
     revision: optionalText(`${at}revision`, input.revision),
     timeoutSecs:
@@ -531,6 +532,7 @@ export async function cancel(
   };
 }
 
+export { attempts, madeFrom, type RerunOptions, rerun, restart, retry } from "./lineage.js";
 export {
   decodeCursor,
   type JobScope,

@@ -1,3 +1,4 @@
+import { JOB_SEARCH_DOCUMENT } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { type SQL, sql } from "drizzle-orm";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -185,6 +186,19 @@ describe("text search: a common word walks the newest jobs, a rare one asks the 
       expect([text, got]).toEqual([text, want.slice(0, got.length)]);
       expect(got.length).toBe(Math.min(want.length, 200));
     }
+    // An oracle that is neither path: the narrow pair's matching jobs, read plainly.
+    const { rows: plain } = await t.db.execute<{ job_id: string }>(sql`select job_id from job
+      where workspace = 'ws-3' and task_name = 'task-9'
+        and ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ websearch_to_tsquery('simple', 'task')
+      order by created_at desc, job_id desc limit 50`);
+    expect(plain.length).toBeGreaterThan(0);
+    expect((await JobRepo.search(t.db, { text: "task", scope: narrow })).jobs.map((j) => j.jobId)).toEqual(
+      plain.map((r) => r.job_id),
+    );
+    // The text indexes' path under a scope reads the matches (GIN), not each pair's range.
+    const byGin = await plan(searchStatement({ text: "12345", limit: 51, scope: checkScope(wide) }));
+    expect(byGin, byGin).toMatch(/Bitmap Index Scan on idx_job_search/);
+    expect(byGin, byGin).not.toMatch(/idx_job_workspace_task|idx_job_workspace_created/);
     // The walk alone fills a page for the wide scope, and reads its whole budget for the narrow one.
     const walk = async (scope: JobScope) =>
       (

@@ -15,8 +15,17 @@ export type JobStatus = (typeof JOB_STATUSES)[number];
 /** Job statuses a job never leaves. */
 export const JOB_TERMINAL_STATUSES = ["completed", "failed", "cancelled"] as const satisfies readonly JobStatus[];
 
-export const SOURCE_TYPES = ["trigger", "user", "api", "webhook"] as const;
+/**
+ * What created a job. `rerun`, `restart` and `retry` are the jobs made from
+ * another one (`JobRepo.rerun`, `restart`, `retry`: `source_job_id` and
+ * `source_id` name it); a job is created with one of the others
+ * (`CREATION_SOURCE_TYPES`).
+ */
+export const SOURCE_TYPES = ["trigger", "user", "api", "webhook", "rerun", "restart", "retry"] as const;
 export type SourceType = (typeof SOURCE_TYPES)[number];
+
+/** The source types `JobRepo.create` / `createWithSteps` / `createMany` take. */
+export const CREATION_SOURCE_TYPES = ["trigger", "user", "api", "webhook"] as const satisfies readonly SourceType[];
 
 export const ACTION_TYPES = ["shell", "docker", "pod"] as const;
 export type ActionType = (typeof ACTION_TYPES)[number];

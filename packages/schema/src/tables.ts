@@ -53,6 +53,8 @@ export const CONSTRAINTS = {
   stepWorkerFk: "job_step_worker_id_worker_worker_id_fk",
   stepPk: "job_step_job_id_step_name_pk",
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
+  jobSourceFk: "job_source_job_id_fk",
+  jobRetryOfFk: "job_retry_of_job_id_fk",
   idempotencyKeyPk: "job_idempotency_key_pk",
   artifactPk: "job_artifact_pk",
   artifactJobFk: "job_artifact_job_id_job_job_id_fk",
@@ -126,6 +128,22 @@ export const job = pgTable(
     stepsUnfinished: integer("steps_unfinished").notNull().default(0),
     /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
     stepsFailed: integer("steps_failed").notNull().default(0),
+    /**
+     * The job this one was made from (`JobRepo.rerun`, `restart`, `retry`),
+     * set at creation, never changed; null once that job is purged.
+     */
+    sourceJobId: uuid("source_job_id"),
+    /** A restart's step: the steps upstream of it were copied completed from `source_job_id`. */
+    restartFromStep: text("restart_from_step"),
+    /**
+     * A job-level retry's first attempt (the root of the chain: every retry of
+     * a retry names the same job); null for a job that is not a retry.
+     */
+    retryOfJobId: uuid("retry_of_job_id"),
+    /** 0 for a first attempt; n for the n-th retry of `retry_of_job_id`. */
+    retryAttempt: integer("retry_attempt").notNull().default(0),
+    /** The job that retried this one (`JobRepo.retry`), set once; a job is retried at most once. */
+    retryJobId: uuid("retry_job_id"),
   },
   (t) => [
     foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
@@ -136,6 +154,21 @@ export const job = pgTable(
     check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
     check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
     check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+    foreignKey({ name: CONSTRAINTS.jobSourceFk, columns: [t.sourceJobId], foreignColumns: [t.jobId] }).onDelete(
+      "set null",
+    ),
+    foreignKey({ name: CONSTRAINTS.jobRetryOfFk, columns: [t.retryOfJobId], foreignColumns: [t.jobId] }).onDelete(
+      "set null",
+    ),
+    // A retry names its chain's first job and counts from 1; a restart names its step.
+    check(
+      "job_lineage_check",
+      sql`${t.retryAttempt} >= 0 and (${t.retryAttempt} = 0 or ${t.sourceType} = 'retry') and (${t.restartFromStep} is null or ${t.sourceType} = 'restart')`,
+    ),
+    // Lineage look-ups (what was made from this job, a retry chain); both
+    // columns are written once, at creation, so they cost no HOT update.
+    index("idx_job_source_job").on(t.sourceJobId).where(sql`${t.sourceJobId} is not null`),
+    index("idx_job_retry_of").on(t.retryOfJobId, t.retryAttempt).where(sql`${t.retryOfJobId} is not null`),
     // No index on status (the design note had one): a job changes status two
     // or three times and an index on it makes each such UPDATE non-HOT, for
     // no hot query. Listing by status walks idx_job_created_at, newest first.

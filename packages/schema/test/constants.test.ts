@@ -51,6 +51,7 @@ describe("status constants", () => {
       "job_completed_at_check",
       "job_step_counts_check",
       "job_timeout_secs_check",
+      "job_lineage_check",
     ]);
     expect(getTableConfig(jobStep).checks.map((c) => c.name)).toEqual([
       "job_step_action_type_check",
@@ -68,7 +69,15 @@ describe("status constants", () => {
 
   it("names the constraints the repos translate as the tables declare them", () => {
     const fks = [job, jobStep].flatMap((t) => getTableConfig(t).foreignKeys.map((fk) => fk.getName()));
-    expect(fks.sort()).toEqual([CONSTRAINTS.jobWorkerFk, CONSTRAINTS.stepJobFk, CONSTRAINTS.stepWorkerFk].sort());
+    expect(fks.sort()).toEqual(
+      [
+        CONSTRAINTS.jobWorkerFk,
+        CONSTRAINTS.jobSourceFk,
+        CONSTRAINTS.jobRetryOfFk,
+        CONSTRAINTS.stepJobFk,
+        CONSTRAINTS.stepWorkerFk,
+      ].sort(),
+    );
     expect(getTableConfig(jobStep).primaryKeys.map((pk) => pk.getName())).toEqual([CONSTRAINTS.stepPk]);
     for (const name of Object.values(CONSTRAINTS)) expect(migrationSql).toContain(`"${name}"`);
   });

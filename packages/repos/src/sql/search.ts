@@ -32,7 +32,9 @@ export const CURSOR_TIME = sql`to_char(j.created_at at time zone 'UTC', 'YYYY-MM
  * text query is answered from the two GIN indexes (`idx_job_search` over
  * task name and input, `idx_job_step_error_search` over step errors) as the
  * union of their job ids, joined back to `job`: a text search reads the jobs
- * that match, not the table. Arrays are bound as one parameter each.
+ * that match, not the table; a scope filters those matches. Without text, a
+ * scope reads each allowed pair's own index range. Arrays are bound as one
+ * parameter each.
  */
 export function searchStatement(f: SearchFilters): SQL {
   return searchQuery(f, f.text === undefined ? undefined : { text: f.text, mode: "index" });
@@ -95,7 +97,7 @@ function searchQuery(
     // The scope filters the walked rows, not the walk: the budget counts rows
     // read, so a scope holding few of the newest jobs costs at most `budget`
     // rows before the fallback.
-    const keep = f.scope === undefined ? match : sql`${inScope(f.scope)} and ${match}`;
+    const keep = f.scope === undefined ? match : sql`${inScope(f.scope, sql`w`)} and ${match}`;
     return sql`with walked as materialized (
         select j.*, ${CURSOR_TIME} as cursor_time from job j
         where ${filter}
@@ -110,9 +112,13 @@ function searchQuery(
       select h.*, n.walked from (select count(*)::int as walked from walked) n left join hits h on true
       order by h.created_at desc, h.job_id desc`;
   }
-  if (f.scope === undefined) {
+  if (f.scope === undefined || text !== undefined) {
+    // With a text query, a scope is a filter on the text indexes' matches
+    // (the walk above has answered the common words; what reaches here
+    // matches few jobs, so reading them all beats walking every pair's range).
+    const scoped = f.scope === undefined ? filter : sql`${filter} and ${inScope(f.scope, sql`j`)}`;
     return sql`select j.*, ${CURSOR_TIME} as cursor_time from job j
-    where ${filter}
+    where ${scoped}
     order by j.created_at desc, j.job_id desc
     limit ${f.limit}`;
   }
@@ -145,11 +151,11 @@ function searchQuery(
     limit ${f.limit}`;
 }
 
-/** Whether the walked row `w` is in the scope (a pair, or its whole workspace). */
-function inScope(scope: NonNullable<SearchFilters["scope"]>): SQL {
+/** Whether the row `alias` is in the scope (one of its pairs, or a whole workspace of it). */
+function inScope(scope: NonNullable<SearchFilters["scope"]>, alias: SQL): SQL {
   const pairs = JSON.stringify(scope.filter((p) => p.taskName !== null));
   const wide = JSON.stringify(scope.filter((p) => p.taskName === null).map((p) => p.workspace));
-  return sql`((w.workspace, w.task_name) in (select p.workspace, p."taskName"
+  return sql`((${alias}.workspace, ${alias}.task_name) in (select p.workspace, p."taskName"
         from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text))
-      or w.workspace in (select jsonb_array_elements_text(${wide}::jsonb)))`;
+      or ${alias}.workspace in (select jsonb_array_elements_text(${wide}::jsonb)))`;
 }
