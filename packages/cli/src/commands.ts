@@ -514,8 +514,12 @@ export function describeSweep(e: SweepEvent): string {
         for (const s of list(r?.[verb])) details.push(stepLine(verb, s as SweptStep));
       break;
     case "timeouts":
-      what = `steps timed out ${count(r?.steps)}, jobs timed out ${count(r?.jobs)}`;
+      what = `steps timed out ${count(r?.steps)}, gates timed out ${count(r?.gates)}, jobs timed out ${count(r?.jobs)}`;
       for (const s of list(r?.steps)) details.push(stepLine("timed out", s as SweptStep));
+      for (const g of list(r?.gates)) {
+        const gate = g as { jobId: string; stepName: string };
+        details.push(`  timed out gate ${gate.stepName} of job ${gate.jobId} (no decision)`);
+      }
       for (const jobId of list(r?.jobs)) details.push(`  timed out job ${String(jobId)}`);
       break;
     case "inactive":

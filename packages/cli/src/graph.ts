@@ -1,11 +1,12 @@
 import { toFlow, validateFlow } from "@stroem/orchestrator";
-import type { Job, JobStep } from "@stroem/schema";
+import type { Job, JobStep, StepStatus } from "@stroem/schema";
 import { age, duration, table } from "./format.js";
 
-const SYMBOL: Record<string, string> = {
+const SYMBOL: Record<StepStatus, string> = {
   pending: "·",
   ready: "○",
   running: "▶",
+  suspended: "⏸",
   completed: "✔",
   failed: "✘",
   skipped: "⊘",
@@ -52,10 +53,11 @@ export function renderText(steps: readonly GraphStep[]): string {
     .join("\n");
 }
 
-const STYLE: Record<string, string> = {
+const STYLE: Record<StepStatus, string> = {
   pending: "fill:#f5f5f5,stroke:#999",
   ready: "fill:#e7f1ff,stroke:#0d6efd",
   running: "fill:#fff3cd,stroke:#ffc107",
+  suspended: "fill:#fde2c8,stroke:#fd7e14",
   completed: "fill:#d1e7dd,stroke:#198754",
   failed: "fill:#f8d7da,stroke:#dc3545",
   skipped: "fill:#eeeeee,stroke:#6c757d,stroke-dasharray:4",

@@ -25,7 +25,15 @@ export type NamedFlowStep = FlowStep & { stepName: string };
  * A step's status (the values of the `job_step.status` column; a type test in
  * @stroem/schema checks the two lists agree).
  */
-export type StepStatus = "pending" | "ready" | "running" | "completed" | "failed" | "skipped" | "cancelled";
+export type StepStatus =
+  | "pending"
+  | "ready"
+  | "running"
+  | "suspended"
+  | "completed"
+  | "failed"
+  | "skipped"
+  | "cancelled";
 
 export interface StepStatusView {
   stepName: string;

@@ -1,4 +1,4 @@
-import { ACTION_TYPES, type ActionType, type WorkerStatus } from "@stroem/schema";
+import { type ActionType, WORKER_ACTION_TYPES, type WorkerStatus } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
 import { requireInt } from "./validate.js";
@@ -149,7 +149,8 @@ export async function oldestRunning(db: Executor, options: { limit?: number } = 
  * types that no `active` worker lists in its capabilities (with
  * `staleAfterMs`, no active worker that heartbeated within it either: a
  * silent worker claims nothing). One row per such action type with ready
- * steps, in `ACTION_TYPES`' order: how many are ready, how many are due, the
+ * steps, in `WORKER_ACTION_TYPES`' order (server steps, approval gates, are
+ * the server's: never unmatched): how many are ready, how many are due, the
  * oldest `ready_at` and its wait. An action type some live worker can take
  * is not read at all; for the others, the count is a range of
  * `idx_job_step_claim` (ready rows only). Reads every worker row (the
@@ -172,7 +173,7 @@ export async function unmatchedReady(db: Executor, options: { staleAfterMs?: num
       oldest_wait_ms: number | string;
     }>(sql`select t.action_type, r.ready, r.due, r.oldest_ready_at,
         greatest(0, extract(epoch from now() - r.oldest_ready_at) * 1000)::float8 as oldest_wait_ms
-      from unnest(${sql.param([...ACTION_TYPES])}::text[]) with ordinality as t(action_type, ord)
+      from unnest(${sql.param([...WORKER_ACTION_TYPES])}::text[]) with ordinality as t(action_type, ord)
       cross join lateral (
         select count(*)::int as ready, (count(*) filter (where s.ready_at <= now()))::int as due,
           min(s.ready_at) as oldest_ready_at

@@ -13,6 +13,15 @@ export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
 export { claimReadyStep, claimReadySteps, MAX_CLAIM_BATCH, markRunning } from "./steps/claim.js";
 export { createSteps } from "./steps/create.js";
 export {
+  approve,
+  type GateDecision,
+  type GateRef,
+  MAX_SERVER_STEPS,
+  readyServerSteps,
+  reject,
+  suspend,
+} from "./steps/gates.js";
+export {
   DEFAULT_MAX_RESCUES,
   type RescuedStep,
   type RescueOptions,

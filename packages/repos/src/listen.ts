@@ -1,4 +1,4 @@
-import { ACTION_TYPES } from "@stroem/schema";
+import { WORKER_ACTION_TYPES } from "@stroem/schema";
 import pg from "pg";
 import { parseDatabaseUrl, searchPathFor } from "./db.js";
 import { translateError } from "./translate-error.js";
@@ -65,7 +65,7 @@ export async function listenForReady(url: string, options: ListenOptions = {}): 
   const caps =
     options.capabilities === undefined
       ? undefined
-      : new Set(requireCapabilities("capabilities", options.capabilities, ACTION_TYPES));
+      : new Set(requireCapabilities("capabilities", options.capabilities, WORKER_ACTION_TYPES));
   let woken = false;
   let closed = false;
   let client: pg.Client | undefined;

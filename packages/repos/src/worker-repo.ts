@@ -1,4 +1,4 @@
-import { ACTION_TYPES, type Worker, worker } from "@stroem/schema";
+import { WORKER_ACTION_TYPES, type Worker, worker } from "@stroem/schema";
 import { desc, eq, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, WorkerNotFoundError } from "./errors.js";
@@ -22,7 +22,7 @@ export interface RegisterWorker {
 export async function register(db: Executor, input: RegisterWorker): Promise<void> {
   const workerId = requireUuid("workerId", input.workerId);
   const name = requireText("name", input.name);
-  const capabilities = requireCapabilities("capabilities", input.capabilities, ACTION_TYPES);
+  const capabilities = requireCapabilities("capabilities", input.capabilities, WORKER_ACTION_TYPES);
   await translateErrors(db, () =>
     db
       .insert(worker)

@@ -616,6 +616,7 @@ describe("invariants the database holds", () => {
       "ready",
       "running",
       "skipped",
+      "suspended",
     ]);
   });
 });

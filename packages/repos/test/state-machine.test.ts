@@ -42,6 +42,10 @@ async function stepIn(status: StepStatus) {
   const workerId = await registerWorker(t.db);
   if (status === "pending") {
     await t.db.execute(sql`update job_step set status = 'pending' where job_id = ${jobId} and step_name = 't'`);
+  } else if (status === "suspended") {
+    // What JobStepRepo.suspend leaves on a gate (test/gates.test.ts), on this step: never claimed.
+    await t.db.execute(sql`update job_step set status = 'suspended', suspended_at = now()
+      where job_id = ${jobId} and step_name = 't'`);
   } else if (status !== "ready") {
     await JobStepRepo.markRunning(t.db, jobId, "t", workerId);
     if (status !== "running") {
@@ -102,15 +106,20 @@ const withRetries = (r: Ref) =>
  * repeated (a retry whose first reply was lost): accepted, nothing written.
  */
 const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
-  "complete, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "complete, no guard": { pending: "completed", ready: "completed", running: "completed", suspended: "completed" },
   "complete, guard": { running: "completed", completed: "completed" },
-  "fail, no guard": { pending: "failed", ready: "failed", running: "failed" },
+  "fail, no guard": { pending: "failed", ready: "failed", running: "failed", suspended: "failed" },
   "fail, guard": { running: "failed", failed: "failed" },
-  "markCompleted, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "markCompleted, no guard": { pending: "completed", ready: "completed", running: "completed", suspended: "completed" },
   "markCompleted, guard": { running: "completed", completed: "completed" },
-  "markFailed, no guard": { pending: "failed", ready: "failed", running: "failed" },
+  "markFailed, no guard": { pending: "failed", ready: "failed", running: "failed", suspended: "failed" },
   "markFailed, guard": { running: "failed", failed: "failed" },
-  "reportMany completed, no guard": { pending: "completed", ready: "completed", running: "completed" },
+  "reportMany completed, no guard": {
+    pending: "completed",
+    ready: "completed",
+    running: "completed",
+    suspended: "completed",
+  },
   "reportMany failed, guard": { running: "failed", failed: "failed" },
   markSkipped: { pending: "skipped", ready: "skipped" },
   markRunning: { ready: "running" },
@@ -118,16 +127,17 @@ const allowed: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
   // From cancelled: this worker's own cancel of this attempt, repeated (a no-op).
   "markCancelled, cancel requested": { running: "cancelled", cancelled: "cancelled" },
   "fail, guard, retries left": { running: "ready", failed: "failed" },
-  "fail, no guard, retries left": { pending: "failed", ready: "failed", running: "ready" },
+  // A suspended gate never ran: no retry.
+  "fail, no guard, retries left": { pending: "failed", ready: "failed", running: "ready", suspended: "failed" },
 };
 
 /** Guarded calls: refused with `StepOwnershipError` from a status the guard's claim never held. */
 const guarded = new Set(Object.keys(calls).filter((n) => / guard|markCancelled/.test(n) && !/no guard/.test(n)));
-const notClaimed: readonly StepStatus[] = ["pending", "ready"];
+const notClaimed: readonly StepStatus[] = ["pending", "ready", "suspended"];
 
 /** Calls that succeed whatever the step's status and leave the others unchanged. */
 const unrefused: Record<string, Partial<Record<StepStatus, StepStatus>>> = {
-  "JobRepo.cancel (its job)": { pending: "cancelled", ready: "cancelled", running: "running" },
+  "JobRepo.cancel (its job)": { pending: "cancelled", ready: "cancelled", suspended: "cancelled", running: "running" },
 };
 
 calls["JobRepo.cancel (its job)"] = (r) => JobRepo.cancel(t.db, r.jobId);

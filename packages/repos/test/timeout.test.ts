@@ -35,17 +35,18 @@ describe("sweepTimeouts: steps", () => {
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 2); // a and free
     await startedAgo(jobId, "free", 3600); // no timeout: never swept
     await startedAgo(jobId, "a", 59);
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
 
     await startedAgo(jobId, "a", 61);
     expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({
       steps: [{ jobId, stepName: "a", workerId: w, attempt: 1, outcome: "retried" }],
+      gates: [],
       jobs: [],
     });
     const [a] = await JobStepRepo.getStepsForJob(t.db, jobId);
     expect(a).toMatchObject({ status: "ready", errorMessage: "timed out: running for more than 60 s (timeoutSecs)" });
     expect(a?.retryHistory).toMatchObject([{ attempt: 1, workerId: w, error: a?.errorMessage }]);
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
 
     // The worker lists what it runs: the heartbeat says to stop `a` (and not `free`), and its late report is refused.
     const running = [
@@ -84,7 +85,7 @@ describe("sweepTimeouts: steps", () => {
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);
     await startedAgo(jobId, "a", 3600);
     await JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 });
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
     expect((await JobRepo.get(t.db, jobId))?.status).toBe("completed");
     expect(
       await errorOf(() => WorkerRepo.heartbeat(t.db, w, { running: [{ jobId, stepName: "a", attempt: 0 }] as never })),
@@ -104,7 +105,7 @@ describe("sweepTimeouts: jobs", () => {
     await t.db.execute(sql`update job set created_at = now() - interval '1 hour'`);
     await t.db.execute(sql`update job_step set started_at = now() where job_id = ${jobId}`); // no step timeout here
 
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], jobs: [jobId] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [jobId] });
     const job = await JobRepo.get(t.db, jobId);
     expect(job).toMatchObject({
       status: "failed",
@@ -126,7 +127,7 @@ describe("sweepTimeouts: jobs", () => {
       promoted: [],
       jobStatus: "failed",
     });
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
   });
 
   it("rejects bad timeouts at creation, naming the field, writing nothing", async () => {
@@ -144,7 +145,7 @@ describe("sweepTimeouts: jobs", () => {
 });
 
 describe("the sweep's cost follows its candidates", () => {
-  it("its two candidate queries walk the partial index and the deadlines, not the history (EXPLAIN ANALYZE)", async () => {
+  it("its three candidate queries walk the partial indexes and the deadlines, not the history (EXPLAIN ANALYZE)", async () => {
     // The queries exactly as the installed function runs them.
     const source = await t.db.execute<{ src: string }>(
       sql`select prosrc as src from pg_proc where proname = 'stroem_sweep_timeouts'`,
@@ -152,7 +153,7 @@ describe("the sweep's cost follows its candidates", () => {
     const queries = [...(source.rows[0]?.src ?? "").matchAll(/FOR r IN\s+(SELECT[\s\S]*?)\s+LOOP/g)].map(
       (m) => m[1] as string,
     );
-    expect(queries).toHaveLength(2);
+    expect(queries).toHaveLength(3);
     // History: 20,000 running steps without a timeout; 5,000 jobs with a
     // timeout that finished in time (a first sweep visits and drops their
     // deadlines) and 5,000 unfinished ones not due yet; 3 candidates of each kind.
@@ -178,11 +179,25 @@ describe("the sweep's cost follows its candidates", () => {
     await t.db.execute(sql`
       insert into job (job_id, task_name, source_type, status, created_at, timeout_secs)
       select gen_random_uuid(), 'late', 'api', 'running', now() - interval '1 day', 60 from generate_series(1, 3)`);
-    await t.db.execute(sql`select stroem_recount(array[${big}]::uuid[])`);
+    // Gates: 5,000 suspended without a timeout (not candidates), 3 past theirs, each in a job of its own.
+    await t.db.execute(sql`
+      insert into job_step (job_id, step_name, action_name, action_type, status, suspended_at)
+      select ${big}, 'g' || g, 'sign-off', 'approval', 'suspended', now() - interval '1 day' from generate_series(1, 5000) g`);
+    const gates = await t.db.execute<{ job_id: string }>(sql`
+      insert into job (job_id, task_name, source_type, status) select gen_random_uuid(), 'gate', 'api', 'running'
+      from generate_series(1, 3) returning job_id`);
+    for (const { job_id } of gates.rows) {
+      await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, status, suspended_at,
+        timeout_secs) values (${job_id}, 'approve', 'sign-off', 'approval', 'suspended', now() - interval '1 day', 60)`);
+    }
+    await t.db.execute(
+      sql`select stroem_recount(array[${big}]::uuid[] || ${sql.param(gates.rows.map((r) => r.job_id))}::uuid[])`,
+    );
     for (const table of ["job_step", "job", "job_deadline"]) await t.db.execute(sql`analyze ${sql.identifier(table)}`);
     for (const [query, index] of [
       [queries[0], "idx_job_step_timeout"],
-      [queries[1], "idx_job_deadline"],
+      [queries[1], "idx_job_step_suspended"],
+      [queries[2], "idx_job_deadline"],
     ] as const) {
       const plan = await t.db.execute<{ "QUERY PLAN": string }>(
         sql`explain (analyze, costs off, timing off) ${sql.raw(query as string)}`,
@@ -195,7 +210,7 @@ describe("the sweep's cost follows its candidates", () => {
       expect(text).not.toMatch(/Rows Removed by Filter: [1-9]/);
     }
     const swept = await JobStepRepo.sweepTimeouts(t.db);
-    expect([swept.steps.length, swept.jobs.length]).toEqual([3, 3]);
+    expect([swept.steps.length, swept.gates.length, swept.jobs.length]).toEqual([3, 3, 3]);
     // Each late job's deadline was visited once and dropped; the young ones wait.
     expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({
       rows: [{ n: 5000 }],

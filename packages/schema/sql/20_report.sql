@@ -3,7 +3,8 @@
 -- given), the step must be running in that claim; a report whose claim the
 -- row no longer holds (rescued, retried, claimed again, never claimed by it)
 -- is `not_owner` in every status. Unguarded (the server finishing a step no
--- worker runs), any non-terminal step is accepted: pending, ready or running.
+-- worker runs), any non-terminal step is accepted: pending, ready, running
+-- or suspended (an approval gate; see 45_gates.sql).
 -- A failure with retries left goes back to `ready`
 -- (stroem_retry_at, a retry_history entry). Otherwise, with p_propagate, the
 -- outcome is applied: a step nothing depends on settles its job with one
@@ -54,7 +55,7 @@ BEGIN
     INTO v_step
     FROM job_step s
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
       AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
       AND (p_attempt IS NULL OR s.attempts = p_attempt)
     FOR UPDATE;
@@ -89,7 +90,7 @@ BEGIN
       completed_at = now(),
       propagated = v_propagate
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND p_worker_id IS NULL AND p_attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
       AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
       AND (p_attempt IS NULL OR s.attempts = p_attempt)
     RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
@@ -301,7 +302,7 @@ BEGIN
         THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
     FROM r JOIN unnest(v_job_ids, v_job_statuses) AS j(job_id, status) ON j.job_id = r.job_id
     WHERE s.job_id = r.job_id AND s.step_name = r.step_name
-      AND (s.status = 'running' OR (s.status IN ('pending', 'ready') AND r.worker_id IS NULL AND r.attempt IS NULL))
+      AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND r.worker_id IS NULL AND r.attempt IS NULL))
       AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
       AND (r.attempt IS NULL OR s.attempts = r.attempt)
     RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,

@@ -4,9 +4,9 @@
 -- records a late outcome but moves no more, and does not retry.
 
 -- The open steps of a job that has just ended (cancelled, or completed or
--- failed by hand), whose row the caller has locked: its pending and ready
--- steps become `cancelled` (propagated: nothing advances in a finished job;
--- never claimed), its running steps keep running with cancel_requested_at
+-- failed by hand), whose row the caller has locked: its pending, ready and
+-- suspended steps become `cancelled` (propagated: nothing advances in a
+-- finished job; never claimed, never decided), its running steps keep running with cancel_requested_at
 -- set (WorkerRepo.heartbeat tells their workers; their late reports are
 -- recorded and move nothing). A step a claim holds locked is waited for,
 -- then seen as running (READ COMMITTED re-check). Returns both lists, by name.
@@ -20,7 +20,7 @@ BEGIN
       completed_at = CASE WHEN s.status = 'running' THEN s.completed_at ELSE now() END,
       propagated = CASE WHEN s.status = 'running' THEN s.propagated ELSE true END,
       cancel_requested_at = CASE WHEN s.status = 'running' THEN now() ELSE s.cancel_requested_at END
-    WHERE s.job_id = p_job_id AND s.status IN ('pending', 'ready', 'running')
+    WHERE s.job_id = p_job_id AND s.status IN ('pending', 'ready', 'suspended', 'running')
     RETURNING s.step_name, s.status
   )
   SELECT coalesce(array_agg(u.step_name ORDER BY u.step_name) FILTER (WHERE u.status = 'cancelled'), '{}'),

@@ -1,7 +1,7 @@
 -- Job deadlines. A trigger writes a job_deadline row for every job inserted
 -- with timeout_secs (created_at + timeout_secs), whatever the insert path,
 -- and moves it when an UPDATE sets created_at or timeout_secs.
--- stroem_sweep_timeouts' second phase walks job_deadline by deadline
+-- stroem_sweep_timeouts' last phase walks job_deadline by deadline
 -- (idx_job_deadline) and deletes each row it visits. With no index on `job`
 -- naming completed_at, the UPDATE that finishes a job is HOT.
 CREATE OR REPLACE FUNCTION stroem_job_deadline() RETURNS trigger
@@ -28,6 +28,13 @@ CREATE OR REPLACE TRIGGER job_deadline_update AFTER UPDATE OF created_at, timeou
 FOR EACH ROW WHEN (OLD.created_at IS DISTINCT FROM NEW.created_at OR OLD.timeout_secs IS DISTINCT FROM NEW.timeout_secs)
 EXECUTE FUNCTION stroem_job_deadline();
 --> statement-breakpoint
+-- stroem_sweep_timeouts, in three phases, each job row locked without
+-- waiting (a job busy with a report is swept on the next run): running
+-- steps past started_at + timeout_secs fail through stroem_finish_step with
+-- their own worker and attempt (the retry policy applies; kind `step`);
+-- suspended gates past suspended_at + timeout_secs are rejected as timed
+-- out (kind `gate`); jobs past their deadline fail and their open steps are
+-- closed as on a cancel (kind `job`).
 CREATE OR REPLACE FUNCTION stroem_sweep_timeouts()
 RETURNS TABLE(kind text, job_id uuid, step_name text, worker_id uuid, attempt integer, outcome text)
 LANGUAGE plpgsql AS $$
@@ -57,6 +64,29 @@ BEGIN
     RETURN NEXT;
   END LOOP;
 
+  -- Suspended gates that waited past their timeout: rejected as timed out
+  -- (stroem_decide_gate), unless a decision or a cancel came first.
+  FOR r IN
+    SELECT s.job_id AS jid, s.step_name AS sname, s.timeout_secs AS secs
+    FROM job_step s
+    WHERE s.status = 'suspended' AND s.timeout_secs IS NOT NULL
+      AND s.suspended_at + make_interval(secs => s.timeout_secs) <= now()
+    ORDER BY s.job_id, s.step_name
+  LOOP
+    PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
+    CONTINUE WHEN NOT FOUND;
+    SELECT * INTO f FROM stroem_decide_gate(r.jid, r.sname, false, jsonb_build_object('timedOut', true),
+      'timed out: suspended for more than ' || r.secs || ' s without a decision (timeoutSecs)');
+    CONTINUE WHEN f.result <> 'ok';
+    kind := 'gate';
+    job_id := r.jid;
+    step_name := r.sname;
+    worker_id := NULL;
+    attempt := NULL;
+    outcome := 'failed';
+    RETURN NEXT;
+  END LOOP;
+
   FOR r IN
     SELECT j.job_id AS jid, j.timeout_secs AS secs
     FROM job_deadline d JOIN job j ON j.job_id = d.job_id
@@ -71,12 +101,7 @@ BEGIN
       error_message = 'timed out: not finished ' || r.secs || ' s after its creation (timeoutSecs)'
     WHERE j.job_id = r.jid AND j.status IN ('pending', 'running');
     CONTINUE WHEN NOT FOUND;
-    UPDATE job_step s SET
-      status = CASE WHEN s.status = 'running' THEN s.status ELSE 'cancelled' END,
-      completed_at = CASE WHEN s.status = 'running' THEN s.completed_at ELSE now() END,
-      propagated = CASE WHEN s.status = 'running' THEN s.propagated ELSE true END,
-      cancel_requested_at = CASE WHEN s.status = 'running' THEN now() ELSE s.cancel_requested_at END
-    WHERE s.job_id = r.jid AND s.status IN ('pending', 'ready', 'running');
+    PERFORM stroem_close_open_steps(r.jid);
     kind := 'job';
     job_id := r.jid;
     step_name := NULL;

@@ -27,10 +27,36 @@ export type SourceType = (typeof SOURCE_TYPES)[number];
 /** The source types `JobRepo.create` / `createWithSteps` / `createMany` take. */
 export const CREATION_SOURCE_TYPES = ["trigger", "user", "api", "webhook"] as const satisfies readonly SourceType[];
 
-export const ACTION_TYPES = ["shell", "docker", "pod"] as const;
+/**
+ * A step's kind of action. Workers run `shell`, `docker` and `pod` steps
+ * (`WORKER_ACTION_TYPES`: a worker's capabilities, what it claims); the
+ * server runs the others (`SERVER_ACTION_TYPES`): an `approval` gate is
+ * suspended until someone approves or rejects it, never claimed by a worker.
+ */
+export const ACTION_TYPES = ["shell", "docker", "pod", "approval"] as const;
 export type ActionType = (typeof ACTION_TYPES)[number];
 
-export const STEP_STATUSES = ["pending", "ready", "running", "completed", "failed", "skipped", "cancelled"] as const;
+/** The action types workers claim (a worker's capabilities are some of these). */
+export const WORKER_ACTION_TYPES = ["shell", "docker", "pod"] as const satisfies readonly ActionType[];
+export type WorkerActionType = (typeof WORKER_ACTION_TYPES)[number];
+
+/** The action types the server handles itself (`JobStepRepo.readyServerSteps`, `suspend`, `approve`, `reject`). */
+export const SERVER_ACTION_TYPES = ["approval"] as const satisfies readonly ActionType[];
+
+/**
+ * A step's status. `suspended`: a server step (an approval gate) waiting for
+ * a decision (`approve`, `reject`, its timeout, its job's cancel).
+ */
+export const STEP_STATUSES = [
+  "pending",
+  "ready",
+  "running",
+  "suspended",
+  "completed",
+  "failed",
+  "skipped",
+  "cancelled",
+] as const;
 export type StepStatus = (typeof STEP_STATUSES)[number];
 
 /** Step statuses a step never leaves. */
@@ -66,6 +92,9 @@ export const AUDIT_ACTIONS = {
   jobTimedOut: "job.timed_out",
   stepRescued: "step.rescued",
   stepTimedOut: "step.timed_out",
+  stepSuspended: "step.suspended",
+  stepApproved: "step.approved",
+  stepRejected: "step.rejected",
   userCreated: "user.created",
   userDeleted: "user.deleted",
   userAdminChanged: "user.admin_changed",
@@ -84,4 +113,9 @@ export function isJobTerminal(status: JobStatus): boolean {
 
 export function isStepTerminal(status: StepStatus): boolean {
   return (STEP_TERMINAL_STATUSES as readonly StepStatus[]).includes(status);
+}
+
+/** Whether steps of this action type are the server's (never claimed by a worker). */
+export function isServerActionType(actionType: string): boolean {
+  return (SERVER_ACTION_TYPES as readonly string[]).includes(actionType);
 }

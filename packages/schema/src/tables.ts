@@ -279,8 +279,13 @@ export const jobStep = pgTable(
      * from its heartbeat and reports `markCancelled` (or its late outcome).
      */
     cancelRequestedAt: timestamp("cancel_requested_at", tz),
-    /** A run fails once it has been running this many seconds (`sweepTimeouts`; the retry policy applies). */
+    /**
+     * A run fails once it has been running this many seconds (`sweepTimeouts`;
+     * the retry policy applies); a suspended gate fails once it has waited this long.
+     */
     timeoutSecs: integer("timeout_secs"),
+    /** When a server step (an approval gate) was suspended to wait for its decision. */
+    suspendedAt: timestamp("suspended_at", tz),
     retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
   },
   (t) => [
@@ -300,6 +305,8 @@ export const jobStep = pgTable(
       "job_step_completed_at_check",
       sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
     ),
+    // A suspended step waits since a time.
+    check("job_step_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
     check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
     check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
     check(
@@ -330,6 +337,10 @@ export const jobStep = pgTable(
     index("idx_job_step_error_search")
       .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
       .where(sql`${t.errorMessage} is not null`),
+    // sweepTimeouts' suspended gates with a timeout (none on the hot path).
+    index("idx_job_step_suspended")
+      .on(t.suspendedAt)
+      .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
     // Workers' and recovery's look-up of what a worker holds.
     index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
   ],

@@ -59,6 +59,7 @@ describe("status constants", () => {
       "job_step_ready_at_check",
       "job_step_running_check",
       "job_step_completed_at_check",
+      "job_step_suspended_check",
       "job_step_retry_strategy_check",
       "job_step_timeout_secs_check",
       "job_step_retry_policy_check",

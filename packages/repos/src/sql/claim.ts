@@ -1,3 +1,4 @@
+import { SERVER_ACTION_TYPES } from "@stroem/schema";
 import { type SQL, type SQLChunk, sql } from "drizzle-orm";
 import { type Statement, statement } from "../statement.js";
 import { type FinishValues, finishCall } from "./report.js";
@@ -183,6 +184,7 @@ export function directedClaimStatement(jobId: string, stepName: string, workerId
       update job_step s
       set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
       where s.job_id = ${jobId} and s.step_name = ${stepName} and s.status = 'ready'
+        and s.action_type <> all(${sql.param([...SERVER_ACTION_TYPES])}::text[])
       returning s.job_id
     ), ${startJobs}
     select job_id from claimed`;

@@ -1,6 +1,7 @@
-import { ACTION_TYPES, CONSTRAINTS, type JobStep, jobStep } from "@stroem/schema";
+import { CONSTRAINTS, isServerActionType, type JobStep, jobStep, WORKER_ACTION_TYPES } from "@stroem/schema";
+import { and, eq } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
-import { WorkerNotFoundError } from "../errors.js";
+import { InvalidInputError, WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
 import { directedClaimStatement, preparedClaim, WORKER_EXISTS } from "../sql/claim.js";
 import { runStatement } from "../statement.js";
@@ -45,7 +46,7 @@ export async function claimReadySteps(
   workerId: string,
   limit: number,
 ): Promise<JobStep[]> {
-  const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
+  const caps = requireCapabilities("capabilities", capabilities, WORKER_ACTION_TYPES);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
   const { statement, values } = preparedClaim(caps, workerId, limit);
@@ -66,7 +67,8 @@ export async function claimReadySteps(
  * Moves a specific ready step to `running` for `workerId` (a directed claim,
  * without SKIP LOCKED), starting its job if it was pending. Throws
  * `InvalidTransitionError` unless the step is ready, `StepNotFoundError`,
- * `WorkerNotFoundError`.
+ * `WorkerNotFoundError`, `InvalidInputError` for a server step (an approval
+ * gate: `suspend` it).
  */
 export async function markRunning(db: Executor, jobId: string, stepName: string, workerId: string): Promise<void> {
   requireUuid("jobId", jobId);
@@ -77,5 +79,19 @@ export async function markRunning(db: Executor, jobId: string, stepName: string,
     () => db.execute(directedClaimStatement(jobId, stepName, workerId)),
     workerMissing(workerId),
   );
-  if (result.rows.length === 0) await explainRefusal(db, { entity: "step", jobId, stepName }, "running");
+  if (result.rows.length === 0) {
+    const [step] = await translateErrors(db, () =>
+      db
+        .select({ actionType: jobStep.actionType })
+        .from(jobStep)
+        .where(and(eq(jobStep.jobId, jobId), eq(jobStep.stepName, stepName))),
+    );
+    if (step && isServerActionType(step.actionType)) {
+      throw new InvalidInputError(
+        "stepName",
+        `is an ${step.actionType} step: the server decides it, no worker runs it`,
+      );
+    }
+    await explainRefusal(db, { entity: "step", jobId, stepName }, "running");
+  }
 }

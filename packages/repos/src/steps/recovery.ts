@@ -108,8 +108,10 @@ export interface TimedOutStep {
  * `started_at + timeoutSecs` fails ("timed out: running for more than N s")
  * as its worker's failure would: its retry policy applies, and its job is
  * advanced. A job not finished `timeoutSecs` after its creation fails
- * (`errorMessage` says so, `completed_at` set); its pending and ready steps
- * are cancelled and its running ones get `cancelRequestedAt`. Workers learn
+ * (`errorMessage` says so, `completed_at` set); its pending, ready and
+ * suspended steps are cancelled and its running ones get
+ * `cancelRequestedAt`. A suspended gate past `suspendedAt + timeoutSecs` is
+ * rejected as timed out (`gates`; its output says `timedOut`). Workers learn
  * both from `WorkerRepo.heartbeat` (a timed-out step when they list what they
  * run, a job's steps as a cancel). Locks job rows in job id order, skipping
  * those a report holds (swept on the next run). The candidates come from
@@ -122,11 +124,11 @@ export interface TimedOutStep {
 export async function sweepTimeouts(
   db: Executor,
   options: { actor?: AuditActor } = {},
-): Promise<{ steps: TimedOutStep[]; jobs: string[] }> {
+): Promise<{ steps: TimedOutStep[]; gates: Array<{ jobId: string; stepName: string }>; jobs: string[] }> {
   const actor = checkActor("actor", options?.actor);
   const { rows } = await translateErrors(db, () =>
     db.execute<{
-      kind: "step" | "job";
+      kind: "step" | "gate" | "job";
       job_id: string;
       step_name: string | null;
       worker_id: string | null;
@@ -144,6 +146,7 @@ export async function sweepTimeouts(
         attempt: Number(r.attempt),
         outcome: r.outcome,
       })),
+    gates: rows.filter((r) => r.kind === "gate").map((r) => ({ jobId: r.job_id, stepName: r.step_name as string })),
     jobs: rows.filter((r) => r.kind === "job").map((r) => r.job_id),
   };
 }

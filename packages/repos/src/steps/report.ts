@@ -1,4 +1,4 @@
-import { ACTION_TYPES, type JobStatus, type JobStep, jobStep } from "@stroem/schema";
+import { type JobStatus, type JobStep, jobStep, WORKER_ACTION_TYPES } from "@stroem/schema";
 import type { AdvanceResult } from "../advance.js";
 import { type Executor, translateErrors } from "../db.js";
 import {
@@ -342,7 +342,7 @@ export async function reportAndClaim(
 ): Promise<ReportAndClaimResult> {
   const a = checkReport(report, "report");
   if (a.workerId === null) throw new InvalidInputError("report.workerId", "is required: the worker that claims next");
-  const caps = requireCapabilities("capabilities", capabilities, ACTION_TYPES);
+  const caps = requireCapabilities("capabilities", capabilities, WORKER_ACTION_TYPES);
   const output = a.output === null ? null : JSON.stringify(a.output);
   const { statement, values } = preparedReportAndClaim(caps, { ...a, output, propagate: true });
   // Retried only when the error proves nothing committed: a repeat of a call
