@@ -10,7 +10,14 @@
  */
 
 export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
-export { claimReadyStep, claimReadySteps, MAX_CLAIM_BATCH, markRunning } from "./steps/claim.js";
+export {
+  type ClaimedStep,
+  claimReadyStep,
+  claimReadySteps,
+  MAX_CLAIM_BATCH,
+  markRunning,
+  updateInput,
+} from "./steps/claim.js";
 export { createSteps } from "./steps/create.js";
 export {
   approve,

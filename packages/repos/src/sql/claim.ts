@@ -23,7 +23,8 @@ const startJobs = sql`
 /**
  * The claim: up to `limit` of the oldest ready steps whose action type is one
  * of `capabilities`, moved to `running` for `workerId` (`started_at`,
- * `attempts + 1`), returning the claimed rows oldest first.
+ * `attempts + 1`), returning the claimed rows oldest first, each with the
+ * outputs of the steps it depends on (`dependency_outputs`).
  *
  * Per action type, a LATERAL sub-select walks `idx_job_step_claim`
  * (`action_type, ready_at, job_id, step_name WHERE status = 'ready'`) from
@@ -76,8 +77,20 @@ function claimQuery(
       where s.job_id = next.job_id and s.step_name = next.step_name
       returning s.*
     ), ${startJobs}
-    ${report ? sql`select f.*, c.* from f left join claimed c on true` : sql`select * from claimed order by ready_at, job_id, step_name`}`;
+    ${
+      report
+        ? sql`select f.*, c.*, ${dependencyOutputs} from f left join claimed c on true`
+        : sql`select c.*, ${dependencyOutputs} from claimed c order by c.ready_at, c.job_id, c.step_name`
+    }`;
 }
+
+/**
+ * Per claimed step `c`, the outputs of the steps it depends on, by name
+ * (`{}` for a step without dependencies): what a worker renders its inputs
+ * from. Each parent is read by key; a step without dependencies reads none.
+ */
+const dependencyOutputs = sql`(select coalesce(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
+      from job_step p where p.job_id = c.job_id and p.step_name = any(c.depends_on)) as dependency_outputs`;
 
 type ClaimValues = { actionTypes: string | string[]; workerId: string; limit?: number };
 const placeholders = {

@@ -1,12 +1,12 @@
 import { CONSTRAINTS, isServerActionType, type JobStep, jobStep, WORKER_ACTION_TYPES } from "@stroem/schema";
-import { and, eq } from "drizzle-orm";
+import { and, eq, inArray, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
 import { directedClaimStatement, preparedClaim, WORKER_EXISTS } from "../sql/claim.js";
 import { runStatement } from "../statement.js";
 import { explainRefusal } from "../transition.js";
-import { requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
+import { optionalJson, requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
 
 /** Most steps one batch claim may take. */
 export const MAX_CLAIM_BATCH = 1000;
@@ -23,13 +23,14 @@ const workerMissing = (workerId: string) => (e: { constraint?: string; cause?: u
  * `workerId` is the UUID the worker registered with (`WorkerRepo.register`;
  * make one with `randomUUID()`). Throws `InvalidInputError` for one that is
  * not a UUID, and `WorkerNotFoundError` for an unregistered worker, whether
- * or not a step was ready.
+ * or not a step was ready. The step comes with `dependencyOutputs`: the
+ * outputs of the steps it depends on, by name.
  */
 export async function claimReadyStep(
   db: Executor,
   capabilities: readonly string[],
   workerId: string,
-): Promise<JobStep | undefined> {
+): Promise<ClaimedStep | undefined> {
   const [step] = await claimReadySteps(db, capabilities, workerId, 1);
   return step;
 }
@@ -45,7 +46,7 @@ export async function claimReadySteps(
   capabilities: readonly string[],
   workerId: string,
   limit: number,
-): Promise<JobStep[]> {
+): Promise<ClaimedStep[]> {
   const caps = requireCapabilities("capabilities", capabilities, WORKER_ACTION_TYPES);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
@@ -60,7 +61,22 @@ export async function claimReadySteps(
     const known = await translateErrors(db, () => runStatement(db, WORKER_EXISTS, { workerId }));
     if (known.length === 0) throw new WorkerNotFoundError(workerId);
   }
-  return rows.map((r) => mapRow(jobStep, r));
+  return rows.map(claimedStep);
+}
+
+/**
+ * A claimed step: the row, and the outputs of the steps it depends on, by
+ * step name (`{}` for a step without dependencies), read in the claim's own
+ * statement: what a worker renders the step's inputs from.
+ */
+export type ClaimedStep = JobStep & { dependencyOutputs: Record<string, unknown> };
+
+/** A claim's row as a `ClaimedStep`. */
+export function claimedStep(row: Record<string, unknown>): ClaimedStep {
+  return {
+    ...mapRow(jobStep, row),
+    dependencyOutputs: (row.dependency_outputs ?? {}) as Record<string, unknown>,
+  };
 }
 
 /**
@@ -94,4 +110,38 @@ export async function markRunning(db: Executor, jobId: string, stepName: string,
     }
     await explainRefusal(db, { entity: "step", jobId, stepName }, "running");
   }
+}
+
+/**
+ * Replaces a step's `input` (any JSON value, null included) while no worker
+ * holds it: a server that renders a step's inputs from its dependencies'
+ * outputs before releasing it. Allowed for a pending, ready or suspended
+ * step (a claim that holds the row meanwhile is waited for, then the step
+ * is running and the update refused); throws `InvalidTransitionError` for a
+ * running or finished one, `StepNotFoundError`, `InvalidInputError`.
+ */
+export async function updateInput(
+  db: Executor,
+  ref: { jobId: string; stepName: string },
+  input: unknown,
+): Promise<void> {
+  if (typeof ref !== "object" || ref === null)
+    throw new InvalidInputError("ref", "must be an object { jobId, stepName }");
+  const jobId = requireUuid("jobId", ref.jobId);
+  const stepName = requireText("stepName", ref.stepName);
+  const value = JSON.stringify(optionalJson("input", input));
+  const updated = await translateErrors(db, () =>
+    db
+      .update(jobStep)
+      .set({ input: sql`${value}::jsonb` })
+      .where(
+        and(
+          eq(jobStep.jobId, jobId),
+          eq(jobStep.stepName, stepName),
+          inArray(jobStep.status, ["pending", "ready", "suspended"]),
+        ),
+      )
+      .returning({ jobId: jobStep.jobId }),
+  );
+  if (updated.length === 0) await explainRefusal(db, { entity: "step", jobId, stepName }, "input updated");
 }

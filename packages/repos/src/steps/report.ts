@@ -23,6 +23,7 @@ import {
 import { runStatement } from "../statement.js";
 import { retryTransient } from "../transient.js";
 import { optionalJson, requireCapabilities, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
+import { type ClaimedStep, claimedStep } from "./claim.js";
 
 /**
  * The step a report is about, and what the reporting worker believes about
@@ -322,7 +323,8 @@ export async function markCancelled(db: Executor, ref: StepRef): Promise<{ repea
 /** What `reportAndClaim` did: the report's result, and the step it claimed next (if one was ready). */
 export interface ReportAndClaimResult {
   report: ReportResult;
-  next: JobStep | undefined;
+  /** The next step claimed, with the outputs of its dependencies (`ClaimedStep`). */
+  next: ClaimedStep | undefined;
 }
 
 /**
@@ -351,5 +353,5 @@ export async function reportAndClaim(
     translateErrors(db, () => runStatement<FinishRow & Record<string, unknown>, typeof values>(db, statement, values)),
   );
   const row = rows[0] as FinishRow & Record<string, unknown>;
-  return { report: accepted(a, row), next: row.job_id == null ? undefined : mapRow(jobStep, row) };
+  return { report: accepted(a, row), next: row.job_id == null ? undefined : claimedStep(row) };
 }
