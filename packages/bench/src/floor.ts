@@ -553,9 +553,10 @@ export async function floorDrain(
         // HOT is what the model is built for. A page too full for the new
         // version loses it now and then (a batch claim updates whole pages at
         // once; old versions another transaction may still see cannot be
-        // pruned): that is a figure, in the table. An indexed column written
+        // pruned; on a loaded machine, half of a quick run's 600 updates were
+        // seen so): that is a figure, in the table. An indexed column written
         // by the hot path loses it always: that is a broken model.
-        if (h.updates > 0 && h.hot < 0.5 * h.updates)
+        if (h.updates > 0 && h.hot < 0.1 * h.updates)
           problems.push(`${m.name}: only ${h.hot} of ${h.updates} updates of ${h.table} were HOT`);
       }
     } else {

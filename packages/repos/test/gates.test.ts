@@ -1,8 +1,6 @@
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
-import { drizzle } from "drizzle-orm/node-postgres";
-import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import {
   type Executor,
   InvalidInputError,
@@ -23,13 +21,9 @@ import { deferred, errorOf, registerWorker } from "./helpers.js";
  */
 const t = useTestDb();
 let workerId: string;
-const pools: pg.Pool[] = [];
 
 beforeAll(async () => {
   workerId = await registerWorker(t.db, ["shell"]);
-});
-afterAll(async () => {
-  await Promise.all(pools.map((p) => p.end()));
 });
 
 /** build -> approve (a gate, optionally timed) -> deploy. */
@@ -254,11 +248,10 @@ describe("races: the first decision wins, the other is refused", () => {
     expect((await JobRepo.get(t.db, jobId))?.status).toBe("cancelled");
   });
 
-  /** A second connection, outside the test's pool. */
+  /** A second connection, outside the test's pool (through the pooler when the run uses one). */
   function other() {
-    const pool = new pg.Pool({ connectionString: t.url, max: 2 });
-    pools.push(pool);
-    return { db: drizzle(pool), pool };
+    const db = t.openPool({ max: 2 });
+    return { db, pool: db.$client };
   }
 
   it.each([
@@ -288,6 +281,13 @@ describe("races: the first decision wins, the other is refused", () => {
       await release.promise;
     });
     await holding.promise;
+    // Whatever fails below, the first transaction ends and the second pool closes
+    // (else the file's clean-up waits for them).
+    onTestFinished(async () => {
+      release.resolve();
+      await first.catch(() => undefined);
+      await second.pool.end();
+    });
     const late = errorOf(async () => {
       const r = await act(secondKind, second.db);
       // A sweep that finds nothing to time out does not throw: it returns no gate.

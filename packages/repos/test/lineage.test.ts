@@ -1,8 +1,6 @@
 import { useTestDb } from "@stroem/testing/fixture";
 import { sql } from "drizzle-orm";
-import { drizzle } from "drizzle-orm/node-postgres";
-import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import {
   InvalidInputError,
   JobNotFoundError,
@@ -259,17 +257,11 @@ describe("job-level retry", () => {
   });
 
   describe("two connections retry the same job at once", () => {
-    const pools: pg.Pool[] = [];
-    afterAll(async () => {
-      await Promise.all(pools.map((p) => p.end()));
-    });
-
     it("one creates the retry; the other waits for its commit and is refused with its id", async () => {
       const failed = await diamond();
       await run(failed, "a", "failed");
-      const pool = new pg.Pool({ connectionString: t.url, max: 2 });
-      pools.push(pool);
-      const other = drizzle(pool);
+      const other = t.openPool({ max: 2 });
+      const pool = other.$client;
       const holding = deferred();
       const release = deferred();
       let winner = "";
@@ -279,6 +271,11 @@ describe("job-level retry", () => {
         await release.promise;
       });
       await holding.promise;
+      onTestFinished(async () => {
+        release.resolve();
+        await first.catch(() => undefined);
+        await pool.end();
+      });
       const second = errorOf(() => JobRepo.retry(other, failed));
       // The second is waiting on the source's row lock, held by the first's open transaction.
       await expect

@@ -1,4 +1,4 @@
-import { type JobStatus, type JobStep, jobStep, WORKER_ACTION_TYPES } from "@stroem/schema";
+import { type JobStatus, WORKER_ACTION_TYPES } from "@stroem/schema";
 import type { AdvanceResult } from "../advance.js";
 import { type Executor, translateErrors } from "../db.js";
 import {
@@ -8,7 +8,6 @@ import {
   StepOwnershipError,
   type StroemDbError,
 } from "../errors.js";
-import { mapRow } from "../rows.js";
 import { CANCEL_STEP, type CancelStepRow } from "../sql/cancel.js";
 import { preparedReportAndClaim } from "../sql/claim.js";
 import {
