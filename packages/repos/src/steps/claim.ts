@@ -73,10 +73,10 @@ export type ClaimedStep = JobStep & { dependencyOutputs: Record<string, unknown>
 
 /** A claim's row as a `ClaimedStep`. */
 export function claimedStep(row: Record<string, unknown>): ClaimedStep {
-  return {
-    ...mapRow(jobStep, row),
-    dependencyOutputs: (row.dependency_outputs ?? {}) as Record<string, unknown>,
-  };
+  // Set on the mapped row rather than spread into a copy: one object per claimed step.
+  const step = mapRow(jobStep, row) as ClaimedStep;
+  step.dependencyOutputs = (row.dependency_outputs ?? {}) as Record<string, unknown>;
+  return step;
 }
 
 /**
