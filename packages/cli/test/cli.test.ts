@@ -347,7 +347,7 @@ function figures(stdout: string): Record<string, number> {
 
 const CHECKS = [
   /✔ every job is terminal \((\d+)\/\1, 1 cancelled\)/,
-  /✔ no step left pending, ready or running \(0 open\)/,
+  /✔ no step left pending, ready, running or suspended \(0 open\)/,
   /✔ no step was claimed more than its retry policy allows \(\d+ claimed again, 0 over maxRetries \+ 1\)/,
   /✔ every retry is in its step's retry_history \(\d+ entries, 0 steps mismatched\)/,
   /✔ every finished step went through a claim \(0 unclaimed\)/,

@@ -149,8 +149,8 @@ export async function report(
     terminal === jobIds.length && jobs.pending + jobs.running === 0 && jobs.cancelled === (cancel ? 1 : 0),
     `${terminal}/${jobIds.length}, ${jobs.cancelled} cancelled`,
   );
-  const open = audit.byStatus.pending + audit.byStatus.ready + audit.byStatus.running;
-  check("no step left pending, ready or running", open === 0, `${open} open`);
+  const open = audit.byStatus.pending + audit.byStatus.ready + audit.byStatus.running + audit.byStatus.suspended;
+  check("no step left pending, ready, running or suspended", open === 0, `${open} open`);
   check(
     "no step was claimed more than its retry policy allows",
     overLimit === 0,
