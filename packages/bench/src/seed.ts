@@ -3,7 +3,8 @@
  * multi-row INSERT, steps through `JobStepRepo.createSteps` (2,000 rows a
  * statement), so whatever the repos keep per step stays theirs to maintain.
  */
-import { type Database, JobStepRepo, type NewJobStep, uuidv7 } from "@stroem/repos";
+import { randomUUID } from "node:crypto";
+import { type Database, JobStepRepo, type NewJobStep } from "@stroem/repos";
 import { job } from "@stroem/schema";
 
 const CHUNK = 2000;
@@ -16,8 +17,8 @@ export interface StepShape {
 
 /** Creates `count` jobs of the given shape (steps without dependencies start ready); returns their ids. */
 export async function seedJobs(db: Database, count: number, shape: readonly StepShape[]): Promise<string[]> {
-  // Time-ordered, as the repos make them (JobRepo.create).
-  const ids = Array.from({ length: count }, () => uuidv7());
+  // Random, as the repos make them (newJobId in @stroem/repos).
+  const ids = Array.from({ length: count }, () => randomUUID());
   for (let i = 0; i < ids.length; i += CHUNK) {
     const chunk = ids.slice(i, i + CHUNK);
     await db.insert(job).values(chunk.map((jobId) => ({ jobId, taskName: "bench", sourceType: "api" as const })));

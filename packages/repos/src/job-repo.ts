@@ -24,7 +24,7 @@ import { searchStatement } from "./sql/search.js";
 import { runStatement } from "./statement.js";
 import { checkFlowStep, stepConstraintError } from "./steps/create.js";
 import { transitionJob } from "./transition.js";
-import { uuidv7 } from "./uuid7.js";
+import { newJobId } from "./uuid7.js";
 import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "./validate.js";
 
 export type { AdvanceResult, NewFlowStep };
@@ -63,7 +63,8 @@ export const MAX_PAGE = 1000;
 function toJobRow(input: NewJob, at = "") {
   if (typeof input !== "object" || input === null) throw new InvalidInputError(at || "job", "must be an object");
   return {
-    jobId: uuidv7(),
+    // Random (v4), not time-ordered: see newJobId.
+    jobId: newJobId(),
     workspace: input.workspace === undefined ? "default" : requireText(`${at}workspace`, input.workspace),
     taskName: requireText(`${at}taskName`, input.taskName),
     mode: input.mode === undefined ? ("distributed" as const) : requireOneOf(`${at}mode`, input.mode, JOB_MODES),

@@ -5,7 +5,7 @@ import { type Executor, translateErrors } from "./db.js";
 import { InvalidInputError, JobNotFoundError, LineageError, StepNotFoundError } from "./errors.js";
 import { COPY_JOB, type CopyJobRow, type CopyJobValues } from "./sql/lineage.js";
 import { runStatement } from "./statement.js";
-import { uuidv7 } from "./uuid7.js";
+import { newJobId } from "./uuid7.js";
 import { optionalJson, requireInt, requireText, requireUuid } from "./validate.js";
 
 /**
@@ -83,7 +83,7 @@ async function copy(
   const actor = checkActor("actor", options?.actor);
   const values: CopyJobValues = {
     sourceJobId,
-    jobId: uuidv7(),
+    jobId: newJobId(),
     kind,
     fromStep,
     input: input.replaceInput ? JSON.stringify(input.input ?? null) : null,
