@@ -11,7 +11,7 @@ import {
   StepNotFoundError,
   WorkerRepo,
 } from "../src/index.js";
-import { deferred, errorOf, registerWorker } from "./helpers.js";
+import { deferred, errorOf, lockWaiters, registerWorker, waitFor } from "./helpers.js";
 
 /**
  * Approval gates (`src/steps/gates.ts`, `packages/schema/sql/45_gates.sql`):
@@ -288,32 +288,22 @@ describe("races: the first decision wins, the other is refused", () => {
       await first.catch(() => undefined);
       await second.pool.end();
     });
-    const late = errorOf(async () => {
-      const r = await act(secondKind, second.db);
-      // A sweep that finds nothing to time out does not throw: it returns no gate.
-      if (secondKind === "timeout") {
-        expect((r as { gates: unknown[] }).gates).toEqual([]);
-        throw new InvalidTransitionError("step", jobId, "approve", "decided", "failed");
-      }
-      return r;
-    });
-    if (secondKind !== "timeout") {
-      // It waits on the job row the first one holds (the sweep skips a locked job instead).
-      await expect
-        .poll(
-          async () =>
-            (
-              await second.pool.query(
-                "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-              )
-            ).rows[0].n,
-        )
-        .toBe(1);
+    const late = act(secondKind, second.db).then(
+      (answer) => ({ answer, error: undefined }),
+      (error: Error) => ({ answer: undefined, error }),
+    );
+    if (secondKind === "timeout") {
+      // The sweep skips a job row another transaction holds, at once: no gate timed out.
+      expect(await late).toEqual({ answer: { steps: [], gates: [], jobs: [] }, error: undefined });
+      release.resolve();
+      await first;
+    } else {
+      // A decision waits on the job row the first one holds, then finds the step decided.
+      await waitFor(async () => (await lockWaiters(second.db)) === 1);
+      release.resolve();
+      await first;
+      expect((await late).error).toBeInstanceOf(InvalidTransitionError);
     }
-    release.resolve();
-    await first;
-    const error = await late;
-    expect(error).toBeInstanceOf(InvalidTransitionError);
     const expected = { approve: "completed", reject: "failed", timeout: "failed", cancel: "cancelled" }[firstKind];
     expect((await step(jobId, "approve"))?.status).toBe(expected);
     const { rows } = await t.db.execute<{ n: number }>(sql`select count(*)::int as n from audit_event

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { ActionType, NewJobStep } from "@stroem/schema";
+import { sql } from "drizzle-orm";
 import { type Executor, JobRepo, JobStepRepo, WorkerRepo } from "../src/index.js";
 
 export async function registerWorker(db: Executor, capabilities: ActionType[] = ["shell", "docker", "pod"]) {
@@ -68,4 +69,12 @@ export async function waitFor(check: () => Promise<boolean>, ms = 10_000) {
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** Sessions of this database waiting for a lock now (a concurrency test's "the other one is blocked"). */
+export async function lockWaiters(db: Executor): Promise<number> {
+  const { rows } = await db.execute<{ n: number }>(
+    sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`,
+  );
+  return Number(rows[0]?.n ?? 0);
 }

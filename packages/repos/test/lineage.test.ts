@@ -9,7 +9,7 @@ import {
   LineageError,
   StepNotFoundError,
 } from "../src/index.js";
-import { deferred, errorOf, registerWorker } from "./helpers.js";
+import { deferred, errorOf, lockWaiters, registerWorker, waitFor } from "./helpers.js";
 
 /**
  * Jobs made from jobs: reruns, restarts from a step, job-level retries
@@ -278,16 +278,7 @@ describe("job-level retry", () => {
       });
       const second = errorOf(() => JobRepo.retry(other, failed));
       // The second is waiting on the source's row lock, held by the first's open transaction.
-      await expect
-        .poll(
-          async () =>
-            (
-              await pool.query(
-                "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-              )
-            ).rows[0].n,
-        )
-        .toBe(1);
+      await waitFor(async () => (await lockWaiters(other)) === 1);
       release.resolve();
       await first;
       const error = await second;

@@ -11,8 +11,10 @@ import {
   job,
   jobStep,
   MIGRATIONS_FOLDER,
+  SERVER_ACTION_TYPES,
   SOURCE_TYPES,
   STEP_STATUSES,
+  WORKER_ACTION_TYPES,
   WORKER_STATUSES,
   worker,
 } from "../src/index.js";
@@ -40,6 +42,13 @@ describe("status constants", () => {
     expect(line, name).toBeDefined();
     const allowed = [...(line?.match(/in \(([^)]*)\)/)?.[1] ?? "").matchAll(/'([^']*)'/g)].map((m) => m[1]);
     expect(allowed).toEqual([...values]);
+  });
+
+  it("the server's action types are the ones 45_gates.sql suspends, and the rest are the workers'", () => {
+    const gates = readFileSync(new URL("../sql/45_gates.sql", import.meta.url), "utf8");
+    const listed = gates.match(/action_type NOT IN \(([^)]*)\)/)?.[1] ?? "";
+    expect(listed.split(",").map((v) => v.trim().replace(/'/g, ""))).toEqual([...SERVER_ACTION_TYPES]);
+    expect([...WORKER_ACTION_TYPES, ...SERVER_ACTION_TYPES].sort()).toEqual([...ACTION_TYPES].sort());
   });
 
   it("each table declares its CHECK constraints", () => {

@@ -130,8 +130,7 @@ function searchQuery(
   // idx_job_created_at filtered by workspace (it estimates a workspace's
   // share generically): both are index walks, the second slower for a
   // workspace that holds few of the jobs.
-  const pairs = JSON.stringify(f.scope.filter((p) => p.taskName !== null));
-  const wide = JSON.stringify(f.scope.filter((p) => p.taskName === null).map((p) => p.workspace));
+  const { pairs, wide } = scopeJson(f.scope);
   return sql`select s.* from (
       select j.*, ${CURSOR_TIME} as cursor_time
       from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text)
@@ -153,9 +152,16 @@ function searchQuery(
 
 /** Whether the row `alias` is in the scope (one of its pairs, or a whole workspace of it). */
 function inScope(scope: NonNullable<SearchFilters["scope"]>, alias: SQL): SQL {
-  const pairs = JSON.stringify(scope.filter((p) => p.taskName !== null));
-  const wide = JSON.stringify(scope.filter((p) => p.taskName === null).map((p) => p.workspace));
+  const { pairs, wide } = scopeJson(scope);
   return sql`((${alias}.workspace, ${alias}.task_name) in (select p.workspace, p."taskName"
         from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text))
       or ${alias}.workspace in (select jsonb_array_elements_text(${wide}::jsonb)))`;
+}
+
+/** A scope as the statements bind it: its (workspace, task) pairs, and its whole workspaces, as JSON. */
+function scopeJson(scope: NonNullable<SearchFilters["scope"]>): { pairs: string; wide: string } {
+  return {
+    pairs: JSON.stringify(scope.filter((p) => p.taskName !== null)),
+    wide: JSON.stringify(scope.filter((p) => p.taskName === null).map((p) => p.workspace)),
+  };
 }
