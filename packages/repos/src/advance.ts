@@ -1,5 +1,5 @@
 import { type Flow, type FlowStep, FlowValidationError, planAdvance, validateFlow } from "@stroem/orchestrator";
-import { type JobStatus, jobStep } from "@stroem/schema";
+import { type JobStatus, jobStepState } from "@stroem/schema";
 import { eq, sql } from "drizzle-orm";
 import { type Executor, transaction, translateErrors } from "./db.js";
 import { InvalidInputError, JobNotFoundError } from "./errors.js";
@@ -73,13 +73,13 @@ export async function advanceWithFlow(db: Executor, jobId: string, flow: Flow): 
     const steps = await translateErrors(tx, () =>
       tx
         .select({
-          stepName: jobStep.stepName,
-          status: jobStep.status,
-          dependsOn: jobStep.dependsOn,
-          continueOnFailure: jobStep.continueOnFailure,
+          stepName: jobStepState.stepName,
+          status: jobStepState.status,
+          dependsOn: jobStepState.dependsOn,
+          continueOnFailure: jobStepState.continueOnFailure,
         })
-        .from(jobStep)
-        .where(eq(jobStep.jobId, jobId)),
+        .from(jobStepState)
+        .where(eq(jobStepState.jobId, jobId)),
     );
     if (steps.length > 0) {
       planAdvance(steps, flow); // throws FlowValidationError unless the names agree

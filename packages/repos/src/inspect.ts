@@ -112,7 +112,7 @@ export async function stuckSteps(db: Executor, options: { staleAfterMs: number; 
   const limit = limitOf(options?.limit);
   const { rows } = await translateErrors(db, () =>
     db.execute<RunningRow & { total: number }>(sql`select ${RUNNING_COLUMNS}, (count(*) over ())::int as total
-      from job_step s
+      from job_step_state s
       join worker w on w.worker_id = s.worker_id
       where s.status = 'running'
         and (w.status <> 'active' or w.last_heartbeat is null
@@ -135,7 +135,7 @@ export async function oldestRunning(db: Executor, options: { limit?: number } = 
   const limit = limitOf(options?.limit);
   const { rows } = await translateErrors(db, () =>
     db.execute<RunningRow>(sql`select ${RUNNING_COLUMNS}
-      from job_step s
+      from job_step_state s
       join worker w on w.worker_id = s.worker_id
       where s.status = 'running'
       order by s.started_at, s.job_id, s.step_name
@@ -177,7 +177,7 @@ export async function unmatchedReady(db: Executor, options: { staleAfterMs?: num
       cross join lateral (
         select count(*)::int as ready, (count(*) filter (where s.ready_at <= now()))::int as due,
           min(s.ready_at) as oldest_ready_at
-        from job_step s
+        from job_step_state s
         where s.status = 'ready' and s.action_type = t.action_type) r
       where not exists (
           select 1 from worker w

@@ -8,6 +8,7 @@ import {
   type JobMode,
   type JobStatus,
   job,
+  jobState,
   type NewFlowStep,
   RECORD_LIMITS,
 } from "@stroem/schema";
@@ -320,7 +321,7 @@ export async function createWithSteps(
 /** The job, or `undefined`. */
 export async function get(db: Executor, jobId: string): Promise<Job | undefined> {
   requireUuid("jobId", jobId);
-  const rows = await translateErrors(db, () => db.select().from(job).where(eq(job.jobId, jobId)));
+  const rows = await translateErrors(db, () => db.select().from(jobState).where(eq(jobState.jobId, jobId)));
   return rows[0];
 }
 
@@ -345,9 +346,9 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   const limit = requireInt("limit", query.limit, 1, MAX_PAGE);
   const offset = requireInt("offset", query.offset, 0, Number.MAX_SAFE_INTEGER);
   const filters: SQL[] = [];
-  if (query.workspace !== undefined) filters.push(eq(job.workspace, requireText("workspace", query.workspace)));
-  if (query.status !== undefined) filters.push(eq(job.status, requireOneOf("status", query.status, JOB_STATUSES)));
-  if (query.taskName !== undefined) filters.push(eq(job.taskName, requireText("taskName", query.taskName)));
+  if (query.workspace !== undefined) filters.push(eq(jobState.workspace, requireText("workspace", query.workspace)));
+  if (query.status !== undefined) filters.push(eq(jobState.status, requireOneOf("status", query.status, JOB_STATUSES)));
+  if (query.taskName !== undefined) filters.push(eq(jobState.taskName, requireText("taskName", query.taskName)));
   const scope = checkScope(query.scope, query.workspace);
   if (scope !== undefined) {
     if (scope.length === 0) return [];
@@ -366,9 +367,9 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
   return translateErrors(db, () =>
     db
       .select()
-      .from(job)
+      .from(jobState)
       .where(and(...filters))
-      .orderBy(desc(job.createdAt), desc(job.jobId))
+      .orderBy(desc(jobState.createdAt), desc(jobState.jobId))
       .limit(limit)
       .offset(offset),
   );
@@ -386,7 +387,9 @@ export async function countByStatus(
   const scope = checkScope(options?.scope);
   const rows =
     scope === undefined
-      ? await translateErrors(db, () => db.select({ status: job.status, n: count() }).from(job).groupBy(job.status))
+      ? await translateErrors(db, () =>
+          db.select({ status: jobState.status, n: count() }).from(jobState).groupBy(jobState.status),
+        )
       : scope.length === 0
         ? []
         : (
@@ -395,10 +398,10 @@ export async function countByStatus(
                 select j.status, count(*)::int as n
                 from jsonb_to_recordset(${JSON.stringify(scope)}::jsonb) as p(workspace text, "taskName" text)
                 cross join lateral (
-                  select j.status from job j
+                  select j.status from job_state j
                   where j.workspace = p.workspace and p."taskName" is not null and j.task_name = p."taskName"
                   union all
-                  select j.status from job j where j.workspace = p.workspace and p."taskName" is null
+                  select j.status from job_state j where j.workspace = p.workspace and p."taskName" is null
                 ) j
                 group by j.status`),
             )

@@ -1,4 +1,4 @@
-import { type Job, job } from "@stroem/schema";
+import { type Job, jobState } from "@stroem/schema";
 import { asc, eq, or } from "drizzle-orm";
 import { type AuditOptions, checkActor } from "./audit-repo.js";
 import { type Executor, translateErrors } from "./db.js";
@@ -113,7 +113,7 @@ async function copy(
 /** The job that retried `jobId` now (a read after the statement that lost the race). */
 async function currentRetry(db: Executor, jobId: string): Promise<string | null> {
   const rows = await translateErrors(db, () =>
-    db.select({ retryJobId: job.retryJobId }).from(job).where(eq(job.jobId, jobId)),
+    db.select({ retryJobId: jobState.retryJobId }).from(jobState).where(eq(jobState.jobId, jobId)),
   );
   return rows[0]?.retryJobId ?? null;
 }
@@ -125,16 +125,16 @@ async function currentRetry(db: Executor, jobId: string): Promise<string | null>
  */
 export async function attempts(db: Executor, jobId: string): Promise<Job[]> {
   requireUuid("jobId", jobId);
-  const rows = await translateErrors(db, () => db.select().from(job).where(eq(job.jobId, jobId)));
+  const rows = await translateErrors(db, () => db.select().from(jobState).where(eq(jobState.jobId, jobId)));
   const found = rows[0];
   if (!found) throw new JobNotFoundError(jobId);
   const root = found.retryOfJobId ?? found.jobId;
   return translateErrors(db, () =>
     db
       .select()
-      .from(job)
-      .where(or(eq(job.jobId, root), eq(job.retryOfJobId, root)))
-      .orderBy(asc(job.retryAttempt), asc(job.createdAt)),
+      .from(jobState)
+      .where(or(eq(jobState.jobId, root), eq(jobState.retryOfJobId, root)))
+      .orderBy(asc(jobState.retryAttempt), asc(jobState.createdAt)),
   );
 }
 
@@ -146,6 +146,11 @@ export async function madeFrom(db: Executor, jobId: string, options: { limit?: n
   requireUuid("jobId", jobId);
   const limit = options?.limit === undefined ? 100 : requireInt("limit", options.limit, 1, 1000);
   return translateErrors(db, () =>
-    db.select().from(job).where(eq(job.sourceJobId, jobId)).orderBy(asc(job.createdAt), asc(job.jobId)).limit(limit),
+    db
+      .select()
+      .from(jobState)
+      .where(eq(jobState.sourceJobId, jobId))
+      .orderBy(asc(jobState.createdAt), asc(jobState.jobId))
+      .limit(limit),
   );
 }

@@ -1,4 +1,4 @@
-import { type JobStatus, job, jobStep } from "@stroem/schema";
+import { type JobStatus, job, jobState, jobStepState } from "@stroem/schema";
 import { and, eq, inArray } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
 import {
@@ -22,15 +22,15 @@ export async function explainRefusal(db: Executor, target: TransitionTarget, to:
     target.entity === "job"
       ? (
           await translateErrors(db, () =>
-            db.select({ status: job.status }).from(job).where(eq(job.jobId, target.jobId)),
+            db.select({ status: jobState.status }).from(jobState).where(eq(jobState.jobId, target.jobId)),
           )
         )[0]
       : (
           await translateErrors(db, () =>
             db
-              .select({ status: jobStep.status })
-              .from(jobStep)
-              .where(and(eq(jobStep.jobId, target.jobId), eq(jobStep.stepName, target.stepName))),
+              .select({ status: jobStepState.status })
+              .from(jobStepState)
+              .where(and(eq(jobStepState.jobId, target.jobId), eq(jobStepState.stepName, target.stepName))),
           )
         )[0];
   if (!current) {

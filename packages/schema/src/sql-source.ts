@@ -15,7 +15,9 @@ import { fileURLToPath } from "node:url";
  * compared). It is keyed by the object it defines:
  * - `function <name>`: `CREATE OR REPLACE FUNCTION <name>(…)` (no overloads);
  * - `trigger <table>.<name>`: `CREATE OR REPLACE TRIGGER <name> … ON <table>`;
- * - `table <name>`: `ALTER TABLE <name> SET (…)` (storage parameters).
+ * - `table <name>`: `ALTER TABLE <name> SET (…)` (storage parameters);
+ * - `view <name>`: `CREATE OR REPLACE VIEW <name> AS …` (the read views over
+ *   the tables, `05_views.sql`).
  */
 
 /** The source folder: `packages/schema/sql` (not shipped; read by the checks and the generator). */
@@ -23,10 +25,10 @@ export const SQL_SOURCE_FOLDER = fileURLToPath(new URL("../sql", import.meta.url
 
 export const STATEMENT_BREAKPOINT = "--> statement-breakpoint";
 
-export type SqlObjectKind = "function" | "trigger" | "table";
+export type SqlObjectKind = "function" | "trigger" | "table" | "view";
 
 export interface SqlBlock {
-  /** `function stroem_finish_step`, `trigger job.job_deadline_insert`, `table job`. */
+  /** `function stroem_finish_step`, `trigger job.job_deadline_insert`, `table job`, `view job_state`. */
   key: string;
   kind: SqlObjectKind;
   /** Function or trigger name, or the table of a settings block. */
@@ -73,6 +75,8 @@ const CREATE_TRIGGER = new RegExp(
   String.raw`^CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+${ident}[\s\S]*?\bON\s+${ident}`,
   "i",
 );
+const CREATE_VIEW = new RegExp(String.raw`^CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+${ident}`, "i");
+const DROP_VIEW = new RegExp(String.raw`^DROP\s+VIEW\s+(?:IF\s+EXISTS\s+)?${ident}`, "i");
 const ALTER_TABLE_SET = new RegExp(String.raw`^ALTER\s+TABLE\s+(?:ONLY\s+)?${ident}\s+SET\s*\(`, "i");
 const DROP_FUNCTION = new RegExp(String.raw`^DROP\s+FUNCTION\s+(?:IF\s+EXISTS\s+)?${ident}`, "i");
 const DROP_TRIGGER = new RegExp(String.raw`^DROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?${ident}\s+ON\s+${ident}`, "i");
@@ -92,6 +96,10 @@ export function classify(statement: string): Classified {
   if (m) return { action: "define", kind: "trigger", name: m[1] as string, key: `trigger ${m[2]}.${m[1]}` };
   m = ALTER_TABLE_SET.exec(statement);
   if (m) return { action: "define", kind: "table", name: m[1] as string, key: `table ${m[1]}` };
+  m = CREATE_VIEW.exec(statement);
+  if (m) return { action: "define", kind: "view", name: m[1] as string, key: `view ${m[1]}` };
+  m = DROP_VIEW.exec(statement);
+  if (m) return { action: "drop", key: `view ${m[1]}` };
   m = DROP_FUNCTION.exec(statement);
   if (m) return { action: "drop", key: `function ${m[1]}` };
   m = DROP_TRIGGER.exec(statement);
@@ -123,7 +131,7 @@ export function readSqlSource(folder: string = SQL_SOURCE_FOLDER): SqlBlock[] {
       const head = statement.split("\n")[0];
       if (c.action !== "define") {
         throw new SqlSourceError(
-          `${file}: a block must define a function, a trigger or a table's settings; found: ${head}`,
+          `${file}: a block must define a function, a trigger, a view or a table's settings; found: ${head}`,
         );
       }
       if (c.kind !== "table" && !/^CREATE\s+OR\s+REPLACE\s/i.test(statement)) {
@@ -249,6 +257,8 @@ export function dropFunctionStatement(def: { name: string; statement: string }):
  * order, each preceded by a DROP when its arguments or result type changed
  * (CREATE OR REPLACE cannot change them; it would add an overload); then a
  * DROP for each object the migrations define that the folder no longer has.
+ * A changed view is dropped and created again (`CREATE OR REPLACE VIEW` can
+ * only append columns), so a view's readers are never a view.
  * With `upTo`, against the migrations before that tag (to rewrite it).
  */
 export function pendingStatements(
@@ -267,6 +277,7 @@ export function pendingStatements(
       const b = functionSignature(block.statement);
       if (a.args !== b.args || a.returns !== b.returns) out.push(dropFunctionStatement(def));
     }
+    if (def && block.kind === "view") out.push(`DROP VIEW ${def.name};`);
     out.push(block.text);
   }
   const keys = new Set(blocks.map((b) => b.key));
@@ -276,7 +287,8 @@ export function pendingStatements(
     else if (def.kind === "trigger") {
       const [table, name] = def.key.slice("trigger ".length).split(".");
       out.push(`DROP TRIGGER ${name} ON ${table};`);
-    } else out.push(`ALTER TABLE ${def.name} RESET (fillfactor);`);
+    } else if (def.kind === "view") out.push(`DROP VIEW ${def.name};`);
+    else out.push(`ALTER TABLE ${def.name} RESET (fillfactor);`);
   }
   return out;
 }
@@ -289,7 +301,8 @@ export interface QueryClient {
 /**
  * What the database holds in the current schema of the connection: each
  * function's `pg_get_functiondef` by signature, each trigger's
- * `pg_get_triggerdef` by table and name, each table's storage parameters.
+ * `pg_get_triggerdef` by table and name, each table's storage parameters,
+ * each view's `pg_get_viewdef`.
  */
 export async function catalogSnapshot(client: QueryClient): Promise<Map<string, string>> {
   const snapshot = new Map<string, string>();
@@ -309,6 +322,11 @@ export async function catalogSnapshot(client: QueryClient): Promise<Map<string, 
      from pg_class c where c.relnamespace = current_schema()::regnamespace and c.relkind in ('r', 'p')`,
   );
   for (const r of tables.rows) if (r.options) snapshot.set(`table ${r.name}`, r.options);
+  const views = await client.query<{ name: string; def: string }>(
+    `select c.relname as name, pg_get_viewdef(c.oid) as def
+     from pg_class c where c.relnamespace = current_schema()::regnamespace and c.relkind = 'v'`,
+  );
+  for (const r of views.rows) snapshot.set(`view ${r.name}`, r.def);
   return snapshot;
 }
 

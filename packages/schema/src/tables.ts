@@ -10,6 +10,7 @@ import {
   integer,
   jsonb,
   pgTable,
+  pgView,
   primaryKey,
   text,
   timestamp,
@@ -97,97 +98,96 @@ export const worker = pgTable(
   (t) => [check("worker_status_check", oneOf(t.status, WORKER_STATUSES))],
 );
 
-export const job = pgTable(
-  "job",
-  {
-    jobId: uuid("job_id").primaryKey(),
-    workspace: text("workspace").notNull().default("default"),
-    taskName: text("task_name").notNull(),
-    mode: text("mode").$type<JobMode>().notNull().default("distributed"),
-    input: jsonb("input").$type<unknown>(),
-    output: jsonb("output").$type<unknown>(),
-    status: text("status").$type<JobStatus>().notNull().default("pending"),
-    sourceType: text("source_type").$type<SourceType>().notNull(),
-    sourceId: text("source_id"),
-    workerId: uuid("worker_id"),
-    revision: text("revision"),
-    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
-    startedAt: timestamp("started_at", tz),
-    completedAt: timestamp("completed_at", tz),
-    logPath: text("log_path"),
-    /** Why the job was cancelled (`JobRepo.cancel`'s `reason`). */
-    cancelReason: text("cancel_reason"),
-    /** The job fails once it is this many seconds old and not finished (`sweepTimeouts`). */
-    timeoutSecs: integer("timeout_secs"),
-    /** Why the job failed, when no step says it (a timeout). */
-    errorMessage: text("error_message"),
-    /**
-     * Steps not yet terminal, as far as advancing has applied their outcomes
-     * (see `job_step.propagated`): the job is finished when it reaches 0.
-     */
-    stepsUnfinished: integer("steps_unfinished").notNull().default(0),
-    /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
-    stepsFailed: integer("steps_failed").notNull().default(0),
-    /**
-     * The job this one was made from (`JobRepo.rerun`, `restart`, `retry`),
-     * set at creation, never changed; null once that job is purged.
-     */
-    sourceJobId: uuid("source_job_id"),
-    /** A restart's step: the steps upstream of it were copied completed from `source_job_id`. */
-    restartFromStep: text("restart_from_step"),
-    /**
-     * A job-level retry's first attempt (the root of the chain: every retry of
-     * a retry names the same job); null for a job that is not a retry.
-     */
-    retryOfJobId: uuid("retry_of_job_id"),
-    /** 0 for a first attempt; n for the n-th retry of `retry_of_job_id`. */
-    retryAttempt: integer("retry_attempt").notNull().default(0),
-    /** The job that retried this one (`JobRepo.retry`), set once; a job is retried at most once. */
-    retryJobId: uuid("retry_job_id"),
-  },
-  (t) => [
-    foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
-    check("job_mode_check", oneOf(t.mode, JOB_MODES)),
-    check("job_status_check", oneOf(t.status, JOB_STATUSES)),
-    check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
-    // A job has `completed_at` exactly when it is finished.
-    check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
-    check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
-    check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
-    foreignKey({ name: CONSTRAINTS.jobSourceFk, columns: [t.sourceJobId], foreignColumns: [t.jobId] }).onDelete(
-      "set null",
-    ),
-    foreignKey({ name: CONSTRAINTS.jobRetryOfFk, columns: [t.retryOfJobId], foreignColumns: [t.jobId] }).onDelete(
-      "set null",
-    ),
-    // A retry names its chain's first job and counts from 1; a restart names its step.
-    check(
-      "job_lineage_check",
-      sql`${t.retryAttempt} >= 0 and (${t.retryAttempt} = 0 or ${t.sourceType} = 'retry') and (${t.restartFromStep} is null or ${t.sourceType} = 'restart')`,
-    ),
-    // Lineage look-ups (what was made from this job, a retry chain); both
-    // columns are written once, at creation, so they cost no HOT update.
-    index("idx_job_source_job").on(t.sourceJobId).where(sql`${t.sourceJobId} is not null`),
-    index("idx_job_retry_of").on(t.retryOfJobId, t.retryAttempt).where(sql`${t.retryOfJobId} is not null`),
-    // No index on status (the design note had one): a job changes status two
-    // or three times and an index on it makes each such UPDATE non-HOT, for
-    // no hot query. Listing by status walks idx_job_created_at, newest first.
-    // The list and search indexes end in (created_at, job_id), the order of
-    // `list` and of `search`'s keyset cursor; none holds a column a job's
-    // updates change, so they cost an entry at creation and nothing after
-    // (the claim's and the report's job UPDATEs stay HOT).
-    index("idx_job_created_at").on(t.createdAt, t.jobId),
-    index("idx_job_workspace_created").on(t.workspace, t.createdAt, t.jobId),
-    index("idx_job_workspace_task").on(t.workspace, t.taskName, t.createdAt, t.jobId),
-    // `search`'s text query over task name and input (GIN over the same
-    // expression the query repeats, JOB_SEARCH_DOCUMENT).
-    index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
-    // Nothing here may name a column the report changes (status, counts,
-    // started_at, completed_at), in a key or a predicate: every job UPDATE of
-    // the hot path then stays HOT (fillfactor 80 leaves it room). Job
-    // timeouts are found through job_deadline, not a partial index here.
-  ],
-);
+/** The columns of `job` (also those of its read view, `job_state`). */
+const jobColumns = () => ({
+  jobId: uuid("job_id").primaryKey(),
+  workspace: text("workspace").notNull().default("default"),
+  taskName: text("task_name").notNull(),
+  mode: text("mode").$type<JobMode>().notNull().default("distributed"),
+  input: jsonb("input").$type<unknown>(),
+  output: jsonb("output").$type<unknown>(),
+  status: text("status").$type<JobStatus>().notNull().default("pending"),
+  sourceType: text("source_type").$type<SourceType>().notNull(),
+  sourceId: text("source_id"),
+  workerId: uuid("worker_id"),
+  revision: text("revision"),
+  createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+  startedAt: timestamp("started_at", tz),
+  completedAt: timestamp("completed_at", tz),
+  logPath: text("log_path"),
+  /** Why the job was cancelled (`JobRepo.cancel`'s `reason`). */
+  cancelReason: text("cancel_reason"),
+  /** The job fails once it is this many seconds old and not finished (`sweepTimeouts`). */
+  timeoutSecs: integer("timeout_secs"),
+  /** Why the job failed, when no step says it (a timeout). */
+  errorMessage: text("error_message"),
+  /**
+   * Steps not yet terminal, as far as advancing has applied their outcomes
+   * (see `job_step.propagated`): the job is finished when it reaches 0.
+   */
+  stepsUnfinished: integer("steps_unfinished").notNull().default(0),
+  /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
+  stepsFailed: integer("steps_failed").notNull().default(0),
+  /**
+   * The job this one was made from (`JobRepo.rerun`, `restart`, `retry`),
+   * set at creation, never changed; null once that job is purged.
+   */
+  sourceJobId: uuid("source_job_id"),
+  /** A restart's step: the steps upstream of it were copied completed from `source_job_id`. */
+  restartFromStep: text("restart_from_step"),
+  /**
+   * A job-level retry's first attempt (the root of the chain: every retry of
+   * a retry names the same job); null for a job that is not a retry.
+   */
+  retryOfJobId: uuid("retry_of_job_id"),
+  /** 0 for a first attempt; n for the n-th retry of `retry_of_job_id`. */
+  retryAttempt: integer("retry_attempt").notNull().default(0),
+  /** The job that retried this one (`JobRepo.retry`), set once; a job is retried at most once. */
+  retryJobId: uuid("retry_job_id"),
+});
+
+export const job = pgTable("job", jobColumns(), (t) => [
+  foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
+  check("job_mode_check", oneOf(t.mode, JOB_MODES)),
+  check("job_status_check", oneOf(t.status, JOB_STATUSES)),
+  check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
+  // A job has `completed_at` exactly when it is finished.
+  check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
+  check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+  check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+  foreignKey({ name: CONSTRAINTS.jobSourceFk, columns: [t.sourceJobId], foreignColumns: [t.jobId] }).onDelete(
+    "set null",
+  ),
+  foreignKey({ name: CONSTRAINTS.jobRetryOfFk, columns: [t.retryOfJobId], foreignColumns: [t.jobId] }).onDelete(
+    "set null",
+  ),
+  // A retry names its chain's first job and counts from 1; a restart names its step.
+  check(
+    "job_lineage_check",
+    sql`${t.retryAttempt} >= 0 and (${t.retryAttempt} = 0 or ${t.sourceType} = 'retry') and (${t.restartFromStep} is null or ${t.sourceType} = 'restart')`,
+  ),
+  // Lineage look-ups (what was made from this job, a retry chain); both
+  // columns are written once, at creation, so they cost no HOT update.
+  index("idx_job_source_job").on(t.sourceJobId).where(sql`${t.sourceJobId} is not null`),
+  index("idx_job_retry_of").on(t.retryOfJobId, t.retryAttempt).where(sql`${t.retryOfJobId} is not null`),
+  // No index on status (the design note had one): a job changes status two
+  // or three times and an index on it makes each such UPDATE non-HOT, for
+  // no hot query. Listing by status walks idx_job_created_at, newest first.
+  // The list and search indexes end in (created_at, job_id), the order of
+  // `list` and of `search`'s keyset cursor; none holds a column a job's
+  // updates change, so they cost an entry at creation and nothing after
+  // (the claim's and the report's job UPDATEs stay HOT).
+  index("idx_job_created_at").on(t.createdAt, t.jobId),
+  index("idx_job_workspace_created").on(t.workspace, t.createdAt, t.jobId),
+  index("idx_job_workspace_task").on(t.workspace, t.taskName, t.createdAt, t.jobId),
+  // `search`'s text query over task name and input (GIN over the same
+  // expression the query repeats, JOB_SEARCH_DOCUMENT).
+  index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
+  // Nothing here may name a column the report changes (status, counts,
+  // started_at, completed_at), in a key or a predicate: every job UPDATE of
+  // the hot path then stays HOT (fillfactor 80 leaves it room). Job
+  // timeouts are found through job_deadline, not a partial index here.
+]);
 
 /**
  * The deadline of each job created with `timeout_secs` (created_at +
@@ -213,138 +213,137 @@ export const jobDeadline = pgTable(
   ],
 );
 
-export const jobStep = pgTable(
-  "job_step",
-  {
-    jobId: uuid("job_id").notNull(),
-    stepName: text("step_name").notNull(),
-    actionName: text("action_name").notNull(),
-    actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
-    actionImage: text("action_image"),
-    actionSpec: jsonb("action_spec").$type<unknown>(),
-    input: jsonb("input").$type<unknown>(),
-    output: jsonb("output").$type<unknown>(),
-    status: text("status").$type<StepStatus>().notNull().default("pending"),
-    workerId: uuid("worker_id"),
-    startedAt: timestamp("started_at", tz),
-    completedAt: timestamp("completed_at", tz),
-    errorMessage: text("error_message"),
-    /** The names of the steps this one waits for: the job keeps the graph it was created with. */
-    dependsOn: text("depends_on").array().notNull().default(sql`'{}'::text[]`),
-    /** Runs once its dependencies are terminal even if some failed; its own failure does not fail the job. */
-    continueOnFailure: boolean("continue_on_failure").notNull().default(false),
-    /**
-     * How many times the step was claimed (moved to running): the attempt a
-     * worker's report is guarded with. A step rescued from a dead worker and
-     * claimed again shows 2.
-     */
-    attempts: integer("attempts").notNull().default(0),
-    /**
-     * Rescues that did not spend the step's retry budget (its worker died or
-     * lost the claim: not the step's failure). Each such rescue also raised
-     * `maxRetries` by one, so `maxRetries - rescues` is the policy the step
-     * was created with. Bounded by the rescuer's `maxRescues` (default 3).
-     */
-    rescues: integer("rescues").notNull().default(0),
-    /** When the step last became ready: the claim serves the oldest first. */
-    readyAt: timestamp("ready_at", tz),
-    /** The steps that list this one in `depends_on` (the graph's reverse edges), so advancing reads only them. */
-    dependants: text("dependants").array().notNull().default(sql`'{}'::text[]`),
-    /** Dependencies whose outcome has not reached this step yet. */
-    depsUnfinished: integer("deps_unfinished").notNull().default(0),
-    /** Dependencies that failed. */
-    depsFailed: integer("deps_failed").notNull().default(0),
-    /** Dependencies that completed. */
-    depsCompleted: integer("deps_completed").notNull().default(0),
-    /**
-     * A terminal step's outcome has been applied to its dependants' counts and
-     * to the job's (by the report that finished it, or by `advance`). False on
-     * a step finished by a bare mark (`markCompleted` without `advance`).
-     */
-    propagated: boolean("propagated").notNull().default(false),
-    /** Retry policy, given at creation: runs after the first (0: a failure is final). */
-    maxRetries: integer("max_retries").notNull().default(0),
-    /** Delay before the first retry, seconds. */
-    retryBackoffSecs: integer("retry_backoff_secs").notNull().default(10),
-    /** `fixed` or `exponential` (doubling per attempt, capped at one day). */
-    retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
-    /** Fraction (0 to 1) of the delay that is random (only ever shortens it). */
-    retryJitter: doublePrecision("retry_jitter").notNull().default(0),
-    /**
-     * One entry per failed attempt that was retried (a worker's `fail`, a
-     * rescue): `{ attempt, workerId, error, startedAt, failedAt }`, oldest first.
-     */
-    /**
-     * Set on a running step when its job is cancelled: the worker learns it
-     * from its heartbeat and reports `markCancelled` (or its late outcome).
-     */
-    cancelRequestedAt: timestamp("cancel_requested_at", tz),
-    /**
-     * A run fails once it has been running this many seconds (`sweepTimeouts`;
-     * the retry policy applies); a suspended gate fails once it has waited this long.
-     */
-    timeoutSecs: integer("timeout_secs"),
-    /** When a server step (an approval gate) was suspended to wait for its decision. */
-    suspendedAt: timestamp("suspended_at", tz),
-    retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
-  },
-  (t) => [
-    primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
-    foreignKey({ name: CONSTRAINTS.stepJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
-    foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
-    check("job_step_action_type_check", oneOf(t.actionType, ACTION_TYPES)),
-    check("job_step_status_check", oneOf(t.status, STEP_STATUSES)),
-    check("job_step_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
-    // A running step is held by a worker since a start time.
-    check(
-      "job_step_running_check",
-      sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
-    ),
-    // A step has `completed_at` exactly when it is finished.
-    check(
-      "job_step_completed_at_check",
-      sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
-    ),
-    // A suspended step waits since a time.
-    check("job_step_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
-    check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
-    check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
-    check(
-      "job_step_retry_policy_check",
-      sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
-    ),
-    check("job_step_rescues_check", sql`${t.rescues} >= 0`),
-    check(
-      "job_step_dep_counts_check",
-      sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
-    ),
-    // The claim's index: only claimable rows, per action type, in the claim's
-    // order. Its size follows the ready backlog, not the history kept in the
-    // table, and a claim for one action type never walks past the ready steps
-    // of another.
-    index("idx_job_step_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
-    // Advance's look-up of a job's finished steps whose outcome has not been
-    // applied yet; empty unless callers compose a bare mark with `advance`.
-    index("idx_job_step_unpropagated")
-      .on(t.jobId)
-      .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
-    // sweepTimeouts' candidates: running steps with a timeout (status is in
-    // other predicates already, so this costs no HOT update).
-    index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
-    // `search`'s text query over step errors: only rows with an error are in
-    // it, so the claim and a successful report (error_message stays null)
-    // never touch it; a failure adds one entry.
-    index("idx_job_step_error_search")
-      .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
-      .where(sql`${t.errorMessage} is not null`),
-    // sweepTimeouts' suspended gates with a timeout (none on the hot path).
-    index("idx_job_step_suspended")
-      .on(t.suspendedAt)
-      .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
-    // Workers' and recovery's look-up of what a worker holds.
-    index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
-  ],
-);
+/** The columns of `job_step` (also those of its read view, `job_step_state`). */
+const jobStepColumns = () => ({
+  jobId: uuid("job_id").notNull(),
+  stepName: text("step_name").notNull(),
+  actionName: text("action_name").notNull(),
+  actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
+  actionImage: text("action_image"),
+  actionSpec: jsonb("action_spec").$type<unknown>(),
+  input: jsonb("input").$type<unknown>(),
+  output: jsonb("output").$type<unknown>(),
+  status: text("status").$type<StepStatus>().notNull().default("pending"),
+  workerId: uuid("worker_id"),
+  startedAt: timestamp("started_at", tz),
+  completedAt: timestamp("completed_at", tz),
+  errorMessage: text("error_message"),
+  /** The names of the steps this one waits for: the job keeps the graph it was created with. */
+  dependsOn: text("depends_on").array().notNull().default(sql`'{}'::text[]`),
+  /** Runs once its dependencies are terminal even if some failed; its own failure does not fail the job. */
+  continueOnFailure: boolean("continue_on_failure").notNull().default(false),
+  /**
+   * How many times the step was claimed (moved to running): the attempt a
+   * worker's report is guarded with. A step rescued from a dead worker and
+   * claimed again shows 2.
+   */
+  attempts: integer("attempts").notNull().default(0),
+  /**
+   * Rescues that did not spend the step's retry budget (its worker died or
+   * lost the claim: not the step's failure). Each such rescue also raised
+   * `maxRetries` by one, so `maxRetries - rescues` is the policy the step
+   * was created with. Bounded by the rescuer's `maxRescues` (default 3).
+   */
+  rescues: integer("rescues").notNull().default(0),
+  /** When the step last became ready: the claim serves the oldest first. */
+  readyAt: timestamp("ready_at", tz),
+  /** The steps that list this one in `depends_on` (the graph's reverse edges), so advancing reads only them. */
+  dependants: text("dependants").array().notNull().default(sql`'{}'::text[]`),
+  /** Dependencies whose outcome has not reached this step yet. */
+  depsUnfinished: integer("deps_unfinished").notNull().default(0),
+  /** Dependencies that failed. */
+  depsFailed: integer("deps_failed").notNull().default(0),
+  /** Dependencies that completed. */
+  depsCompleted: integer("deps_completed").notNull().default(0),
+  /**
+   * A terminal step's outcome has been applied to its dependants' counts and
+   * to the job's (by the report that finished it, or by `advance`). False on
+   * a step finished by a bare mark (`markCompleted` without `advance`).
+   */
+  propagated: boolean("propagated").notNull().default(false),
+  /** Retry policy, given at creation: runs after the first (0: a failure is final). */
+  maxRetries: integer("max_retries").notNull().default(0),
+  /** Delay before the first retry, seconds. */
+  retryBackoffSecs: integer("retry_backoff_secs").notNull().default(10),
+  /** `fixed` or `exponential` (doubling per attempt, capped at one day). */
+  retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
+  /** Fraction (0 to 1) of the delay that is random (only ever shortens it). */
+  retryJitter: doublePrecision("retry_jitter").notNull().default(0),
+  /**
+   * One entry per failed attempt that was retried (a worker's `fail`, a
+   * rescue): `{ attempt, workerId, error, startedAt, failedAt }`, oldest first.
+   */
+  /**
+   * Set on a running step when its job is cancelled: the worker learns it
+   * from its heartbeat and reports `markCancelled` (or its late outcome).
+   */
+  cancelRequestedAt: timestamp("cancel_requested_at", tz),
+  /**
+   * A run fails once it has been running this many seconds (`sweepTimeouts`;
+   * the retry policy applies); a suspended gate fails once it has waited this long.
+   */
+  timeoutSecs: integer("timeout_secs"),
+  /** When a server step (an approval gate) was suspended to wait for its decision. */
+  suspendedAt: timestamp("suspended_at", tz),
+  retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
+});
+
+export const jobStep = pgTable("job_step", jobStepColumns(), (t) => [
+  primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
+  foreignKey({ name: CONSTRAINTS.stepJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
+  foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
+  check("job_step_action_type_check", oneOf(t.actionType, ACTION_TYPES)),
+  check("job_step_status_check", oneOf(t.status, STEP_STATUSES)),
+  check("job_step_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
+  // A running step is held by a worker since a start time.
+  check(
+    "job_step_running_check",
+    sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
+  ),
+  // A step has `completed_at` exactly when it is finished.
+  check(
+    "job_step_completed_at_check",
+    sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
+  ),
+  // A suspended step waits since a time.
+  check("job_step_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
+  check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
+  check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+  check(
+    "job_step_retry_policy_check",
+    sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
+  ),
+  check("job_step_rescues_check", sql`${t.rescues} >= 0`),
+  check(
+    "job_step_dep_counts_check",
+    sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
+  ),
+  // The claim's index: only claimable rows, per action type, in the claim's
+  // order. Its size follows the ready backlog, not the history kept in the
+  // table, and a claim for one action type never walks past the ready steps
+  // of another.
+  index("idx_job_step_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
+  // Advance's look-up of a job's finished steps whose outcome has not been
+  // applied yet; empty unless callers compose a bare mark with `advance`.
+  index("idx_job_step_unpropagated")
+    .on(t.jobId)
+    .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
+  // sweepTimeouts' candidates: running steps with a timeout (status is in
+  // other predicates already, so this costs no HOT update).
+  index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
+  // `search`'s text query over step errors: only rows with an error are in
+  // it, so the claim and a successful report (error_message stays null)
+  // never touch it; a failure adds one entry.
+  index("idx_job_step_error_search")
+    .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
+    .where(sql`${t.errorMessage} is not null`),
+  // sweepTimeouts' suspended gates with a timeout (none on the hot path).
+  index("idx_job_step_suspended")
+    .on(t.suspendedAt)
+    .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
+  // Workers' and recovery's look-up of what a worker holds.
+  index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
+]);
 
 /**
  * The audit log: one row per change worth answering "who did this, when"
@@ -493,6 +492,17 @@ export interface RetryHistoryEntry {
   startedAt: string | null;
   failedAt: string;
 }
+
+/**
+ * The read views: every read of a job's or a step's state in the repos goes
+ * through these, never through the tables (`sql/05_views.sql`). Today each is
+ * a projection of its table; with the hot-path model of
+ * `docs/data-model.md` ("lean") the tables hold only what is written once
+ * and the views overlay what changes, so readers need not change. SQL
+ * readers (dashboards, psql) should read these too.
+ */
+export const jobState = pgView("job_state", jobColumns()).existing();
+export const jobStepState = pgView("job_step_state", jobStepColumns()).existing();
 
 /** A worker row as read from the database. */
 export type Worker = typeof worker.$inferSelect;

@@ -89,6 +89,7 @@ describe("SQL source folder", () => {
     expect(blocks.map((b) => b.key)).toContain("function stroem_finish_step");
     expect(blocks.map((b) => b.key)).toContain("trigger job.job_deadline_insert");
     expect(blocks.map((b) => b.key)).toContain("table job");
+    expect(blocks.map((b) => b.key)).toContain("view job_step_state");
   });
 
   it("the committed migrations install the folder: the text check and the generator find nothing", () => {
@@ -150,6 +151,32 @@ describe("SQL source folder", () => {
     const changed = pendingStatements(sql, MIGRATIONS_FOLDER);
     expect(changed[0]).toMatch(/^DROP FUNCTION stroem_retry_entry\(p_attempt integer, p_worker_id uuid/);
     expect(changed[1]).toMatch(/CREATE OR REPLACE FUNCTION stroem_retry_entry\(p_extra integer/);
+    const url = await migrated(MIGRATIONS_FOLDER);
+    await withClient(url, async (c) => {
+      for (const s of changed) await c.query(s);
+    });
+    expect(await catalogProblems(url, sql)).toEqual([]);
+  });
+
+  it("a view: a hand edit is caught by both checks; a changed one is dropped and created again", async () => {
+    const folder = await copyOf(MIGRATIONS_FOLDER);
+    const def = liveDefinitions(folder).get("view job_state");
+    await editMigration(folder, def?.migration ?? "none", (text) =>
+      text.replace("SELECT j.job_id, j.workspace,", "SELECT j.job_id, lower(j.workspace) AS workspace,"),
+    );
+    expect(textDrift(SQL_SOURCE_FOLDER, folder)).toEqual([
+      expect.stringMatching(/^view job_state \(sql\/05_views\.sql\) differs from its last definition/),
+    ]);
+    expect(await catalogProblems(await migrated(folder))).toEqual(["view job_state as installed differs from sql/"]);
+
+    // A column added: CREATE OR REPLACE VIEW could not move columns, so the generator drops it first.
+    const sql = await copyOf(SQL_SOURCE_FOLDER);
+    const file = path.join(sql, "05_views.sql");
+    const text = await readFile(file, "utf8");
+    await writeFile(file, text.replace("SELECT j.job_id, j.workspace,", "SELECT j.job_id, 1 AS extra, j.workspace,"));
+    const changed = pendingStatements(sql, MIGRATIONS_FOLDER);
+    expect(changed[0]).toBe("DROP VIEW job_state;");
+    expect(changed[1]).toMatch(/CREATE OR REPLACE VIEW job_state AS/);
     const url = await migrated(MIGRATIONS_FOLDER);
     await withClient(url, async (c) => {
       for (const s of changed) await c.query(s);

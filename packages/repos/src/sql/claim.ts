@@ -96,7 +96,7 @@ function claimQuery(
  */
 const dependencyOutputs = sql`case when cardinality(c.depends_on) = 0 then '{}'::jsonb
       else (select coalesce(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
-            from job_step p where p.job_id = c.job_id and p.step_name = any(c.depends_on)) end as dependency_outputs`;
+            from job_step_state p where p.job_id = c.job_id and p.step_name = any(c.depends_on)) end as dependency_outputs`;
 
 type ClaimValues = { actionTypes: string | string[]; workerId: string; limit?: number };
 const placeholders = {

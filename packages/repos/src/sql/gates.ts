@@ -92,7 +92,7 @@ export const READY_SERVER_STEPS = statement<{ actionTypes: string[]; limit: numb
   sql`
     select s.* from unnest(${sql.placeholder("actionTypes")}::text[]) as t(action_type)
     cross join lateral (
-      select s.* from job_step s
+      select s.* from job_step_state s
       where s.status = 'ready' and s.action_type = t.action_type and s.ready_at <= now()
       order by s.ready_at, s.job_id, s.step_name
       limit ${sql.placeholder("limit")}::int

@@ -81,9 +81,9 @@ function searchQuery(
   if (text?.mode === "index") {
     const query = sql`websearch_to_tsquery('simple', ${text.text})`;
     where.push(sql`j.job_id in (
-      select job_id from job where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
+      select job_id from job_state where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
       union
-      select job_id from job_step where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
+      select job_id from job_step_state where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
   }
   const filter = where.length === 0 ? sql`true` : sql.join(where, sql` and `);
   if (text?.mode === "walk") {
@@ -92,14 +92,14 @@ function searchQuery(
            -- Each walked job's own steps, by key: the document is spelled so that the
            -- GIN index cannot serve it (a bitmap scan of every match per walked row
            -- made a word in 1% of the errors take 2.3 s at 1,000,000 jobs).
-           or exists (select 1 from job_step st where st.job_id = w.job_id and st.error_message is not null
+           or exists (select 1 from job_step_state st where st.job_id = w.job_id and st.error_message is not null
                       and to_tsvector('simple'::regconfig, st.error_message || '') @@ ${query}))`;
     // The scope filters the walked rows, not the walk: the budget counts rows
     // read, so a scope holding few of the newest jobs costs at most `budget`
     // rows before the fallback.
     const keep = f.scope === undefined ? match : sql`${inScope(f.scope, sql`w`)} and ${match}`;
     return sql`with walked as materialized (
-        select j.*, ${CURSOR_TIME} as cursor_time from job j
+        select j.*, ${CURSOR_TIME} as cursor_time from job_state j
         where ${filter}
         order by j.created_at desc, j.job_id desc
         limit ${text.budget}::int
@@ -117,7 +117,7 @@ function searchQuery(
     // (the walk above has answered the common words; what reaches here
     // matches few jobs, so reading them all beats walking every pair's range).
     const scoped = f.scope === undefined ? filter : sql`${filter} and ${inScope(f.scope, sql`j`)}`;
-    return sql`select j.*, ${CURSOR_TIME} as cursor_time from job j
+    return sql`select j.*, ${CURSOR_TIME} as cursor_time from job_state j
     where ${scoped}
     order by j.created_at desc, j.job_id desc
     limit ${f.limit}`;
@@ -135,14 +135,14 @@ function searchQuery(
       select j.*, ${CURSOR_TIME} as cursor_time
       from jsonb_to_recordset(${pairs}::jsonb) as p(workspace text, "taskName" text)
       cross join lateral (
-        select j.* from job j
+        select j.* from job_state j
         where j.workspace = p.workspace and j.task_name = p."taskName" and ${filter}
         order by j.created_at desc, j.job_id desc limit ${f.limit}) j
       union all
       select j.*, ${CURSOR_TIME} as cursor_time
       from jsonb_array_elements_text(${wide}::jsonb) as w(workspace)
       cross join lateral (
-        select j.* from job j
+        select j.* from job_state j
         where j.workspace = w.workspace and ${filter}
         order by j.created_at desc, j.job_id desc limit ${f.limit}) j
     ) s

@@ -51,17 +51,17 @@ export function statsStatement(f: StatsFilters): SQL {
   // Scoped: one range scan per allowed pair (as unscoped, per index shape), their union the window.
   const window =
     f.scope === undefined
-      ? sql`select ${cols} from job j where ${filter}`
+      ? sql`select ${cols} from job_state j where ${filter}`
       : sql`select ${cols}
         from jsonb_to_recordset(${JSON.stringify(f.scope.filter((p) => p.taskName !== null))}::jsonb)
           as p(workspace text, "taskName" text)
-        cross join lateral (select * from job j
+        cross join lateral (select * from job_state j
           where j.workspace = p.workspace and j.task_name = p."taskName" and ${filter}) j
         union all
         select ${cols}
         from jsonb_array_elements_text(${JSON.stringify(f.scope.filter((p) => p.taskName === null).map((p) => p.workspace))}::jsonb)
           as s(workspace)
-        cross join lateral (select * from job j where j.workspace = s.workspace and ${filter}) j`;
+        cross join lateral (select * from job_state j where j.workspace = s.workspace and ${filter}) j`;
   return sql`with w as materialized (${window}),
     b as (select generate_series(${from}, ${to} - interval '1 microsecond', ${bucket}) as start)
     select
@@ -73,7 +73,7 @@ export function statsStatement(f: StatsFilters): SQL {
       (select json_build_object('count', count(*), 'p',
           percentile_cont(array[0.5, 0.95]) within group (order by extract(epoch from s.started_at - s.ready_at)::float8 * 1000))
          from w cross join lateral (
-           select s.started_at, s.ready_at from job_step s
+           select s.started_at, s.ready_at from job_step_state s
            where s.job_id = w.job_id and s.started_at >= s.ready_at and s.status not in ('pending', 'ready')
            offset 0) s) as waits,
       (select coalesce(json_agg(t order by t.task_name), '[]'::json) from (
@@ -120,7 +120,7 @@ export function durationsStatement(f: DurationFilters): SQL {
   const jobMs = sql`extract(epoch from w.completed_at - w.started_at)::float8 * 1000`;
   const stepMs = sql`extract(epoch from s.completed_at - s.started_at)::float8 * 1000`;
   return sql`with w as materialized (
-      select j.job_id, j.status, j.started_at, j.completed_at from job j
+      select j.job_id, j.status, j.started_at, j.completed_at from job_state j
       where j.workspace = ${f.workspace} and j.task_name = ${f.taskName}
         and j.created_at >= ${from} and j.created_at < ${to}
     )
@@ -130,14 +130,14 @@ export function durationsStatement(f: DurationFilters): SQL {
       (select coalesce(json_agg(x order by x.step_name), '[]'::json) from (
          select s.step_name, json_build_object(${summary(stepMs)}) as d
          from w cross join lateral (
-           select s.step_name, s.started_at, s.completed_at from job_step s
+           select s.step_name, s.started_at, s.completed_at from job_step_state s
            where s.job_id = w.job_id and s.status in ('completed', 'failed') and s.started_at is not null
            offset 0) s
          group by s.step_name) x) as steps,
       (select coalesce(json_agg(r order by r.created_at desc), '[]'::json) from (
          select j.job_id, j.status, j.created_at, j.completed_at,
                 extract(epoch from j.completed_at - j.started_at)::float8 * 1000 as ms
-         from job j
+         from job_state j
          where j.workspace = ${f.workspace} and j.task_name = ${f.taskName}
            and j.status in ('completed', 'failed') and j.started_at is not null
          order by j.created_at desc

@@ -1,4 +1,11 @@
-import { CONSTRAINTS, isServerActionType, type JobStep, jobStep, WORKER_ACTION_TYPES } from "@stroem/schema";
+import {
+  CONSTRAINTS,
+  isServerActionType,
+  type JobStep,
+  jobStep,
+  jobStepState,
+  WORKER_ACTION_TYPES,
+} from "@stroem/schema";
 import { and, eq, inArray, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, WorkerNotFoundError } from "../errors.js";
@@ -98,9 +105,9 @@ export async function markRunning(db: Executor, jobId: string, stepName: string,
   if (result.rows.length === 0) {
     const [step] = await translateErrors(db, () =>
       db
-        .select({ actionType: jobStep.actionType })
-        .from(jobStep)
-        .where(and(eq(jobStep.jobId, jobId), eq(jobStep.stepName, stepName))),
+        .select({ actionType: jobStepState.actionType })
+        .from(jobStepState)
+        .where(and(eq(jobStepState.jobId, jobId), eq(jobStepState.stepName, stepName))),
     );
     if (step && isServerActionType(step.actionType)) {
       throw new InvalidInputError(

@@ -1,4 +1,4 @@
-import { type JobStep, jobStep, STEP_STATUSES, STEP_TERMINAL_STATUSES, type StepStatus } from "@stroem/schema";
+import { type JobStep, jobStepState, STEP_STATUSES, STEP_TERMINAL_STATUSES, type StepStatus } from "@stroem/schema";
 import { and, asc, count, eq, min, notInArray, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { requireUuid } from "../validate.js";
@@ -7,7 +7,7 @@ import { requireUuid } from "../validate.js";
 export async function getStepsForJob(db: Executor, jobId: string): Promise<JobStep[]> {
   requireUuid("jobId", jobId);
   return translateErrors(db, () =>
-    db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(asc(jobStep.stepName)),
+    db.select().from(jobStepState).where(eq(jobStepState.jobId, jobId)).orderBy(asc(jobStepState.stepName)),
   );
 }
 
@@ -17,9 +17,9 @@ export async function getReadySteps(db: Executor, jobId: string): Promise<JobSte
   return translateErrors(db, () =>
     db
       .select()
-      .from(jobStep)
-      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "ready")))
-      .orderBy(asc(jobStep.readyAt), asc(jobStep.stepName)),
+      .from(jobStepState)
+      .where(and(eq(jobStepState.jobId, jobId), eq(jobStepState.status, "ready")))
+      .orderBy(asc(jobStepState.readyAt), asc(jobStepState.stepName)),
   );
 }
 
@@ -29,8 +29,8 @@ export async function allStepsTerminal(db: Executor, jobId: string): Promise<boo
   const rows = await translateErrors(db, () =>
     db
       .select({ one: sql<number>`1` })
-      .from(jobStep)
-      .where(and(eq(jobStep.jobId, jobId), notInArray(jobStep.status, [...STEP_TERMINAL_STATUSES])))
+      .from(jobStepState)
+      .where(and(eq(jobStepState.jobId, jobId), notInArray(jobStepState.status, [...STEP_TERMINAL_STATUSES])))
       .limit(1),
   );
   return rows.length === 0;
@@ -46,8 +46,8 @@ export async function anyStepFailed(db: Executor, jobId: string): Promise<boolea
   const rows = await translateErrors(db, () =>
     db
       .select({ one: sql<number>`1` })
-      .from(jobStep)
-      .where(and(eq(jobStep.jobId, jobId), eq(jobStep.status, "failed")))
+      .from(jobStepState)
+      .where(and(eq(jobStepState.jobId, jobId), eq(jobStepState.status, "failed")))
       .limit(1),
   );
   return rows.length > 0;
@@ -63,11 +63,11 @@ export interface ReadyBacklog {
 export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
   return translateErrors(db, () =>
     db
-      .select({ actionType: jobStep.actionType, ready: count(), oldestReadyAt: min(jobStep.readyAt) })
-      .from(jobStep)
-      .where(eq(jobStep.status, "ready"))
-      .groupBy(jobStep.actionType)
-      .orderBy(jobStep.actionType),
+      .select({ actionType: jobStepState.actionType, ready: count(), oldestReadyAt: min(jobStepState.readyAt) })
+      .from(jobStepState)
+      .where(eq(jobStepState.status, "ready"))
+      .groupBy(jobStepState.actionType)
+      .orderBy(jobStepState.actionType),
   );
 }
 
@@ -83,21 +83,21 @@ export interface StepAudit {
 /** Counts for checking a run: steps by status and claim anomalies, over all jobs or the given ones. */
 export async function audit(db: Executor, jobIds?: readonly string[]): Promise<StepAudit> {
   for (const [i, id] of (jobIds ?? []).entries()) requireUuid(`jobIds[${i}]`, id);
-  const filter = jobIds ? sql`${jobStep.jobId} = any(${sql.param(jobIds)}::uuid[])` : sql`true`;
+  const filter = jobIds ? sql`${jobStepState.jobId} = any(${sql.param(jobIds)}::uuid[])` : sql`true`;
   const rows = await translateErrors(db, () =>
     db
       .select({
-        status: jobStep.status,
+        status: jobStepState.status,
         n: count(),
-        multi: sql<number>`count(*) filter (where ${jobStep.attempts} > 1)`.mapWith(Number),
+        multi: sql<number>`count(*) filter (where ${jobStepState.attempts} > 1)`.mapWith(Number),
         unclaimed:
-          sql<number>`count(*) filter (where ${jobStep.attempts} = 0 and ${jobStep.status} in ('completed', 'failed'))`.mapWith(
+          sql<number>`count(*) filter (where ${jobStepState.attempts} = 0 and ${jobStepState.status} in ('completed', 'failed'))`.mapWith(
             Number,
           ),
       })
-      .from(jobStep)
+      .from(jobStepState)
       .where(filter)
-      .groupBy(jobStep.status),
+      .groupBy(jobStepState.status),
   );
   const byStatus = Object.fromEntries(STEP_STATUSES.map((s) => [s, 0])) as Record<StepStatus, number>;
   let claimedMoreThanOnce = 0;
