@@ -479,14 +479,14 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             {
               variant: "model",
               title: "the floor of our row model",
-              what: "the step claimed; then the step marked and the job settled in one statement",
-              note: "a lower bound, not a usable queue: no job start at the claim, no job lock before the report",
+              what: "the step's live row claimed (the job started); then deleted with its step_result and the job's job_result appended, in one statement",
+              note: "a lower bound, not a usable queue: the production write set without the job lock and look-ups before the report",
             },
             {
               variant: "row",
-              title: "one row per job, updated",
-              what: "the step row claimed, then marked; no job row written",
-              note: "a model of one row per one-step job kept as history (graphile-worker deletes its row)",
+              title: "the step's rows alone",
+              what: "the step's live row claimed, then deleted with its step_result appended; no job row written",
+              note: "the floor without the job's job_result row: what that row costs, by difference",
             },
             {
               variant: "queue",

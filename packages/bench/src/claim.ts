@@ -12,11 +12,16 @@ import { createPool, type Database, JobStepRepo, WorkerRepo } from "@stroem/repo
 import { sql } from "./sql.js";
 import { fmt, type Summary, summarize } from "./stats.js";
 
-/** The design note's claim: ordered by primary key, served by nothing but the status index. */
+/**
+ * The design note's claim: ordered by primary key (served by `step_live`'s
+ * key, not by the claim's index in its order), with the production claim's
+ * writes to the step's live row.
+ */
 const naiveClaim = (workerId: string) => sql`
-  update job_step set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = attempts + 1
+  update step_live set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = attempts + 1,
+    job_started_at = coalesce(job_started_at, now())
   where (job_id, step_name) = (
-    select job_id, step_name from job_step
+    select job_id, step_name from step_live
     where status = 'ready' and action_type = any(${sql.param(["shell"])}::text[])
     order by job_id, step_name
     for update skip locked
@@ -48,23 +53,41 @@ export async function claimComparison(
     const workerId = randomUUID();
     await WorkerRepo.register(db, { workerId, name: "bench", capabilities: ["shell", "docker"] });
     const jobs = Array.from({ length: 100 }, () => randomUUID());
+    // Jobs of many steps: each has its job_live row (pending until a claim starts it).
     await db.execute(sql`
-      insert into job (job_id, task_name, source_type)
-      select unnest(${sql.param(jobs)}::uuid[]), 'bench', 'api'`);
+      with j as (
+        insert into job (job_id, task_name, source_type)
+        select unnest(${sql.param(jobs)}::uuid[]), 'bench', 'api'
+        returning job_id
+      )
+      insert into job_live (job_id, status) select job_id, 'pending' from j`);
+    // Definitions, then the state: a live row per ready step, a result per finished one.
     const addSteps = async (prefix: string, n: number, status: "ready" | "completed") => {
       await db.execute(sql`
-        insert into job_step (job_id, step_name, action_name, action_type, status, ready_at, attempts, completed_at)
-        select (${sql.param(jobs)}::uuid[])[1 + g % 100], ${prefix} || g, 'run',
-               case when g % 4 = 0 then 'docker' else 'shell' end, ${status},
-               case when ${status} = 'ready' then now() + g * interval '1 microsecond' end,
-               case when ${status} = 'ready' then 0 else 1 end,
-               case when ${status} = 'ready' then null else now() end
-        from generate_series(1, ${n}::int) g`);
-      await db.execute(sql`analyze job_step`);
+        with src as materialized (
+          select (${sql.param(jobs)}::uuid[])[1 + g % 100] as job_id, ${prefix} || g as step_name, g,
+                 case when g % 4 = 0 then 'docker' else 'shell' end as action_type
+          from generate_series(1, ${n}::int) g
+        ), definitions as (
+          insert into job_step (job_id, step_name, action_name, action_type)
+          select job_id, step_name, 'run', action_type from src
+        )
+        ${
+          status === "ready"
+            ? sql`insert into step_live (job_id, step_name, action_type, status, ready_at)
+                select job_id, step_name, action_type, 'ready', now() + g * interval '1 microsecond' from src`
+            : sql`insert into step_result (job_id, step_name, action_type, status, attempts, completed_at, propagated)
+                select job_id, step_name, action_type, 'completed', 1, now(), true from src`
+        }`);
+      await db.execute(sql`
+        update job_live l set steps_unfinished = (select count(*)::int from step_live s where s.job_id = l.job_id)`);
+      await db.execute(sql`vacuum analyze job_step, step_live, step_result, job_live`);
     };
     const reset = () =>
       db.execute(
-        sql`update job_step set status = 'ready', worker_id = null, started_at = null, attempts = 0 where status = 'running'`,
+        sql`update step_live set status = 'ready', worker_id = null, started_at = null, attempts = 0,
+              job_started_at = null
+            where status = 'running'`,
       );
     const measure = async (claimOnce: (p: Database) => Promise<number>, claims: number) => {
       await reset();

@@ -11,15 +11,19 @@
  *   sends them (`delete … where id = $1`; a batch: `… using unnest($1)`);
  * - ours: the statements `JobStepRepo` sends (the claim, then
  *   `stroem_finish_step` or `stroem_report_many`), from `@stroem/repos/internal`;
- * - model: the least a one-step job can cost in our row model (a `job` row
- *   and a `job_step` row, both kept as history): the claim without starting
- *   the job, then one statement that marks the step and settles the job,
- *   without locking the job first. Not a usable queue (the job shows pending
- *   while its step runs; a cancel could deadlock with such a report); a lower
- *   bound for any implementation of the model;
- * - row: the step row alone, claimed and then marked, no job row written: a
- *   model of one row per one-step job (narrower than such a row would be),
- *   kept as history and updated, where graphile-worker deletes its row;
+ * - model: the least a one-step job can cost in our row model: the
+ *   production write set by hand (the claim's update of the step's live
+ *   row, which starts the job; the report's guarded delete of that row with
+ *   its `step_result` and the job's `job_result` appended, in one
+ *   statement), without locking the job first (`stroem_finish_step` looks
+ *   for a `job_live` row, locks the step's live row and looks for a
+ *   `job_result` before writing) and without the claim's definitions,
+ *   dependency outputs and start of jobs of several steps. Not a usable
+ *   queue (a cancel could race such a report); a lower bound for any
+ *   implementation of the model;
+ * - row: the step's rows alone: the same claim, then the live row deleted
+ *   and its result appended, no job row written (the model without the
+ *   job's `job_result`: what that row costs, by difference);
  * - queue: graphile-worker's shape plus history: a narrow queue row claimed
  *   by UPDATE and deleted at the report, which inserts the job's outcome
  *   into an append-only history table in the same statement (tables of
@@ -127,53 +131,64 @@ const ours: Driver = {
   },
 };
 
+/**
+ * The production claim's write set (`claimQuery` in @stroem/repos): the
+ * step's live row moved to running, which starts a one-step job
+ * (`job_started_at`); without the definitions' join, the dependency outputs
+ * and the start of jobs of several steps (a one-step job has no `job_live` row).
+ */
 const modelClaim = (limit: number) => `
   with next as (
-    select s.job_id, s.step_name from job_step s
+    select s.job_id, s.step_name from step_live s
     where s.status = 'ready' and s.action_type = 'shell' and s.ready_at <= now()
     order by s.ready_at, s.job_id, s.step_name
     limit ${limit}
     for update skip locked
   )
-  update job_step s set status = 'running', worker_id = $1::uuid, started_at = now(), attempts = s.attempts + 1
+  update step_live s set status = 'running', worker_id = $1::uuid, started_at = now(), attempts = s.attempts + 1,
+    job_started_at = coalesce(s.job_started_at, now())
   from next where s.job_id = next.job_id and s.step_name = next.step_name
   returning s.job_id, s.step_name, s.attempts`;
 
-/** The job's settle of `stroem_finish_step`, for the steps the CTE `s` finished. */
+/**
+ * The step's final write of `stroem_finish_step` (a success, propagated):
+ * its live row deleted, guarded by worker and attempt, its last state
+ * appended to `step_result`, for the rows of the CTE `claims` (job_id,
+ * step_name, attempt; $worker the worker). Ends in the CTE `kept`.
+ */
+const finishSteps = (worker: string) => `
+  gone as (
+    delete from step_live s using claims c
+    where s.job_id = c.job_id and s.step_name = c.step_name and s.status = 'running'
+      and s.worker_id = ${worker}::uuid and s.attempts = c.attempt
+    returning s.*
+  ), kept as (
+    insert into step_result (job_id, step_name, action_type, status, ready_at, worker_id, started_at, completed_at,
+      output, error_message, attempts, rescues, max_retries, retry_history, deps_total, continue_on_failure,
+      dependants, timeout_secs, deps_unfinished, deps_failed, deps_completed, propagated, cancel_requested_at,
+      suspended_at, job_started_at)
+    select g.job_id, g.step_name, g.action_type, 'completed', g.ready_at, g.worker_id, g.started_at, now(),
+      null, null, g.attempts, g.rescues, g.max_retries, g.retry_history, g.deps_total, g.continue_on_failure,
+      g.dependants, g.timeout_secs, g.deps_unfinished, g.deps_failed, g.deps_completed, true,
+      g.cancel_requested_at, g.suspended_at, g.job_started_at
+    from gone g
+    returning job_id, job_started_at, started_at
+  )`;
+
+/** A one-step job's end in `stroem_finish_step`: its `job_result` row, for the steps the CTE `kept` finished. */
 const modelSettle = `
-  update job j set
-    steps_unfinished = j.steps_unfinished - 1,
-    status = case when j.steps_unfinished > 1 then 'running' else 'completed' end,
-    started_at = coalesce(j.started_at, now()),
-    completed_at = case when j.steps_unfinished > 1 then null else now() end
-  from s where j.job_id = s.job_id
-  returning j.job_id`;
+  insert into job_result (job_id, status, started_at, steps_unfinished, steps_failed)
+  select k.job_id, 'completed', coalesce(k.job_started_at, k.started_at, now()), 0, 0 from kept k
+  returning job_id`;
 
-const MODEL_REPORT_ONE = `
-  with s as (
-    update job_step t set status = 'completed', completed_at = now(), propagated = true
-    where t.job_id = $1::uuid and t.step_name = $2::text and t.status = 'running' and t.worker_id = $3::uuid
-    returning t.job_id
-  )${modelSettle}`;
+const ONE = "claims as (select $1::uuid as job_id, $2::text as step_name, $3::int as attempt)";
+const MANY = "claims as (select * from unnest($1::uuid[], $2::text[], $3::int[]) as u(job_id, step_name, attempt))";
 
-const MODEL_REPORT_MANY = `
-  with s as (
-    update job_step t set status = 'completed', completed_at = now(), propagated = true
-    from unnest($1::uuid[], $2::text[]) as u(job_id, step_name)
-    where t.job_id = u.job_id and t.step_name = u.step_name and t.status = 'running' and t.worker_id = $3::uuid
-    returning t.job_id
-  )${modelSettle}`;
+const MODEL_REPORT_ONE = `with ${ONE}, ${finishSteps("$4")}${modelSettle}`;
+const MODEL_REPORT_MANY = `with ${MANY}, ${finishSteps("$4")}${modelSettle}`;
 
-const ROW_REPORT_ONE = `
-  update job_step t set status = 'completed', completed_at = now(), propagated = true
-  where t.job_id = $1::uuid and t.step_name = $2::text and t.status = 'running' and t.worker_id = $3::uuid
-  returning t.job_id`;
-
-const ROW_REPORT_MANY = `
-  update job_step t set status = 'completed', completed_at = now(), propagated = true
-  from unnest($1::uuid[], $2::text[]) as u(job_id, step_name)
-  where t.job_id = u.job_id and t.step_name = u.step_name and t.status = 'running' and t.worker_id = $3::uuid
-  returning t.job_id`;
+const ROW_REPORT_ONE = `with ${ONE}, ${finishSteps("$4")} select job_id from kept`;
+const ROW_REPORT_MANY = `with ${MANY}, ${finishSteps("$4")} select job_id from kept`;
 
 /** The floor's claim, then `one` or `many` as the report (each must finish every job it is given). */
 function claimThen(prefix: string, one: string, many: string): Driver {
@@ -190,10 +205,11 @@ function claimThen(prefix: string, one: string, many: string): Driver {
     async report(db, worker, jobs) {
       const rows =
         jobs.length === 1
-          ? await query(db, `${prefix}_report_one`, one, [jobs[0]?.jobId, jobs[0]?.stepName, worker])
+          ? await query(db, `${prefix}_report_one`, one, [jobs[0]?.jobId, jobs[0]?.stepName, jobs[0]?.attempt, worker])
           : await query(db, `${prefix}_report_many`, many, [
               jobs.map((j) => j.jobId),
               jobs.map((j) => j.stepName),
+              jobs.map((j) => j.attempt),
               worker,
             ]);
       if (rows.length !== jobs.length)

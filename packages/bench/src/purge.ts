@@ -15,7 +15,7 @@ import { sql } from "./sql.js";
 import { quantile } from "./stats.js";
 
 export interface PurgeSize {
-  /** Finished one-step jobs to purge (each a job row and a step row). */
+  /** Finished one-step jobs to purge (each a job and its step: definitions and results). */
   finished: number;
   /** Ready one-step jobs for the workers. */
   ready: number;
@@ -36,28 +36,39 @@ export async function seedPurge(url: string, size: PurgeSize): Promise<void> {
     const chunk = 250_000;
     for (let from = 0; from < size.finished; from += chunk) {
       const to = Math.min(size.finished, from + chunk);
+      // A finished one-step job: its definitions (job, job_step) and results (job_result, step_result).
       await db.execute(sql`
-        with j as (
-          insert into job (job_id, task_name, source_type, status, created_at, started_at, completed_at, steps_unfinished)
-          select gen_random_uuid(), 'history', 'api', 'completed', x.t, x.t, x.t + interval '1 second', 0
+        with j as materialized (
+          select gen_random_uuid() as job_id, x.t as created_at, x.t + interval '1 second' as completed_at
           from (select now() - interval '40 days' - g * interval '1 second' as t
                 from generate_series(${from + 1}::int, ${to}::int) g) x
-          returning job_id, completed_at
+        ), jobs as (
+          insert into job (job_id, task_name, source_type, created_at)
+          select job_id, 'history', 'api', created_at from j
+        ), results as (
+          insert into job_result (job_id, status, started_at, completed_at, steps_unfinished, steps_failed)
+          select job_id, 'completed', created_at, completed_at, 0, 0 from j
+        ), steps as (
+          insert into job_step (job_id, step_name, action_name, action_type)
+          select job_id, 'a', 'run', 'shell' from j
         )
-        insert into job_step (job_id, step_name, action_name, action_type, status, attempts, started_at, completed_at,
-                              propagated)
-        select j.job_id, 'a', 'run', 'shell', 'completed', 1, j.completed_at, j.completed_at, true from j`);
+        insert into step_result (job_id, step_name, action_type, status, attempts, started_at, completed_at,
+                                 propagated, job_started_at)
+        select job_id, 'a', 'shell', 'completed', 1, completed_at, completed_at, true, created_at from j`);
     }
+    // Ready one-step jobs: a definition each and the step's live row (a one-step job has no job_live row).
     await db.execute(sql`
-      with j as (
-        insert into job (job_id, task_name, source_type, steps_unfinished)
-        select gen_random_uuid(), 'queue', 'api', 1 from generate_series(1, ${size.ready}::int)
-        returning job_id
+      with j as materialized (
+        select gen_random_uuid() as job_id from generate_series(1, ${size.ready}::int)
+      ), jobs as (
+        insert into job (job_id, task_name, source_type) select job_id, 'queue', 'api' from j
+      ), steps as (
+        insert into job_step (job_id, step_name, action_name, action_type) select job_id, 'a', 'run', 'shell' from j
       )
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      select j.job_id, 'a', 'run', 'shell', 'ready', now() from j`);
+      insert into step_live (job_id, step_name, action_type, status, ready_at)
+      select job_id, 'a', 'shell', 'ready', now() from j`);
     await db.execute(sql`vacuum analyze job`);
-    await db.execute(sql`vacuum analyze job_step`);
+    await db.execute(sql`vacuum analyze job_step, step_live, step_result, job_result`);
   } finally {
     await db.$client.end();
   }
@@ -144,7 +155,7 @@ export async function purgeLatency(url: string, size: PurgeSize, withPurge: bool
     if (failures > 0) problems.push(`${failures} reports failed`);
     const left = await admin.execute<{ history: number; unfinished: number }>(sql`
       select (select count(*)::int from job where task_name = 'history') as history,
-             (select count(*)::int from job where task_name = 'queue' and status <> 'pending'
+             (select count(*)::int from job_state where task_name = 'queue' and status <> 'pending'
                 and status <> 'completed') as unfinished`);
     const row = left.rows[0];
     if (withPurge && row?.history !== 0) problems.push(`${row?.history} history jobs left after the purge`);

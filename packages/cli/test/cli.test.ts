@@ -117,8 +117,10 @@ describe("stroem-db stats", () => {
     if (outcome === "failed") await JobStepRepo.fail(t.db, { jobId, stepName: "run" }, "exit 1");
     else await JobStepRepo.complete(t.db, { jobId, stepName: "run" });
     const created = new Date(Date.parse("2026-05-01T09:00:00Z") + minutes * 60_000).toISOString();
+    // created_at is the definition's; started_at and completed_at the finished job's result.
+    await t.db.$client.query("update job set created_at = $1::timestamptz where job_id = $2", [created, jobId]);
     await t.db.$client.query(
-      `update job set created_at = $1::timestamptz, started_at = $1::timestamptz + interval '10 s',
+      `update job_result set started_at = $1::timestamptz + interval '10 s',
         completed_at = $1::timestamptz + interval '70 s' where job_id = $2`,
       [created, jobId],
     );
@@ -295,15 +297,15 @@ describe("stroem-db purge", () => {
       [0, 1, 2].map(() => ({ job: { taskName: "purge-me", sourceType: "api" as const }, steps: flow })),
     );
     for (const jobId of [oldJob, newJob] as string[]) await JobStepRepo.complete(t.db, { jobId, stepName: "a" });
-    await t.db.$client.query(
-      "update job set created_at = now() - interval '41 days', completed_at = now() - interval '40 days' where job_id = $1",
-      [oldJob],
-    );
+    await t.db.$client.query("update job set created_at = now() - interval '41 days' where job_id = $1", [oldJob]);
+    await t.db.$client.query("update job_result set completed_at = now() - interval '40 days' where job_id = $1", [
+      oldJob,
+    ]);
     // Other tests of this file leave old finished jobs too (the stats ones): all of them go.
     const { rows } = await t.db.$client.query<{ jobs: number; steps: number }>(
-      `select count(*)::int as jobs, (select count(*)::int from job_step s join job j using (job_id)
+      `select count(*)::int as jobs, (select count(*)::int from job_step_state s join job_state j using (job_id)
          where j.completed_at < now() - interval '30 days') as steps
-       from job where completed_at < now() - interval '30 days'`,
+       from job_state where completed_at < now() - interval '30 days'`,
     );
     const { code, stdout, stderr } = await cli(["purge", "--url", t.url, "--older-than", "30d", "--batch-size", "50"]);
     expect(stderr).toBe("");

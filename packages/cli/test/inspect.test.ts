@@ -54,7 +54,7 @@ async function runningJob(workerId: string, minutesAgo: number, stepName = "buil
     { stepName, actionName: "run", actionType: "shell" },
   ]);
   await JobStepRepo.markRunning(t.db, jobId, stepName, workerId);
-  await q("update job_step set started_at = now() - make_interval(mins => $2) where job_id = $1", [jobId, minutesAgo]);
+  await q("update step_live set started_at = now() - make_interval(mins => $2) where job_id = $1", [jobId, minutesAgo]);
   return jobId;
 }
 
@@ -293,7 +293,7 @@ describe("stroem-db graph: attempts, retries, workers, times, the job's reason",
     const retried = await JobStepRepo.fail(t.db, { jobId, stepName: "test", workerId: w, attempt: 1 }, "exit 1: flaky");
     expect(retried).toMatchObject({ retried: true });
     await JobStepRepo.markRunning(t.db, jobId, "test", w);
-    await q("update job_step set started_at = now() - interval '2 minutes' where job_id = $1 and step_name = 'test'", [
+    await q("update step_live set started_at = now() - interval '2 minutes' where job_id = $1 and step_name = 'test'", [
       jobId,
     ]);
     await JobRepo.cancel(t.db, jobId, { reason: "superseded by a newer push" });

@@ -67,9 +67,9 @@ export async function advanceWithFlow(db: Executor, jobId: string, flow: Flow): 
   validateFlow(flow);
   return transaction(db, async (tx) => {
     const locked = await translateErrors(tx, () =>
-      tx.execute(sql`select 1 from job where job_id = ${jobId}::uuid for no key update`),
+      tx.execute<{ status: string | null }>(sql`select l.status from stroem_lock_job(${jobId}::uuid) l`),
     );
-    if (locked.rows.length === 0) throw new JobNotFoundError(jobId);
+    if (locked.rows[0]?.status == null) throw new JobNotFoundError(jobId);
     const steps = await translateErrors(tx, () =>
       tx
         .select({
@@ -110,8 +110,14 @@ export async function advanceWithFlow(db: Executor, jobId: string, flow: Flow): 
         );
         await translateErrors(tx, () =>
           tx.execute(sql`
+            with g as (
+              select * from jsonb_to_recordset(${graph}::jsonb) as g(step_name text, depends_on text[], continue_on_failure boolean)
+            ), live as (
+              update step_live s set deps_total = cardinality(g.depends_on), continue_on_failure = g.continue_on_failure
+              from g where s.job_id = ${jobId}::uuid and s.step_name = g.step_name
+            )
             update job_step s set depends_on = g.depends_on, continue_on_failure = g.continue_on_failure
-            from jsonb_to_recordset(${graph}::jsonb) as g(step_name text, depends_on text[], continue_on_failure boolean)
+            from g
             where s.job_id = ${jobId}::uuid and s.step_name = g.step_name`),
         );
         await translateErrors(tx, () => tx.execute(recountStatement([jobId])));

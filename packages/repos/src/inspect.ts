@@ -7,9 +7,9 @@ import { requireInt } from "./validate.js";
  * Reads for "what is stuck?" (`stroem-db status`): running steps whose
  * worker is gone, the longest-running steps, and ready steps no worker can
  * take. Each is one statement over the partial indexes that hold only open
- * steps (`idx_job_step_running_worker` for running steps,
- * `idx_job_step_claim` for ready ones), so its cost follows the running set
- * or the ready backlog, never the finished history `job_step` keeps. Only
+ * steps (`idx_step_live_running_worker` for running steps,
+ * `idx_step_live_claim` for ready ones), so its cost follows the running set
+ * or the ready backlog (`step_live`), never the finished history. Only
  * reads: they work on a read-only connection (a hot standby). Durations are
  * measured by the database's clock.
  */
@@ -86,7 +86,7 @@ function runningStep(r: RunningRow): RunningStep {
   };
 }
 
-/** The columns of a running step and its worker (`s`: job_step, `w`: worker). */
+/** The columns of a running step and its worker (`s`: step_live, `w`: worker). */
 const RUNNING_COLUMNS = sql`s.job_id, s.step_name, s.action_type, s.attempts, s.started_at, s.cancel_requested_at,
   (extract(epoch from now() - s.started_at) * 1000)::float8 as running_for_ms,
   s.worker_id, w.name as worker_name, w.status as worker_status, w.last_heartbeat`;
@@ -103,7 +103,7 @@ function limitOf(value: unknown): number {
  * of an inactive worker that still heartbeats waits for its worker). Oldest
  * `started_at` first, at most `limit` (1 to 1,000, default 20), with the
  * `total` count. One statement: the running steps through
- * `idx_job_step_running_worker` (the running set, not the history), their
+ * `idx_step_live_running_worker` (the running set, not the history), their
  * workers by key. Throws `InvalidInputError` (a bad `staleAfterMs` or
  * `limit`) before any query.
  */
@@ -112,7 +112,7 @@ export async function stuckSteps(db: Executor, options: { staleAfterMs: number; 
   const limit = limitOf(options?.limit);
   const { rows } = await translateErrors(db, () =>
     db.execute<RunningRow & { total: number }>(sql`select ${RUNNING_COLUMNS}, (count(*) over ())::int as total
-      from job_step_state s
+      from step_live s
       join worker w on w.worker_id = s.worker_id
       where s.status = 'running'
         and (w.status <> 'active' or w.last_heartbeat is null
@@ -126,7 +126,7 @@ export async function stuckSteps(db: Executor, options: { staleAfterMs: number; 
 /**
  * The `limit` (1 to 1,000, default 20) running steps that have run longest,
  * oldest `started_at` first (ties by job id and step name), whatever their
- * worker's health. One statement over `idx_job_step_running_worker` (every
+ * worker's health. One statement over `idx_step_live_running_worker` (every
  * running step is in it: a running step always has a worker), each step's
  * worker by key, so it reads the running set, never the history. Throws
  * `InvalidInputError` (a bad `limit`) before any query.
@@ -135,7 +135,7 @@ export async function oldestRunning(db: Executor, options: { limit?: number } = 
   const limit = limitOf(options?.limit);
   const { rows } = await translateErrors(db, () =>
     db.execute<RunningRow>(sql`select ${RUNNING_COLUMNS}
-      from job_step_state s
+      from step_live s
       join worker w on w.worker_id = s.worker_id
       where s.status = 'running'
       order by s.started_at, s.job_id, s.step_name
@@ -153,8 +153,8 @@ export async function oldestRunning(db: Executor, options: { limit?: number } = 
  * the server's: never unmatched): how many are ready, how many are due, the
  * oldest `ready_at` and its wait. An action type some live worker can take
  * is not read at all; for the others, the count is a range of
- * `idx_job_step_claim` (ready rows only). Reads every worker row (the
- * `worker` table, not `job_step`). Throws `InvalidInputError` (a bad
+ * `idx_step_live_claim` (ready rows only). Reads every worker row (the
+ * `worker` table, not the steps). Throws `InvalidInputError` (a bad
  * `staleAfterMs`) before any query.
  */
 export async function unmatchedReady(db: Executor, options: { staleAfterMs?: number } = {}): Promise<UnmatchedReady[]> {
@@ -177,7 +177,7 @@ export async function unmatchedReady(db: Executor, options: { staleAfterMs?: num
       cross join lateral (
         select count(*)::int as ready, (count(*) filter (where s.ready_at <= now()))::int as due,
           min(s.ready_at) as oldest_ready_at
-        from job_step_state s
+        from step_live s
         where s.status = 'ready' and s.action_type = t.action_type) r
       where not exists (
           select 1 from worker w

@@ -362,7 +362,7 @@ export async function list(db: Executor, query: ListJobs): Promise<Job[]> {
         }),
       ),
     );
-    return rows.rows.slice(offset).map((r) => mapRow(job, r));
+    return rows.rows.slice(offset).map((r) => mapRow(jobState, r));
   }
   return translateErrors(db, () =>
     db

@@ -1,4 +1,4 @@
-import { JOB_STATUSES, type Job, type JobStatus, job, SOURCE_TYPES, type SourceType } from "@stroem/schema";
+import { JOB_STATUSES, type Job, type JobStatus, jobState, SOURCE_TYPES, type SourceType } from "@stroem/schema";
 import { type Executor, translateErrors } from "./db.js";
 import { InvalidCursorError, InvalidInputError, InvalidRangeError } from "./errors.js";
 import { mapRow } from "./rows.js";
@@ -151,7 +151,7 @@ function optionalList<T extends string>(field: string, value: unknown, check: (v
  * whatever the page number. Every combination of filters is served by an
  * index (EXPLAIN tests in `test/search.test.ts`): `idx_job_workspace_task`,
  * `idx_job_workspace_created` or `idx_job_created_at`, and for `text` the
- * GIN indexes `idx_job_search` and `idx_job_step_error_search`. Only reads:
+ * GIN indexes `idx_job_search` and `idx_step_result_error_search`. Only reads:
  * works on a read-only connection (a hot standby). Throws, before any
  * query: `InvalidInputError` (a bad filter or a limit out of 1 to 1,000),
  * `InvalidRangeError` (`createdFrom` not before `createdTo`),
@@ -201,7 +201,7 @@ export async function search(db: Executor, query: JobSearch = {}): Promise<JobSe
   const rows = found ? { rows: found } : await translateErrors(db, () => db.execute<Row>(searchStatement(filters)));
   const page = rows.rows.slice(0, limit);
   const last = page[page.length - 1];
-  const jobs = page.map((r) => mapRow(job, r));
+  const jobs = page.map((r) => mapRow(jobState, r));
   return rows.rows.length > limit && last
     ? { jobs, nextCursor: encodeCursor(last.cursor_time, last.job_id as string) }
     : { jobs };

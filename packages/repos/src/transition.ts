@@ -1,4 +1,4 @@
-import { type JobStatus, job, jobState, jobStepState } from "@stroem/schema";
+import { type JobStatus, jobLive, jobState, jobStepState } from "@stroem/schema";
 import { and, eq, inArray } from "drizzle-orm";
 import { type Executor, translateErrors } from "./db.js";
 import {
@@ -48,9 +48,11 @@ export async function explainRefusal(db: Executor, target: TransitionTarget, to:
 }
 
 /**
- * Moves a job from one of `from` to `to`, setting `set` too, in one guarded
- * UPDATE; a refusal is explained by `explainRefusal`. (Step changes have
- * their own statements: the claim, `stroem_finish_step`.)
+ * Moves an unfinished job of zero or several steps (its `job_live` row) from
+ * one of `from` to `to`, setting `set` too, in one guarded UPDATE; a refusal
+ * (a finished job, a job of one step, whose state is its step's) is
+ * explained by `explainRefusal`. (Step changes have their own statements:
+ * the claim, `stroem_finish_step`.)
  */
 export async function transitionJob(
   db: Executor,
@@ -64,10 +66,10 @@ export async function transitionJob(
     db,
     () =>
       db
-        .update(job)
+        .update(jobLive)
         .set({ ...set, status: to })
-        .where(and(eq(job.jobId, jobId), inArray(job.status, [...from])))
-        .returning({ id: job.jobId }),
+        .where(and(eq(jobLive.jobId, jobId), inArray(jobLive.status, [...from])))
+        .returning({ id: jobLive.jobId }),
     onConstraint,
   );
   if (rows.length === 0) await explainRefusal(db, { entity: "job", jobId }, to);

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { type Flow, FlowValidationError, stepAction } from "@stroem/orchestrator";
-import { job, jobStep } from "@stroem/schema";
+import { jobState, jobStepState } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
@@ -67,7 +67,7 @@ describe("createWithSteps", () => {
   });
 
   it("rejects an invalid flow before writing anything", async () => {
-    const [{ before } = { before: -1 }] = await t.db.select({ before: sql<number>`count(*)::int` }).from(job);
+    const [{ before } = { before: -1 }] = await t.db.select({ before: sql<number>`count(*)::int` }).from(jobState);
     const cyclic: Flow = { a: { actionName: "x", dependsOn: ["b"] }, b: { actionName: "x", dependsOn: ["a"] } };
     const error = await errorOf(() => createJob(t.db, cyclic));
     expect(error).toBeInstanceOf(FlowValidationError);
@@ -80,7 +80,7 @@ describe("createWithSteps", () => {
     expect(
       await errorOf(() => JobRepo.createWithSteps(t.db, { taskName: "x", sourceType: "api" }, badType)),
     ).toBeInstanceOf(InvalidInputError);
-    const [{ after } = { after: -2 }] = await t.db.select({ after: sql<number>`count(*)::int` }).from(job);
+    const [{ after } = { after: -2 }] = await t.db.select({ after: sql<number>`count(*)::int` }).from(jobState);
     expect(after).toBe(before);
   });
 });
@@ -193,13 +193,17 @@ describe("JobRepo.advance", () => {
     const w = await registerWorker(t.db);
     await JobStepRepo.markRunning(t.db, jobId, "step1", w);
     expect((await JobRepo.advance(t.db, jobId)).jobStatus).toBe("running");
-    const [s1] = await t.db.select().from(jobStep).where(eq(jobStep.jobId, jobId)).orderBy(jobStep.stepName);
+    const [s1] = await t.db
+      .select()
+      .from(jobStepState)
+      .where(eq(jobStepState.jobId, jobId))
+      .orderBy(jobStepState.stepName);
     expect((await JobRepo.get(t.db, jobId))?.startedAt).toEqual(s1?.startedAt);
   });
 
   it("leaves a cancelled job alone", async () => {
     const jobId = await createJob(t.db, diamondFlow);
-    await t.db.update(job).set({ status: "cancelled", completedAt: new Date() }).where(eq(job.jobId, jobId));
+    await t.db.execute(sql`update job_live set status = 'cancelled', completed_at = now() where job_id = ${jobId}`);
     const w = await registerWorker(t.db);
     await JobStepRepo.markRunning(t.db, jobId, "step1", w);
     await JobStepRepo.markCompleted(t.db, jobId, "step1");
@@ -333,10 +337,10 @@ describe("race-free advancement", () => {
       await Promise.all(pools.map((p) => p.$client.end()));
     }
     const finished = await t.db
-      .select({ status: job.status, n: sql<number>`count(*)::int` })
-      .from(job)
-      .where(sql`${job.jobId} = any(${sql.param(ids)}::uuid[])`)
-      .groupBy(job.status);
+      .select({ status: jobState.status, n: sql<number>`count(*)::int` })
+      .from(jobState)
+      .where(sql`${jobState.jobId} = any(${sql.param(ids)}::uuid[])`)
+      .groupBy(jobState.status);
     expect(finished).toEqual([{ status: "completed", n: JOBS }]);
     const audit = await JobStepRepo.audit(t.db, ids);
     expect(audit.byStatus.completed).toBe(JOBS * 4);

@@ -150,7 +150,7 @@ describe("audit events are written with the change they record", () => {
     ]);
     const w2 = await registerWorker(t.db);
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w2, 1);
-    await t.db.execute(sql`update job_step set started_at = now() - interval '1 minute' where job_id = ${slow}`);
+    await t.db.execute(sql`update step_live set started_at = now() - interval '1 minute' where job_id = ${slow}`);
     await t.db.execute(sql`update job set created_at = now() - interval '1 hour' where job_id = ${late}`);
     const swept = await JobStepRepo.sweepTimeouts(t.db);
     expect(swept.jobs).toEqual([late]);

@@ -78,8 +78,29 @@ describe("secrets are stored only as hashes", () => {
       return [s, body, body.slice(4), Buffer.from(body, "base64url").toString("hex")];
     });
     const columns = await textColumns();
+    // The scan covers the auth tables and every table where a run's data lands: a step's definition
+    // (input, spec), and the live and finished state of jobs and steps (outputs, errors, retry history).
     expect(columns.map((c) => `${c.table}.${c.column}`)).toEqual(
-      expect.arrayContaining(["api_key.key_hash", "api_key.prefix", "refresh_token.token_hash", "job_step.output"]),
+      expect.arrayContaining([
+        "api_key.key_hash",
+        "api_key.prefix",
+        "refresh_token.token_hash",
+        "job.input",
+        "job_step.input",
+        "job_step.action_spec",
+        "job_live.output",
+        "job_live.error_message",
+        "job_live.cancel_reason",
+        "job_result.output",
+        "job_result.error_message",
+        "job_result.cancel_reason",
+        "step_live.output",
+        "step_live.error_message",
+        "step_live.retry_history",
+        "step_result.output",
+        "step_result.error_message",
+        "step_result.retry_history",
+      ]),
     );
     expect(await columnsHolding(needles)).toEqual([]);
     // The scan does find what is there: the hashes, in their columns.

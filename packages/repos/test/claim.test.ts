@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { jobStep } from "@stroem/schema";
+import { jobStepState } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
-import { eq, sql } from "drizzle-orm";
+import { eq, type SQL, sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import { InvalidInputError, JobRepo, JobStepRepo, WorkerNotFoundError } from "../src/index.js";
 import { claimStatement } from "../src/internal.js";
@@ -17,7 +17,20 @@ beforeEach(async () => {
 
 /** Every step row: the ground truth for "claimed exactly once". */
 async function stepRows() {
-  return t.db.select().from(jobStep);
+  return t.db.select().from(jobStepState);
+}
+
+/**
+ * Inserts steps of `jobId` in bulk, by hand: their definitions (`job_step`)
+ * and their live rows (`step_live`). `rows` is a SELECT of `step_name`,
+ * `action_type`, `status` and `ready_at`.
+ */
+async function insertLiveSteps(jobId: string, rows: SQL) {
+  await t.db.execute(sql`with r as materialized (${rows}), d as (
+      insert into job_step (job_id, step_name, action_name, action_type)
+      select ${jobId}, r.step_name, 'run', r.action_type from r)
+    insert into step_live (job_id, step_name, action_type, status, ready_at)
+    select ${jobId}, r.step_name, r.action_type, r.status, r.ready_at from r`);
 }
 
 describe("claimReadyStep", () => {
@@ -231,18 +244,26 @@ describe("the claim's plan", () => {
     const jobId = await newJob(t.db);
     // 100,000 finished steps and 20,000 ready ones, written in bulk. (With a
     // few hundred ready rows the planner may as well sort them: that is cheap.)
+    // The history is finished steps (their definitions and results); the backlog live rows.
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, status, attempts, completed_at)
-      select ${jobId}, 'done-' || g, 'run', 'completed', 1, now() from generate_series(1, 100000) g`);
+      insert into job_step (job_id, step_name, action_name)
+      select ${jobId}, 'done-' || g, 'run' from generate_series(1, 100000) g`);
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      select ${jobId}, 'ready-' || g, 'run', 'shell', 'ready', now() from generate_series(1, 20000) g`);
+      insert into step_result (job_id, step_name, action_type, status, attempts, completed_at, propagated)
+      select ${jobId}, 'done-' || g, 'shell', 'completed', 1, now(), true from generate_series(1, 100000) g`);
+    await insertLiveSteps(
+      jobId,
+      sql`select 'ready-' || g as step_name, 'shell' as action_type, 'ready' as status, now() as ready_at
+        from generate_series(1, 20000) g`,
+    );
     await t.db.execute(sql`analyze job_step`);
+    await t.db.execute(sql`analyze step_live`);
+    await t.db.execute(sql`analyze step_result`);
     const workerId = await registerWorker(t.db);
     const plan = await t.db.execute<{ "QUERY PLAN": string }>(sql`explain ${claimStatement(["shell"], workerId, 10)}`);
     const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
     const lockRows = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
-    expect(lockRows).toContain("idx_job_step_claim");
+    expect(lockRows).toContain("idx_step_live_claim");
     expect(lockRows).not.toMatch(/Sort|Seq Scan/);
     // And it claims them in order.
     const got = await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 3);
@@ -250,8 +271,8 @@ describe("the claim's plan", () => {
     expect((await JobRepo.get(t.db, jobId))?.status).toBe("running");
     const [{ n } = { n: 0 }] = await t.db
       .select({ n: sql<number>`count(*)::int` })
-      .from(jobStep)
-      .where(eq(jobStep.status, "running"));
+      .from(jobStepState)
+      .where(eq(jobStepState.status, "running"));
     expect(n).toBe(3);
   });
 });
@@ -259,11 +280,13 @@ describe("the claim's plan", () => {
 describe("the claim across action types", () => {
   it("a worker of several types gets the oldest ready steps across them, in order", async () => {
     const jobId = await newJob(t.db);
-    await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      select ${jobId}, 's' || g, 'run', case when g % 3 = 0 then 'docker' when g % 3 = 1 then 'shell' else 'pod' end,
-             'ready', now() - make_interval(secs => 100 - g)
-      from generate_series(1, 30) g`);
+    await insertLiveSteps(
+      jobId,
+      sql`select 's' || g as step_name,
+          case when g % 3 = 0 then 'docker' when g % 3 = 1 then 'shell' else 'pod' end as action_type,
+          'ready' as status, now() - make_interval(secs => 100 - g) as ready_at
+        from generate_series(1, 30) g`,
+    );
     const workerId = await registerWorker(t.db);
     const got = await JobStepRepo.claimReadySteps(t.db, ["shell", "docker"], workerId, 5);
     expect(got.map((s) => s.stepName)).toEqual(["s1", "s3", "s4", "s6", "s7"]);
@@ -274,16 +297,24 @@ describe("the claim across action types", () => {
 
   it("a shell claim does not walk past older ready steps of other types, nor past steps not due yet", async () => {
     const jobId = await newJob(t.db);
-    await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      select ${jobId}, 'd' || g, 'run', 'docker', 'ready', now() - interval '1 hour' from generate_series(1, 20000) g`);
-    await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      select ${jobId}, 'later' || g, 'run', 'shell', 'ready', now() + interval '1 hour' from generate_series(1, 5000) g`);
-    await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      values (${jobId}, 'now', 'run', 'shell', 'ready', now())`);
+    await insertLiveSteps(
+      jobId,
+      sql`select 'd' || g as step_name, 'docker' as action_type, 'ready' as status,
+          now() - interval '1 hour' as ready_at
+        from generate_series(1, 20000) g`,
+    );
+    await insertLiveSteps(
+      jobId,
+      sql`select 'later' || g as step_name, 'shell' as action_type, 'ready' as status,
+          now() + interval '1 hour' as ready_at
+        from generate_series(1, 5000) g`,
+    );
+    await insertLiveSteps(
+      jobId,
+      sql`select 'now' as step_name, 'shell' as action_type, 'ready' as status, now() as ready_at`,
+    );
     await t.db.execute(sql`analyze job_step`);
+    await t.db.execute(sql`analyze step_live`);
     const workerId = await registerWorker(t.db);
     for (const caps of [["shell"], ["shell", "pod"]]) {
       const plan = await t.db.execute<{ "QUERY PLAN": string }>(
@@ -292,13 +323,13 @@ describe("the claim across action types", () => {
       const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
       const next = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
       // The claim index is read for the one due shell row only: nothing removed by a filter.
-      expect(next).toContain("idx_job_step_claim");
-      expect(next).toMatch(/Index Scan using idx_job_step_claim on job_step s \(actual rows=[0-9.]+ loops=\d+\)/);
+      expect(next).toContain("idx_step_live_claim");
+      expect(next).toMatch(/Index Scan using idx_step_live_claim on step_live s \(actual rows=[0-9.]+ loops=\d+\)/);
       expect(next).not.toMatch(/Rows Removed by Filter: [1-9]/);
       expect(next).not.toContain("Seq Scan");
       // EXPLAIN ANALYZE ran the claim: give the step back for the next round.
       await t.db.execute(
-        sql`update job_step set status = 'ready', worker_id = null, started_at = null where step_name = 'now'`,
+        sql`update step_live set status = 'ready', worker_id = null, started_at = null where step_name = 'now'`,
       );
     }
     const got = await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 10);

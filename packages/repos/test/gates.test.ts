@@ -54,7 +54,7 @@ async function step(jobId: string, stepName: string) {
 async function counts() {
   const { rows } = await t.db.execute<{ events: number; changed: number }>(sql`select
     (select count(*)::int from audit_event) as events,
-    (select count(*)::int from job_step where status <> 'pending') as changed`);
+    (select count(*)::int from job_step_state where status <> 'pending') as changed`);
   return rows[0];
 }
 
@@ -134,7 +134,7 @@ describe("a gate's life", () => {
     const { jobId } = await gated({ timeoutSecs: 60 });
     await JobStepRepo.suspend(t.db, gate(jobId));
     expect((await JobStepRepo.sweepTimeouts(t.db)).gates).toEqual([]);
-    await t.db.execute(sql`update job_step set suspended_at = now() - interval '61 seconds'
+    await t.db.execute(sql`update step_live set suspended_at = now() - interval '61 seconds'
       where job_id = ${jobId} and step_name = 'approve'`);
     const swept = await JobStepRepo.sweepTimeouts(t.db);
     expect(swept.gates).toEqual([{ jobId, stepName: "approve" }]);
@@ -238,7 +238,7 @@ describe("races: the first decision wins, the other is refused", () => {
       ),
     ]);
     const status = (await step(jobId, "approve"))?.status;
-    // Whichever took the job row first decided the gate; the job ends cancelled either way.
+    // Whichever took the job's lock first decided the gate; the job ends cancelled either way.
     if (status === "completed") {
       expect([approved, cancelled]).toEqual(["approved", ["deploy"]]);
     } else {
@@ -261,10 +261,10 @@ describe("races: the first decision wins, the other is refused", () => {
     ["reject", "approve"],
     ["cancel", "approve"],
     ["cancel", "reject"],
-  ] as const)("%s first, then %s (waiting on the job row's lock)", async (firstKind, secondKind) => {
+  ] as const)("%s first, then %s (waiting on the job's lock)", async (firstKind, secondKind) => {
     const { jobId } = await gated({ timeoutSecs: 60 });
     await JobStepRepo.suspend(t.db, gate(jobId));
-    await t.db.execute(sql`update job_step set suspended_at = now() - interval '61 seconds'
+    await t.db.execute(sql`update step_live set suspended_at = now() - interval '61 seconds'
       where job_id = ${jobId} and step_name = 'approve'`);
     const second = other();
     const act = (kind: "approve" | "reject" | "timeout" | "cancel", db: Executor) => {
@@ -293,12 +293,12 @@ describe("races: the first decision wins, the other is refused", () => {
       (error: Error) => ({ answer: undefined, error }),
     );
     if (secondKind === "timeout") {
-      // The sweep skips a job row another transaction holds, at once: no gate timed out.
+      // The sweep skips a job whose lock another transaction holds, at once: no gate timed out.
       expect(await late).toEqual({ answer: { steps: [], gates: [], jobs: [] }, error: undefined });
       release.resolve();
       await first;
     } else {
-      // A decision waits on the job row the first one holds, then finds the step decided.
+      // A decision waits on the job's lock the first one holds, then finds the step decided.
       await waitFor(async () => (await lockWaiters(second.db)) === 1);
       release.resolve();
       await first;

@@ -31,13 +31,19 @@ async function heartbeatAgo(workerId: string, secondsAgo: number | null) {
   );
 }
 
-/** A job with one running step per entry, each claimed by its worker `minutesAgo` minutes ago. */
+/**
+ * A job with one running step per entry, each claimed by its worker
+ * `minutesAgo` minutes ago: the step's definition (`job_step`) and its live
+ * row (`step_live`), written by hand.
+ */
 async function running(entries: Array<{ stepName: string; workerId: string; minutesAgo: number; attempts?: number }>) {
   const jobId = await JobRepo.create(t.db, { taskName: "inspect", sourceType: "api" });
   for (const e of entries) {
-    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, status, worker_id, started_at,
+    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type)
+      values (${jobId}, ${e.stepName}, 'run', 'shell')`);
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, worker_id, started_at,
         ready_at, attempts)
-      values (${jobId}, ${e.stepName}, 'run', 'running', ${e.workerId}, now() - make_interval(mins => ${e.minutesAgo}),
+      values (${jobId}, ${e.stepName}, 'shell', 'running', ${e.workerId}, now() - make_interval(mins => ${e.minutesAgo}),
         now() - make_interval(mins => ${e.minutesAgo}), ${e.attempts ?? 1})`);
   }
   return jobId;
@@ -46,8 +52,10 @@ async function running(entries: Array<{ stepName: string; workerId: string; minu
 /** A job with `n` ready steps of `actionType`, ready `minutesAgo` minutes ago (negative: not due yet). */
 async function ready(actionType: ActionType, n: number, minutesAgo: number) {
   const jobId = await JobRepo.create(t.db, { taskName: "inspect", sourceType: "api" });
-  await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-    select ${jobId}, ${actionType} || g, 'run', ${actionType}, 'ready', now() - make_interval(mins => ${minutesAgo})
+  await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type)
+    select ${jobId}, ${actionType} || g, 'run', ${actionType} from generate_series(1, ${n}) g`);
+  await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, ready_at)
+    select ${jobId}, ${actionType} || g, ${actionType}, 'ready', now() - make_interval(mins => ${minutesAgo})
     from generate_series(1, ${n}) g`);
   return jobId;
 }
@@ -224,18 +232,46 @@ describe("bad options are refused before any query", () => {
 });
 
 describe("each read is served by a partial index, not the finished history", () => {
-  it("reads job_step through idx_job_step_running_worker and idx_job_step_claim, with no sequential scan", async () => {
-    // 30,000 finished steps of 10,000 jobs, set-based, then the few open ones.
+  it("reads step_live through idx_step_live_running_worker and idx_step_live_claim, with no sequential scan", async () => {
+    // 30,000 finished steps of 10,000 jobs (definitions and results), set-based.
     const w = randomUUID();
     await WorkerRepo.register(t.db, { workerId: w, name: "history", capabilities: ["shell"] });
-    await t.db.execute(sql`insert into job (job_id, task_name, status, source_type, started_at, completed_at)
-      select md5('inspect' || i)::uuid, 'old', 'completed', 'api', now() - interval '2 days', now() - interval '1 day'
+    await t.db.execute(sql`insert into job (job_id, task_name, source_type)
+      select md5('inspect' || i)::uuid, 'old', 'api' from generate_series(1, 10000) i`);
+    await t.db.execute(sql`insert into job_result (job_id, status, started_at, completed_at, steps_unfinished)
+      select md5('inspect' || i)::uuid, 'completed', now() - interval '2 days', now() - interval '1 day', 0
       from generate_series(1, 10000) i`);
-    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, status, worker_id,
-        ready_at, started_at, completed_at, attempts, propagated)
-      select j.job_id, 's' || k, 'run', (array['shell', 'docker', 'pod'])[1 + k], 'completed', ${w},
-        j.started_at, j.started_at, j.completed_at, 1, true
+    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type)
+      select j.job_id, 's' || k, 'run', (array['shell', 'docker', 'pod'])[1 + k]
       from job j cross join generate_series(0, 2) k`);
+    await t.db.execute(sql`insert into step_result (job_id, step_name, action_type, status, worker_id,
+        ready_at, started_at, completed_at, attempts, propagated, job_started_at)
+      select r.job_id, 's' || k, (array['shell', 'docker', 'pod'])[1 + k], 'completed', ${w},
+        r.started_at, r.started_at, r.completed_at, 1, true, r.started_at
+      from job_result r cross join generate_series(0, 2) k`);
+    // A live backlog that is neither running nor ready: 2,000 jobs waiting at an
+    // approval gate (suspended), each with 9 pending steps after it (20,000
+    // live rows). The reads must not walk it either.
+    await t.db.execute(sql`insert into job (job_id, task_name, source_type)
+      select md5('gated' || i)::uuid, 'gated', 'api' from generate_series(1, 2000) i`);
+    await t.db.execute(sql`insert into job_live (job_id, status, started_at, steps_unfinished)
+      select md5('gated' || i)::uuid, 'running', now() - interval '1 hour', 10 from generate_series(1, 2000) i`);
+    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, depends_on, dependants)
+      select md5('gated' || i)::uuid, 'approve', 'approve', 'approval', '{}',
+        array(select 'p' || k from generate_series(1, 9) k order by 1)
+      from generate_series(1, 2000) i`);
+    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, depends_on)
+      select md5('gated' || i)::uuid, 'p' || k, 'run', 'shell', '{approve}'
+      from generate_series(1, 2000) i cross join generate_series(1, 9) k`);
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, ready_at, suspended_at,
+        dependants)
+      select md5('gated' || i)::uuid, 'approve', 'approval', 'suspended', now() - interval '1 hour',
+        now() - interval '1 hour', array(select 'p' || k from generate_series(1, 9) k order by 1)
+      from generate_series(1, 2000) i`);
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, deps_total, deps_unfinished)
+      select md5('gated' || i)::uuid, 'p' || k, 'shell', 'pending', 1, 1
+      from generate_series(1, 2000) i cross join generate_series(1, 9) k`);
+    // Then the few open ones.
     const stale = await registerWorker(t.db, ["shell"]);
     await heartbeatAgo(stale, 3600);
     await running([
@@ -245,17 +281,21 @@ describe("each read is served by a partial index, not the finished history", () 
     await ready("pod", 3, 1);
     await ready("shell", 2, 1);
     await t.db.execute(sql`analyze job_step`);
+    await t.db.execute(sql`analyze step_live`);
+    await t.db.execute(sql`analyze step_result`);
     await t.db.execute(sql`analyze worker`);
 
     // This transaction's own counters (pg_stat_xact_*): the scans its statements made.
     await t.db.transaction(async (tx) => {
       const counters = async () => {
+        // Sequential scans of the live rows, of the finished history and of the definitions.
         const tables = await tx.execute<{ seq_scan: string }>(
-          sql`select seq_scan from pg_stat_xact_user_tables where relname = 'job_step'`,
+          sql`select coalesce(sum(seq_scan), 0) as seq_scan from pg_stat_xact_user_tables
+            where relname in ('step_live', 'step_result', 'job_step')`,
         );
         const indexes = await tx.execute<{ indexrelname: string; idx_scan: string }>(
           sql`select relname as indexrelname, pg_stat_get_xact_numscans(oid) as idx_scan from pg_class
-            where relname in ('idx_job_step_running_worker', 'idx_job_step_claim')`,
+            where relname in ('idx_step_live_running_worker', 'idx_step_live_claim')`,
         );
         return {
           seq: Number(tables.rows[0]?.seq_scan ?? 0),
@@ -266,19 +306,19 @@ describe("each read is served by a partial index, not the finished history", () 
         [
           "stuckSteps",
           async () => (await stuckSteps(tx, { staleAfterMs: 30_000 })).steps.map((s) => s.stepName),
-          "idx_job_step_running_worker",
+          "idx_step_live_running_worker",
           ["r1"],
         ],
         [
           "oldestRunning",
           async () => (await oldestRunning(tx)).map((s) => s.stepName),
-          "idx_job_step_running_worker",
+          "idx_step_live_running_worker",
           ["r1", "r2"],
         ],
         [
           "unmatchedReady",
           async () => (await unmatchedReady(tx)).map((r) => [r.actionType, r.ready]),
-          "idx_job_step_claim",
+          "idx_step_live_claim",
           [["pod", 3]], // shell has live workers; docker has no ready steps
         ],
       ];
@@ -286,7 +326,7 @@ describe("each read is served by a partial index, not the finished history", () 
         const before = await counters();
         expect(await call(), name).toEqual(expected);
         const after = await counters();
-        expect(after.seq - before.seq, `${name}: sequential scans of job_step`).toBe(0);
+        expect(after.seq - before.seq, `${name}: sequential scans of step_live, step_result, job_step`).toBe(0);
         expect((after.idx[index] ?? 0) - (before.idx[index] ?? 0), `${name}: scans of ${index}`).toBeGreaterThan(0);
       }
     });

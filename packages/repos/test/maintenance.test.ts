@@ -53,7 +53,7 @@ describe("startMaintenance", () => {
     await JobStepRepo.claimReadyStep(t.db, ["shell"], dead);
     await JobStepRepo.claimReadyStep(t.db, ["docker"], alive);
     await t.db.update(worker).set({ lastHeartbeat: sql`now() - interval '1 hour'` }).where(eq(worker.workerId, dead));
-    await t.db.execute(sql`update job_step set started_at = now() - interval '1 minute' where step_name = 'slow'`);
+    await t.db.execute(sql`update step_live set started_at = now() - interval '1 minute' where step_name = 'slow'`);
 
     const events: SweepEvent[] = [];
     const errors: unknown[] = [];
@@ -100,7 +100,7 @@ describe("startMaintenance", () => {
     await JobStepRepo.complete(t.db, { jobId: old, stepName: "a" });
     await JobStepRepo.complete(t.db, { jobId: recent, stepName: "a" });
     await t.db.execute(sql`update job set created_at = now() - interval '3 days' where job_id in (${old}, ${open_})`);
-    await t.db.execute(sql`update job set completed_at = now() - interval '2 days' where job_id = ${old}`);
+    await t.db.execute(sql`update job_result set completed_at = now() - interval '2 days' where job_id = ${old}`);
     const events: SweepEvent[] = [];
     const errors: unknown[] = [];
     running.push(

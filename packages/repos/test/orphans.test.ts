@@ -133,7 +133,7 @@ describe("heartbeat({ running }) gives back orphaned claims", () => {
     const other = t.openPool({ max: 1 });
     try {
       await other.transaction(async (tx) => {
-        await tx.execute(sql`select 1 from job where job_id = ${jobId} for no key update`);
+        await tx.execute(sql`select * from stroem_lock_job(${jobId})`);
         expect(await WorkerRepo.heartbeat(t.db, w, { running: [] })).toEqual([]);
         expect(await stepOf(jobId, "a")).toMatchObject({ status: "running" });
       });

@@ -137,7 +137,7 @@ describe("the heartbeat's give-back is audited", () => {
     await WorkerRepo.heartbeat(t.db, w);
     await JobStepRepo.markRunning(t.db, jobId, "s", w);
     // Claimed before the previous heartbeat and not listed: an orphan.
-    await t.db.execute(sql`update job_step set started_at = now() - interval '1 minute' where job_id = ${jobId}`);
+    await t.db.execute(sql`update step_live set started_at = now() - interval '1 minute' where job_id = ${jobId}`);
     await WorkerRepo.heartbeat(t.db, w, { running: [] });
     expect((await rowOf(t.db, jobId, "s"))?.status).toBe("ready");
     const { events } = await AuditRepo.list(t.db, { entityType: "job", entityId: jobId, limit: 100 });

@@ -205,7 +205,9 @@ describe("artifacts", () => {
       await ArtifactRepo.put(t.db, { jobId, name: "b", sizeBytes: 1, storageKey: `purge/${i}/b` });
       ids.push(jobId);
     }
-    await t.db.execute(sql`update job set created_at = now() - interval '40 days', completed_at = now() - interval '40 days'
+    await t.db.execute(sql`update job set created_at = now() - interval '40 days'
+      where job_id = any(${sql.param(ids)}::uuid[])`);
+    await t.db.execute(sql`update job_result set completed_at = now() - interval '40 days'
       where job_id = any(${sql.param(ids)}::uuid[])`);
     const counts = await purgeFinished(t.db, { olderThan: 30 * 86_400_000, batchSize: 2, pauseMs: 0 });
     expect(counts).toMatchObject({ jobs: 5, artifacts: 10 });
@@ -294,10 +296,11 @@ describe("durations", () => {
       await JobStepRepo.complete(t.db, { jobId, stepName: "build" });
       await JobStepRepo.complete(t.db, { jobId, stepName: "deploy" });
       ids.push(jobId);
-      // Durations of i seconds (job), i/2 (each step), by setting the times the run recorded.
-      await t.db.execute(sql`update job set started_at = completed_at - make_interval(secs => ${i})
+      // Durations of i seconds (job), i/2 (each step), by setting the times the run recorded
+      // (the finished job's and steps' results).
+      await t.db.execute(sql`update job_result set started_at = completed_at - make_interval(secs => ${i})
         where job_id = ${jobId}`);
-      await t.db.execute(sql`update job_step set started_at = completed_at - make_interval(secs => ${i / 2})
+      await t.db.execute(sql`update step_result set started_at = completed_at - make_interval(secs => ${i / 2})
         where job_id = ${jobId}`);
     }
     await JobRepo.createWithSteps(t.db, { workspace, taskName: "other", sourceType: "api" }, steps);

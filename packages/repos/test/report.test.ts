@@ -496,8 +496,8 @@ describe("createMany", () => {
   });
 });
 
-describe("lock order: the job row before its steps", () => {
-  it("the old lock order deadlocks; reports on the two parents of a join, each updating its step twice, do not", async () => {
+describe("lock order: the job before its steps", () => {
+  it("the other lock order deadlocks; reports on the two parents of a join, each updating its step twice, do not", async () => {
     const w = await registerWorker(t.db);
     const setUp = async () => {
       const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
@@ -511,44 +511,46 @@ describe("lock order: the job row before its steps", () => {
     }
     try {
       const [c1, c2] = clients;
-      // The first stage's recipe: step updated twice (markRunning, then the
-      // mark), then the job locked FOR UPDATE for the advance. The second
-      // UPDATE of a row this transaction wrote fires the foreign-key check,
-      // which takes KEY SHARE on the job row; both then want FOR UPDATE on it.
+      // The other order: a step's live row first, then the job's lock
+      // (job_live). Against a transaction that takes the job's lock first
+      // and then wants that step, one of the two is a deadlock victim.
       let jobId = await setUp();
-      const twice = async (c: pg.Client, step: string) => {
-        await c.query("begin");
-        await c.query(
-          "update job_step set status = 'running', worker_id = $1, started_at = now() where job_id = $2 and step_name = $3",
-          [w, jobId, step],
-        );
-        await c.query(
-          "update job_step set status = 'completed', completed_at = now() where job_id = $1 and step_name = $2",
-          [jobId, step],
-        );
-      };
-      await twice(c1, "b");
-      await twice(c2, "c");
-      const lock = (c: pg.Client) =>
-        c.query("select 1 from job where job_id = $1 for update", [jobId]).then(
+      const failed = (p: Promise<unknown>) =>
+        p.then(
           () => undefined,
           (e: { code?: string }) => e.code,
         );
-      const first = lock(c1);
+      await c2.query("begin");
+      await c2.query(
+        "update step_live set status = 'running', worker_id = $1, started_at = now() where job_id = $2 and step_name = 'b'",
+        [w, jobId],
+      );
+      await c1.query("begin");
+      await c1.query("select 1 from job_live where job_id = $1 for no key update", [jobId]);
+      const first = failed(
+        c1.query(
+          "update step_live set status = 'running', worker_id = $1, started_at = now() where job_id = $2 and step_name = 'b'",
+          [w, jobId],
+        ),
+      );
       await waitFor(async () => {
         const r = await t.db.execute<{ n: number }>(
           sql`select count(*)::int as n from pg_locks where not granted and locktype = 'transactionid'`,
         );
         return (r.rows[0]?.n ?? 0) > 0;
       });
-      const codes = await Promise.all([first, lock(c2)]);
+      const codes = await Promise.all([
+        first,
+        failed(c2.query("select 1 from job_live where job_id = $1 for no key update", [jobId])),
+      ]);
       expect(codes).toContain(PG.DEADLOCK_DETECTED);
       await c1.query("rollback");
       await c2.query("rollback");
 
-      // Ours: the same two transactions through the repos (markRunning, the
-      // bare mark, advance), interleaved the same way. The mark locks the job
-      // row first, FOR NO KEY UPDATE, which the KEY SHARE does not block.
+      // Ours: two transactions through the repos (markRunning, the bare
+      // mark, advance), each updating its step twice, interleaved: every
+      // change locks the job first (stroem_lock_job), so the second waits
+      // for the first and nothing deadlocks.
       jobId = await setUp();
       const [p1, p2] = [t.openPool({ max: 1 }), t.openPool({ max: 1 })];
       try {
@@ -590,12 +592,13 @@ describe("invariants the database holds", () => {
   it("refuses a running step without a worker, a finished step without completed_at, a negative count", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, newJob, diamond);
     const bad = [
-      sql`update job_step set status = 'running' where job_id = ${jobId} and step_name = 'a'`,
-      sql`update job_step set status = 'completed' where job_id = ${jobId} and step_name = 'b'`,
-      sql`update job_step set completed_at = now() where job_id = ${jobId} and step_name = 'b'`,
-      sql`update job_step set deps_unfinished = -1 where job_id = ${jobId} and step_name = 'b'`,
-      sql`update job set status = 'completed' where job_id = ${jobId}`,
-      sql`update job set steps_unfinished = -1 where job_id = ${jobId}`,
+      sql`update step_live set status = 'running' where job_id = ${jobId} and step_name = 'a'`,
+      sql`update step_live set status = 'completed' where job_id = ${jobId} and step_name = 'b'`,
+      sql`update step_live set completed_at = now() where job_id = ${jobId} and step_name = 'b'`,
+      sql`update step_live set deps_unfinished = -1 where job_id = ${jobId} and step_name = 'b'`,
+      sql`update step_live set status = 'paused' where job_id = ${jobId} and step_name = 'b'`,
+      sql`update job_live set status = 'paused' where job_id = ${jobId}`,
+      sql`update job_live set steps_unfinished = -1 where job_id = ${jobId}`,
     ];
     for (const statement of bad) {
       const error = await errorOf(() => t.db.execute(statement));

@@ -21,12 +21,21 @@ const newJob = { taskName: "t", sourceType: "api" } as const;
 const one: NewFlowStep[] = [{ stepName: "a", actionName: "x", actionType: "shell" }];
 const two: NewFlowStep[] = [...one, { stepName: "b", actionName: "x", actionType: "shell", dependsOn: ["a"] }];
 
-/** Moves `jobIds` back in time by `days` (their created_at, started_at and completed_at). */
-const age = (jobIds: string[], days: number) =>
-  t.db.execute(sql`update job set created_at = created_at - make_interval(days => ${days}),
-      started_at = started_at - make_interval(days => ${days}),
+/**
+ * Moves `jobIds` back in time by `days`: their created_at (the definition),
+ * and their started_at and completed_at (a finished job's result, an
+ * unfinished one's live row).
+ */
+const age = async (jobIds: string[], days: number) => {
+  const ids = sql.param(jobIds);
+  await t.db.execute(sql`update job set created_at = created_at - make_interval(days => ${days})
+    where job_id = any(${ids}::uuid[])`);
+  await t.db.execute(sql`update job_result set started_at = started_at - make_interval(days => ${days}),
       completed_at = completed_at - make_interval(days => ${days})
-    where job_id = any(${sql.param(jobIds)}::uuid[])`);
+    where job_id = any(${ids}::uuid[])`);
+  await t.db.execute(sql`update job_live set started_at = started_at - make_interval(days => ${days})
+    where job_id = any(${ids}::uuid[])`);
+};
 
 const rows = async (db: Executor = t.db) =>
   (
@@ -120,7 +129,7 @@ describe("purgeFinished", () => {
     const release = deferred();
     const holder = pool
       .transaction(async (tx) => {
-        await tx.execute(sql`select 1 from job where job_id = ${held} for no key update`); // a late report's lock
+        await tx.execute(sql`select 1 from job where job_id = ${held} for no key update`); // someone holds the job row
         locked.resolve();
         await release.promise;
       })
@@ -163,13 +172,22 @@ describe("purgeFinished", () => {
   });
 
   it("selects its batch through idx_job_created_at, oldest first, without a sort (EXPLAIN)", async () => {
+    // 20,000 finished jobs (definitions and results) and 5,000 unfinished ones (definitions and live rows).
     await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type, status, created_at, completed_at)
-      select gen_random_uuid(), 't', 'api', 'completed', now() - g * interval '1 minute', now() - g * interval '1 minute'
-      from generate_series(1, 20000) g`);
+      with j as (
+        insert into job (job_id, task_name, source_type, created_at)
+        select gen_random_uuid(), 't', 'api', now() - g * interval '1 minute' from generate_series(1, 20000) g
+        returning job_id, created_at)
+      insert into job_result (job_id, status, completed_at) select j.job_id, 'completed', j.created_at from j`);
     await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type) select gen_random_uuid(), 't', 'api' from generate_series(1, 5000)`);
+      with j as (
+        insert into job (job_id, task_name, source_type) select gen_random_uuid(), 't', 'api' from generate_series(1, 5000)
+        returning job_id)
+      insert into job_live (job_id) select j.job_id from j`);
     await t.db.execute(sql`analyze job`);
+    await t.db.execute(sql`analyze job_result`);
+    await t.db.execute(sql`analyze job_live`);
+    await t.db.execute(sql`analyze step_live`);
     const plan = (
       await t.db.execute<{ "QUERY PLAN": string }>(
         sql`explain ${purgeJobsStatement(new Date(Date.now() - 86_400_000), 1000)}`,

@@ -26,7 +26,7 @@ async function stepA(jobId: string) {
 
 /** Makes the retried steps of the job due now: the test moves `ready_at` instead of sleeping. */
 const makeDue = (jobId: string) =>
-  t.db.execute(sql`update job_step set ready_at = now() where job_id = ${jobId} and status = 'ready'`);
+  t.db.execute(sql`update step_live set ready_at = now() where job_id = ${jobId} and status = 'ready'`);
 
 /** Seconds between the last retried attempt's failure and the step's `ready_at`. */
 function lastDelay(step: Awaited<ReturnType<typeof stepA>>) {
@@ -254,16 +254,23 @@ describe("rescue uses the same budget and history", () => {
 describe("the claim and future retries", () => {
   it("does not walk past 100,000 steps waiting for their retry (EXPLAIN ANALYZE)", async () => {
     const jobId = await JobRepo.create(t.db, newJob);
+    // Each step is its definition (job_step) and its live state (step_live).
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at, attempts, max_retries,
-                            retry_history)
-      select ${jobId}, 'r' || g, 'run', 'shell', 'ready', now() + make_interval(secs => 60 + g % 600), 1, 3,
+      insert into job_step (job_id, step_name, action_name, action_type, max_retries)
+      select ${jobId}, 'r' || g, 'run', 'shell', 3 from generate_series(1, 100000) g`);
+    await t.db.execute(sql`
+      insert into step_live (job_id, step_name, action_type, status, ready_at, attempts, max_retries, retry_history)
+      select ${jobId}, 'r' || g, 'shell', 'ready', now() + make_interval(secs => 60 + g % 600), 1, 3,
              '[{"attempt": 1, "error": "x"}]'
       from generate_series(1, 100000) g`);
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      values (${jobId}, 'due', 'run', 'shell', 'ready', now())`);
+      insert into job_step (job_id, step_name, action_name, action_type)
+      values (${jobId}, 'due', 'run', 'shell')`);
+    await t.db.execute(sql`
+      insert into step_live (job_id, step_name, action_type, status, ready_at)
+      values (${jobId}, 'due', 'shell', 'ready', now())`);
     await t.db.execute(sql`analyze job_step`);
+    await t.db.execute(sql`analyze step_live`);
     const w = await registerWorker(t.db);
     const { rows } = await t.db.execute<{ "QUERY PLAN": string }>(
       sql`explain (analyze, buffers, costs off, timing off) ${claimStatement(["shell"], w, 10)}`,
@@ -271,7 +278,7 @@ describe("the claim and future retries", () => {
     const text = rows.map((r) => r["QUERY PLAN"]).join("\n");
     const next = text.slice(text.indexOf("CTE next"), text.indexOf("CTE claimed"));
     // The index walk stops at the first step not due: it reads one row and a few pages.
-    expect(next).toMatch(/Index Scan using idx_job_step_claim on job_step s \(actual rows=1(\.00)? loops=1\)/);
+    expect(next).toMatch(/Index Scan using idx_step_live_claim on step_live s \(actual rows=1(\.00)? loops=1\)/);
     expect(next).toMatch(/Index Cond: .*ready_at <= now\(\)/);
     expect(next).not.toMatch(/Rows Removed by Filter: [1-9]/);
     const pages = [...next.matchAll(/Buffers: shared (?:hit=(\d+))?\s*(?:read=(\d+))?/g)].map(
@@ -281,7 +288,7 @@ describe("the claim and future retries", () => {
     expect(Math.max(...pages)).toBeLessThan(50); // the 100,000 entries span about 500 index pages
     // EXPLAIN ANALYZE ran the claim: it took the due step only.
     const running = await t.db.execute<{ step_name: string }>(
-      sql`select step_name from job_step where status = 'running'`,
+      sql`select step_name from job_step_state where status = 'running'`,
     );
     expect(running.rows).toEqual([{ step_name: "due" }]);
   }, 120_000);

@@ -18,15 +18,18 @@ const JOBS = 20_000;
 
 beforeAll(async () => {
   // 10 workspaces x 20 tasks, one job a minute, newest last; every 17th failed.
-  await t.db.execute(sql`insert into job (job_id, workspace, task_name, input, status, source_type, created_at,
-      started_at, completed_at)
+  // Each job is its definition (`job`) and its result (`job_result`).
+  await t.db.execute(sql`insert into job (job_id, workspace, task_name, input, source_type, created_at)
     select md5('scope' || i)::uuid, 'ws-' || (i % 10), 'task-' || ((i / 10) % 20), jsonb_build_object('run', i),
-      case when i % 17 = 0 then 'failed' else 'completed' end, 'api',
-      '2026-01-01'::timestamptz + make_interval(secs => i * 60),
+      'api', '2026-01-01'::timestamptz + make_interval(secs => i * 60)
+    from generate_series(1, ${JOBS}) i`);
+  await t.db.execute(sql`insert into job_result (job_id, status, started_at, completed_at)
+    select md5('scope' || i)::uuid, case when i % 17 = 0 then 'failed' else 'completed' end,
       '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 5),
       '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 50)
     from generate_series(1, ${JOBS}) i`);
   await t.db.execute(sql`analyze job`);
+  await t.db.execute(sql`analyze job_result`);
 }, 120_000);
 
 /** Every job id of the pairs, newest first, computed without the scope machinery. */
@@ -244,8 +247,15 @@ describe("scoped plans: one index range per allowed pair, 500 pairs", () => {
   it("search and list walk idx_job_workspace_task per task pair, an index per whole workspace, never the table", async () => {
     const text = await plan(searchStatement({ scope: many, limit: 51 }));
     expect(text, text).not.toMatch(/Seq Scan on job/);
+    // Each pair's walk is cut by its own Limit. Between the two, only the read view's (`job_state`)
+    // left joins to each job's state rows (its result, its live row), which keep the walk's order.
     expect(text, text).toMatch(
-      /Limit\n\s+-> {2}Index Scan Backward using idx_job_workspace_task on job j\n\s+Index Cond: \(\(workspace = p\.workspace\) AND \(task_name = p\."taskName"\)\)/,
+      /Limit\n(\s+-> {2}Nested Loop Left Join\n(\s+Join Filter: .*\n)?)*\s+-> {2}Index Scan Backward using idx_job_workspace_task on job j\n\s+Index Cond: \(\(workspace = p\.workspace\) AND \(task_name = p\."taskName"\)\)/,
+    );
+    // The state rows come by key, never by a scan of their tables.
+    expect(text, text).not.toMatch(/Seq Scan/);
+    expect(text, text).toMatch(
+      /Index Scan using job_result_pkey on job_result r\n\s+Index Cond: \(job_id = j\.job_id\)/,
     );
     expect(text.match(/Index Scan Backward using idx_job_(workspace_created|created_at)/g), text).toHaveLength(1);
   });

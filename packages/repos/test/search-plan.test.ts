@@ -10,31 +10,41 @@ const JOBS = 20_000;
 
 /**
  * The plans of `search` and `stats` for their main shapes, on 20,000 finished
- * jobs (60,000 steps) generated set-based, with the planner's statistics
+ * jobs (60,000 steps; definitions and results) generated set-based, with the planner's statistics
  * taken and sequential scans disabled: a plan that still holds a Seq Scan
  * has no index to serve it (Postgres falls back to a disabled node only when
  * nothing else can answer). Node types and index names are asserted, never
  * timings (`pnpm bench --stats` measures those at a million jobs).
  */
 beforeAll(async () => {
-  await t.db.execute(sql`insert into job (job_id, workspace, task_name, input, status, source_type, created_at,
-      started_at, completed_at)
+  // Each job is its definition (`job`) and its result (`job_result`); each step its definition
+  // (`job_step`) and its result (`step_result`).
+  await t.db.execute(sql`insert into job (job_id, workspace, task_name, input, source_type, created_at)
     select md5('plan' || i)::uuid, 'ws-' || (i % 10), 'task-' || ((i / 10) % 20),
       jsonb_build_object('branch', 'branch-' || (i % 500), 'run', i),
-      case when i % 17 = 0 then 'failed' else 'completed' end,
       (array['trigger', 'user', 'api', 'webhook'])[1 + (i / 7) % 4],
-      '2026-01-01'::timestamptz + make_interval(secs => i * 60),
-      '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 5),
-      '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 50)
+      '2026-01-01'::timestamptz + make_interval(secs => i * 60)
     from generate_series(1, ${JOBS}) i`);
-  await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, status, ready_at, started_at,
-      completed_at, error_message, propagated)
-    select j.job_id, 's' || k, 'run', case when j.status = 'failed' and k = 2 then 'failed' else 'completed' end,
-      j.started_at, j.started_at + interval '1 s', j.completed_at,
-      case when j.status = 'failed' and k = 2 then 'exit 1: tests failed in module payments' end, true
-    from job j cross join generate_series(0, 2) k`);
+  await t.db.execute(sql`insert into job_result (job_id, status, started_at, completed_at, steps_failed)
+    select md5('plan' || i)::uuid, case when i % 17 = 0 then 'failed' else 'completed' end,
+      '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 5),
+      '2026-01-01'::timestamptz + make_interval(secs => i * 60 + 50),
+      case when i % 17 = 0 then 1 else 0 end
+    from generate_series(1, ${JOBS}) i`);
+  await t.db.execute(sql`insert into job_step (job_id, step_name, action_name)
+    select j.job_id, 's' || k, 'run' from job j cross join generate_series(0, 2) k`);
+  await t.db.execute(sql`insert into step_result (job_id, step_name, action_type, status, ready_at, started_at,
+      completed_at, error_message, attempts, propagated, job_started_at)
+    select r.job_id, 's' || k, 'shell', case when r.status = 'failed' and k = 2 then 'failed' else 'completed' end,
+      r.started_at, r.started_at + interval '1 s', r.completed_at,
+      case when r.status = 'failed' and k = 2 then 'exit 1: tests failed in module payments' end, 1, true, r.started_at
+    from job_result r cross join generate_series(0, 2) k`);
   await t.db.execute(sql`analyze job`);
+  await t.db.execute(sql`analyze job_result`);
   await t.db.execute(sql`analyze job_step`);
+  await t.db.execute(sql`analyze step_result`);
+  await t.db.execute(sql`analyze job_live`);
+  await t.db.execute(sql`analyze step_live`);
 }, 120_000);
 
 /** EXPLAIN's lines for the statement, sequential scans disabled. */
@@ -100,7 +110,7 @@ describe("search: every main shape is index-served", () => {
       const text = await plan(searchStatement({ ...filters, limit: 51 }));
       expect(text, text).not.toMatch(/Seq Scan/);
       expect(text, text).toMatch(/Bitmap Index Scan on idx_job_search/);
-      expect(text, text).toMatch(/Bitmap Index Scan on idx_job_step_error_search/);
+      expect(text, text).toMatch(/Bitmap Index Scan on idx_step_result_error_search/);
       expect(text, text).toMatch(/job_pkey|idx_job_created_at|idx_job_workspace_created|idx_job_workspace_task/);
     });
   }

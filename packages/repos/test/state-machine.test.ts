@@ -1,6 +1,6 @@
 import { JOB_STATUSES, type JobStatus, type NewFlowStep, STEP_STATUSES, type StepStatus } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
 import { beforeEach, describe, expect, it } from "vitest";
 import {
   InvalidInputError,
@@ -41,19 +41,34 @@ async function stepIn(status: StepStatus) {
   const jobId = await JobRepo.createWithSteps(t.db, newJob, flow);
   const workerId = await registerWorker(t.db);
   if (status === "pending") {
-    await t.db.execute(sql`update job_step set status = 'pending' where job_id = ${jobId} and step_name = 't'`);
+    await t.db.execute(sql`update step_live set status = 'pending' where job_id = ${jobId} and step_name = 't'`);
   } else if (status === "suspended") {
     // What JobStepRepo.suspend leaves on a gate (test/gates.test.ts), on this step: never claimed.
-    await t.db.execute(sql`update job_step set status = 'suspended', suspended_at = now()
+    await t.db.execute(sql`update step_live set status = 'suspended', suspended_at = now()
       where job_id = ${jobId} and step_name = 't'`);
   } else if (status !== "ready") {
     await JobStepRepo.markRunning(t.db, jobId, "t", workerId);
     if (status !== "running") {
-      await t.db.execute(sql`update job_step set status = ${status}, completed_at = now(), propagated = true
+      // A finished step's state is its step_result row: the live row updated to
+      // a terminal, propagated status moves there (trigger step_live_ended).
+      await t.db.execute(sql`update step_live set status = ${status}, completed_at = now(), propagated = true
         where job_id = ${jobId} and step_name = 't'`);
+      const rows = await t.db.execute<{ live: number; result: number }>(sql`select
+        (select count(*)::int from step_live where job_id = ${jobId} and step_name = 't') as live,
+        (select count(*)::int from step_result where job_id = ${jobId} and step_name = 't') as result`);
+      expect(rows.rows[0]).toEqual({ live: 0, result: 1 });
     }
   }
   return { jobId, stepName: "t", workerId, attempt: 1 };
+}
+
+/**
+ * Sets columns of a step's state by hand, whichever row holds it: its
+ * `step_live` row (unfinished) or its `step_result` row (finished).
+ */
+async function setStepState(jobId: string, stepName: string, set: SQL) {
+  await t.db.execute(sql`update step_live set ${set} where job_id = ${jobId} and step_name = ${stepName}`);
+  await t.db.execute(sql`update step_result set ${set} where job_id = ${jobId} and step_name = ${stepName}`);
 }
 
 type Ref = Awaited<ReturnType<typeof stepIn>>;
@@ -83,8 +98,7 @@ const calls: Record<string, (r: Ref) => Promise<unknown>> = {
   "markCancelled, no cancel requested": (r) => JobStepRepo.markCancelled(t.db, r),
   "markCancelled, cancel requested": async (r) => {
     // What JobRepo.cancel leaves on a running step, set on the step whatever its status.
-    await t.db.execute(sql`update job_step set cancel_requested_at = now()
-      where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+    await setStepState(r.jobId, r.stepName, sql`cancel_requested_at = now()`);
     await JobStepRepo.markCancelled(t.db, r);
   },
   "fail, guard, retries left": async (r) => {
@@ -97,8 +111,11 @@ const calls: Record<string, (r: Ref) => Promise<unknown>> = {
   },
 };
 
-const withRetries = (r: Ref) =>
-  t.db.execute(sql`update job_step set max_retries = 1 where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+/** The step as if created with `maxRetries: 1`: its definition's policy and its state's budget. */
+const withRetries = async (r: Ref) => {
+  await t.db.execute(sql`update job_step set max_retries = 1 where job_id = ${r.jobId} and step_name = ${r.stepName}`);
+  await setStepState(r.jobId, r.stepName, sql`max_retries = 1`);
+};
 
 /**
  * from status -> call -> the status it leads to (absent: refused). A guarded
@@ -186,8 +203,11 @@ describe("the job state machine, every cell", () => {
         const jobId = await JobRepo.create(t.db, newJob);
         const workerId = await registerWorker(t.db);
         if (from !== "pending") {
-          await t.db.execute(sql`update job set status = ${from}, started_at = now(),
+          // A job without steps has a job_live row; updated to a finished
+          // status it moves to job_result (trigger job_live_ended).
+          await t.db.execute(sql`update job_live set status = ${from}, started_at = now(),
             completed_at = case when ${from} = 'running' then null else now() end where job_id = ${jobId}`);
+          expect((await JobRepo.get(t.db, jobId))?.status).toBe(from);
         }
         const to = jobAllowed[name]?.[from];
         if (to) {

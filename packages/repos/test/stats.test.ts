@@ -46,15 +46,23 @@ async function finished(
     }
   }
   const start = created + 5;
-  await t.db.execute(sql`update job set created_at = ${at(created)}::timestamptz,
+  // The definition's creation time; the times of the run on its state rows: a finished job's
+  // result (`job_result`), an unfinished one's live row (`job_live`); likewise its steps'.
+  await t.db.execute(sql`update job set created_at = ${at(created)}::timestamptz where job_id = ${jobId}`);
+  await t.db.execute(sql`update job_result set
       started_at = case when started_at is null then null else ${at(start)}::timestamptz end,
-      completed_at = case when completed_at is null then null else ${at(start + runSecs)}::timestamptz end
+      completed_at = ${at(start + runSecs)}::timestamptz
     where job_id = ${jobId}`);
-  await t.db.execute(sql`update job_step set
-      ready_at = ${at(start)}::timestamptz + case step_name when 'a' then interval '0 s' else interval '100 s' end,
-      started_at = case when started_at is null then null else ${at(start)}::timestamptz
-        + case step_name when 'a' then make_interval(secs => ${waits[0]}) else interval '100 s' + make_interval(secs => ${waits[1]}) end end
+  await t.db.execute(sql`update job_live set
+      started_at = case when started_at is null then null else ${at(start)}::timestamptz end
     where job_id = ${jobId}`);
+  for (const table of ["step_result", "step_live"]) {
+    await t.db.execute(sql`update ${sql.identifier(table)} set
+        ready_at = ${at(start)}::timestamptz + case step_name when 'a' then interval '0 s' else interval '100 s' end,
+        started_at = case when started_at is null then null else ${at(start)}::timestamptz
+          + case step_name when 'a' then make_interval(secs => ${waits[0]}) else interval '100 s' + make_interval(secs => ${waits[1]}) end end
+      where job_id = ${jobId}`);
+  }
   return jobId;
 }
 

@@ -23,9 +23,9 @@ async function statuses(jobId: string) {
   return Object.fromEntries(steps.map((s) => [s.stepName, s.status]));
 }
 
-/** Moves a running step's start `secs` into the past: the test moves time instead of sleeping. */
+/** Moves a running step's start `secs` into the past (its live row): the test moves time instead of sleeping. */
 const startedAgo = (jobId: string, stepName: string, secs: number) =>
-  t.db.execute(sql`update job_step set started_at = now() - make_interval(secs => ${secs})
+  t.db.execute(sql`update step_live set started_at = now() - make_interval(secs => ${secs})
     where job_id = ${jobId} and step_name = ${stepName}`);
 
 describe("sweepTimeouts: steps", () => {
@@ -103,7 +103,7 @@ describe("sweepTimeouts: jobs", () => {
     const claimed = await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 10);
     expect(claimed.filter((s) => s.jobId === jobId).map((s) => s.stepName)).toEqual(["a", "free"]);
     await t.db.execute(sql`update job set created_at = now() - interval '1 hour'`);
-    await t.db.execute(sql`update job_step set started_at = now() where job_id = ${jobId}`); // no step timeout here
+    await t.db.execute(sql`update step_live set started_at = now() where job_id = ${jobId}`); // no step timeout here
 
     expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [jobId] });
     const job = await JobRepo.get(t.db, jobId);
@@ -157,46 +157,89 @@ describe("the sweep's cost follows its candidates", () => {
     // History: 20,000 running steps without a timeout; 5,000 jobs with a
     // timeout that finished in time (a first sweep visits and drops their
     // deadlines) and 5,000 unfinished ones not due yet; 3 candidates of each kind.
+    // Seeded by hand: each step is its definition (job_step) and its live row
+    // (step_live); each unfinished job of zero steps its job_live row, each
+    // finished one its job_result row; a job of one step has no job_live row.
     const big = await JobRepo.create(t.db, newJob);
     const w = await registerWorker(t.db);
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, status, worker_id, started_at, attempts)
-      select ${big}, 's' || g, 'run', 'running', ${w}, now() - interval '1 day', 1 from generate_series(1, 20000) g`);
+      insert into job_step (job_id, step_name, action_name)
+      select ${big}, 's' || g, 'run' from generate_series(1, 20000) g`);
     await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type, status, created_at, timeout_secs)
-      select gen_random_uuid(), 'old', 'api', 'running', now() - interval '2 days', 60 from generate_series(1, 5000)`);
+      insert into step_live (job_id, step_name, action_type, status, worker_id, started_at, attempts)
+      select ${big}, 's' || g, 'shell', 'running', ${w}, now() - interval '1 day', 1 from generate_series(1, 20000) g`);
     await t.db.execute(sql`
-      update job set status = 'completed', completed_at = now() - interval '2 days' where task_name = 'old'`);
+      with jobs as (
+        insert into job (job_id, task_name, source_type, created_at, timeout_secs)
+        select gen_random_uuid(), 'old', 'api', now() - interval '2 days', 60 from generate_series(1, 5000)
+        returning job_id
+      )
+      insert into job_live (job_id, status, started_at)
+      select job_id, 'running', now() - interval '2 days' from jobs`);
+    // Finished: the live rows move to job_result (trigger job_live_ended).
+    await t.db.execute(sql`
+      update job_live set status = 'completed', completed_at = now() - interval '2 days'
+      where job_id in (select job_id from job where task_name = 'old')`);
+    expect(
+      await t.db.execute(
+        sql`select count(*)::int as n from job_state where task_name = 'old' and status = 'completed'`,
+      ),
+    ).toMatchObject({ rows: [{ n: 5000 }] });
     expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({ rows: [{ n: 5000 }] });
     expect((await JobStepRepo.sweepTimeouts(t.db)).jobs).toEqual([]);
     expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({ rows: [{ n: 0 }] });
     await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type, status, timeout_secs)
-      select gen_random_uuid(), 'young', 'api', 'running', 3600 from generate_series(1, 5000)`);
+      with jobs as (
+        insert into job (job_id, task_name, source_type, timeout_secs)
+        select gen_random_uuid(), 'young', 'api', 3600 from generate_series(1, 5000)
+        returning job_id
+      )
+      insert into job_live (job_id, status, started_at) select job_id, 'running', now() from jobs`);
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, status, worker_id, started_at, attempts, timeout_secs)
-      select ${big}, 't' || g, 'run', 'running', ${w}, now() - interval '1 day', 1, 60 from generate_series(1, 3) g`);
+      insert into job_step (job_id, step_name, action_name, timeout_secs)
+      select ${big}, 't' || g, 'run', 60 from generate_series(1, 3) g`);
     await t.db.execute(sql`
-      insert into job (job_id, task_name, source_type, status, created_at, timeout_secs)
-      select gen_random_uuid(), 'late', 'api', 'running', now() - interval '1 day', 60 from generate_series(1, 3)`);
+      insert into step_live (job_id, step_name, action_type, status, worker_id, started_at, attempts, timeout_secs)
+      select ${big}, 't' || g, 'shell', 'running', ${w}, now() - interval '1 day', 1, 60 from generate_series(1, 3) g`);
+    await t.db.execute(sql`
+      with jobs as (
+        insert into job (job_id, task_name, source_type, created_at, timeout_secs)
+        select gen_random_uuid(), 'late', 'api', now() - interval '1 day', 60 from generate_series(1, 3)
+        returning job_id
+      )
+      insert into job_live (job_id, status, started_at) select job_id, 'running', now() - interval '1 day' from jobs`);
     // Gates: 5,000 suspended without a timeout (not candidates), 3 past theirs, each in a job of its own.
     await t.db.execute(sql`
-      insert into job_step (job_id, step_name, action_name, action_type, status, suspended_at)
-      select ${big}, 'g' || g, 'sign-off', 'approval', 'suspended', now() - interval '1 day' from generate_series(1, 5000) g`);
+      insert into job_step (job_id, step_name, action_name, action_type)
+      select ${big}, 'g' || g, 'sign-off', 'approval' from generate_series(1, 5000) g`);
+    await t.db.execute(sql`
+      insert into step_live (job_id, step_name, action_type, status, suspended_at)
+      select ${big}, 'g' || g, 'approval', 'suspended', now() - interval '1 day' from generate_series(1, 5000) g`);
     const gates = await t.db.execute<{ job_id: string }>(sql`
-      insert into job (job_id, task_name, source_type, status) select gen_random_uuid(), 'gate', 'api', 'running'
+      insert into job (job_id, task_name, source_type) select gen_random_uuid(), 'gate', 'api'
       from generate_series(1, 3) returning job_id`);
     for (const { job_id } of gates.rows) {
-      await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, status, suspended_at,
-        timeout_secs) values (${job_id}, 'approve', 'sign-off', 'approval', 'suspended', now() - interval '1 day', 60)`);
+      // A job of one step: its step's live row is its state (running: job_started_at set).
+      await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, timeout_secs)
+        values (${job_id}, 'approve', 'sign-off', 'approval', 60)`);
+      await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, suspended_at,
+        timeout_secs, job_started_at)
+        values (${job_id}, 'approve', 'approval', 'suspended', now() - interval '1 day', 60, now() - interval '1 day')`);
     }
     await t.db.execute(
       sql`select stroem_recount(array[${big}]::uuid[] || ${sql.param(gates.rows.map((r) => r.job_id))}::uuid[])`,
     );
-    for (const table of ["job_step", "job", "job_deadline"]) await t.db.execute(sql`analyze ${sql.identifier(table)}`);
+    expect(
+      await t.db.execute(
+        sql`select status, count(*)::int as n from job_state where task_name = 'gate' group by status`,
+      ),
+    ).toMatchObject({ rows: [{ status: "running", n: 3 }] });
+    for (const table of ["job_step", "step_live", "job", "job_live", "job_result", "job_deadline"]) {
+      await t.db.execute(sql`analyze ${sql.identifier(table)}`);
+    }
     for (const [query, index] of [
-      [queries[0], "idx_job_step_timeout"],
-      [queries[1], "idx_job_step_suspended"],
+      [queries[0], "idx_step_live_timeout"],
+      [queries[1], "idx_step_live_suspended"],
       [queries[2], "idx_job_deadline"],
     ] as const) {
       const plan = await t.db.execute<{ "QUERY PLAN": string }>(

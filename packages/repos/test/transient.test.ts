@@ -222,7 +222,7 @@ describe("retryTransient and the reports", () => {
         let report: Promise<unknown> | undefined;
         await holder.transaction(async (tx) => {
           // The job row is held: the report waits for it; its backend is then killed (57P01).
-          await tx.execute(sql`select 1 from job where job_id = ${jobId} for no key update`);
+          await tx.execute(sql`select * from stroem_lock_job(${jobId})`);
           report = JobStepRepo.complete(
             reporter,
             {
@@ -266,7 +266,7 @@ describe("retryTransient and the reports", () => {
       try {
         let report: Promise<unknown> | undefined;
         await holder.transaction(async (tx) => {
-          await tx.execute(sql`select 1 from job where job_id = ${jobId} for no key update`);
+          await tx.execute(sql`select * from stroem_lock_job(${jobId})`);
           report = JobStepRepo.complete(reporter, { jobId, stepName: "a" }, { n: 1 });
           report.catch(() => {});
           let pid: number | undefined;
@@ -312,13 +312,13 @@ describe("idleInTransactionTimeoutMs", () => {
     const jobId = await JobRepo.create(t.db, { taskName: "x", sourceType: "api" });
     const error = await errorOf(() =>
       db.transaction(async (tx) => {
-        await tx.execute(sql`select 1 from job where job_id = ${jobId} for no key update`);
+        await tx.execute(sql`select * from stroem_lock_job(${jobId})`);
         // Hung: the row is free again once the server ends the idle transaction.
         await waitFor(async () => {
           const r = await t.db.transaction(async (other) => {
             await other.execute(sql`set local lock_timeout = '50ms'`);
             try {
-              await other.execute(sql`select 1 from job where job_id = ${jobId} for no key update`);
+              await other.execute(sql`select * from stroem_lock_job(${jobId})`);
               return true;
             } catch {
               return false;

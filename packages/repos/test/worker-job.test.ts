@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { job } from "@stroem/schema";
+import { jobState } from "@stroem/schema";
 import { useTestDb } from "@stroem/testing/fixture";
 import { eq, sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
@@ -211,7 +211,7 @@ describe("JobRepo", () => {
   });
 
   it("rejects bad jobs before writing", async () => {
-    const [{ n: before } = { n: -1 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(job);
+    const [{ n: before } = { n: -1 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(jobState);
     for (const bad of [
       { taskName: "", sourceType: "user" },
       { taskName: "t", sourceType: "cron" },
@@ -221,19 +221,19 @@ describe("JobRepo", () => {
     ]) {
       expect(await errorOf(() => JobRepo.create(t.db, bad as JobRepo.NewJob))).toBeInstanceOf(InvalidInputError);
     }
-    const [{ n: after } = { n: -2 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(job);
+    const [{ n: after } = { n: -2 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(jobState);
     expect(after).toBe(before);
     expect(await errorOf(() => JobRepo.get(t.db, "1; drop table job"))).toBeInstanceOf(InvalidInputError);
   });
 
   it("counts jobs by status", async () => {
     const counts = await JobRepo.countByStatus(t.db);
-    const [{ n } = { n: -1 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(job);
+    const [{ n } = { n: -1 }] = await t.db.select({ n: sql<number>`count(*)::int` }).from(jobState);
     expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(n);
     const [{ failed } = { failed: -1 }] = await t.db
       .select({ failed: sql<number>`count(*)::int` })
-      .from(job)
-      .where(eq(job.status, "failed"));
+      .from(jobState)
+      .where(eq(jobState.status, "failed"));
     expect(counts.failed).toBe(failed);
   });
 });

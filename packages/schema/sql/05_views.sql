@@ -1,27 +1,140 @@
 -- The read views. Every read of a job's or a step's state in the repos goes
--- through them (`jobState` / `jobStepState` in src/tables.ts), never through
--- the tables, and SQL readers (dashboards, psql) should read them too: they
--- have the columns the design note lists, with the meaning it gives (a
--- running step shows `running`, its worker and `started_at`).
+-- through them (`jobState` / `jobStepState` in src/tables.ts), and SQL
+-- readers (dashboards, psql) should read them too: they have the columns the
+-- design note lists, with the meaning it gives (a running step shows
+-- `running`, its worker and `started_at`).
 --
--- Today each is a projection of its table. The hot-path model chosen in
--- docs/data-model.md ("lean") keeps in `job` and `job_step` only what is
--- written once and overlays what changes (the live row, else the appended
--- outcome); these views are where that overlay will be read, so no reader
--- changes with it. The columns are listed, not `*`, so a column added to a
--- table reaches readers only when it is added here.
+-- The tables hold the model of docs/data-model.md ("lean"): `job` and
+-- `job_step` are definitions, written once; what changes is in the live
+-- rows (`job_live`, `step_live`: the backlog) while unfinished and in the
+-- appended results (`job_result`, `step_result`) once finished. Each view
+-- overlays them: the live row, else the result, else the definition.
+-- A job of exactly one step has no `job_live` row: it is `running` once its
+-- step's live row has a `job_started_at`, else `pending`.
 CREATE OR REPLACE VIEW job_state AS
-SELECT j.job_id, j.workspace, j.task_name, j.mode, j.input, j.output, j.status, j.source_type,
-       j.source_id, j.worker_id, j.revision, j.created_at, j.started_at, j.completed_at, j.log_path,
-       j.cancel_reason, j.timeout_secs, j.error_message, j.steps_unfinished, j.steps_failed,
+SELECT j.job_id, j.workspace, j.task_name, j.mode, j.input,
+       CASE WHEN r.job_id IS NOT NULL THEN r.output ELSE l.output END AS output,
+       coalesce(r.status, l.status, CASE WHEN sl.job_started_at IS NOT NULL THEN 'running' ELSE 'pending' END) AS status,
+       j.source_type, j.source_id,
+       CASE WHEN r.job_id IS NOT NULL THEN r.worker_id ELSE l.worker_id END AS worker_id,
+       j.revision, j.created_at,
+       CASE WHEN r.job_id IS NOT NULL THEN r.started_at WHEN l.job_id IS NOT NULL THEN l.started_at ELSE sl.job_started_at END AS started_at,
+       r.completed_at, j.log_path,
+       CASE WHEN r.job_id IS NOT NULL THEN r.cancel_reason ELSE l.cancel_reason END AS cancel_reason,
+       j.timeout_secs,
+       CASE WHEN r.job_id IS NOT NULL THEN r.error_message ELSE l.error_message END AS error_message,
+       coalesce(r.steps_unfinished, l.steps_unfinished, CASE WHEN sl.job_id IS NOT NULL THEN 1 ELSE 0 END) AS steps_unfinished,
+       coalesce(r.steps_failed, l.steps_failed, 0) AS steps_failed,
        j.source_job_id, j.restart_from_step, j.retry_of_job_id, j.retry_attempt, j.retry_job_id
-FROM job j;
+FROM job j
+LEFT JOIN job_result r ON r.job_id = j.job_id
+LEFT JOIN job_live l ON l.job_id = j.job_id AND r.job_id IS NULL
+LEFT JOIN LATERAL (
+  SELECT s.job_id, s.job_started_at FROM step_live s
+  WHERE s.job_id = j.job_id AND r.job_id IS NULL AND l.job_id IS NULL
+  LIMIT 1
+) sl ON true;
 --> statement-breakpoint
 CREATE OR REPLACE VIEW job_step_state AS
 SELECT s.job_id, s.step_name, s.action_name, s.action_type, s.action_image, s.action_spec, s.input,
-       s.output, s.status, s.worker_id, s.started_at, s.completed_at, s.error_message, s.depends_on,
-       s.continue_on_failure, s.attempts, s.rescues, s.ready_at, s.dependants, s.deps_unfinished,
-       s.deps_failed, s.deps_completed, s.propagated, s.max_retries, s.retry_backoff_secs,
-       s.retry_strategy, s.retry_jitter, s.cancel_requested_at, s.timeout_secs, s.suspended_at,
-       s.retry_history
-FROM job_step s;
+       CASE WHEN l.job_id IS NOT NULL THEN l.output ELSE r.output END AS output,
+       coalesce(l.status, r.status, 'pending') AS status,
+       CASE WHEN l.job_id IS NOT NULL THEN l.worker_id ELSE r.worker_id END AS worker_id,
+       CASE WHEN l.job_id IS NOT NULL THEN l.started_at ELSE r.started_at END AS started_at,
+       CASE WHEN l.job_id IS NOT NULL THEN l.completed_at ELSE r.completed_at END AS completed_at,
+       CASE WHEN l.job_id IS NOT NULL THEN l.error_message ELSE r.error_message END AS error_message,
+       s.depends_on, s.continue_on_failure,
+       coalesce(l.attempts, r.attempts, 0) AS attempts,
+       coalesce(l.rescues, r.rescues, 0) AS rescues,
+       CASE WHEN l.job_id IS NOT NULL THEN l.ready_at ELSE r.ready_at END AS ready_at,
+       s.dependants,
+       coalesce(l.deps_unfinished, r.deps_unfinished, 0) AS deps_unfinished,
+       coalesce(l.deps_failed, r.deps_failed, 0) AS deps_failed,
+       coalesce(l.deps_completed, r.deps_completed, 0) AS deps_completed,
+       coalesce(l.propagated, r.propagated, false) AS propagated,
+       coalesce(l.max_retries, r.max_retries, s.max_retries) AS max_retries,
+       s.retry_backoff_secs, s.retry_strategy, s.retry_jitter,
+       CASE WHEN l.job_id IS NOT NULL THEN l.cancel_requested_at ELSE r.cancel_requested_at END AS cancel_requested_at,
+       s.timeout_secs,
+       CASE WHEN l.job_id IS NOT NULL THEN l.suspended_at ELSE r.suspended_at END AS suspended_at,
+       coalesce(l.retry_history, r.retry_history, '[]'::jsonb) AS retry_history
+FROM job_step s
+LEFT JOIN step_live l ON l.job_id = s.job_id AND l.step_name = s.step_name
+LEFT JOIN step_result r ON r.job_id = s.job_id AND r.step_name = s.step_name AND l.job_id IS NULL;
+--> statement-breakpoint
+-- A live job row updated to a finished status moves to job_result, with
+-- its final state (the statements that finish a job update it; the row
+-- goes at the end of that statement).
+CREATE OR REPLACE FUNCTION stroem_job_live_ended() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO job_result (job_id, status, worker_id, started_at, completed_at, output, error_message, cancel_reason,
+                          steps_unfinished, steps_failed)
+  VALUES (NEW.job_id, NEW.status, NEW.worker_id, NEW.started_at, coalesce(NEW.completed_at, now()), NEW.output,
+          NEW.error_message, NEW.cancel_reason, NEW.steps_unfinished, NEW.steps_failed);
+  DELETE FROM job_live l WHERE l.job_id = NEW.job_id;
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER job_live_ended AFTER UPDATE OF status ON job_live
+FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled'))
+EXECUTE FUNCTION stroem_job_live_ended();
+--> statement-breakpoint
+-- A live step row updated to a finished status moves to step_result once
+-- its outcome is applied (propagated) or its job is finished (a late
+-- outcome, which moves nothing); a bare mark of an unfinished job stays
+-- until `advance` applies it. The hot path's reports delete the row and
+-- append the result themselves (no update first).
+CREATE OR REPLACE FUNCTION stroem_step_live_ended() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT NEW.propagated AND NOT EXISTS (SELECT 1 FROM job_result r WHERE r.job_id = NEW.job_id) THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO step_result (job_id, step_name, action_type, status, ready_at, worker_id, started_at, completed_at, output,
+                           error_message, attempts, rescues, max_retries, retry_history, deps_total, continue_on_failure,
+                           dependants, timeout_secs, deps_unfinished, deps_failed, deps_completed, propagated,
+                           cancel_requested_at, suspended_at, job_started_at)
+  VALUES (NEW.job_id, NEW.step_name, NEW.action_type, NEW.status, NEW.ready_at, NEW.worker_id, NEW.started_at,
+          NEW.completed_at, NEW.output, NEW.error_message, NEW.attempts, NEW.rescues, NEW.max_retries, NEW.retry_history,
+          NEW.deps_total, NEW.continue_on_failure, NEW.dependants, NEW.timeout_secs, NEW.deps_unfinished,
+          NEW.deps_failed, NEW.deps_completed, NEW.propagated, NEW.cancel_requested_at, NEW.suspended_at,
+          NEW.job_started_at);
+  DELETE FROM step_live l WHERE l.job_id = NEW.job_id AND l.step_name = NEW.step_name;
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER step_live_ended AFTER UPDATE OF status, propagated ON step_live
+FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'skipped', 'cancelled'))
+EXECUTE FUNCTION stroem_step_live_ended();
+--> statement-breakpoint
+-- Deleting jobs (the retention purge, a test's cleanup) deletes their live
+-- and result rows: those tables have no foreign key to `job` (the check
+-- would lock the job row on the hot path).
+CREATE OR REPLACE FUNCTION stroem_job_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM step_live l WHERE l.job_id IN (SELECT g.job_id FROM gone g);
+  DELETE FROM step_result r WHERE r.job_id IN (SELECT g.job_id FROM gone g);
+  DELETE FROM job_live l WHERE l.job_id IN (SELECT g.job_id FROM gone g);
+  DELETE FROM job_result r WHERE r.job_id IN (SELECT g.job_id FROM gone g);
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER job_deleted AFTER DELETE ON job
+REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+EXECUTE FUNCTION stroem_job_deleted();
+--> statement-breakpoint
+CREATE OR REPLACE FUNCTION stroem_job_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  TRUNCATE step_live, step_result, job_live, job_result;
+  RETURN NULL;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER job_truncated AFTER TRUNCATE ON job
+FOR EACH STATEMENT EXECUTE FUNCTION stroem_job_truncated();

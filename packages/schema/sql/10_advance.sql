@@ -5,17 +5,17 @@
 -- full re-plan of a job) on random DAGs.
 --
 -- Counts kept by advancing (see the columns' comments in tables.ts):
---   job_step.deps_unfinished / deps_failed / deps_completed: of the step's
+--   step_live.deps_unfinished / deps_failed / deps_completed: of the step's
 --     dependencies, how many have no applied outcome yet / failed / completed
 --     (a dependency missing from the job counts as unfinished);
---   job.steps_unfinished: steps without an applied terminal outcome;
---   job.steps_failed: failed steps without continue_on_failure.
--- "Applied" means the step is terminal and `propagated`.
+--   job_live.steps_unfinished: steps without an applied terminal outcome;
+--   job_live.steps_failed: failed steps without continue_on_failure.
+-- "Applied" means the step is terminal and `propagated`. A job of exactly
+-- one step has no job_live row: its step's outcome settles it directly.
 --
--- Lock order, everywhere: the job row (FOR NO KEY UPDATE) before its steps.
--- FOR NO KEY UPDATE does not conflict with the KEY SHARE lock that the
--- foreign-key check of a step update takes on the job row, so a transaction
--- that updated a step twice cannot deadlock with another one's advance.
+-- Lock order, everywhere: the job's live row first (stroem_lock_job: its
+-- job_live row, or for a job of one step that step's live row), then its
+-- steps' live rows.
 
 -- The channel on which steps becoming ready are announced (pg_notify; the
 -- payload is their action type), one per schema, since NOTIFY is
@@ -38,9 +38,42 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   END
 $$;
 --> statement-breakpoint
+-- stroem_lock_job: the first lock of every change to a job's state, and the
+-- job's status. An unfinished job of zero or several steps has a job_live
+-- row: locked FOR NO KEY UPDATE. Otherwise the job's step live rows are
+-- locked (a job of one step: its step's row, which is its live state; a
+-- finished job: steps still running, harmless), then a finished job's status
+-- is read from job_result (a statement after the wait: it sees the commit
+-- that was waited for). `single`: a one-step job's. NULL status: no such job.
+CREATE OR REPLACE FUNCTION stroem_lock_job(p_job_id uuid, OUT status text, OUT single boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_started timestamptz;
+  v_found boolean;
+BEGIN
+  single := false;
+  SELECT l.status INTO status FROM job_live l WHERE l.job_id = p_job_id FOR NO KEY UPDATE;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  SELECT s.job_started_at INTO v_started FROM step_live s WHERE s.job_id = p_job_id FOR NO KEY UPDATE;
+  v_found := FOUND;
+  SELECT r.status INTO status FROM job_result r WHERE r.job_id = p_job_id;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  IF v_found THEN
+    single := true;
+    status := CASE WHEN v_started IS NULL THEN 'pending' ELSE 'running' END;
+  END IF;
+END
+$$;
+--> statement-breakpoint
 -- Recomputes the reverse edges and every count of the given jobs from the
 -- steps' graph and statuses. For steps inserted outside job creation
--- (createSteps) and for backfills; O(steps + edges) of those jobs.
+-- (createSteps) and for backfills; O(steps + edges) of those jobs. The
+-- caller has given each job a job_live row (a job of several steps).
 CREATE OR REPLACE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAGE sql AS $$
   WITH edges AS (
     SELECT c.job_id, e.parent, c.step_name AS child
@@ -55,7 +88,7 @@ CREATE OR REPLACE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAG
         OR p.status NOT IN ('completed', 'failed', 'skipped'))::int AS unfinished,
       count(*) FILTER (WHERE p.propagated AND p.status = 'failed')::int AS failed,
       count(*) FILTER (WHERE p.propagated AND p.status = 'completed')::int AS completed
-    FROM edges e LEFT JOIN job_step p ON p.job_id = e.job_id AND p.step_name = e.parent
+    FROM edges e LEFT JOIN job_step_state p ON p.job_id = e.job_id AND p.step_name = e.parent
     GROUP BY e.job_id, e.child
   ), fresh AS (
     SELECT k.job_id, k.step_name, coalesce(rev.dependants, '{}') AS dependants,
@@ -65,8 +98,12 @@ CREATE OR REPLACE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAG
       LEFT JOIN rev ON rev.job_id = k.job_id AND rev.step_name = k.step_name
       LEFT JOIN counts ON counts.job_id = k.job_id AND counts.step_name = k.step_name
     WHERE k.job_id = ANY(p_job_ids)
+  ), defs AS (
+    UPDATE job_step s SET dependants = fresh.dependants
+    FROM fresh
+    WHERE s.job_id = fresh.job_id AND s.step_name = fresh.step_name AND s.dependants IS DISTINCT FROM fresh.dependants
   ), steps AS (
-    UPDATE job_step s SET
+    UPDATE step_live s SET
       dependants = fresh.dependants,
       deps_unfinished = fresh.unfinished,
       deps_failed = fresh.failed,
@@ -75,10 +112,10 @@ CREATE OR REPLACE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAG
     WHERE s.job_id = fresh.job_id AND s.step_name = fresh.step_name
   )
   -- (The step counts read here do not depend on what `steps` changes.)
-  UPDATE job j SET
-    steps_unfinished = (SELECT count(*) FROM job_step s WHERE s.job_id = j.job_id
+  UPDATE job_live j SET
+    steps_unfinished = (SELECT count(*) FROM job_step_state s WHERE s.job_id = j.job_id
       AND NOT (s.propagated AND s.status IN ('completed', 'failed', 'skipped'))),
-    steps_failed = (SELECT count(*) FROM job_step s WHERE s.job_id = j.job_id
+    steps_failed = (SELECT count(*) FROM job_step_state s WHERE s.job_id = j.job_id
       AND s.propagated AND s.status = 'failed' AND NOT s.continue_on_failure)
   WHERE j.job_id = ANY(p_job_ids)
 $$;
@@ -114,9 +151,10 @@ DECLARE
 BEGIN
   promoted := '{}';
   skipped := '{}';
-  -- Bare marks (served by idx_job_step_unpropagated, empty on the report path).
+  -- Bare marks (served by idx_step_live_unpropagated, empty on the report
+  -- path); applied, each moves to step_result (trigger step_live_ended).
   WITH done AS (
-    UPDATE job_step s SET propagated = true
+    UPDATE step_live s SET propagated = true
     WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
     RETURNING s.status, s.dependants, s.continue_on_failure
   ), edges AS (
@@ -142,12 +180,13 @@ BEGIN
       GROUP BY t.name
     ), dec AS (
       SELECT s.step_name, agg.n, agg.f, agg.c,
-             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+             stroem_decide(s.deps_total, s.deps_unfinished - agg.n, s.deps_failed + agg.f,
                            s.deps_completed + agg.c, s.continue_on_failure) AS next
-      FROM job_step s JOIN agg ON s.step_name = agg.name
+      FROM step_live s JOIN agg ON s.step_name = agg.name
       WHERE s.job_id = p_job_id AND s.status = 'pending'
     ), upd AS (
-      UPDATE job_step s SET
+      -- A step skipped here moves to step_result (propagated).
+      UPDATE step_live s SET
         deps_unfinished = s.deps_unfinished - dec.n,
         deps_failed = s.deps_failed + dec.f,
         deps_completed = s.deps_completed + dec.c,
@@ -175,7 +214,7 @@ BEGIN
   IF v_finished > 0 THEN
     SELECT t.status INTO job_status FROM stroem_settle_jobs(ARRAY[p_job_id], ARRAY[v_finished], ARRAY[v_failed]) t;
   ELSE
-    SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id;
+    SELECT j.status INTO job_status FROM job_state j WHERE j.job_id = p_job_id;
   END IF;
   IF cardinality(v_types) > 0 THEN
     PERFORM pg_notify(stroem_ready_channel(), t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;
@@ -186,26 +225,43 @@ $$;
 -- Settles jobs whose counts moved: each given job's unfinished count drops by
 -- p_finished and its failed count rises by p_failed (zipped arrays), and its
 -- status follows from them with the CASE of jobStatusFromCounts in
--- @stroem/orchestrator. The caller holds the job rows' locks. Returns the
+-- @stroem/orchestrator. The caller holds the jobs' locks. A job of several
+-- steps is its job_live row (finished, it moves to job_result: trigger
+-- job_live_ended); a job of one step, whose step has just finished, gets its
+-- job_result row here, started when its step's live row said. Returns the
 -- jobs and their new status.
 CREATE OR REPLACE FUNCTION stroem_settle_jobs(p_job_ids uuid[], p_finished integer[], p_failed integer[])
 RETURNS TABLE(job_id uuid, status text) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY
-  UPDATE job j SET
-    steps_unfinished = j.steps_unfinished - f.finished,
-    steps_failed = j.steps_failed + f.failed,
-    status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
-                  WHEN j.steps_failed + f.failed > 0 THEN 'failed'
-                  ELSE 'completed' END,
-    started_at = coalesce(j.started_at, now()),
-    completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
-  FROM unnest(p_job_ids, p_finished, p_failed) AS f(job_id, finished, failed)
-  -- The ANY walks job_pkey: joined to the unnest alone, a batch's settle
-  -- read `job` whole on tables of up to some 20,000 jobs.
-  WHERE j.job_id = f.job_id AND j.job_id = ANY (p_job_ids)
-  RETURNING j.job_id, j.status;
+  WITH f AS (
+    SELECT x.job_id, x.finished, x.failed FROM unnest(p_job_ids, p_finished, p_failed) AS x(job_id, finished, failed)
+  ), multi AS (
+    UPDATE job_live j SET
+      steps_unfinished = j.steps_unfinished - f.finished,
+      steps_failed = j.steps_failed + f.failed,
+      status = CASE WHEN j.steps_unfinished > f.finished THEN 'running'
+                    WHEN j.steps_failed + f.failed > 0 THEN 'failed'
+                    ELSE 'completed' END,
+      started_at = coalesce(j.started_at, now()),
+      completed_at = CASE WHEN j.steps_unfinished > f.finished THEN NULL ELSE now() END
+    FROM f
+    -- The ANY walks the primary key: joined to the unnest alone, a batch's
+    -- settle read the table whole on tables of up to some 20,000 jobs.
+    WHERE j.job_id = f.job_id AND j.job_id = ANY (p_job_ids)
+    RETURNING j.job_id, j.status
+  ), single AS (
+    INSERT INTO job_result (job_id, status, started_at, steps_unfinished, steps_failed)
+    SELECT f.job_id, CASE WHEN f.failed > 0 THEN 'failed' ELSE 'completed' END,
+           coalesce((SELECT r.job_started_at FROM step_result r WHERE r.job_id = f.job_id LIMIT 1), now()),
+           0, f.failed
+    FROM f
+    WHERE f.finished > 0 AND NOT EXISTS (SELECT 1 FROM job_live l WHERE l.job_id = f.job_id)
+    ON CONFLICT DO NOTHING
+    RETURNING job_result.job_id, job_result.status
+  )
+  SELECT m.job_id, m.status FROM multi m UNION ALL SELECT s1.job_id, s1.status FROM single s1;
 END
 $$;
 --> statement-breakpoint
@@ -222,11 +278,11 @@ DECLARE
 BEGIN
   promoted := '{}';
   skipped := '{}';
-  SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
-  IF NOT FOUND OR job_status IN ('completed', 'failed', 'cancelled') THEN
+  SELECT l.status INTO job_status FROM stroem_lock_job(p_job_id) l;
+  IF job_status IS NULL OR job_status IN ('completed', 'failed', 'cancelled') THEN
     RETURN;
   END IF;
-  SELECT coalesce(array_agg(s.step_name), '{}') INTO v_undecided FROM job_step s
+  SELECT coalesce(array_agg(s.step_name), '{}') INTO v_undecided FROM step_live s
   WHERE s.job_id = p_job_id AND s.status = 'pending' AND (s.deps_unfinished = 0 OR s.deps_failed > 0);
   SELECT * INTO v_applied FROM stroem_apply_outcomes(
     p_job_id, v_undecided, array_fill(NULL::text, ARRAY[cardinality(v_undecided)]), 0, 0);
@@ -249,16 +305,17 @@ DECLARE
 BEGIN
   promoted := '{}';
   skipped := '{}';
-  SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
-  IF NOT FOUND THEN
+  SELECT l.status INTO job_status FROM stroem_lock_job(p_job_id) l;
+  IF job_status IS NULL THEN
     result := 'not_found';
     RETURN;
   END IF;
-  -- Left unpropagated: stroem_apply_outcomes applies it like a bare mark.
-  UPDATE job_step s SET status = 'skipped', completed_at = now(), propagated = false
+  -- Left unpropagated: stroem_apply_outcomes applies it like a bare mark
+  -- (of a finished job, it moves to step_result at once).
+  UPDATE step_live s SET status = 'skipped', completed_at = now(), propagated = false
   WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status IN ('pending', 'ready');
   IF NOT FOUND THEN
-    SELECT s.status INTO step_status FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+    SELECT s.status INTO step_status FROM job_step_state s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
     result := CASE WHEN FOUND THEN 'invalid_transition' ELSE 'not_found' END;
     RETURN;
   END IF;
@@ -274,7 +331,7 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
--- Room on each page for the new version of a job row: the claim and every
--- report update the row (status, counts), and with free space on its page
--- the update is HOT (no index changes). 80 leaves a fifth of each page free.
-ALTER TABLE job SET (fillfactor = 80);
+-- Room on each page for the new version of a job_live row: the claim and
+-- each report of a job of several steps update it (status, counts), and
+-- with free space on its page the update is HOT (it has no other index).
+ALTER TABLE job_live SET (fillfactor = 70);

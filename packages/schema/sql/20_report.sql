@@ -1,18 +1,23 @@
 -- A report of one step (complete, fail, the bare marks, a rescue's failure).
--- Locks the job row, then marks the step. Guarded (p_worker_id and p_attempt
--- given), the step must be running in that claim; a report whose claim the
--- row no longer holds (rescued, retried, claimed again, never claimed by it)
--- is `not_owner` in every status. Unguarded (the server finishing a step no
--- worker runs), any non-terminal step is accepted: pending, ready, running
--- or suspended (an approval gate; see 45_gates.sql).
--- A failure with retries left goes back to `ready`
--- (stroem_retry_at, a retry_history entry). Otherwise, with p_propagate, the
--- outcome is applied: a step nothing depends on settles its job with one
--- UPDATE (the arithmetic of stroem_settle_jobs); the first level of
--- dependants is updated inline (one UPDATE of the pending dependants); a skip
--- that cascades, and a job whose bare marks wait, go through
--- stroem_apply_outcomes. A finished job records a late outcome and moves
--- nothing. `result`: ok | repeated | not_found | invalid_transition |
+-- Locks the job first (its job_live row; a job of one step has none: the
+-- step's own live row is the job's lock), then marks the step. Guarded
+-- (p_worker_id and p_attempt given), the step must be running in that claim;
+-- a report whose claim the row no longer holds (rescued, retried, claimed
+-- again, never claimed by it) is `not_owner` in every status. Unguarded (the
+-- server finishing a step no worker runs), any non-terminal step is
+-- accepted: pending, ready, running or suspended (an approval gate; see
+-- 45_gates.sql).
+-- A failure with retries left goes back to `ready` (stroem_retry_at, a
+-- retry_history entry). Otherwise the step's live row is deleted and its
+-- final state appended to step_result (a bare mark of an unfinished job,
+-- p_propagate false, stays live until an advance applies it). With
+-- p_propagate, the outcome is applied: a job of one step gets its
+-- job_result row; a step nothing depends on settles its job with one UPDATE
+-- of its job_live row (the arithmetic of stroem_settle_jobs); the first
+-- level of dependants is updated inline (one UPDATE of the pending
+-- dependants); a skip that cascades, and a job whose bare marks wait, go
+-- through stroem_apply_outcomes. A finished job records a late outcome and
+-- moves nothing. `result`: ok | repeated | not_found | invalid_transition |
 -- not_owner, with the step's status, worker and attempts for the refusals.
 CREATE OR REPLACE FUNCTION stroem_finish_step(
   p_job_id uuid, p_step_name text, p_outcome text, p_output jsonb, p_error text,
@@ -24,6 +29,8 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_job_status text;
+  v_single boolean;
+  v_finished_job boolean;
   v_propagate boolean;
   v_dependants text[];
   v_continue boolean;
@@ -35,37 +42,53 @@ DECLARE
   v_finished integer;
   v_next text[];
   v_types text[];
+  v_job_started timestamptz;
 BEGIN
   promoted := '{}';
   skipped := '{}';
   retried := false;
-  SELECT j.status INTO v_job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
+  -- The job's lock (stroem_lock_job, inlined: this is the commonest path).
+  v_single := false;
+  SELECT l.status INTO v_job_status FROM job_live l WHERE l.job_id = p_job_id FOR NO KEY UPDATE;
   IF NOT FOUND THEN
-    result := 'not_found';
-    RETURN;
+    -- A job of one step (its step's row is the lock), or a finished job.
+    PERFORM 1 FROM step_live s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR NO KEY UPDATE;
+    v_found := FOUND;
+    SELECT r.status INTO v_job_status FROM job_result r WHERE r.job_id = p_job_id;
+    IF NOT FOUND THEN
+      IF NOT v_found THEN
+        PERFORM 1 FROM job j WHERE j.job_id = p_job_id;
+        IF NOT FOUND THEN
+          result := 'not_found';
+          RETURN;
+        END IF;
+      END IF;
+      v_single := true;
+      v_job_status := 'running';
+    END IF;
   END IF;
   job_status := v_job_status;
+  v_finished_job := v_job_status IN ('completed', 'failed', 'cancelled');
   -- A finished job (cancelled, failed by hand) records the outcome but moves no more.
-  v_propagate := p_propagate AND v_job_status NOT IN ('completed', 'failed', 'cancelled');
+  v_propagate := p_propagate AND NOT v_finished_job;
   -- Only a failure needs the step's retry policy before writing: a success
-  -- is the guarded UPDATE alone.
+  -- is the guarded DELETE alone.
   v_found := true;
   IF p_outcome = 'failed' THEN
-    SELECT s.status, s.attempts, s.max_retries, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.action_type
+    SELECT s.status, s.attempts, s.max_retries, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter, s.action_type
     INTO v_step
-    FROM job_step s
+    FROM step_live s JOIN job_step d ON d.job_id = s.job_id AND d.step_name = s.step_name
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
       AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
       AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
       AND (p_attempt IS NULL OR s.attempts = p_attempt)
-    FOR UPDATE;
+    FOR UPDATE OF s;
     v_found := FOUND;
-    IF v_found AND v_step.status = 'running' AND v_job_status NOT IN ('completed', 'failed', 'cancelled')
-       AND v_step.attempts <= v_step.max_retries THEN
+    IF v_found AND v_step.status = 'running' AND NOT v_finished_job AND v_step.attempts <= v_step.max_retries THEN
       -- Retries left: back to the queue after the policy's delay; the job keeps running.
-      UPDATE job_step s SET
+      UPDATE step_live s SET
         status = 'ready',
-        ready_at = stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter),
+        ready_at = stroem_retry_at(s.attempts, v_step.retry_backoff_secs, v_step.retry_strategy, v_step.retry_jitter),
         retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, p_error, s.started_at),
         worker_id = NULL,
         started_at = NULL,
@@ -83,23 +106,52 @@ BEGIN
     END IF;
   END IF;
   IF v_found THEN
-    UPDATE job_step s SET
-      status = p_outcome,
-      output = p_output,
-      error_message = p_error,
-      completed_at = now(),
-      propagated = v_propagate
-    WHERE s.job_id = p_job_id AND s.step_name = p_step_name
-      AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
-      AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
-      AND (p_attempt IS NULL OR s.attempts = p_attempt)
-    RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
-    INTO v_dependants, v_continue, step_worker_id, step_attempts;
+    IF p_propagate OR v_finished_job THEN
+      -- Final: the live row goes, its last state appended (propagated, or a
+      -- late outcome of a finished job, which moves nothing).
+      WITH gone AS (
+        DELETE FROM step_live s
+        WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+          AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
+          AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+          AND (p_attempt IS NULL OR s.attempts = p_attempt)
+        RETURNING s.*
+      ), kept AS (
+        INSERT INTO step_result (job_id, step_name, action_type, status, ready_at, worker_id, started_at, completed_at,
+          output, error_message, attempts, rescues, max_retries, retry_history, deps_total, continue_on_failure,
+          dependants, timeout_secs, deps_unfinished, deps_failed, deps_completed, propagated, cancel_requested_at,
+          suspended_at, job_started_at)
+        SELECT g.job_id, g.step_name, g.action_type, p_outcome, g.ready_at, g.worker_id, g.started_at, now(),
+          p_output, p_error, g.attempts, g.rescues, g.max_retries, g.retry_history, g.deps_total, g.continue_on_failure,
+          g.dependants, g.timeout_secs, g.deps_unfinished, g.deps_failed, g.deps_completed, v_propagate,
+          g.cancel_requested_at, g.suspended_at, g.job_started_at
+        FROM gone g
+        RETURNING dependants, continue_on_failure, worker_id, attempts, job_started_at, started_at
+      )
+      SELECT k.dependants, k.continue_on_failure, k.worker_id, k.attempts, coalesce(k.job_started_at, k.started_at)
+      INTO v_dependants, v_continue, step_worker_id, step_attempts, v_job_started
+      FROM kept k;
+    ELSE
+      -- A bare mark of an unfinished job: the step stays live, unpropagated,
+      -- until an advance applies it.
+      UPDATE step_live s SET
+        status = p_outcome,
+        output = p_output,
+        error_message = p_error,
+        completed_at = now(),
+        propagated = false
+      WHERE s.job_id = p_job_id AND s.step_name = p_step_name
+        AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND p_worker_id IS NULL AND p_attempt IS NULL))
+        AND (p_worker_id IS NULL OR s.worker_id = p_worker_id)
+        AND (p_attempt IS NULL OR s.attempts = p_attempt)
+      RETURNING s.dependants, s.continue_on_failure, s.worker_id, s.attempts
+      INTO v_dependants, v_continue, step_worker_id, step_attempts;
+    END IF;
     v_found := FOUND;
   END IF;
   IF NOT v_found THEN
     SELECT s.status, s.worker_id, s.attempts, s.retry_history INTO step_status, step_worker_id, step_attempts, v_history
-    FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+    FROM job_step_state s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
     IF NOT FOUND THEN
       result := 'not_found';
     ELSIF step_status = p_outcome AND p_worker_id IS NOT NULL AND p_attempt IS NOT NULL
@@ -128,8 +180,15 @@ BEGIN
     RETURN;
   END IF;
   v_failed := CASE WHEN p_outcome = 'failed' AND NOT v_continue THEN 1 ELSE 0 END;
+  IF v_single THEN
+    -- A job of one step ends with it.
+    INSERT INTO job_result (job_id, status, started_at, steps_unfinished, steps_failed)
+    VALUES (p_job_id, CASE WHEN v_failed > 0 THEN 'failed' ELSE 'completed' END, coalesce(v_job_started, now()), 0, v_failed)
+    RETURNING job_result.status INTO job_status;
+    RETURN;
+  END IF;
   IF EXISTS (
-    SELECT 1 FROM job_step s
+    SELECT 1 FROM step_live s
     WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
   ) THEN
     -- Bare marks wait for an advance: stroem_apply_outcomes applies them too.
@@ -144,17 +203,18 @@ BEGIN
   IF cardinality(v_dependants) > 0 THEN
     -- The dependants' first level, inline (stroem_apply_outcomes' loop for
     -- one edge per dependant): each pending dependant takes this outcome
-    -- into its counts and stroem_decide moves it.
+    -- into its counts and stroem_decide moves it (a skipped one moves to
+    -- step_result: trigger step_live_ended).
     WITH dec AS (
       SELECT s.step_name,
-             stroem_decide(cardinality(s.depends_on), s.deps_unfinished - 1,
+             stroem_decide(s.deps_total, s.deps_unfinished - 1,
                            s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
                            s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
                            s.continue_on_failure) AS next
-      FROM job_step s
+      FROM step_live s
       WHERE s.job_id = p_job_id AND s.step_name = ANY (v_dependants) AND s.status = 'pending'
     ), upd AS (
-      UPDATE job_step s SET
+      UPDATE step_live s SET
         deps_unfinished = s.deps_unfinished - 1,
         deps_failed = s.deps_failed + CASE WHEN p_outcome = 'failed' THEN 1 ELSE 0 END,
         deps_completed = s.deps_completed + CASE WHEN p_outcome = 'completed' THEN 1 ELSE 0 END,
@@ -189,8 +249,9 @@ BEGIN
   IF v_finished > 0 THEN
     -- The job's counts, in one UPDATE (stroem_settle_jobs for one job,
     -- inlined: a set-returning call over arrays cost more than the UPDATE
-    -- itself on this, the commonest path).
-    UPDATE job j SET
+    -- itself on this, the commonest path). Finished, the row moves to
+    -- job_result (trigger job_live_ended).
+    UPDATE job_live j SET
       steps_unfinished = j.steps_unfinished - v_finished,
       steps_failed = j.steps_failed + v_failed,
       status = CASE WHEN j.steps_unfinished > v_finished THEN 'running'
@@ -218,7 +279,9 @@ $$;
 -- stroem_apply_outcomes, which applies those too; its moves are credited to
 -- its last report in the batch.
 --
--- Every statement reaches `job` and `job_step` by key: the planner takes
+-- The jobs are locked as stroem_lock_job locks one (job_live rows, then the
+-- reported steps' rows of jobs without one). Every statement reaches the
+-- tables by key: the planner takes
 -- jsonb_to_recordset and unnest for 100 and 10 rows, and joined to them it
 -- read `job` whole (a hash join) on tables of up to some 20,000 jobs, four
 -- times a call (the lock, the marks' join, the settle, the answers), and
@@ -271,42 +334,92 @@ DECLARE
   l_skipped_jobs uuid[];
   l_types text[];
 BEGIN
-  -- The jobs' locks, in job id order. `= ANY (ARRAY(...))` walks job_pkey:
-  -- joined to jsonb_to_recordset (which the planner takes for 100 rows),
-  -- the job table was read whole up to some 20,000 rows.
+  -- The jobs' locks (stroem_lock_job for a batch): the job_live rows in job
+  -- id order; then, for the jobs without one, the reported steps' live rows
+  -- in job id order (a job of one step: the lock of its state); then those
+  -- jobs' results (finished) or, without one, `running` (a job of one step).
+  -- `= ANY (ARRAY(...))` walks the primary keys: joined to
+  -- jsonb_to_recordset (which the planner takes for 100 rows), the tables
+  -- were read whole up to some 20,000 rows.
   SELECT coalesce(array_agg(l.job_id ORDER BY l.job_id), '{}'), coalesce(array_agg(l.status ORDER BY l.job_id), '{}')
   INTO v_job_ids, v_job_statuses
   FROM (
-    SELECT j.job_id, j.status FROM job j
+    SELECT j.job_id, j.status FROM job_live j
     WHERE j.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)))
     ORDER BY j.job_id
     FOR NO KEY UPDATE
   ) AS l;
+  PERFORM 1 FROM (
+    SELECT s.job_id FROM step_live s
+    WHERE s.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)
+                                WHERE NOT (x.job_id = ANY (v_job_ids))))
+      AND (s.job_id, s.step_name) IN (SELECT x.job_id, x.step_name FROM jsonb_to_recordset(p_reports) AS x(job_id uuid, step_name text))
+    ORDER BY s.job_id, s.step_name
+    FOR NO KEY UPDATE
+  ) AS k;
+  SELECT v_job_ids || coalesce(array_agg(o.job_id ORDER BY o.job_id), '{}'),
+         v_job_statuses || coalesce(array_agg(o.status ORDER BY o.job_id), '{}')
+  INTO v_job_ids, v_job_statuses
+  FROM (
+    SELECT j.job_id, coalesce(r.status, 'running') AS status
+    FROM job j LEFT JOIN job_result r ON r.job_id = j.job_id
+    WHERE j.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)
+                                WHERE NOT (x.job_id = ANY (v_job_ids))))
+  ) AS o;
 
   -- The guarded marks, and what they start: per job, per edge.
   WITH r AS (
     SELECT x.* FROM jsonb_to_recordset(p_reports) AS x(
       i integer, job_id uuid, step_name text, outcome text, output jsonb, error text, worker_id uuid, attempt integer)
-  ), marked AS (
-    UPDATE job_step s SET
-      status = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN 'ready' ELSE r.outcome END,
-      output = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE r.output END,
-      error_message = r.error,
-      completed_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE now() END,
-      propagated = NOT (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) AND j.status NOT IN ('completed', 'failed', 'cancelled'),
-      ready_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
-        THEN stroem_retry_at(s.attempts, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter) ELSE s.ready_at END,
-      worker_id = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.worker_id END,
-      started_at = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries) THEN NULL ELSE s.started_at END,
-      retry_history = CASE WHEN (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled') AND s.attempts <= s.max_retries)
-        THEN s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, r.error, s.started_at) ELSE s.retry_history END
+  ), target AS (
+    -- Each accepted report's live row, and whether it goes back to the queue
+    -- (a failure with retries left, in an unfinished job).
+    SELECT r.i, r.outcome, r.output, r.error, s.job_id, s.step_name, j.status AS job_status,
+           (r.outcome = 'failed' AND s.status = 'running' AND j.status NOT IN ('completed', 'failed', 'cancelled')
+            AND s.attempts <= s.max_retries) AS retry
     FROM r JOIN unnest(v_job_ids, v_job_statuses) AS j(job_id, status) ON j.job_id = r.job_id
-    WHERE s.job_id = r.job_id AND s.step_name = r.step_name
+    JOIN step_live s ON s.job_id = r.job_id AND s.step_name = r.step_name
+    WHERE s.job_id = ANY (v_job_ids)
       AND (s.status = 'running' OR (s.status IN ('pending', 'ready', 'suspended') AND r.worker_id IS NULL AND r.attempt IS NULL))
       AND (r.worker_id IS NULL OR s.worker_id = r.worker_id)
       AND (r.attempt IS NULL OR s.attempts = r.attempt)
-    RETURNING r.i, s.job_id, s.dependants, s.continue_on_failure, r.outcome, s.propagated AS moving,
-      s.status = 'ready' AS retried, s.action_type, s.ready_at, s.status, s.worker_id, s.attempts
+  ), requeued AS (
+    UPDATE step_live s SET
+      status = 'ready',
+      output = NULL,
+      error_message = t.error,
+      ready_at = stroem_retry_at(s.attempts, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter),
+      worker_id = NULL,
+      started_at = NULL,
+      retry_history = s.retry_history || stroem_retry_entry(s.attempts, s.worker_id, t.error, s.started_at)
+    FROM target t JOIN job_step d ON d.job_id = t.job_id AND d.step_name = t.step_name
+    WHERE t.retry AND s.job_id = t.job_id AND s.step_name = t.step_name AND s.job_id = ANY (v_job_ids)
+    RETURNING t.i, s.job_id, s.dependants, s.continue_on_failure, t.outcome, false AS moving,
+      true AS retried, s.action_type, s.ready_at, s.status, s.worker_id, s.attempts
+  ), gone AS (
+    -- Final: the live row goes and its last state is appended (propagated
+    -- unless its job is finished: a late outcome, which moves nothing).
+    DELETE FROM step_live s USING target t
+    WHERE NOT t.retry AND s.job_id = t.job_id AND s.step_name = t.step_name AND s.job_id = ANY (v_job_ids)
+    RETURNING t.i, t.outcome AS r_outcome, t.output AS r_output, t.error AS r_error,
+      t.job_status NOT IN ('completed', 'failed', 'cancelled') AS moving, s.*
+  ), kept AS (
+    INSERT INTO step_result (job_id, step_name, action_type, status, ready_at, worker_id, started_at, completed_at,
+      output, error_message, attempts, rescues, max_retries, retry_history, deps_total, continue_on_failure,
+      dependants, timeout_secs, deps_unfinished, deps_failed, deps_completed, propagated, cancel_requested_at,
+      suspended_at, job_started_at)
+    SELECT g.job_id, g.step_name, g.action_type, g.r_outcome, g.ready_at, g.worker_id, g.started_at, now(),
+      g.r_output, g.r_error, g.attempts, g.rescues, g.max_retries, g.retry_history, g.deps_total, g.continue_on_failure,
+      g.dependants, g.timeout_secs, g.deps_unfinished, g.deps_failed, g.deps_completed, g.moving,
+      g.cancel_requested_at, g.suspended_at, g.job_started_at
+    FROM gone g
+    RETURNING job_id
+  ), marked AS (
+    SELECT q.* FROM requeued q
+    UNION ALL
+    SELECT g.i, g.job_id, g.dependants, g.continue_on_failure, g.r_outcome, g.moving, false, g.action_type,
+           g.ready_at, g.r_outcome, g.worker_id, g.attempts
+    FROM gone g
   ), jobs AS (
     SELECT m.job_id, count(*)::integer AS n,
            count(*) FILTER (WHERE m.outcome = 'failed' AND NOT m.continue_on_failure)::integer AS failed,
@@ -335,11 +448,11 @@ BEGIN
     (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e)
   INTO v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
 
-  -- Jobs with bare marks waiting (served by idx_job_step_unpropagated; none
+  -- Jobs with bare marks waiting (served by idx_step_live_unpropagated; none
   -- on the report path): one at a time through stroem_apply_outcomes, which
   -- applies those marks, this batch's outcomes, settles and notifies.
   SELECT coalesce(array_agg(DISTINCT s.job_id), '{}') INTO v_waiting
-  FROM job_step s
+  FROM step_live s
   WHERE s.job_id = ANY (v_jobs) AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped');
   IF cardinality(v_waiting) > 0 THEN
     FOR v_wait IN
@@ -388,20 +501,21 @@ BEGIN
     ), upd AS (
       -- One walk of the primary key per dependant: the decision
       -- (stroem_decide, an inlined CASE) is written into the SET list, whose
-      -- expressions all read the row as it was.
-      UPDATE job_step s SET
+      -- expressions all read the row as it was. A skipped step moves to
+      -- step_result (trigger step_live_ended).
+      UPDATE step_live s SET
         deps_unfinished = s.deps_unfinished - agg.n,
         deps_failed = s.deps_failed + agg.f,
         deps_completed = s.deps_completed + agg.c,
-        status = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+        status = stroem_decide(s.deps_total, s.deps_unfinished - agg.n, s.deps_failed + agg.f,
                                s.deps_completed + agg.c, s.continue_on_failure),
-        ready_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+        ready_at = CASE WHEN stroem_decide(s.deps_total, s.deps_unfinished - agg.n, s.deps_failed + agg.f,
                                            s.deps_completed + agg.c, s.continue_on_failure) = 'ready'
                         THEN now() ELSE s.ready_at END,
-        completed_at = CASE WHEN stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+        completed_at = CASE WHEN stroem_decide(s.deps_total, s.deps_unfinished - agg.n, s.deps_failed + agg.f,
                                                s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
                             THEN now() ELSE s.completed_at END,
-        propagated = stroem_decide(cardinality(s.depends_on), s.deps_unfinished - agg.n, s.deps_failed + agg.f,
+        propagated = stroem_decide(s.deps_total, s.deps_unfinished - agg.n, s.deps_failed + agg.f,
                                    s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
       FROM agg
       WHERE s.job_id = agg.job_id AND s.step_name = agg.name AND s.status = 'pending'
@@ -501,7 +615,7 @@ BEGIN
       -- Only a refused report (acc.i IS NULL: a one-time filter per row) reads its step.
       LEFT JOIN LATERAL (
         SELECT s1.step_name, s1.status, s1.worker_id, s1.attempts, s1.retry_history, s1.ready_at
-        FROM job_step s1
+        FROM job_step_state s1
         WHERE acc.i IS NULL AND s1.job_id = r.job_id AND s1.step_name = r.step_name
         LIMIT 1 -- keeps the sub-select per row (not pulled up into a join that reads job_step whole)
       ) AS s ON true

@@ -6,7 +6,8 @@
 -- (stroem_sweep_timeouts), and its job's cancel cancels it. Every decision
 -- locks the job row first (the lock order), so of an approve, a reject, a
 -- timeout and a cancel that meet, the first decides and the others find
--- the step no longer suspended.
+-- the step no longer suspended. A gate's state is its step_live row until
+-- decided (then its step_result row).
 
 -- stroem_suspend_step: a ready server step of an unfinished job becomes
 -- `suspended` (suspended_at = now(); output = p_output when given, e.g. the
@@ -19,14 +20,20 @@ CREATE OR REPLACE FUNCTION stroem_suspend_step(p_job_id uuid, p_step_name text, 
   OUT result text, OUT step_status text, OUT job_status text, OUT action_type text, OUT suspended_at timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+DECLARE
+  v_single boolean;
 BEGIN
-  SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
-  IF NOT FOUND THEN
+  SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
+  IF job_status IS NULL THEN
     result := 'not_found';
     RETURN;
   END IF;
   SELECT s.status, s.action_type, s.suspended_at INTO step_status, action_type, suspended_at
-  FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
+  FROM step_live s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
+  IF NOT FOUND THEN
+    SELECT s.status, s.action_type, s.suspended_at INTO step_status, action_type, suspended_at
+    FROM job_step_state s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+  END IF;
   IF NOT FOUND THEN
     result := 'not_found';
   ELSIF action_type NOT IN ('approval') THEN
@@ -36,10 +43,11 @@ BEGIN
   ELSIF step_status <> 'ready' OR job_status IN ('completed', 'failed', 'cancelled') THEN
     result := 'invalid_transition';
   ELSE
-    UPDATE job_step s SET status = 'suspended', suspended_at = now(), output = coalesce(p_output, s.output)
+    UPDATE step_live s SET status = 'suspended', suspended_at = now(), output = coalesce(p_output, s.output),
+      job_started_at = CASE WHEN v_single THEN coalesce(s.job_started_at, now()) END
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
     RETURNING s.status, s.suspended_at INTO step_status, suspended_at;
-    UPDATE job j SET status = 'running', started_at = coalesce(j.started_at, now())
+    UPDATE job_live j SET status = 'running', started_at = coalesce(j.started_at, now())
     WHERE j.job_id = p_job_id AND j.status = 'pending';
     job_status := 'running';
     result := 'ok';
@@ -68,13 +76,17 @@ DECLARE
   v_step record;
   f record;
 BEGIN
-  SELECT j.status INTO job_status FROM job j WHERE j.job_id = p_job_id FOR NO KEY UPDATE;
-  IF NOT FOUND THEN
+  SELECT l.status INTO job_status FROM stroem_lock_job(p_job_id) l;
+  IF job_status IS NULL THEN
     result := 'not_found';
     RETURN;
   END IF;
   SELECT s.status, s.output, s.suspended_at INTO v_step
-  FROM job_step s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
+  FROM step_live s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
+  IF NOT FOUND THEN
+    SELECT s.status, s.output, s.suspended_at INTO v_step
+    FROM job_step_state s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
+  END IF;
   IF NOT FOUND THEN
     result := 'not_found';
     RETURN;

@@ -2,12 +2,12 @@
 -- with timeout_secs (created_at + timeout_secs), whatever the insert path,
 -- and moves it when an UPDATE sets created_at or timeout_secs.
 -- stroem_sweep_timeouts' last phase walks job_deadline by deadline
--- (idx_job_deadline) and deletes each row it visits. With no index on `job`
--- naming completed_at, the UPDATE that finishes a job is HOT.
+-- (idx_job_deadline) and deletes each row it visits (a job that finished in
+-- time leaves its row until then: nothing updates `job` when it finishes).
 CREATE OR REPLACE FUNCTION stroem_job_deadline() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF NEW.timeout_secs IS NULL OR NEW.completed_at IS NOT NULL THEN
+  IF NEW.timeout_secs IS NULL THEN
     DELETE FROM job_deadline d WHERE d.job_id = NEW.job_id;
   ELSE
     INSERT INTO job_deadline (job_id, deadline)
@@ -28,8 +28,32 @@ CREATE OR REPLACE TRIGGER job_deadline_update AFTER UPDATE OF created_at, timeou
 FOR EACH ROW WHEN (OLD.created_at IS DISTINCT FROM NEW.created_at OR OLD.timeout_secs IS DISTINCT FROM NEW.timeout_secs)
 EXECUTE FUNCTION stroem_job_deadline();
 --> statement-breakpoint
--- stroem_sweep_timeouts, in three phases, each job row locked without
--- waiting (a job busy with a report is swept on the next run): running
+-- stroem_try_lock_job: stroem_lock_job without waiting. False when another
+-- transaction holds the job's lock (its job_live row, or a one-step job's
+-- step row); true otherwise, the lock then held (or nothing to lock: a
+-- finished job).
+CREATE OR REPLACE FUNCTION stroem_try_lock_job(p_job_id uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_all integer;
+  v_locked integer;
+BEGIN
+  PERFORM 1 FROM job_live l WHERE l.job_id = p_job_id FOR NO KEY UPDATE SKIP LOCKED;
+  IF FOUND THEN
+    RETURN true;
+  END IF;
+  IF EXISTS (SELECT 1 FROM job_live l WHERE l.job_id = p_job_id) THEN
+    RETURN false;
+  END IF;
+  -- No job_live row: the job's step rows are its lock (a job of one step).
+  SELECT count(*) INTO v_all FROM step_live s WHERE s.job_id = p_job_id;
+  SELECT count(*) INTO v_locked FROM (SELECT 1 FROM step_live s WHERE s.job_id = p_job_id FOR NO KEY UPDATE SKIP LOCKED) k;
+  RETURN v_locked = v_all;
+END
+$$;
+--> statement-breakpoint
+-- stroem_sweep_timeouts, in three phases, each job locked without waiting
+-- (stroem_try_lock_job: a job busy with a report is swept on the next run): running
 -- steps past started_at + timeout_secs fail through stroem_finish_step with
 -- their own worker and attempt (the retry policy applies; kind `step`);
 -- suspended gates past suspended_at + timeout_secs are rejected as timed
@@ -42,16 +66,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
   r record;
   f record;
+  v_status text;
+  v_single boolean;
 BEGIN
   FOR r IN
     SELECT s.job_id AS jid, s.step_name AS sname, s.worker_id AS wid, s.attempts AS n, s.timeout_secs AS secs
-    FROM job_step s
+    FROM step_live s
     WHERE s.status = 'running' AND s.timeout_secs IS NOT NULL
       AND s.started_at + make_interval(secs => s.timeout_secs) <= now()
     ORDER BY s.job_id, s.step_name
   LOOP
-    PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
-    CONTINUE WHEN NOT FOUND;
+    CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
     SELECT * INTO f FROM stroem_finish_step(r.jid, r.sname, 'failed', NULL,
       'timed out: running for more than ' || r.secs || ' s (timeoutSecs)', r.wid, r.n, true);
     CONTINUE WHEN f.result <> 'ok';
@@ -68,13 +93,12 @@ BEGIN
   -- (stroem_decide_gate), unless a decision or a cancel came first.
   FOR r IN
     SELECT s.job_id AS jid, s.step_name AS sname, s.timeout_secs AS secs
-    FROM job_step s
+    FROM step_live s
     WHERE s.status = 'suspended' AND s.timeout_secs IS NOT NULL
       AND s.suspended_at + make_interval(secs => s.timeout_secs) <= now()
     ORDER BY s.job_id, s.step_name
   LOOP
-    PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
-    CONTINUE WHEN NOT FOUND;
+    CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
     SELECT * INTO f FROM stroem_decide_gate(r.jid, r.sname, false, jsonb_build_object('timedOut', true),
       'timed out: suspended for more than ' || r.secs || ' s without a decision (timeoutSecs)');
     CONTINUE WHEN f.result <> 'ok';
@@ -92,16 +116,16 @@ BEGIN
     FROM job_deadline d JOIN job j ON j.job_id = d.job_id
     WHERE d.deadline <= now()
     ORDER BY j.job_id
-    FOR NO KEY UPDATE OF j SKIP LOCKED
+    FOR NO KEY UPDATE OF d SKIP LOCKED
   LOOP
+    CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
     -- Visited once: the deadline row goes whether the job was still
     -- unfinished (it fails now) or had finished in time.
     DELETE FROM job_deadline d WHERE d.job_id = r.jid;
-    UPDATE job j SET status = 'failed', completed_at = now(),
-      error_message = 'timed out: not finished ' || r.secs || ' s after its creation (timeoutSecs)'
-    WHERE j.job_id = r.jid AND j.status IN ('pending', 'running');
-    CONTINUE WHEN NOT FOUND;
-    PERFORM stroem_close_open_steps(r.jid);
+    SELECT l.status, l.single INTO v_status, v_single FROM stroem_lock_job(r.jid) l;
+    CONTINUE WHEN v_status IS NULL OR v_status NOT IN ('pending', 'running');
+    PERFORM stroem_end_job(r.jid, v_single, 'failed', NULL, NULL,
+      'timed out: not finished ' || r.secs || ' s after its creation (timeoutSecs)');
     kind := 'job';
     job_id := r.jid;
     step_name := NULL;

@@ -1,9 +1,9 @@
--- Faults: the crash budget is job_step.rescues.
+-- Faults: the crash budget is the step's `rescues` (on its live row).
 --
 -- stroem_rescue_step: gives back one running step whose worker no longer runs
 -- it (the worker stopped heartbeating, or its heartbeat did not list the
--- step: a claim whose reply was lost). The caller holds the job row's lock
--- (job row before steps). Guarded by the worker and the attempt, so a report
+-- step: a claim whose reply was lost). The caller holds the job's lock
+-- (stroem_try_lock_job: the job before its steps). Guarded by the worker and the attempt, so a report
 -- that committed first wins. A step whose cancel was requested becomes
 -- `cancelled`. Otherwise it goes through stroem_finish_step as a failure of
 -- that attempt (its retry policy decides: back to ready with a history entry,
@@ -23,7 +23,7 @@ DECLARE
   f record;
 BEGIN
   SELECT s.cancel_requested_at, s.rescues, s.max_retries, s.action_type INTO v_step
-  FROM job_step s
+  FROM step_live s
   WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status = 'running'
     AND s.worker_id = p_worker_id AND s.attempts = p_attempt
   FOR UPDATE;
@@ -32,13 +32,13 @@ BEGIN
   END IF;
   IF v_step.cancel_requested_at IS NOT NULL THEN
     -- Its job was cancelled (or timed out): never requeued; nothing advances.
-    UPDATE job_step s SET status = 'cancelled', completed_at = now(), propagated = true
+    UPDATE step_live s SET status = 'cancelled', completed_at = now(), propagated = true
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
     RETURN 'cancelled';
   END IF;
   v_free := v_step.rescues < p_max_rescues AND v_step.max_retries < 1000;
   IF v_free THEN
-    UPDATE job_step s SET rescues = s.rescues + 1, max_retries = s.max_retries + 1
+    UPDATE step_live s SET rescues = s.rescues + 1, max_retries = s.max_retries + 1
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
   END IF;
   SELECT * INTO f FROM stroem_finish_step(p_job_id, p_step_name, 'failed', NULL, p_reason, p_worker_id, p_attempt, true);
@@ -46,7 +46,7 @@ BEGIN
     RETURN NULL;
   END IF;
   IF f.retried AND v_free THEN
-    UPDATE job_step s SET ready_at = now()
+    UPDATE step_live s SET ready_at = now()
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status = 'ready';
     PERFORM pg_notify(stroem_ready_channel(), v_step.action_type);
   END IF;
@@ -68,14 +68,13 @@ DECLARE
 BEGIN
   FOR r IN
     SELECT s.job_id AS jid, s.step_name AS sname, s.worker_id AS wid, s.attempts AS n, s.action_type AS atype
-    FROM job_step s
+    FROM step_live s
     JOIN worker w ON w.worker_id = s.worker_id
     WHERE s.status = 'running'
       AND (w.last_heartbeat IS NULL OR w.last_heartbeat < now() - make_interval(secs => p_stale_after_ms / 1000))
     ORDER BY s.job_id, s.step_name
   LOOP
-    PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
-    CONTINUE WHEN NOT FOUND;
+    CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
     v_outcome := stroem_rescue_step(r.jid, r.sname, r.wid, r.n,
       'worker ' || r.wid || ' stopped heartbeating', p_max_rescues);
     CONTINUE WHEN v_outcome IS NULL;
@@ -103,10 +102,10 @@ $$;
 -- through stroem_rescue_step (crash budget, then the retry policy), with a
 -- `step.rescued` audit event by the worker (details: stepName, workerId,
 -- attempt, outcome, reason 'claim lost'). Lock
--- order: the worker row, then each job row (SKIP LOCKED: a job busy with a
--- report is looked at on the next heartbeat), then its steps.
+-- order: the worker row, then each job's lock (stroem_try_lock_job: a job
+-- busy with a report is looked at on the next heartbeat), then its steps.
 -- The listed steps are looked up one by one by key: joined to
--- jsonb_to_recordset (planned as 100 rows), job_step was read whole on tables
+-- jsonb_to_recordset (planned as 100 rows), the steps were read whole on tables
 -- of up to some 20,000 steps, on every heartbeat of every worker.
 CREATE OR REPLACE FUNCTION stroem_heartbeat(p_worker_id uuid, p_running jsonb, p_release boolean, p_max_rescues integer)
 RETURNS TABLE(job_id uuid, step_name text, attempts integer, cancel_requested_at timestamptz, reason text)
@@ -125,15 +124,14 @@ BEGIN
   IF p_release AND v_prev IS NOT NULL THEN
     FOR r IN
       SELECT s.job_id AS jid, s.step_name AS sname, s.attempts AS n
-      FROM job_step s
+      FROM step_live s
       WHERE s.worker_id = p_worker_id AND s.status = 'running' AND s.started_at < v_prev
         AND NOT EXISTS (
           SELECT 1 FROM jsonb_to_recordset(p_running) AS x(job_id uuid, step_name text, attempt integer)
           WHERE x.job_id = s.job_id AND x.step_name = s.step_name AND x.attempt = s.attempts)
       ORDER BY s.job_id, s.step_name
     LOOP
-      PERFORM 1 FROM job j WHERE j.job_id = r.jid FOR NO KEY UPDATE SKIP LOCKED;
-      CONTINUE WHEN NOT FOUND;
+      CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
       v_outcome := stroem_rescue_step(r.jid, r.sname, p_worker_id, r.n,
         'claim lost: worker ' || p_worker_id || ' did not list it in its heartbeat', p_max_rescues);
       CONTINUE WHEN v_outcome IS NULL;
@@ -147,8 +145,8 @@ BEGIN
   RETURN QUERY
     SELECT s.job_id, s.step_name, s.attempts, s.cancel_requested_at, coalesce(j.cancel_reason, j.error_message)
     FROM (SELECT p_worker_id AS worker_id) w
-    LEFT JOIN job_step s ON s.worker_id = w.worker_id AND s.status = 'running' AND s.cancel_requested_at IS NOT NULL
-    LEFT JOIN job j ON j.job_id = s.job_id
+    LEFT JOIN step_live s ON s.worker_id = w.worker_id AND s.status = 'running' AND s.cancel_requested_at IS NOT NULL
+    LEFT JOIN job_state j ON j.job_id = s.job_id
     UNION ALL
     SELECT h.job_id, h.step_name, h.attempt,
       coalesce(e.failed_at, s.completed_at, now()),
@@ -156,9 +154,9 @@ BEGIN
     FROM jsonb_to_recordset(p_running) AS h(job_id uuid, step_name text, attempt integer)
     LEFT JOIN LATERAL (
       SELECT s1.step_name, s1.status, s1.worker_id, s1.attempts, s1.completed_at, s1.error_message, s1.retry_history
-      FROM job_step s1
+      FROM job_step_state s1
       WHERE s1.job_id = h.job_id AND s1.step_name = h.step_name
-      LIMIT 1 -- per listed step, by key (a plain join read job_step whole on tables of up to some 20,000 steps)
+      LIMIT 1 -- per listed step, by key (a plain join read the steps whole on tables of up to some 20,000 steps)
     ) s ON true
     LEFT JOIN LATERAL (
       SELECT (x->>'failedAt')::timestamptz AS failed_at, x->>'error' AS error

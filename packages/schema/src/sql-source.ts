@@ -78,6 +78,7 @@ const CREATE_TRIGGER = new RegExp(
 const CREATE_VIEW = new RegExp(String.raw`^CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+${ident}`, "i");
 const DROP_VIEW = new RegExp(String.raw`^DROP\s+VIEW\s+(?:IF\s+EXISTS\s+)?${ident}`, "i");
 const ALTER_TABLE_SET = new RegExp(String.raw`^ALTER\s+TABLE\s+(?:ONLY\s+)?${ident}\s+SET\s*\(`, "i");
+const ALTER_TABLE_RESET = new RegExp(String.raw`^ALTER\s+TABLE\s+(?:ONLY\s+)?${ident}\s+RESET\s*\(`, "i");
 const DROP_FUNCTION = new RegExp(String.raw`^DROP\s+FUNCTION\s+(?:IF\s+EXISTS\s+)?${ident}`, "i");
 const DROP_TRIGGER = new RegExp(String.raw`^DROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?${ident}\s+ON\s+${ident}`, "i");
 const ALTER_FUNCTION = new RegExp(String.raw`^ALTER\s+FUNCTION\s+${ident}`, "i");
@@ -100,6 +101,8 @@ export function classify(statement: string): Classified {
   if (m) return { action: "define", kind: "view", name: m[1] as string, key: `view ${m[1]}` };
   m = DROP_VIEW.exec(statement);
   if (m) return { action: "drop", key: `view ${m[1]}` };
+  m = ALTER_TABLE_RESET.exec(statement);
+  if (m) return { action: "drop", key: `table ${m[1]}` };
   m = DROP_FUNCTION.exec(statement);
   if (m) return { action: "drop", key: `function ${m[1]}` };
   m = DROP_TRIGGER.exec(statement);
@@ -277,7 +280,7 @@ export function pendingStatements(
       const b = functionSignature(block.statement);
       if (a.args !== b.args || a.returns !== b.returns) out.push(dropFunctionStatement(def));
     }
-    if (def && block.kind === "view") out.push(`DROP VIEW ${def.name};`);
+    if (def && block.kind === "view") out.push(`DROP VIEW IF EXISTS ${def.name};`);
     out.push(block.text);
   }
   const keys = new Set(blocks.map((b) => b.key));
@@ -287,7 +290,7 @@ export function pendingStatements(
     else if (def.kind === "trigger") {
       const [table, name] = def.key.slice("trigger ".length).split(".");
       out.push(`DROP TRIGGER ${name} ON ${table};`);
-    } else if (def.kind === "view") out.push(`DROP VIEW ${def.name};`);
+    } else if (def.kind === "view") out.push(`DROP VIEW IF EXISTS ${def.name};`);
     else out.push(`ALTER TABLE ${def.name} RESET (fillfactor);`);
   }
   return out;

@@ -49,9 +49,9 @@ import { AUTH_CONSTRAINTS } from "./auth-tables.js";
  * (and in the drift check), never as a silently broken error translation.
  */
 export const CONSTRAINTS = {
-  jobWorkerFk: "job_worker_id_worker_worker_id_fk",
+  jobWorkerFk: "job_live_worker_id_fk",
   stepJobFk: "job_step_job_id_job_job_id_fk",
-  stepWorkerFk: "job_step_worker_id_worker_worker_id_fk",
+  stepWorkerFk: "step_live_worker_id_fk",
   stepPk: "job_step_job_id_step_name_pk",
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
   jobSourceFk: "job_source_job_id_fk",
@@ -146,48 +146,126 @@ const jobColumns = () => ({
   retryJobId: uuid("retry_job_id"),
 });
 
-export const job = pgTable("job", jobColumns(), (t) => [
-  foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
-  check("job_mode_check", oneOf(t.mode, JOB_MODES)),
-  check("job_status_check", oneOf(t.status, JOB_STATUSES)),
-  check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
-  // A job has `completed_at` exactly when it is finished.
-  check("job_completed_at_check", sql`(${oneOf(t.status, JOB_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`),
-  check("job_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
-  check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
-  foreignKey({ name: CONSTRAINTS.jobSourceFk, columns: [t.sourceJobId], foreignColumns: [t.jobId] }).onDelete(
-    "set null",
-  ),
-  foreignKey({ name: CONSTRAINTS.jobRetryOfFk, columns: [t.retryOfJobId], foreignColumns: [t.jobId] }).onDelete(
-    "set null",
-  ),
-  // A retry names its chain's first job and counts from 1; a restart names its step.
-  check(
-    "job_lineage_check",
-    sql`${t.retryAttempt} >= 0 and (${t.retryAttempt} = 0 or ${t.sourceType} = 'retry') and (${t.restartFromStep} is null or ${t.sourceType} = 'restart')`,
-  ),
-  // Lineage look-ups (what was made from this job, a retry chain); both
-  // columns are written once, at creation, so they cost no HOT update.
-  index("idx_job_source_job").on(t.sourceJobId).where(sql`${t.sourceJobId} is not null`),
-  index("idx_job_retry_of").on(t.retryOfJobId, t.retryAttempt).where(sql`${t.retryOfJobId} is not null`),
-  // No index on status (the design note had one): a job changes status two
-  // or three times and an index on it makes each such UPDATE non-HOT, for
-  // no hot query. Listing by status walks idx_job_created_at, newest first.
-  // The list and search indexes end in (created_at, job_id), the order of
-  // `list` and of `search`'s keyset cursor; none holds a column a job's
-  // updates change, so they cost an entry at creation and nothing after
-  // (the claim's and the report's job UPDATEs stay HOT).
-  index("idx_job_created_at").on(t.createdAt, t.jobId),
-  index("idx_job_workspace_created").on(t.workspace, t.createdAt, t.jobId),
-  index("idx_job_workspace_task").on(t.workspace, t.taskName, t.createdAt, t.jobId),
-  // `search`'s text query over task name and input (GIN over the same
-  // expression the query repeats, JOB_SEARCH_DOCUMENT).
-  index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
-  // Nothing here may name a column the report changes (status, counts,
-  // started_at, completed_at), in a key or a predicate: every job UPDATE of
-  // the hot path then stays HOT (fillfactor 80 leaves it room). Job
-  // timeouts are found through job_deadline, not a partial index here.
-]);
+/**
+ * A job's definition: written once, at creation (an operator may move its
+ * `created_at` / `timeout_secs`; `log_path` and `retry_job_id` are set once
+ * later), never by the hot path. What changes lives in `job_live` while the
+ * job is unfinished and in `job_result` once it is finished; `job_state`
+ * (the view the repos read) overlays the three. A job of exactly one step
+ * has no `job_live` row: its step's `step_live` row is its live state.
+ */
+export const job = pgTable(
+  "job",
+  {
+    jobId: uuid("job_id").primaryKey(),
+    workspace: text("workspace").notNull().default("default"),
+    taskName: text("task_name").notNull(),
+    mode: text("mode").$type<JobMode>().notNull().default("distributed"),
+    input: jsonb("input").$type<unknown>(),
+    sourceType: text("source_type").$type<SourceType>().notNull(),
+    sourceId: text("source_id"),
+    revision: text("revision"),
+    createdAt: timestamp("created_at", tz).notNull().defaultNow(),
+    logPath: text("log_path"),
+    timeoutSecs: integer("timeout_secs"),
+    sourceJobId: uuid("source_job_id"),
+    restartFromStep: text("restart_from_step"),
+    retryOfJobId: uuid("retry_of_job_id"),
+    retryAttempt: integer("retry_attempt").notNull().default(0),
+    retryJobId: uuid("retry_job_id"),
+  },
+  (t) => [
+    check("job_mode_check", oneOf(t.mode, JOB_MODES)),
+    check("job_source_type_check", oneOf(t.sourceType, SOURCE_TYPES)),
+    check("job_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+    foreignKey({ name: CONSTRAINTS.jobSourceFk, columns: [t.sourceJobId], foreignColumns: [t.jobId] }).onDelete(
+      "set null",
+    ),
+    foreignKey({ name: CONSTRAINTS.jobRetryOfFk, columns: [t.retryOfJobId], foreignColumns: [t.jobId] }).onDelete(
+      "set null",
+    ),
+    // A retry names its chain's first job and counts from 1; a restart names its step.
+    check(
+      "job_lineage_check",
+      sql`${t.retryAttempt} >= 0 and (${t.retryAttempt} = 0 or ${t.sourceType} = 'retry') and (${t.restartFromStep} is null or ${t.sourceType} = 'restart')`,
+    ),
+    // Lineage look-ups (what was made from this job, a retry chain).
+    index("idx_job_source_job").on(t.sourceJobId).where(sql`${t.sourceJobId} is not null`),
+    index("idx_job_retry_of").on(t.retryOfJobId, t.retryAttempt).where(sql`${t.retryOfJobId} is not null`),
+    // The list and search indexes end in (created_at, job_id), the order of
+    // `list` and of `search`'s keyset cursor. The row is never updated by the
+    // hot path, so they cost an entry at creation and nothing after.
+    index("idx_job_created_at").on(t.createdAt, t.jobId),
+    index("idx_job_workspace_created").on(t.workspace, t.createdAt, t.jobId),
+    index("idx_job_workspace_task").on(t.workspace, t.taskName, t.createdAt, t.jobId),
+    // `search`'s text query over task name and input (GIN over the same
+    // expression the query repeats, JOB_SEARCH_DOCUMENT).
+    index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
+  ],
+);
+
+/**
+ * The live state of an unfinished job of zero or several steps (a one-step
+ * job has none: its step's live row is its state): its status (`pending` or
+ * `running`), the local-mode worker, when it started, and the counts that
+ * settle it. Every change of such a job's state locks this row first (the
+ * lock order). Deleted when the job finishes (a trigger moves a row updated
+ * to a terminal status into `job_result`), so the table is the size of the
+ * backlog. No foreign key to `job` (a delete of jobs deletes it, by trigger):
+ * the check would lock the job row.
+ */
+export const jobLive = pgTable(
+  "job_live",
+  {
+    jobId: uuid("job_id").primaryKey(),
+    status: text("status").$type<JobStatus>().notNull().default("pending"),
+    workerId: uuid("worker_id"),
+    startedAt: timestamp("started_at", tz),
+    completedAt: timestamp("completed_at", tz),
+    output: jsonb("output").$type<unknown>(),
+    errorMessage: text("error_message"),
+    cancelReason: text("cancel_reason"),
+    /**
+     * Steps not yet terminal, as far as advancing has applied their outcomes
+     * (see `propagated`): the job is finished when it reaches 0.
+     */
+    stepsUnfinished: integer("steps_unfinished").notNull().default(0),
+    /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
+    stepsFailed: integer("steps_failed").notNull().default(0),
+  },
+  (t) => [
+    foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
+    check("job_live_status_check", oneOf(t.status, JOB_STATUSES)),
+    check("job_live_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+  ],
+);
+
+/**
+ * A finished job's outcome, written once when it finishes (appended: never
+ * updated), with the state it finished in. No foreign key to `job` (the
+ * check would lock the job row on every job's last report); a delete of jobs
+ * deletes their results (trigger `job_deleted`).
+ */
+export const jobResult = pgTable(
+  "job_result",
+  {
+    jobId: uuid("job_id").primaryKey(),
+    status: text("status").$type<JobStatus>().notNull(),
+    workerId: uuid("worker_id"),
+    startedAt: timestamp("started_at", tz),
+    completedAt: timestamp("completed_at", tz).notNull().defaultNow(),
+    output: jsonb("output").$type<unknown>(),
+    errorMessage: text("error_message"),
+    cancelReason: text("cancel_reason"),
+    stepsUnfinished: integer("steps_unfinished").notNull().default(0),
+    stepsFailed: integer("steps_failed").notNull().default(0),
+  },
+  (t) => [
+    check("job_result_status_check", oneOf(t.status, JOB_TERMINAL_STATUSES)),
+    // The retention purge's walk over finished jobs, oldest first.
+    index("idx_job_result_completed").on(t.completedAt),
+  ],
+);
 
 /**
  * The deadline of each job created with `timeout_secs` (created_at +
@@ -288,61 +366,141 @@ const jobStepColumns = () => ({
   retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
 });
 
-export const jobStep = pgTable("job_step", jobStepColumns(), (t) => [
-  primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
-  foreignKey({ name: CONSTRAINTS.stepJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
+/**
+ * A step's definition: written once, at creation (a server may replace its
+ * `input` before it runs: `updateInput`), never by the hot path. What
+ * changes lives in `step_live` while the step is unfinished and in
+ * `step_result` once it is finished; `job_step_state` (the view the repos
+ * read) overlays the three.
+ */
+export const jobStep = pgTable(
+  "job_step",
+  {
+    jobId: uuid("job_id").notNull(),
+    stepName: text("step_name").notNull(),
+    actionName: text("action_name").notNull(),
+    actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
+    actionImage: text("action_image"),
+    actionSpec: jsonb("action_spec").$type<unknown>(),
+    input: jsonb("input").$type<unknown>(),
+    dependsOn: text("depends_on").array().notNull().default(sql`'{}'::text[]`),
+    continueOnFailure: boolean("continue_on_failure").notNull().default(false),
+    dependants: text("dependants").array().notNull().default(sql`'{}'::text[]`),
+    /** The retry policy the step was created with (`step_live.max_retries` is raised by free rescues). */
+    maxRetries: integer("max_retries").notNull().default(0),
+    retryBackoffSecs: integer("retry_backoff_secs").notNull().default(10),
+    retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
+    retryJitter: doublePrecision("retry_jitter").notNull().default(0),
+    timeoutSecs: integer("timeout_secs"),
+  },
+  (t) => [
+    primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
+    foreignKey({ name: CONSTRAINTS.stepJobFk, columns: [t.jobId], foreignColumns: [job.jobId] }).onDelete("cascade"),
+    check("job_step_action_type_check", oneOf(t.actionType, ACTION_TYPES)),
+    check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
+    check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+    check(
+      "job_step_retry_policy_check",
+      sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
+    ),
+  ],
+);
+
+/** The columns `step_live` and `step_result` share: a step's state, live or final. */
+const stepStateColumns = () => ({
+  jobId: uuid("job_id").notNull(),
+  stepName: text("step_name").notNull(),
+  /** A copy of the definition's, for the claim's index. */
+  actionType: text("action_type").$type<ActionType>().notNull(),
+  status: text("status").$type<StepStatus>().notNull().default("pending"),
+  readyAt: timestamp("ready_at", tz),
+  workerId: uuid("worker_id"),
+  startedAt: timestamp("started_at", tz),
+  completedAt: timestamp("completed_at", tz),
+  output: jsonb("output").$type<unknown>(),
+  errorMessage: text("error_message"),
+  attempts: integer("attempts").notNull().default(0),
+  rescues: integer("rescues").notNull().default(0),
+  /** The definition's policy plus one per free rescue. */
+  maxRetries: integer("max_retries").notNull().default(0),
+  retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
+  /** Copies of the definition's, so advancing reads only live rows. */
+  depsTotal: integer("deps_total").notNull().default(0),
+  continueOnFailure: boolean("continue_on_failure").notNull().default(false),
+  dependants: text("dependants").array().notNull().default(sql`'{}'::text[]`),
+  timeoutSecs: integer("timeout_secs"),
+  depsUnfinished: integer("deps_unfinished").notNull().default(0),
+  depsFailed: integer("deps_failed").notNull().default(0),
+  depsCompleted: integer("deps_completed").notNull().default(0),
+  propagated: boolean("propagated").notNull().default(false),
+  cancelRequestedAt: timestamp("cancel_requested_at", tz),
+  suspendedAt: timestamp("suspended_at", tz),
+  /** For a job of exactly one step: when the job started (its first claim or suspension); null until then. */
+  jobStartedAt: timestamp("job_started_at", tz),
+});
+
+/**
+ * One row per unfinished step (pending, ready, running, suspended) and per
+ * finished step whose outcome waits to be applied (a bare mark before
+ * `advance`): the size of the backlog. The claim walks its partial index;
+ * the report deletes the row and appends the step's `step_result` (a trigger
+ * moves a row updated to a finished, propagated status there). For a job of
+ * exactly one step it is also the job's live state (`job_started_at`), and
+ * every change of such a job locks this row first.
+ */
+export const stepLive = pgTable("step_live", stepStateColumns(), (t) => [
+  primaryKey({ name: "step_live_pk", columns: [t.jobId, t.stepName] }),
   foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
-  check("job_step_action_type_check", oneOf(t.actionType, ACTION_TYPES)),
-  check("job_step_status_check", oneOf(t.status, STEP_STATUSES)),
-  check("job_step_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
+  check("step_live_status_check", oneOf(t.status, STEP_STATUSES)),
+  check("step_live_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
   // A running step is held by a worker since a start time.
   check(
-    "job_step_running_check",
+    "step_live_running_check",
     sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
   ),
-  // A step has `completed_at` exactly when it is finished.
   check(
-    "job_step_completed_at_check",
+    "step_live_completed_at_check",
     sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
   ),
-  // A suspended step waits since a time.
-  check("job_step_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
-  check("job_step_retry_strategy_check", oneOf(t.retryStrategy, RETRY_STRATEGIES)),
-  check("job_step_timeout_secs_check", sql`${t.timeoutSecs} > 0`),
+  check("step_live_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
   check(
-    "job_step_retry_policy_check",
-    sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
-  ),
-  check("job_step_rescues_check", sql`${t.rescues} >= 0`),
-  check(
-    "job_step_dep_counts_check",
-    sql`${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
+    "step_live_counts_check",
+    sql`${t.rescues} >= 0 and ${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
   ),
   // The claim's index: only claimable rows, per action type, in the claim's
-  // order. Its size follows the ready backlog, not the history kept in the
-  // table, and a claim for one action type never walks past the ready steps
-  // of another.
-  index("idx_job_step_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
+  // order; a claim for one action type never walks past another's.
+  index("idx_step_live_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
   // Advance's look-up of a job's finished steps whose outcome has not been
   // applied yet; empty unless callers compose a bare mark with `advance`.
-  index("idx_job_step_unpropagated")
+  index("idx_step_live_unpropagated")
     .on(t.jobId)
-    .where(sql`not ${t.propagated} and ${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
-  // sweepTimeouts' candidates: running steps with a timeout (status is in
-  // other predicates already, so this costs no HOT update).
-  index("idx_job_step_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
-  // `search`'s text query over step errors: only rows with an error are in
-  // it, so the claim and a successful report (error_message stays null)
-  // never touch it; a failure adds one entry.
-  index("idx_job_step_error_search")
-    .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
-    .where(sql`${t.errorMessage} is not null`),
-  // sweepTimeouts' suspended gates with a timeout (none on the hot path).
-  index("idx_job_step_suspended")
+    .where(sql`${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
+  // sweepTimeouts' candidates: running steps with a timeout.
+  index("idx_step_live_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
+  // sweepTimeouts' suspended gates with a timeout.
+  index("idx_step_live_suspended")
     .on(t.suspendedAt)
     .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
   // Workers' and recovery's look-up of what a worker holds.
-  index("idx_job_step_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
+  index("idx_step_live_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
+  // `search`'s text query over the errors of retried steps.
+  index("idx_step_live_error_search")
+    .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
+    .where(sql`${t.errorMessage} is not null`),
+]);
+
+/**
+ * A finished step's final state, written once (appended: never updated).
+ * No foreign key to `job_step` or `worker` (the checks would lock those rows
+ * on every report); a delete of jobs deletes their results (trigger `job_deleted`).
+ */
+export const stepResult = pgTable("step_result", stepStateColumns(), (t) => [
+  primaryKey({ name: "step_result_pk", columns: [t.jobId, t.stepName] }),
+  check("step_result_status_check", oneOf(t.status, STEP_TERMINAL_STATUSES)),
+  // `search`'s text query over step errors: only rows with an error are in it.
+  index("idx_step_result_error_search")
+    .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
+    .where(sql`${t.errorMessage} is not null`),
 ]);
 
 /**
@@ -506,10 +664,10 @@ export const jobStepState = pgView("job_step_state", jobStepColumns()).existing(
 
 /** A worker row as read from the database. */
 export type Worker = typeof worker.$inferSelect;
-/** A job row as read from the database. */
-export type Job = typeof job.$inferSelect;
-/** A job step row as read from the database. */
-export type JobStep = typeof jobStep.$inferSelect;
+/** A job as the repos read it (`job_state`: its definition with its live or final state). */
+export type Job = typeof jobState.$inferSelect;
+/** A job step as the repos read it (`job_step_state`: its definition with its live or final state). */
+export type JobStep = typeof jobStepState.$inferSelect;
 /** An audit event as read from the database. */
 export type AuditEvent = typeof auditEvent.$inferSelect;
 /** An artifact row as read from the database. */

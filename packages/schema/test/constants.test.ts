@@ -9,11 +9,15 @@ import {
   JOB_MODES,
   JOB_STATUSES,
   job,
+  jobLive,
+  jobResult,
   jobStep,
   MIGRATIONS_FOLDER,
   SERVER_ACTION_TYPES,
   SOURCE_TYPES,
   STEP_STATUSES,
+  stepLive,
+  stepResult,
   WORKER_ACTION_TYPES,
   WORKER_STATUSES,
   worker,
@@ -55,30 +59,36 @@ describe("status constants", () => {
     expect(getTableConfig(worker).checks.map((c) => c.name)).toEqual(["worker_status_check"]);
     expect(getTableConfig(job).checks.map((c) => c.name)).toEqual([
       "job_mode_check",
-      "job_status_check",
       "job_source_type_check",
-      "job_completed_at_check",
-      "job_step_counts_check",
       "job_timeout_secs_check",
       "job_lineage_check",
     ]);
+    expect(getTableConfig(jobLive).checks.map((c) => c.name)).toEqual([
+      "job_live_status_check",
+      "job_live_step_counts_check",
+    ]);
+    expect(getTableConfig(jobResult).checks.map((c) => c.name)).toEqual(["job_result_status_check"]);
     expect(getTableConfig(jobStep).checks.map((c) => c.name)).toEqual([
       "job_step_action_type_check",
-      "job_step_status_check",
-      "job_step_ready_at_check",
-      "job_step_running_check",
-      "job_step_completed_at_check",
-      "job_step_suspended_check",
       "job_step_retry_strategy_check",
       "job_step_timeout_secs_check",
       "job_step_retry_policy_check",
-      "job_step_rescues_check",
-      "job_step_dep_counts_check",
     ]);
+    expect(getTableConfig(stepLive).checks.map((c) => c.name)).toEqual([
+      "step_live_status_check",
+      "step_live_ready_at_check",
+      "step_live_running_check",
+      "step_live_completed_at_check",
+      "step_live_suspended_check",
+      "step_live_counts_check",
+    ]);
+    expect(getTableConfig(stepResult).checks.map((c) => c.name)).toEqual(["step_result_status_check"]);
   });
 
   it("names the constraints the repos translate as the tables declare them", () => {
-    const fks = [job, jobStep].flatMap((t) => getTableConfig(t).foreignKeys.map((fk) => fk.getName()));
+    const fks = [job, jobLive, jobStep, stepLive].flatMap((t) =>
+      getTableConfig(t).foreignKeys.map((fk) => fk.getName()),
+    );
     expect(fks.sort()).toEqual(
       [
         CONSTRAINTS.jobWorkerFk,
@@ -88,6 +98,8 @@ describe("status constants", () => {
         CONSTRAINTS.stepWorkerFk,
       ].sort(),
     );
+    // The result tables carry no foreign key (the checks would lock the job's rows on every report).
+    expect([jobResult, stepResult].flatMap((t) => getTableConfig(t).foreignKeys)).toEqual([]);
     expect(getTableConfig(jobStep).primaryKeys.map((pk) => pk.getName())).toEqual([CONSTRAINTS.stepPk]);
     for (const name of Object.values(CONSTRAINTS)) expect(migrationSql).toContain(`"${name}"`);
   });

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { job, jobStep, worker } from "@stroem/schema";
+import { CONSTRAINTS, job, jobLive, jobResult, jobStep, stepLive, stepResult, worker } from "@stroem/schema";
 import { eq, sql } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { useTestDb } from "../src/fixture.js";
@@ -17,10 +17,9 @@ async function pgErrorOf(fn: () => Promise<unknown>): Promise<{ code?: string; c
   throw new Error("expected the statement to fail");
 }
 
-async function newJob(overrides: Record<string, unknown> = {}) {
+async function newJob() {
   const jobId = randomUUID();
   await t.db.execute(sql`insert into job (job_id, task_name, source_type) values (${jobId}, 't', 'user')`);
-  if (Object.keys(overrides).length) await t.db.update(job).set(overrides).where(eq(job.jobId, jobId));
   return jobId;
 }
 
@@ -33,17 +32,16 @@ describe("schema constraints", () => {
     expect(w?.registeredAt).toBeInstanceOf(Date);
     const jobId = await newJob();
     const [j] = await t.db.select().from(job).where(eq(job.jobId, jobId));
-    expect(j).toMatchObject({ workspace: "default", mode: "distributed", status: "pending", input: null });
+    expect(j).toMatchObject({ workspace: "default", mode: "distributed", input: null, retryAttempt: 0 });
+    await t.db.execute(sql`insert into job_live (job_id) values (${jobId})`);
+    const [live] = await t.db.select().from(jobLive).where(eq(jobLive.jobId, jobId));
+    expect(live).toMatchObject({ status: "pending", stepsUnfinished: 0, stepsFailed: 0, workerId: null });
     await t.db.execute(sql`insert into job_step (job_id, step_name, action_name) values (${jobId}, 's', 'a')`);
     const [s] = await t.db.select().from(jobStep).where(eq(jobStep.jobId, jobId));
-    expect(s).toMatchObject({
-      actionType: "shell",
-      status: "pending",
-      dependsOn: [],
-      continueOnFailure: false,
-      attempts: 0,
-      readyAt: null,
-    });
+    expect(s).toMatchObject({ actionType: "shell", dependsOn: [], continueOnFailure: false, maxRetries: 0 });
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${jobId}, 's', 'shell')`);
+    const [l] = await t.db.select().from(stepLive).where(eq(stepLive.jobId, jobId));
+    expect(l).toMatchObject({ status: "pending", attempts: 0, readyAt: null, propagated: false, retryHistory: [] });
   });
 
   it.each([
@@ -52,46 +50,51 @@ describe("schema constraints", () => {
       "job_mode_check",
       sql`insert into job (job_id, task_name, source_type, mode) values (gen_random_uuid(), 't', 'user', 'remote')`,
     ],
-    [
-      "job_status_check",
-      sql`insert into job (job_id, task_name, source_type, status) values (gen_random_uuid(), 't', 'user', 'done')`,
-    ],
+    ["job_live_status_check", sql`insert into job_live (job_id, status) values (gen_random_uuid(), 'done')`],
+    ["job_result_status_check", sql`insert into job_result (job_id, status) values (gen_random_uuid(), 'running')`],
     [
       "job_source_type_check",
       sql`insert into job (job_id, task_name, source_type) values (gen_random_uuid(), 't', 'cron')`,
+    ],
+    [
+      "job_step_action_type_check",
+      sql`insert into job_step (job_id, step_name, action_name, action_type) values (gen_random_uuid(), 's', 'a', 'vm')`,
+    ],
+    [
+      "step_live_status_check",
+      sql`insert into step_live (job_id, step_name, action_type, status) values (gen_random_uuid(), 's', 'shell', 'waiting')`,
+    ],
+    [
+      "step_live_ready_at_check",
+      sql`insert into step_live (job_id, step_name, action_type, status) values (gen_random_uuid(), 's', 'shell', 'ready')`,
+    ],
+    [
+      "step_live_running_check",
+      sql`insert into step_live (job_id, step_name, action_type, status, started_at) values (gen_random_uuid(), 's', 'shell', 'running', now())`,
+    ],
+    [
+      "step_result_status_check",
+      sql`insert into step_result (job_id, step_name, action_type, status) values (gen_random_uuid(), 's', 'shell', 'ready')`,
     ],
   ])("CHECK %s rejects a bad value", async (constraint, statement) => {
     expect(await pgErrorOf(() => t.db.execute(statement))).toEqual({ code: "23514", constraint });
   });
 
-  it.each([
-    ["job_step_action_type_check", sql`'vm'`, sql`'pending'`, sql`null`],
-    ["job_step_status_check", sql`'shell'`, sql`'waiting'`, sql`null`],
-    ["job_step_ready_at_check", sql`'shell'`, sql`'ready'`, sql`null`],
-  ])("CHECK %s rejects a bad step", async (constraint, actionType, status, readyAt) => {
-    const jobId = await newJob();
-    const statement = sql`insert into job_step (job_id, step_name, action_name, action_type, status, ready_at)
-      values (${jobId}, 's', 'a', ${actionType}, ${status}, ${readyAt})`;
-    expect(await pgErrorOf(() => t.db.execute(statement))).toEqual({ code: "23514", constraint });
-  });
-
-  it("rejects a step of an unknown job, and unknown workers on jobs and steps", async () => {
+  it("rejects a step of an unknown job, and unknown workers on live jobs and steps", async () => {
     expect(
       await pgErrorOf(() =>
         t.db.execute(sql`insert into job_step (job_id, step_name, action_name) values (gen_random_uuid(), 's', 'a')`),
       ),
-    ).toEqual({ code: "23503", constraint: "job_step_job_id_job_job_id_fk" });
+    ).toEqual({ code: "23503", constraint: CONSTRAINTS.stepJobFk });
     const jobId = await newJob();
-    expect(await pgErrorOf(() => t.db.update(job).set({ workerId: randomUUID() }).where(eq(job.jobId, jobId)))).toEqual(
-      {
-        code: "23503",
-        constraint: "job_worker_id_worker_worker_id_fk",
-      },
-    );
-    await t.db.execute(sql`insert into job_step (job_id, step_name, action_name) values (${jobId}, 's', 'a')`);
+    await t.db.execute(sql`insert into job_live (job_id) values (${jobId})`);
     expect(
-      await pgErrorOf(() => t.db.update(jobStep).set({ workerId: randomUUID() }).where(eq(jobStep.jobId, jobId))),
-    ).toEqual({ code: "23503", constraint: "job_step_worker_id_worker_worker_id_fk" });
+      await pgErrorOf(() => t.db.update(jobLive).set({ workerId: randomUUID() }).where(eq(jobLive.jobId, jobId))),
+    ).toEqual({ code: "23503", constraint: CONSTRAINTS.jobWorkerFk });
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${jobId}, 's', 'shell')`);
+    expect(
+      await pgErrorOf(() => t.db.update(stepLive).set({ workerId: randomUUID() }).where(eq(stepLive.jobId, jobId))),
+    ).toEqual({ code: "23503", constraint: CONSTRAINTS.stepWorkerFk });
   });
 
   it("rejects a duplicate step name in a job (primary key)", async () => {
@@ -99,23 +102,42 @@ describe("schema constraints", () => {
     const insert = () =>
       t.db.execute(sql`insert into job_step (job_id, step_name, action_name) values (${jobId}, 'same', 'a')`);
     await insert();
-    expect(await pgErrorOf(insert)).toEqual({ code: "23505", constraint: "job_step_job_id_step_name_pk" });
+    expect(await pgErrorOf(insert)).toEqual({ code: "23505", constraint: CONSTRAINTS.stepPk });
   });
 
-  it("deleting a job deletes its steps (cascade)", async () => {
+  it("deleting a job deletes its steps, live rows and results (cascade and trigger)", async () => {
     const jobId = await newJob();
-    await t.db.execute(
-      sql`insert into job_step (job_id, step_name, action_name) values (${jobId}, 'a', 'x'), (${jobId}, 'b', 'x')`,
-    );
+    const other = await newJob();
+    for (const id of [jobId, other]) {
+      await t.db.execute(
+        sql`insert into job_step (job_id, step_name, action_name) values (${id}, 'a', 'x'), (${id}, 'b', 'x')`,
+      );
+      await t.db.execute(sql`insert into job_live (job_id) values (${id})`);
+      await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${id}, 'a', 'shell')`);
+      await t.db.execute(
+        sql`insert into step_result (job_id, step_name, action_type, status, completed_at) values (${id}, 'b', 'shell', 'completed', now())`,
+      );
+    }
     await t.db.delete(job).where(eq(job.jobId, jobId));
-    const left = await t.db.select().from(jobStep).where(eq(jobStep.jobId, jobId));
-    expect(left).toEqual([]);
+    for (const table of [jobStep, jobLive, stepLive, stepResult] as const) {
+      expect(await t.db.select().from(table).where(eq(table.jobId, jobId))).toEqual([]);
+      expect((await t.db.select().from(table).where(eq(table.jobId, other))).length).toBeGreaterThan(0);
+    }
+    await t.db.execute(sql`insert into job_result (job_id, status) values (${other}, 'completed')`);
+    await t.db.delete(job).where(eq(job.jobId, other));
+    expect(await t.db.select().from(jobResult).where(eq(jobResult.jobId, other))).toEqual([]);
   });
 
-  it("a worker with jobs or steps cannot be deleted (no silent orphaning)", async () => {
+  it("a worker holding live jobs or steps cannot be deleted (no silent orphaning)", async () => {
     const workerId = randomUUID();
     await t.db.execute(sql`insert into worker (worker_id, name) values (${workerId}, 'w')`);
-    await newJob({ workerId });
+    const jobId = await newJob();
+    await t.db.execute(sql`insert into job_live (job_id, worker_id) values (${jobId}, ${workerId})`);
+    expect((await pgErrorOf(() => t.db.delete(worker).where(eq(worker.workerId, workerId)))).code).toBe("23503");
+    await t.db.execute(sql`update job_live set worker_id = null where job_id = ${jobId}`);
+    await t.db.execute(
+      sql`insert into step_live (job_id, step_name, action_type, status, worker_id, started_at) values (${jobId}, 's', 'shell', 'running', ${workerId}, now())`,
+    );
     expect((await pgErrorOf(() => t.db.delete(worker).where(eq(worker.workerId, workerId)))).code).toBe("23503");
   });
 });

@@ -242,12 +242,15 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
 
     const completedSteps = async () =>
       Number(
-        (await harness.execute<{ n: number }>(sql`select count(*)::int as n from job_step where status = 'completed'`))
-          .rows[0]?.n ?? 0,
+        (
+          await harness.execute<{ n: number }>(
+            sql`select count(*)::int as n from job_step_state where status = 'completed'`,
+          )
+        ).rows[0]?.n ?? 0,
       );
     const unfinishedJobs = async () =>
       Number(
-        (await harness.execute<{ n: number }>(sql`select count(*)::int as n from job where completed_at is null`))
+        (await harness.execute<{ n: number }>(sql`select count(*)::int as n from job_state where completed_at is null`))
           .rows[0]?.n ?? 0,
       );
 
@@ -378,10 +381,10 @@ async function check(db: Database, logDir: string, result: ChaosResult): Promise
     output: { worker?: string; attempt?: number } | null;
     history: number;
   }>(
-    sql`select job_id, step_name, status, attempts, worker_id, output, jsonb_array_length(retry_history) as history from job_step`,
+    sql`select job_id, step_name, status, attempts, worker_id, output, jsonb_array_length(retry_history) as history from job_step_state`,
   );
   const { rows: jobs } = await db.execute<{ status: string; n: number }>(
-    sql`select status, count(*)::int as n from job group by status`,
+    sql`select status, count(*)::int as n from job_state group by status`,
   );
   if (steps.length !== result.steps) fail(`${steps.length} steps in the database, expected ${result.steps}`);
   const notCompleted = steps.filter((s) => s.status !== "completed");

@@ -77,7 +77,7 @@ export const CANCEL_STEP = statement<{
 /**
  * A heartbeat (`stroem_heartbeat`): `last_heartbeat = now()`, and the steps
  * the worker should stop: the running steps it holds whose cancel was
- * requested (served by `idx_job_step_running_worker`), and those of
+ * requested (served by `idx_step_live_running_worker`), and those of
  * `running` (what the worker says it runs, a JSON array of `{ job_id,
  * step_name, attempt }`) that it no longer holds in that attempt (timed out,
  * rescued, cancelled), with the reason from the retry history or the step's

@@ -4,29 +4,46 @@ import { type Statement, statement } from "../statement.js";
 import { type FinishValues, finishCall } from "./report.js";
 
 /**
- * Starts the jobs of the steps in the CTE `claimed` (a job is `running` from
- * its first started step). SKIP LOCKED: a job row locked by another claimer
+ * Starts the jobs of several steps among the steps in the CTE `claimed` (a
+ * job is `running` from its first started step): their `job_live` rows. A
+ * job of one step has none: the claim's own update of the step's live row
+ * sets `job_started_at`. SKIP LOCKED: a job row locked by another claimer
  * (who starts it) or by a report (which settles it, and sets it running if
  * it must) never makes a claim wait.
  */
 const startJobs = sql`
     started_jobs as (
-      update job
-      set status = 'running', started_at = coalesce(job.started_at, now())
-      where job.job_id in (
-        select j.job_id from job j
+      update job_live
+      set status = 'running', started_at = coalesce(job_live.started_at, now())
+      where job_live.job_id in (
+        select j.job_id from job_live j
         where j.job_id in (select job_id from claimed) and j.status = 'pending'
         for no key update skip locked
       )
     )`;
 
 /**
+ * A claimed step as the repos return it (`job_step_state`'s columns): its
+ * definition `d` (job_step) with its live row `c`.
+ */
+const claimedColumns = sql`d.job_id, d.step_name, d.action_name, d.action_type, d.action_image, d.action_spec,
+      d.input, c.output, c.status, c.worker_id, c.started_at, c.completed_at, c.error_message, d.depends_on,
+      d.continue_on_failure, c.attempts, c.rescues, c.ready_at, d.dependants, c.deps_unfinished, c.deps_failed,
+      c.deps_completed, c.propagated, c.max_retries, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter,
+      c.cancel_requested_at, d.timeout_secs, c.suspended_at, c.retry_history`;
+
+/** The definitions of the claimed steps, each by key (joined alone, the planner may read job_step whole). */
+const definitions = sql`join job_step d on d.job_id = c.job_id and d.step_name = c.step_name
+      and d.job_id = any(array(select job_id from claimed))`;
+
+/**
  * The claim: up to `limit` of the oldest ready steps whose action type is one
  * of `capabilities`, moved to `running` for `workerId` (`started_at`,
- * `attempts + 1`), returning the claimed rows oldest first, each with the
- * outputs of the steps it depends on (`dependency_outputs`).
+ * `attempts + 1`): an update of each step's live row (`step_live`) and
+ * nothing else for a job of one step. Returns the claimed steps oldest
+ * first, each with the outputs of the steps it depends on (`dependency_outputs`).
  *
- * Per action type, a LATERAL sub-select walks `idx_job_step_claim`
+ * Per action type, a LATERAL sub-select walks `idx_step_live_claim`
  * (`action_type, ready_at, job_id, step_name WHERE status = 'ready'`) from
  * its oldest row, locking with SKIP LOCKED, so a `shell` claim never walks
  * past ready `docker` steps, and `ready_at <= now()` stops the walk at steps
@@ -52,7 +69,7 @@ function claimQuery(
       from unnest(${p.actionTypes}::text[]) as cap(action_type)
       cross join lateral (
         select s.job_id, s.step_name, s.ready_at
-        from job_step s
+        from step_live s
         where s.status = 'ready' and s.action_type = cap.action_type and s.ready_at <= now()${gate}
         order by s.ready_at, s.job_id, s.step_name
         limit ${p.limit}
@@ -62,7 +79,7 @@ function claimQuery(
       limit ${p.limit}`
     : sql`
       select s.job_id, s.step_name
-      from job_step s
+      from step_live s
       where s.status = 'ready' and s.action_type = ${p.actionTypes} and s.ready_at <= now()${gate}
       order by s.ready_at, s.job_id, s.step_name
       limit ${p.limit}
@@ -71,32 +88,36 @@ function claimQuery(
   return sql`
     ${head}${next}
     ), claimed as (
-      update job_step s
-      set status = 'running', worker_id = ${p.workerId}::uuid, started_at = now(), attempts = s.attempts + 1
+      update step_live s
+      set status = 'running', worker_id = ${p.workerId}::uuid, started_at = now(), attempts = s.attempts + 1,
+        job_started_at = coalesce(s.job_started_at, now())
       from next
       where s.job_id = next.job_id and s.step_name = next.step_name
       returning s.*
     ), ${startJobs}
     ${
       report
-        ? sql`select f.*, c.*, ${dependencyOutputs} from f left join claimed c on true`
-        : sql`select c.*, ${dependencyOutputs} from claimed c order by c.ready_at, c.job_id, c.step_name`
+        ? sql`select f.*, x.* from f left join (
+            select ${claimedColumns}, ${dependencyOutputs} from claimed c ${definitions}) x on true`
+        : sql`select ${claimedColumns}, ${dependencyOutputs} from claimed c ${definitions}
+            order by c.ready_at, c.job_id, c.step_name`
     }`;
 }
 
 /**
- * Per claimed step `c`, the outputs of the steps it depends on, by name
- * (`{}` for a step without dependencies): what a worker renders its inputs
- * from. Each parent is read by key. A step without dependencies skips the
+ * Per claimed step `c` (definition `d`), the outputs of the steps it depends
+ * on, by name (`{}` for a step without dependencies): what a worker renders
+ * its inputs from. Each parent is read by key from `step_result` (a ready
+ * step's parents are finished). A step without dependencies skips the
  * sub-query (the CASE): run for every row, it added about 30 µs per claimed
  * step to a claim of 50 (pgbench on 40,000 ready one-step jobs, PostgreSQL
  * 15.18, fsync on, synchronous_commit off, 4 clients, alternated: 6.5–7.6 ms
  * a claim without it, 7.8–8.9 with it, 7.1–7.7 with the CASE;
  * `packages/schema/docs/wal-anatomy/claim50*.pgb`).
  */
-const dependencyOutputs = sql`case when cardinality(c.depends_on) = 0 then '{}'::jsonb
+const dependencyOutputs = sql`case when c.deps_total = 0 then '{}'::jsonb
       else (select coalesce(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
-            from job_step_state p where p.job_id = c.job_id and p.step_name = any(c.depends_on)) end as dependency_outputs`;
+            from step_result p where p.job_id = c.job_id and p.step_name = any(d.depends_on)) end as dependency_outputs`;
 
 type ClaimValues = { actionTypes: string | string[]; workerId: string; limit?: number };
 const placeholders = {
@@ -184,7 +205,7 @@ export function claimStatement(capabilities: readonly string[], workerId: string
 
 /**
  * Whether a worker is registered: asked only when a claim found nothing (a
- * claim that moves a step hits the `job_step -> worker` foreign key
+ * claim that moves a step hits the `step_live -> worker` foreign key
  * instead), so an unregistered worker is refused on an empty queue too.
  */
 export const WORKER_EXISTS = statement<{ workerId: string }>(
@@ -200,8 +221,9 @@ export const WORKER_EXISTS = statement<{ workerId: string }>(
 export function directedClaimStatement(jobId: string, stepName: string, workerId: string): SQL {
   return sql`
     with claimed as (
-      update job_step s
-      set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1
+      update step_live s
+      set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1,
+        job_started_at = coalesce(s.job_started_at, now())
       where s.job_id = ${jobId} and s.step_name = ${stepName} and s.status = 'ready'
         and s.action_type <> all(${sql.param([...SERVER_ACTION_TYPES])}::text[])
       returning s.job_id

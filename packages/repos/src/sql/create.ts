@@ -6,7 +6,9 @@ import { statement } from "../statement.js";
  * list goes in as one JSON parameter (`jsonb_to_recordset`), so the statement
  * and its plan are the same for 1 or 10,000 jobs. The steps carry their graph
  * counts (`dependants`, `deps_unfinished`) and the jobs `steps_unfinished`,
- * computed by the caller from the validated flow. Records one `job.created`
+ * computed by the caller from the validated flow. Each job is its definition
+ * (`job`) and, unless it has exactly one step, its `job_live` row; each step
+ * its definition (`job_step`) and its `step_live` row. Records one `job.created`
  * audit event per job (by `actorType` / `actorId`) in the same statement.
  * Notifies `stroem_ready_channel()` (the schema's channel) for the action types of the steps created ready.
  */
@@ -33,36 +35,47 @@ function createJobsQuery(keyed: boolean) {
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
         revision text, steps_unfinished integer, timeout_secs integer, keyed boolean)${keep}
     ), jobs as (
-      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, steps_unfinished,
-                       timeout_secs)
+      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs)
       select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision,
-             x.steps_unfinished, x.timeout_secs
+             x.timeout_secs
       from new_jobs x
-      returning job_id, workspace, task_name, source_type, steps_unfinished
+      returning job_id
+    ), live_jobs as (
+      -- A job of one step has no job_live row: its step's live row is its state.
+      insert into job_live (job_id, steps_unfinished)
+      select x.job_id, x.steps_unfinished from new_jobs x where x.steps_unfinished <> 1
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', j.job_id::text,
              jsonb_build_object('workspace', j.workspace, 'taskName', j.task_name, 'sourceType', j.source_type,
                                 'steps', j.steps_unfinished)
-      from jobs j
-    ), steps as (
-      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input, status,
-                            depends_on, continue_on_failure, dependants, deps_unfinished, ready_at,
-                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
-      select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input, x.status,
-             x.depends_on, x.continue_on_failure, x.dependants, x.deps_unfinished,
-             case when x.status = 'ready' then now() end,
-             x.max_retries, x.retry_backoff_secs, x.retry_strategy, x.retry_jitter, x.timeout_secs
-      from jsonb_to_recordset(${sql.placeholder("steps")}::jsonb) as x(
+      from new_jobs j
+    ), new_steps as (
+      select x.* from jsonb_to_recordset(${sql.placeholder("steps")}::jsonb) as x(
         job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
         input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
         deps_unfinished integer, max_retries integer, retry_backoff_secs integer, retry_strategy text,
         retry_jitter double precision, timeout_secs integer)${keyed ? sql` where x.job_id in (select job_id from new_jobs)` : sql``}
+    ), steps as (
+      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input,
+                            depends_on, continue_on_failure, dependants, max_retries, retry_backoff_secs,
+                            retry_strategy, retry_jitter, timeout_secs)
+      select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input,
+             x.depends_on, x.continue_on_failure, x.dependants, x.max_retries, x.retry_backoff_secs,
+             x.retry_strategy, x.retry_jitter, x.timeout_secs
+      from new_steps x
+    ), live_steps as (
+      insert into step_live (job_id, step_name, action_type, status, ready_at, max_retries, deps_total,
+                             continue_on_failure, dependants, timeout_secs, deps_unfinished)
+      select x.job_id, x.step_name, x.action_type, x.status, case when x.status = 'ready' then now() end,
+             x.max_retries, cardinality(x.depends_on), x.continue_on_failure, x.dependants, x.timeout_secs,
+             x.deps_unfinished
+      from new_steps x
       returning action_type, status
     )
     -- array_agg over the notifications makes each one run (an unread CTE would be skipped).
     select (select array_agg(pg_notify(stroem_ready_channel(), r.action_type)::text)
-            from (select distinct action_type from steps where status = 'ready') as r) as woken${
+            from (select distinct action_type from live_steps where status = 'ready') as r) as woken${
               keyed ? sql`, (select coalesce(array_agg(job_id), '{}') from new_jobs) as created` : sql``
             }`;
 }

@@ -85,18 +85,24 @@ export const DECIDE_GATE = statement<DecideValues>(
 
 /**
  * The oldest ready steps of the server's action types, at most `limit`:
- * a range of `idx_job_step_claim` per type (the claim's own index), no lock.
+ * a range of `idx_step_live_claim` per type (the claim's own index), no lock.
  */
 export const READY_SERVER_STEPS = statement<{ actionTypes: string[]; limit: number }>(
   "ready_server_steps",
   sql`
-    select s.* from unnest(${sql.placeholder("actionTypes")}::text[]) as t(action_type)
-    cross join lateral (
-      select s.* from job_step_state s
-      where s.status = 'ready' and s.action_type = t.action_type and s.ready_at <= now()
-      order by s.ready_at, s.job_id, s.step_name
+    select v.* from (
+      select l.job_id, l.step_name, l.ready_at from unnest(${sql.placeholder("actionTypes")}::text[]) as t(action_type)
+      cross join lateral (
+        select s.job_id, s.step_name, s.ready_at from step_live s
+        where s.status = 'ready' and s.action_type = t.action_type and s.ready_at <= now()
+        order by s.ready_at, s.job_id, s.step_name
+        limit ${sql.placeholder("limit")}::int
+      ) l
+      order by l.ready_at, l.job_id, l.step_name
       limit ${sql.placeholder("limit")}::int
-    ) s
-    order by s.ready_at, s.job_id, s.step_name
-    limit ${sql.placeholder("limit")}::int`,
+    ) r
+    cross join lateral (
+      select v.* from job_step_state v where v.job_id = r.job_id and v.step_name = r.step_name
+    ) v
+    order by r.ready_at, r.job_id, r.step_name`,
 );

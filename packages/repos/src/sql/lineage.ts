@@ -62,8 +62,10 @@ export type CopyJobRow = {
 export const COPY_JOB = statement<CopyJobValues>(
   "copy_job",
   sql`
-    with recursive src as materialized (
-      select j.* from job j where j.job_id = ${sql.placeholder("sourceJobId")}::uuid for key share
+    with recursive locked as materialized (
+      select j.job_id from job j where j.job_id = ${sql.placeholder("sourceJobId")}::uuid for key share
+    ), src as materialized (
+      select j.* from job_state j where j.job_id in (select job_id from locked)
     ), upstream(step_name) as (
       -- The restart step's dependencies, transitively (union: each once).
       select d.name from job_step s cross join unnest(s.depends_on) as d(name)
@@ -75,7 +77,7 @@ export const COPY_JOB = statement<CopyJobValues>(
       cross join unnest(s.depends_on) as d(name)
     ), steps as materialized (
       select s.*, s.step_name in (select step_name from upstream) as copied
-      from job_step s where s.job_id = ${sql.placeholder("sourceJobId")}::uuid
+      from job_step_state s where s.job_id = ${sql.placeholder("sourceJobId")}::uuid
     ), checks as materialized (
       select
         (select status from src) as source_status,
@@ -88,7 +90,7 @@ export const COPY_JOB = statement<CopyJobValues>(
       -- A retry claims the source first: its row lock orders two concurrent retries.
       update job j set retry_job_id = ${sql.placeholder("jobId")}::uuid
       where ${sql.placeholder("kind")}::text = 'retry' and j.job_id = ${sql.placeholder("sourceJobId")}::uuid
-        and j.status = 'failed' and j.retry_job_id is null
+        and (select status from src) = 'failed' and j.retry_job_id is null
       returning j.job_id
     ), go as materialized (
       select 1 from checks c
@@ -100,17 +102,20 @@ export const COPY_JOB = statement<CopyJobValues>(
       from steps s where exists (select 1 from go)
     ), new_job as (
       insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs,
-                       steps_unfinished, source_job_id, restart_from_step, retry_of_job_id, retry_attempt)
+                       source_job_id, restart_from_step, retry_of_job_id, retry_attempt)
       select ${sql.placeholder("jobId")}::uuid, j.workspace, j.task_name, j.mode,
              case when ${sql.placeholder("replaceInput")}::boolean then ${sql.placeholder("input")}::jsonb else j.input end,
-             ${sql.placeholder("kind")}::text, j.job_id::text, j.revision, j.timeout_secs,
-             (select count(*)::int from new_steps where not copied), j.job_id,
+             ${sql.placeholder("kind")}::text, j.job_id::text, j.revision, j.timeout_secs, j.job_id,
              case when ${sql.placeholder("kind")}::text = 'restart' then ${sql.placeholder("fromStep")}::text end,
              case when ${sql.placeholder("kind")}::text = 'retry' then coalesce(j.retry_of_job_id, j.job_id) end,
              case when ${sql.placeholder("kind")}::text = 'retry' then j.retry_attempt + 1 else 0 end
       from src j where exists (select 1 from go)
-      returning job_id, workspace, task_name, source_type, steps_unfinished, source_job_id, restart_from_step,
-                retry_of_job_id, retry_attempt
+      returning job_id, workspace, task_name, source_type, source_job_id, restart_from_step,
+                retry_of_job_id, retry_attempt, (select count(*)::int from new_steps where not copied) as steps_unfinished
+    ), new_job_live as (
+      -- A job of one step has no job_live row (its step's live row is its state).
+      insert into job_live (job_id, steps_unfinished)
+      select n.job_id, n.steps_unfinished from new_job n where (select count(*) from new_steps) <> 1
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', n.job_id::text,
@@ -120,22 +125,34 @@ export const COPY_JOB = statement<CopyJobValues>(
                'retryOfJobId', n.retry_of_job_id,
                'retryAttempt', case when n.retry_attempt > 0 then n.retry_attempt end))
       from new_job n
-    ), new_step_rows as (
-      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input, status,
-                            depends_on, continue_on_failure, dependants, deps_unfinished, deps_completed, ready_at,
-                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs,
-                            output, started_at, completed_at, propagated)
+    ), new_defs as (
+      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input,
+                            depends_on, continue_on_failure, dependants, max_retries, retry_backoff_secs,
+                            retry_strategy, retry_jitter, timeout_secs)
       select n.job_id, s.step_name, s.action_name, s.action_type, s.action_image, s.action_spec, s.input,
-             case when s.copied then 'completed' when cardinality(s.depends_on) = s.done then 'ready' else 'pending' end,
-             s.depends_on, s.continue_on_failure, s.dependants, cardinality(s.depends_on) - s.done, s.done,
-             case when not s.copied and cardinality(s.depends_on) = s.done then now() end,
-             s.max_retries - s.rescues, s.retry_backoff_secs, s.retry_strategy, s.retry_jitter, s.timeout_secs,
-             case when s.copied then s.output end,
-             case when s.copied then s.started_at end,
-             case when s.copied then s.completed_at end,
-             s.copied
+             s.depends_on, s.continue_on_failure, s.dependants, s.max_retries - s.rescues, s.retry_backoff_secs,
+             s.retry_strategy, s.retry_jitter, s.timeout_secs
       from new_steps s cross join new_job n
+    ), new_step_rows as (
+      insert into step_live (job_id, step_name, action_type, status, ready_at, max_retries, deps_total,
+                             continue_on_failure, dependants, timeout_secs, deps_unfinished, deps_completed)
+      select n.job_id, s.step_name, s.action_type,
+             case when cardinality(s.depends_on) = s.done then 'ready' else 'pending' end,
+             case when cardinality(s.depends_on) = s.done then now() end,
+             s.max_retries - s.rescues, cardinality(s.depends_on), s.continue_on_failure, s.dependants, s.timeout_secs,
+             cardinality(s.depends_on) - s.done, s.done
+      from new_steps s cross join new_job n
+      where not s.copied
       returning action_type, status
+    ), copied_rows as (
+      -- A restart's upstream steps: finished, applied (their dependants' counts above include them).
+      insert into step_result (job_id, step_name, action_type, status, output, started_at, completed_at, max_retries,
+                               deps_total, continue_on_failure, dependants, timeout_secs, deps_completed, propagated)
+      select n.job_id, s.step_name, s.action_type, 'completed', s.output, s.started_at, s.completed_at,
+             s.max_retries - s.rescues, cardinality(s.depends_on), s.continue_on_failure, s.dependants, s.timeout_secs,
+             s.done, true
+      from new_steps s cross join new_job n
+      where s.copied
     )
     select (select job_id from new_job) as job_id, c.source_status, c.step_found, c.not_completed,
            (select retry_job_id from job where job_id = ${sql.placeholder("sourceJobId")}::uuid

@@ -1,7 +1,4 @@
-import { JOB_TERMINAL_STATUSES, STEP_TERMINAL_STATUSES } from "@stroem/schema";
 import { type SQL, sql } from "drizzle-orm";
-
-const list = (values: readonly string[]) => sql.raw(values.map((v) => `'${v}'`).join(", "));
 
 /**
  * One batch of the retention purge of jobs: up to `batchSize` finished jobs
@@ -9,31 +6,25 @@ const list = (values: readonly string[]) => sql.raw(values.map((v) => `'${v}'`).
  * oldest created first, whose steps are all terminal, locked
  * `FOR UPDATE SKIP LOCKED` (a job row someone holds is left for a later
  * batch, never waited for), then their steps and the jobs deleted, in one
- * statement, with their artifacts (each storage key recorded in
- * `storage_deletion` for the server to delete) and idempotency keys, and up
- * to `batchSize` expired keys of any job. Lock order as everywhere: the job row before its steps. A
- * finished job that still has an open step (a running step of a cancelled
+ * statement, with their results (trigger `job_deleted`), artifacts (each
+ * storage key recorded in `storage_deletion` for the server to delete) and
+ * idempotency keys, and up to `batchSize` expired keys of any job. A
+ * finished job that still has a live step (a running step of a cancelled
  * job whose worker has not reported yet) is kept until that step ends.
  * Returns one row: `jobs`, `steps`, `artifacts` (recorded for deletion), `keys` deleted.
  *
  * The walk is `idx_job_created_at` up to the cutoff (a job finished before
- * it was also created before it), not an index on `completed_at`: any index
- * naming `completed_at` would make the UPDATE that finishes every job
- * non-HOT, on the hot path, for a purge that runs now and then. What the
- * walk steps past and filters out: jobs created before the cutoff that are
- * still unfinished, or finished after it (few, on a queue that keeps up).
+ * it was also created before it), each job's result by key. What the walk
+ * steps past and filters out: jobs created before the cutoff that are still
+ * unfinished, or finished after it (few, on a queue that keeps up).
  */
 export function purgeJobsStatement(cutoff: Date, batchSize: number): SQL {
   return sql`
     with doomed as (
-      select j.job_id from job j
+      select j.job_id from job j join job_result r on r.job_id = j.job_id
       where j.created_at < ${cutoff.toISOString()}::timestamptz
-        and j.completed_at < ${cutoff.toISOString()}::timestamptz
-        and j.status in (${list(JOB_TERMINAL_STATUSES)})
-        and not exists (
-          select 1 from job_step s
-          where s.job_id = j.job_id and s.status not in (${list(STEP_TERMINAL_STATUSES)})
-        )
+        and r.completed_at < ${cutoff.toISOString()}::timestamptz
+        and not exists (select 1 from step_live s where s.job_id = j.job_id)
       order by j.created_at
       limit ${batchSize}::int
       for update of j skip locked

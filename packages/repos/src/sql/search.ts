@@ -30,7 +30,7 @@ export const CURSOR_TIME = sql`to_char(j.created_at at time zone 'UTC', 'YYYY-MM
  * `idx_job_workspace_task`, whose trailing columns also serve the keyset
  * condition (a row comparison, so the index walk starts at the cursor). The
  * text query is answered from the two GIN indexes (`idx_job_search` over
- * task name and input, `idx_job_step_error_search` over step errors) as the
+ * task name and input, `idx_step_result_error_search` over step errors) as the
  * union of their job ids, joined back to `job`: a text search reads the jobs
  * that match, not the table; a scope filters those matches. Without text, a
  * scope reads each allowed pair's own index range. Arrays are bound as one
@@ -81,9 +81,11 @@ function searchQuery(
   if (text?.mode === "index") {
     const query = sql`websearch_to_tsquery('simple', ${text.text})`;
     where.push(sql`j.job_id in (
-      select job_id from job_state where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
+      select job_id from job where ${sql.raw(JOB_SEARCH_DOCUMENT)} @@ ${query}
       union
-      select job_id from job_step_state where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
+      select job_id from step_result where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query}
+      union
+      select job_id from step_live where error_message is not null and ${sql.raw(STEP_ERROR_DOCUMENT)} @@ ${query})`);
   }
   const filter = where.length === 0 ? sql`true` : sql.join(where, sql` and `);
   if (text?.mode === "walk") {

@@ -1,12 +1,5 @@
-import {
-  CONSTRAINTS,
-  isServerActionType,
-  type JobStep,
-  jobStep,
-  jobStepState,
-  WORKER_ACTION_TYPES,
-} from "@stroem/schema";
-import { and, eq, inArray, sql } from "drizzle-orm";
+import { CONSTRAINTS, isServerActionType, type JobStep, jobStepState, WORKER_ACTION_TYPES } from "@stroem/schema";
+import { and, eq, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
@@ -81,7 +74,7 @@ export type ClaimedStep = JobStep & { dependencyOutputs: Record<string, unknown>
 /** A claim's row as a `ClaimedStep`. */
 export function claimedStep(row: Record<string, unknown>): ClaimedStep {
   // Set on the mapped row rather than spread into a copy: one object per claimed step.
-  const step = mapRow(jobStep, row) as ClaimedStep;
+  const step = mapRow(jobStepState, row) as ClaimedStep;
   step.dependencyOutputs = (row.dependency_outputs ?? {}) as Record<string, unknown>;
   return step;
 }
@@ -137,18 +130,17 @@ export async function updateInput(
   const jobId = requireUuid("jobId", ref.jobId);
   const stepName = requireText("stepName", ref.stepName);
   const value = JSON.stringify(optionalJson("input", input));
+  // The step's live row is locked first (FOR SHARE: a claim holding it is
+  // waited for, then the step is running and the update refused).
   const updated = await translateErrors(db, () =>
-    db
-      .update(jobStep)
-      .set({ input: sql`${value}::jsonb` })
-      .where(
-        and(
-          eq(jobStep.jobId, jobId),
-          eq(jobStep.stepName, stepName),
-          inArray(jobStep.status, ["pending", "ready", "suspended"]),
-        ),
+    db.execute(sql`with l as materialized (
+        select s.job_id from step_live s
+        where s.job_id = ${jobId}::uuid and s.step_name = ${stepName} and s.status in ('pending', 'ready', 'suspended')
+        for share
       )
-      .returning({ jobId: jobStep.jobId }),
+      update job_step d set input = ${value}::jsonb
+      where d.job_id = ${jobId}::uuid and d.step_name = ${stepName} and exists (select 1 from l)
+      returning d.job_id`),
   );
-  if (updated.length === 0) await explainRefusal(db, { entity: "step", jobId, stepName }, "input updated");
+  if (updated.rows.length === 0) await explainRefusal(db, { entity: "step", jobId, stepName }, "input updated");
 }

@@ -7,6 +7,7 @@ import {
   RETRY_LIMITS,
   RETRY_STRATEGIES,
   STEP_INITIAL_STATUSES,
+  stepLive,
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, transaction, translateErrors } from "../db.js";
@@ -113,16 +114,42 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     db,
     () =>
       transaction(db, async (tx) => {
-        // The jobs' rows first (the lock order), in job id order; a cancelled
+        // The jobs' locks first (the lock order), in job id order; a cancelled
         // job takes no new steps (they would be claimable).
-        const locked = await tx.execute<{ job_id: string; status: string }>(
-          sql`select job_id, status from job where job_id = any(${sql.param(jobIds)}::uuid[])
-            order by job_id for no key update`,
+        const locked = await tx.execute<{ job_id: string; status: string | null; single: boolean | null }>(
+          sql`select u.job_id, l.status, l.single
+            from unnest(${sql.param([...jobIds].sort())}::uuid[]) with ordinality as u(job_id, ord)
+            cross join lateral stroem_lock_job(u.job_id) l
+            order by u.ord`,
         );
+        const missing = locked.rows.find((j) => j.status === null);
+        if (missing) throw new JobNotFoundError(missing.job_id);
         const cancelled = locked.rows.find((j) => j.status === "cancelled");
         if (cancelled) throw new InvalidTransitionError("job", cancelled.job_id, undefined, "cancelled", "running");
+        // A job of one step gains steps: it gets the job_live row a job of
+        // several steps has (its counts set by the recount below).
+        const single = locked.rows.filter((j) => j.single).map((j) => j.job_id);
+        if (single.length > 0) {
+          await tx.execute(sql`insert into job_live (job_id, status, started_at)
+            select s.job_id, case when s.job_started_at is null then 'pending' else 'running' end, s.job_started_at
+            from step_live s where s.job_id = any(${sql.param(single)}::uuid[])`);
+        }
         for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
-          await tx.insert(jobStep).values(rows.slice(i, i + INSERT_CHUNK));
+          const chunk = rows.slice(i, i + INSERT_CHUNK);
+          await tx.insert(jobStep).values(chunk.map(({ status: _s, readyAt: _r, ...definition }) => definition));
+          await tx.insert(stepLive).values(
+            chunk.map((r) => ({
+              jobId: r.jobId,
+              stepName: r.stepName,
+              actionType: r.actionType,
+              status: r.status,
+              readyAt: r.readyAt,
+              maxRetries: r.maxRetries,
+              depsTotal: r.dependsOn.length,
+              continueOnFailure: r.continueOnFailure,
+              timeoutSecs: r.timeoutSecs,
+            })),
+          );
         }
         await tx.execute(recountStatement(jobIds));
         if (readyTypes.length > 0) await tx.execute(notifyReadyStatement(readyTypes));

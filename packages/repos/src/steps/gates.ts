@@ -1,4 +1,4 @@
-import { type JobStep, jobStep, SERVER_ACTION_TYPES } from "@stroem/schema";
+import { type JobStep, jobStepState, SERVER_ACTION_TYPES } from "@stroem/schema";
 import { type AuditOptions, checkActor } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, StepNotFoundError } from "../errors.js";
@@ -62,7 +62,7 @@ export async function readyServerSteps(db: Executor, options: { limit?: number }
       limit,
     }),
   );
-  return rows.map((r) => mapRow(jobStep, r));
+  return rows.map((r) => mapRow(jobStepState, r));
 }
 
 /**

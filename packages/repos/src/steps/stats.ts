@@ -1,4 +1,11 @@
-import { type JobStep, jobStepState, STEP_STATUSES, STEP_TERMINAL_STATUSES, type StepStatus } from "@stroem/schema";
+import {
+  type JobStep,
+  jobStepState,
+  STEP_STATUSES,
+  STEP_TERMINAL_STATUSES,
+  type StepStatus,
+  stepLive,
+} from "@stroem/schema";
 import { and, asc, count, eq, min, notInArray, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { requireUuid } from "../validate.js";
@@ -63,11 +70,11 @@ export interface ReadyBacklog {
 export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
   return translateErrors(db, () =>
     db
-      .select({ actionType: jobStepState.actionType, ready: count(), oldestReadyAt: min(jobStepState.readyAt) })
-      .from(jobStepState)
-      .where(eq(jobStepState.status, "ready"))
-      .groupBy(jobStepState.actionType)
-      .orderBy(jobStepState.actionType),
+      .select({ actionType: stepLive.actionType, ready: count(), oldestReadyAt: min(stepLive.readyAt) })
+      .from(stepLive)
+      .where(eq(stepLive.status, "ready"))
+      .groupBy(stepLive.actionType)
+      .orderBy(stepLive.actionType),
   );
 }
 
