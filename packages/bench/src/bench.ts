@@ -23,7 +23,7 @@ import {
 import { API_PATHS } from "./ours.js";
 import { bossDiamonds, bossEnqueue, bossFlat, bossVersion, migrateBoss } from "./pgboss.js";
 import { type LatencyRun, type PurgeSize, p50, p95, purgeLatency, seedPurge } from "./purge.js";
-import { oursDrain, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
+import { oursDrain, oursDrainRouted, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
 import { modelSemantics } from "./semantics.js";
 import {
@@ -461,6 +461,39 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
             peer: `${fmtSummary(f.naive)} — design note's claim`,
             ratio: fmtRatio(f.ours.median, f.naive.median),
             note: `${fmt(c.claims)} claims a measurement; batch of ${o.batch}: ${fmt(f.batch)} steps/s`,
+          });
+        }
+      });
+
+    if (all)
+      await section("9. routing", async () => {
+        // Ours against ours: the flat queue alone, then the same beside as many
+        // older ready steps that the workers may not take (another route).
+        for (const [key, batch] of [
+          ["single", 1],
+          ["batch", o.batch],
+        ] as const) {
+          const r = await alternate(`routing ${key}`, {
+            flat: () =>
+              fresh(async (url) => {
+                const t = await oursDrain(url, o.flatJobs, FLAT, W, batch);
+                check(`routing ${key} (flat)`, t.problems);
+                return t.rate;
+              }),
+            routed: () =>
+              fresh(async (url) => {
+                const t = await oursDrainRouted(url, o.flatJobs, o.flatJobs, W, batch);
+                check(`routing ${key} (half untakeable)`, t.problems);
+                return t.rate;
+              }),
+          });
+          rows.push({
+            section: `9. Routing: ${fmt(o.flatJobs)} one-step jobs beside ${fmt(o.flatJobs)} older ready steps the workers may not take`,
+            measure: "jobs/s",
+            ours: `${fmtSummary(r.routed)} — ${key === "single" ? "claimReadyStep + report" : `claimReadySteps(${batch}) + batch report`}`,
+            peer: `${fmtSummary(r.flat)} — the same without them`,
+            ratio: fmtRatio(r.routed.median, r.flat.median),
+            note: `${W} workers without tags; the other steps require a tag (\`gpu\`): half the ready steps untakeable; order flat, routed, routed, flat`,
           });
         }
       });

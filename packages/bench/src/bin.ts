@@ -96,8 +96,8 @@ const jobs = positiveInt("jobs", args.jobs);
 if (jobs) options.flatJobs = jobs;
 if (args.only !== undefined) {
   const only = args.only.split(",").map((n) => Number(n.trim()));
-  if (only.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) {
-    process.stderr.write(`--only takes section numbers 1 to 8, comma-separated, got "${args.only}"\n`);
+  if (only.some((n) => !Number.isInteger(n) || n < 1 || n > 9)) {
+    process.stderr.write(`--only takes section numbers 1 to 9, comma-separated, got "${args.only}"\n`);
     process.exit(2);
   }
   options.only = only;

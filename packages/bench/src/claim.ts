@@ -74,8 +74,8 @@ export async function claimComparison(
         )
         ${
           status === "ready"
-            ? sql`insert into step_live (job_id, step_name, action_type, status, ready_at)
-                select job_id, step_name, action_type, 'ready', now() + g * interval '1 microsecond' from src`
+            ? sql`insert into step_live (job_id, step_name, action_type, route, status, ready_at)
+                select job_id, step_name, action_type, action_type, 'ready', now() + g * interval '1 microsecond' from src`
             : sql`insert into step_result (job_id, step_name, action_type, status, attempts, completed_at, propagated)
                 select job_id, step_name, action_type, 'completed', 1, now(), true from src`
         }`);

@@ -77,7 +77,7 @@ interface Driver {
   report(db: Database, worker: string, jobs: readonly Claimed[]): Promise<void>;
 }
 
-const CAPS = ["shell"];
+const CAPS = { capabilities: ["shell"], tags: [] as string[], exclusive: false };
 
 async function query<R>(db: Database, name: string, text: string, values: unknown[]): Promise<R[]> {
   const res = await db.$client.query({ name, text, values });
@@ -514,7 +514,7 @@ export async function floorDrain(
       driver = modelDriver(m);
     } else {
       await seedJobs(pools[0] as Database, jobs, shape);
-      await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS)));
+      await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS.capabilities)));
       driver = variant === "ours" ? ours : variant === "model" ? model : row;
     }
     const seen = new Set<string>();

@@ -65,8 +65,8 @@ export async function seedPurge(url: string, size: PurgeSize): Promise<void> {
       ), steps as (
         insert into job_step (job_id, step_name, action_name, action_type) select job_id, 'a', 'run', 'shell' from j
       )
-      insert into step_live (job_id, step_name, action_type, status, ready_at)
-      select job_id, 'a', 'shell', 'ready', now() from j`);
+      insert into step_live (job_id, step_name, action_type, route, status, ready_at)
+      select job_id, 'a', 'shell', 'shell', 'ready', now() from j`);
     await db.execute(sql`vacuum analyze job`);
     await db.execute(sql`vacuum analyze job_step, step_live, step_result, job_result`);
   } finally {

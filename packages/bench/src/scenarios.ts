@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { createPool, type Database, JobRepo, JobStepRepo } from "@stroem/repos";
 import { drive } from "./drive.js";
 import { claimOne, complete, createMany, listenForReady, type NewJobWithSteps, registerWorker } from "./ours.js";
-import { type StepShape, seedJobs } from "./seed.js";
+import { FLAT, type StepShape, seedJobs, UNTAKEABLE } from "./seed.js";
 import { type Cost, startCost } from "./server.js";
 import { median, quantile } from "./stats.js";
 
@@ -72,6 +72,40 @@ export async function oursDrain(
     reportShare: run.reportMs / (run.seconds * 1000 * workers),
     cost,
   };
+}
+
+/**
+ * `oursDrain` of `jobs` one-step jobs with `untakeable` older ready steps
+ * beside them that no worker may take (each requires a tag the workers lack:
+ * another route of the claim index), seeded first so they are older. Checks
+ * that every takeable step completed after one claim and that the others
+ * are still ready, unclaimed.
+ */
+export async function oursDrainRouted(
+  url: string,
+  jobs: number,
+  untakeable: number,
+  workers: number,
+  batch: number,
+): Promise<Throughput> {
+  await withPool(url, async (db) => {
+    await seedJobs(db, untakeable, UNTAKEABLE);
+    await seedJobs(db, jobs, FLAT);
+  });
+  const probe = await startCost(url);
+  const run = await drive({ url, workers, batch, expected: jobs });
+  const cost = await probe.stop();
+  const problems = await withPool(url, async (db) => {
+    const audit = await JobStepRepo.audit(db);
+    const out: string[] = [];
+    if (audit.byStatus.completed !== jobs) out.push(`${audit.byStatus.completed}/${jobs} takeable steps completed`);
+    if (audit.byStatus.ready !== untakeable)
+      out.push(`${audit.byStatus.ready}/${untakeable} untakeable steps still ready`);
+    if (audit.claimedMoreThanOnce > 0) out.push(`${audit.claimedMoreThanOnce} steps with attempts > 1`);
+    return out;
+  });
+  if (run.duplicates > 0) problems.push(`${run.duplicates} steps handed out twice`);
+  return { rate: run.reported / run.seconds, problems, cost };
 }
 
 export interface FanOut {

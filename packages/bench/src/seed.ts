@@ -14,6 +14,8 @@ const CHUNK_STEPS = 20_000;
 export interface StepShape {
   name: string;
   dependsOn?: string[];
+  /** Tags a worker must have to take the step (the bench's workers have none). */
+  requiredTags?: string[];
 }
 
 /** Creates `count` jobs of the given shape (steps without dependencies start ready); returns their ids. */
@@ -23,6 +25,7 @@ export async function seedJobs(db: Database, count: number, shape: readonly Step
     actionName: "noop",
     actionType: "shell",
     dependsOn: s.dependsOn ?? [],
+    ...(s.requiredTags ? { requiredTags: s.requiredTags } : {}),
   }));
   const item: NewJobWithSteps = { job: { taskName: "bench", sourceType: "api" }, steps };
   const perCall = Math.max(1, Math.min(CHUNK_JOBS, Math.floor(CHUNK_STEPS / Math.max(1, shape.length))));
@@ -41,6 +44,9 @@ export async function seedJobs(db: Database, count: number, shape: readonly Step
 }
 
 export const FLAT: StepShape[] = [{ name: "run" }];
+
+/** A one-step job no bench worker can take (it requires a tag they lack). */
+export const UNTAKEABLE: StepShape[] = [{ name: "run", requiredTags: ["gpu"] }];
 
 export const DIAMOND: StepShape[] = [
   { name: "a" },

@@ -16,7 +16,9 @@ import {
   startMaintenance,
   stuckSteps,
   TaskStateRepo,
+  type UnmatchedReason,
   unmatchedReady,
+  unmatchedReadySteps,
   WorkerRepo,
 } from "@stroem/repos";
 import type { JobStatus, SourceType } from "@stroem/schema";
@@ -93,13 +95,14 @@ function runningFor(s: RunningStep): string {
 export async function statusCommand(target: Target, o: StatusOptions, say: (s: string) => void): Promise<void> {
   await withDb(target, async (db) => {
     const now = new Date();
-    const [workers, jobs, backlog, held, oldest, unmatched] = await Promise.all([
+    const [workers, jobs, backlog, held, oldest, unmatched, unmatchedSteps] = await Promise.all([
       WorkerRepo.list(db),
       JobRepo.countByStatus(db),
       JobStepRepo.readyBacklog(db),
       stuckSteps(db, { staleAfterMs: o.staleAfterMs, limit: o.limit }),
       oldestRunning(db, { limit: o.limit }),
       unmatchedReady(db, { staleAfterMs: o.staleAfterMs }),
+      unmatchedReadySteps(db, { staleAfterMs: o.staleAfterMs, limit: o.limit }),
     ]);
     const health = (w: (typeof workers)[number]) =>
       w.status === "active" && w.lastHeartbeat && now.getTime() - w.lastHeartbeat.getTime() <= o.staleAfterMs
@@ -117,6 +120,7 @@ export async function statusCommand(target: Target, o: StatusOptions, say: (s: s
               heldByStaleWorkers: held,
               oldestRunning: oldest,
               unmatchedReady: unmatched,
+              unmatchedReadySteps: unmatchedSteps,
             },
           },
           null,
@@ -130,11 +134,12 @@ export async function statusCommand(target: Target, o: StatusOptions, say: (s: s
       workers.length === 0
         ? "  (none registered)"
         : table(
-            ["worker", "name", "capabilities", "status", "last heartbeat", "health"],
+            ["worker", "name", "capabilities", "tags", "status", "last heartbeat", "health"],
             workers.map((w) => [
               w.workerId,
               w.name,
               w.capabilities.join(","),
+              tagsLabel(w.tags, w.exclusive),
               w.status,
               `${age(w.lastHeartbeat, now)} ago`,
               health(w),
@@ -196,16 +201,54 @@ export async function statusCommand(target: Target, o: StatusOptions, say: (s: s
     );
     say("");
     say(
-      `Stuck: ready steps no live worker can take (no active worker with a heartbeat in the last ${staleAfter} has their action type): ${unmatched.reduce((n, u) => n + u.ready, 0)}`,
+      `Stuck: ready steps no live worker can take (no active worker with a heartbeat in the last ${staleAfter} has their ability, or every tag they require): ${unmatched.reduce((n, u) => n + u.ready, 0)}`,
     );
-    if (unmatched.length > 0)
+    if (unmatched.length > 0) {
       say(
         table(
-          ["action type", "ready", "due", "oldest waiting"],
-          unmatched.map((u) => [u.actionType, u.ready, u.due, duration(u.oldestWaitMs)]),
+          ["ability", "tags", "why", "ready", "due", "oldest waiting"],
+          unmatched.map((u) => [
+            u.actionType,
+            tagsLabel(u.requiredTags, false),
+            WHY[u.reason],
+            u.ready,
+            u.due,
+            duration(u.oldestWaitMs),
+          ]),
+          "lllrrr",
         ),
       );
+      if (unmatchedSteps.length > 0) {
+        say(`  the oldest (${unmatchedSteps.length}):`);
+        say(
+          table(
+            ["job", "step", "ability", "tags", "why", "waiting"],
+            unmatchedSteps.map((s) => [
+              s.jobId,
+              s.stepName,
+              s.requiredAbility,
+              tagsLabel(s.requiredTags, false),
+              WHY[s.reason],
+              duration(s.waitingMs),
+            ]),
+            "lllllr",
+          ),
+        );
+      }
+    }
   });
+}
+
+/** Why no worker takes a route's steps, in words. */
+const WHY: Record<UnmatchedReason, string> = {
+  ability: "no live worker has the ability",
+  tags: "no live worker with the ability may take the tags",
+};
+
+/** Tags as a column: comma-separated, `-` for none; an exclusive worker's marked. */
+function tagsLabel(tags: readonly string[], exclusive: boolean): string {
+  const list = tags.length === 0 ? "-" : tags.join(",");
+  return exclusive ? `${list} (exclusive)` : list;
 }
 
 export interface JobsOptions {

@@ -63,7 +63,7 @@ describe("stroem-db status and graph", () => {
     await JobRepo.createWithSteps(t.db, { taskName: "ci", sourceType: "api" }, PIPELINE);
     const { code, stdout } = await cli(["status", "--url", t.url]);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/status-worker\s+shell\s+active\s+\S+ ago\s+alive/);
+    expect(stdout).toMatch(/status-worker\s+shell\s+-\s+active\s+\S+ ago\s+alive/);
     expect(stdout).toMatch(/pending\s+1/);
     expect(stdout).toMatch(/shell\s+1\s+\S+/);
   });

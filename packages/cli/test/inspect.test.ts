@@ -68,6 +68,9 @@ describe("stroem-db status: what is stuck", () => {
       { stepName: "bake", actionName: "run", actionType: "pod" },
       { stepName: "push", actionName: "run", actionType: "pod" },
     ]);
+    const gpuJob = await JobRepo.createWithSteps(t.db, { taskName: "train", sourceType: "api" }, [
+      { stepName: "fit", actionName: "run", actionType: "shell", requiredTags: ["gpu"] },
+    ]);
     const { code, stdout, stderr } = await cli(["status", ...db()]);
     expect(stderr).toBe("");
     expect(code).toBe(0);
@@ -88,10 +91,21 @@ describe("stroem-db status: what is stuck", () => {
       new RegExp(`^${live}\\s+test\\s+shell\\s+busy \\(${alive.slice(0, 8)}\\)\\s+1\\s+20m\\d+s$`),
     );
     expect(rows[1]).toMatch(new RegExp(`^${held}\\s+compile\\s+shell\\s+gone`));
-    // pod: only the silent worker has it, so nobody takes the two ready pod steps.
-    expect(stuck).toMatch(/^Stuck: ready steps no live worker can take .*: 2$/m);
-    expect(stuck).toMatch(/^pod\s+2\s+2\s+\S+$/m); // the wait: any duration (a loaded machine takes seconds)
-    expect(stuck).not.toMatch(/^shell\s+\d+\s+\d+/m);
+    // pod: only the silent worker has it, so nobody takes the two ready pod steps;
+    // the live shell worker has no gpu tag, so nobody takes the gpu step.
+    expect(stuck).toMatch(/^Stuck: ready steps no live worker can take .*: 3$/m);
+    // The wait: any duration (a loaded machine takes seconds).
+    expect(stuck).toMatch(/^pod\s+-\s+no live worker has the ability\s+2\s+2\s+\S+$/m);
+    expect(stuck).toMatch(/^shell\s+gpu\s+no live worker with the ability may take the tags\s+1\s+1\s+\S+$/m);
+    expect(stuck).not.toMatch(/^shell\s+-/m);
+    // And the steps themselves, oldest first.
+    expect(stuck).toMatch(/^ {2}the oldest \(3\):$/m);
+    expect(stuck).toMatch(
+      new RegExp(
+        `^${gpuJob}\\s+fit\\s+shell\\s+gpu\\s+no live worker with the ability may take the tags\\s+\\S+$`,
+        "m",
+      ),
+    );
   });
 
   it("--format json carries every section, dates as ISO strings", async () => {
@@ -118,7 +132,12 @@ describe("stroem-db status: what is stuck", () => {
     expect(new Date(step.startedAt).toISOString()).toBe(step.startedAt);
     expect(step.runningForMs).toBeGreaterThanOrEqual(5 * 60_000);
     expect(out.stuck.oldestRunning).toMatchObject([{ jobId: held, stepName: "build" }]);
-    expect(out.stuck.unmatchedReady).toMatchObject([{ actionType: "docker", ready: 1, due: 1 }]);
+    expect(out.stuck.unmatchedReady).toMatchObject([
+      { actionType: "docker", requiredTags: [], reason: "ability", ready: 1, due: 1 },
+    ]);
+    expect(out.stuck.unmatchedReadySteps).toMatchObject([
+      { stepName: "bake", actionType: "docker", requiredAbility: "docker", reason: "ability" },
+    ]);
   });
 
   it("--limit cuts each list and says how many more are stuck", async () => {

@@ -33,7 +33,10 @@ export {
   type StuckSteps,
   stuckSteps,
   type UnmatchedReady,
+  type UnmatchedReadyStep,
+  type UnmatchedReason,
   unmatchedReady,
+  unmatchedReadySteps,
 } from "./inspect.js";
 export type {
   AuditOptions,

@@ -41,16 +41,41 @@ export interface StuckSteps {
   total: number;
 }
 
-/** `unmatchedReady`'s rows: the ready steps of one action type no worker can take. */
+/**
+ * Why no worker takes a ready step: `ability`, no active worker has the
+ * ability it needs; `tags`, some have the ability but none has every tag it
+ * requires (or those that do are exclusive and reserved for other tags).
+ */
+export type UnmatchedReason = "ability" | "tags";
+
+/** `unmatchedReady`'s rows: the ready steps of one route (ability and tags) no worker can take. */
 export interface UnmatchedReady {
+  /** The ability (a worker action type) the steps need: their `requiredAbility`, else their action type. */
   actionType: ActionType;
-  /** Ready steps of this action type. */
+  /** The tags they require (sorted; `[]` for none). */
+  requiredTags: string[];
+  reason: UnmatchedReason;
+  /** Ready steps of this route. */
   ready: number;
   /** Of those, due now (`ready_at <= now()`; the others wait for a retry's delay). */
   due: number;
   oldestReadyAt: Date;
   /** `now() - oldestReadyAt`, ms, 0 when it is not due yet. */
   oldestWaitMs: number;
+}
+
+/** A ready step no worker can take (`unmatchedReadySteps`). */
+export interface UnmatchedReadyStep {
+  jobId: string;
+  stepName: string;
+  actionType: ActionType;
+  /** The ability it needs: its `requiredAbility`, else its action type. */
+  requiredAbility: ActionType;
+  requiredTags: string[];
+  reason: UnmatchedReason;
+  readyAt: Date;
+  /** `now() - readyAt`, ms. */
+  waitingMs: number;
 }
 
 type RunningRow = {
@@ -145,51 +170,136 @@ export async function oldestRunning(db: Executor, options: { limit?: number } = 
 }
 
 /**
- * Ready steps no worker can take, per action type: those of the action
- * types that no `active` worker lists in its capabilities (with
- * `staleAfterMs`, no active worker that heartbeated within it either: a
- * silent worker claims nothing). One row per such action type with ready
- * steps, in `WORKER_ACTION_TYPES`' order (server steps, approval gates, are
- * the server's: never unmatched): how many are ready, how many are due, the
- * oldest `ready_at` and its wait. An action type some live worker can take
- * is not read at all; for the others, the count is a range of
- * `idx_step_live_claim` (ready rows only). Reads every worker row (the
- * `worker` table, not the steps). Throws `InvalidInputError` (a bad
- * `staleAfterMs`) before any query.
+ * The routes a claim can serve (an untagged step's route is its ability; the
+ * tagged ones are registered in `step_route`), each judged against the
+ * active workers (with `staleAfterMs`, only those that heartbeated within
+ * it: a silent worker claims nothing) by the claim's own rule (`routesOf`
+ * in sql/claim.ts): `has_ability` and `matched`. Server steps' routes
+ * (approval gates) are the server's: never listed. Reads every worker row
+ * and every route (both small), not the steps.
  */
-export async function unmatchedReady(db: Executor, options: { staleAfterMs?: number } = {}): Promise<UnmatchedReady[]> {
-  const staleAfterMs =
-    options?.staleAfterMs === undefined ? undefined : requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
+function judgedRoutes(staleAfterMs: number | undefined) {
   const live =
     staleAfterMs === undefined
       ? sql`true`
       : sql`w.last_heartbeat >= now() - make_interval(secs => ${staleAfterMs / 1000}::float8)`;
+  return sql`routes as (
+      select t.ability as route, t.ability, '{}'::text[] as tags, t.ord
+      from unnest(${sql.param([...WORKER_ACTION_TYPES])}::text[]) with ordinality as t(ability, ord)
+      union all
+      select r.route, r.ability, r.tags, ${WORKER_ACTION_TYPES.length + 1} from step_route r
+    ), judged as materialized (
+      select ro.*,
+        exists (select 1 from worker w where w.status = 'active' and ${live} and w.capabilities ? ro.ability) as has_ability,
+        exists (select 1 from worker w where w.status = 'active' and ${live} and w.capabilities ? ro.ability
+                  and ro.tags <@ w.tags and (not w.exclusive or w.tags <@ ro.tags)) as matched
+      from routes ro
+    )`;
+}
+
+function checkStale(options: { staleAfterMs?: number } | undefined) {
+  return options?.staleAfterMs === undefined
+    ? undefined
+    : requireInt("staleAfterMs", options.staleAfterMs, 1, 2 ** 31 - 1);
+}
+
+/**
+ * Ready steps no worker can take, per route: an ability (a worker action
+ * type) and the tags steps require. One row per route with ready steps and
+ * no `active` worker that may take them by the claim's rule (it has the
+ * ability and every tag; an exclusive one only steps that require all of
+ * its tags), with why (`reason`), how many are ready, how many are due, the
+ * oldest `ready_at` and its wait; untagged routes in `WORKER_ACTION_TYPES`'
+ * order, then tagged ones by route. With `staleAfterMs`, a worker that has
+ * not heartbeated within it counts as absent. A route some live worker can
+ * take is not read at all; for the others, the count is a range of
+ * `idx_step_live_claim` (ready rows of that route only). Throws
+ * `InvalidInputError` (a bad `staleAfterMs`) before any query.
+ */
+export async function unmatchedReady(db: Executor, options: { staleAfterMs?: number } = {}): Promise<UnmatchedReady[]> {
+  const staleAfterMs = checkStale(options);
   const { rows } = await translateErrors(db, () =>
     db.execute<{
-      action_type: ActionType;
+      ability: ActionType;
+      tags: string[];
+      has_ability: boolean;
       ready: number;
       due: number;
       oldest_ready_at: string | Date;
       oldest_wait_ms: number | string;
-    }>(sql`select t.action_type, r.ready, r.due, r.oldest_ready_at,
+    }>(sql`with ${judgedRoutes(staleAfterMs)}
+      select j.ability, j.tags, j.has_ability, r.ready, r.due, r.oldest_ready_at,
         greatest(0, extract(epoch from now() - r.oldest_ready_at) * 1000)::float8 as oldest_wait_ms
-      from unnest(${sql.param([...WORKER_ACTION_TYPES])}::text[]) with ordinality as t(action_type, ord)
+      from judged j
       cross join lateral (
         select count(*)::int as ready, (count(*) filter (where s.ready_at <= now()))::int as due,
           min(s.ready_at) as oldest_ready_at
         from step_live s
-        where s.status = 'ready' and s.action_type = t.action_type) r
-      where not exists (
-          select 1 from worker w
-          where w.status = 'active' and w.capabilities ? t.action_type and ${live})
-        and r.ready > 0
-      order by t.ord`),
+        where s.status = 'ready' and s.route = j.route) r
+      where not j.matched and r.ready > 0
+      order by j.ord, j.route`),
   );
   return rows.map((r) => ({
-    actionType: r.action_type,
+    actionType: r.ability,
+    requiredTags: r.tags,
+    reason: r.has_ability ? "tags" : "ability",
     ready: Number(r.ready),
     due: Number(r.due),
     oldestReadyAt: toDate(r.oldest_ready_at),
     oldestWaitMs: Number(r.oldest_wait_ms),
+  }));
+}
+
+/**
+ * The ready steps no worker can take, one by one (the operator's "why is my
+ * step not running?"): those due for at least `olderThanMs` (default 0:
+ * every due step) on a route no `active` worker may take (`unmatchedReady`'s
+ * rule, `staleAfterMs` alike), oldest first, at most `limit` (default 100,
+ * up to `MAX_INSPECT_ROWS`), each with why. Per unmatched route, a walk of
+ * `idx_step_live_claim` from its oldest row, stopped at `limit`: the cost
+ * follows the answer, not the backlog of routes workers take. Throws
+ * `InvalidInputError` before any query.
+ */
+export async function unmatchedReadySteps(
+  db: Executor,
+  options: { olderThanMs?: number; staleAfterMs?: number; limit?: number } = {},
+): Promise<UnmatchedReadyStep[]> {
+  const olderThanMs = requireInt("olderThanMs", options?.olderThanMs ?? 0, 0, 2 ** 31 - 1);
+  const limit = requireInt("limit", options?.limit ?? 100, 1, MAX_INSPECT_ROWS);
+  const staleAfterMs = checkStale(options);
+  const { rows } = await translateErrors(db, () =>
+    db.execute<{
+      job_id: string;
+      step_name: string;
+      action_type: ActionType;
+      ability: ActionType;
+      tags: string[];
+      has_ability: boolean;
+      ready_at: string | Date;
+      waiting_ms: number | string;
+    }>(sql`with ${judgedRoutes(staleAfterMs)}
+      select s.job_id, s.step_name, d.action_type, j.ability, j.tags, j.has_ability, s.ready_at,
+        greatest(0, extract(epoch from now() - s.ready_at) * 1000)::float8 as waiting_ms
+      from judged j
+      cross join lateral (
+        select l.job_id, l.step_name, l.ready_at from step_live l
+        where l.status = 'ready' and l.route = j.route
+          and l.ready_at <= now() - make_interval(secs => ${olderThanMs / 1000}::float8)
+        order by l.ready_at, l.job_id, l.step_name
+        limit ${limit}) s
+      join job_step d on d.job_id = s.job_id and d.step_name = s.step_name
+      where not j.matched
+      order by s.ready_at, s.job_id, s.step_name
+      limit ${limit}`),
+  );
+  return rows.map((r) => ({
+    jobId: r.job_id,
+    stepName: r.step_name,
+    actionType: r.action_type,
+    requiredAbility: r.ability,
+    requiredTags: r.tags,
+    reason: r.has_ability ? "tags" : "ability",
+    readyAt: toDate(r.ready_at),
+    waitingMs: Number(r.waiting_ms),
   }));
 }

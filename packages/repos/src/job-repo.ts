@@ -284,6 +284,8 @@ export async function createManyWithResults(
         step_name: s.stepName,
         action_name: s.actionName,
         action_type: s.actionType,
+        required_ability: s.requiredAbility,
+        required_tags: s.requiredTags,
         action_image: s.actionImage,
         action_spec: s.actionSpec,
         input: s.input,

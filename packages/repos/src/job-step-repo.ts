@@ -12,6 +12,7 @@
 export { promoteReadySteps, skipUnreachableSteps } from "./steps/advance.js";
 export {
   type ClaimedStep,
+  type ClaimRouting,
   claimReadyStep,
   claimReadySteps,
   MAX_CLAIM_BATCH,

@@ -56,6 +56,45 @@ export function requireCapabilities(field: string, value: unknown, allowed: read
   return [...new Set(value as string[])];
 }
 
+/** A boolean, or undefined when absent. */
+export function optionalBoolean(field: string, value: unknown): boolean | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "boolean") throw new InvalidInputError(field, `must be a boolean, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+/** Most tags a worker or a step may carry. */
+export const MAX_TAGS = 32;
+/** Longest tag, in characters. */
+export const MAX_TAG_LENGTH = 64;
+
+/**
+ * A list of tags (a worker's, a step's requirement): absent is none; each a
+ * non-empty string of at most `MAX_TAG_LENGTH` characters without control
+ * characters (U+001F joins a route's tags), at most `MAX_TAGS`. Duplicates
+ * are dropped; the database stores them sorted (`stroem_tags`).
+ */
+export function optionalTags(field: string, value: unknown): string[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw new InvalidInputError(field, "must be an array of tags");
+  for (const [i, tag] of value.entries()) {
+    if (typeof tag !== "string" || tag.length === 0 || tag.length > MAX_TAG_LENGTH) {
+      throw new InvalidInputError(
+        `${field}[${i}]`,
+        `must be a non-empty string of at most ${MAX_TAG_LENGTH} characters, got ${JSON.stringify(tag)}`,
+      );
+    }
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
+    if (/[\u0000-\u001f\u007f]/.test(tag)) {
+      throw new InvalidInputError(`${field}[${i}]`, `must not contain control characters, got ${JSON.stringify(tag)}`);
+    }
+  }
+  const tags = [...new Set(value as string[])];
+  if (tags.length > MAX_TAGS)
+    throw new InvalidInputError(field, `must hold at most ${MAX_TAGS} tags, got ${tags.length}`);
+  return tags;
+}
+
 /** A valid `Date`, or undefined when absent. */
 export function optionalDate(field: string, value: unknown): Date | undefined {
   if (value === undefined) return undefined;

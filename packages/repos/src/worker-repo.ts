@@ -5,31 +5,47 @@ import { InvalidInputError, WorkerNotFoundError } from "./errors.js";
 import { HEARTBEAT } from "./sql/cancel.js";
 import { runStatement } from "./statement.js";
 import { maxRescuesOf } from "./steps/recovery.js";
-import { requireCapabilities, requireInt, requireText, requireUuid } from "./validate.js";
+import {
+  optionalBoolean,
+  optionalTags,
+  requireCapabilities,
+  requireInt,
+  requireText,
+  requireUuid,
+} from "./validate.js";
 
 export interface RegisterWorker {
   workerId: string;
   name: string;
   /** Action types the worker runs (`shell`, `docker`, `pod`). */
   capabilities: readonly string[];
+  /**
+   * Labels of the machine (`gpu`): it may take steps that require them.
+   * Default none. Its claims should pass the same (see `ClaimRouting`).
+   */
+  tags?: readonly string[];
+  /** Takes only steps that require every one of its tags (default false). */
+  exclusive?: boolean;
 }
 
 /**
  * Registers a worker, or re-registers it after a restart: an existing row
- * gets the new name and capabilities, `status = 'active'` and a fresh
+ * gets the new name, capabilities and tags, `status = 'active'` and a fresh
  * heartbeat; `registered_at` keeps the first registration.
  */
 export async function register(db: Executor, input: RegisterWorker): Promise<void> {
   const workerId = requireUuid("workerId", input.workerId);
   const name = requireText("name", input.name);
   const capabilities = requireCapabilities("capabilities", input.capabilities, WORKER_ACTION_TYPES);
+  const tags = sql`stroem_tags(${sql.param(optionalTags("tags", input.tags))}::text[])`;
+  const exclusive = optionalBoolean("exclusive", input.exclusive) ?? false;
   await translateErrors(db, () =>
     db
       .insert(worker)
-      .values({ workerId, name, capabilities, status: "active", lastHeartbeat: sql`now()` })
+      .values({ workerId, name, capabilities, tags, exclusive, status: "active", lastHeartbeat: sql`now()` })
       .onConflictDoUpdate({
         target: worker.workerId,
-        set: { name, capabilities, status: "active", lastHeartbeat: sql`now()` },
+        set: { name, capabilities, tags, exclusive, status: "active", lastHeartbeat: sql`now()` },
       }),
   );
 }

@@ -29,8 +29,8 @@ async function insertLiveSteps(jobId: string, rows: SQL) {
   await t.db.execute(sql`with r as materialized (${rows}), d as (
       insert into job_step (job_id, step_name, action_name, action_type)
       select ${jobId}, r.step_name, 'run', r.action_type from r)
-    insert into step_live (job_id, step_name, action_type, status, ready_at)
-    select ${jobId}, r.step_name, r.action_type, r.status, r.ready_at from r`);
+    insert into step_live (job_id, step_name, action_type, route, status, ready_at)
+    select ${jobId}, r.step_name, r.action_type, r.action_type, r.status, r.ready_at from r`);
 }
 
 describe("claimReadyStep", () => {

@@ -41,9 +41,9 @@ async function running(entries: Array<{ stepName: string; workerId: string; minu
   for (const e of entries) {
     await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type)
       values (${jobId}, ${e.stepName}, 'run', 'shell')`);
-    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, worker_id, started_at,
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, route, status, worker_id, started_at,
         ready_at, attempts)
-      values (${jobId}, ${e.stepName}, 'shell', 'running', ${e.workerId}, now() - make_interval(mins => ${e.minutesAgo}),
+      values (${jobId}, ${e.stepName}, 'shell', 'shell', 'running', ${e.workerId}, now() - make_interval(mins => ${e.minutesAgo}),
         now() - make_interval(mins => ${e.minutesAgo}), ${e.attempts ?? 1})`);
   }
   return jobId;
@@ -54,8 +54,8 @@ async function ready(actionType: ActionType, n: number, minutesAgo: number) {
   const jobId = await JobRepo.create(t.db, { taskName: "inspect", sourceType: "api" });
   await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type)
     select ${jobId}, ${actionType} || g, 'run', ${actionType} from generate_series(1, ${n}) g`);
-  await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, ready_at)
-    select ${jobId}, ${actionType} || g, ${actionType}, 'ready', now() - make_interval(mins => ${minutesAgo})
+  await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, route, status, ready_at)
+    select ${jobId}, ${actionType} || g, ${actionType}, ${actionType}, 'ready', now() - make_interval(mins => ${minutesAgo})
     from generate_series(1, ${n}) g`);
   return jobId;
 }
@@ -263,13 +263,13 @@ describe("each read is served by a partial index, not the finished history", () 
     await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, depends_on)
       select md5('gated' || i)::uuid, 'p' || k, 'run', 'shell', '{approve}'
       from generate_series(1, 2000) i cross join generate_series(1, 9) k`);
-    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, ready_at, suspended_at,
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, route, status, ready_at, suspended_at,
         dependants)
-      select md5('gated' || i)::uuid, 'approve', 'approval', 'suspended', now() - interval '1 hour',
+      select md5('gated' || i)::uuid, 'approve', 'approval', 'approval', 'suspended', now() - interval '1 hour',
         now() - interval '1 hour', array(select 'p' || k from generate_series(1, 9) k order by 1)
       from generate_series(1, 2000) i`);
-    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, deps_total, deps_unfinished)
-      select md5('gated' || i)::uuid, 'p' || k, 'shell', 'pending', 1, 1
+    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, route, status, deps_total, deps_unfinished)
+      select md5('gated' || i)::uuid, 'p' || k, 'shell', 'shell', 'pending', 1, 1
       from generate_series(1, 2000) i cross join generate_series(1, 9) k`);
     // Then the few open ones.
     const stale = await registerWorker(t.db, ["shell"]);

@@ -259,16 +259,16 @@ describe("the claim and future retries", () => {
       insert into job_step (job_id, step_name, action_name, action_type, max_retries)
       select ${jobId}, 'r' || g, 'run', 'shell', 3 from generate_series(1, 100000) g`);
     await t.db.execute(sql`
-      insert into step_live (job_id, step_name, action_type, status, ready_at, attempts, max_retries, retry_history)
-      select ${jobId}, 'r' || g, 'shell', 'ready', now() + make_interval(secs => 60 + g % 600), 1, 3,
+      insert into step_live (job_id, step_name, action_type, route, status, ready_at, attempts, max_retries, retry_history)
+      select ${jobId}, 'r' || g, 'shell', 'shell', 'ready', now() + make_interval(secs => 60 + g % 600), 1, 3,
              '[{"attempt": 1, "error": "x"}]'
       from generate_series(1, 100000) g`);
     await t.db.execute(sql`
       insert into job_step (job_id, step_name, action_name, action_type)
       values (${jobId}, 'due', 'run', 'shell')`);
     await t.db.execute(sql`
-      insert into step_live (job_id, step_name, action_type, status, ready_at)
-      values (${jobId}, 'due', 'shell', 'ready', now())`);
+      insert into step_live (job_id, step_name, action_type, route, status, ready_at)
+      values (${jobId}, 'due', 'shell', 'shell', 'ready', now())`);
     await t.db.execute(sql`analyze job_step`);
     await t.db.execute(sql`analyze step_live`);
     const w = await registerWorker(t.db);

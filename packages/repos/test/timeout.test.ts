@@ -166,8 +166,8 @@ describe("the sweep's cost follows its candidates", () => {
       insert into job_step (job_id, step_name, action_name)
       select ${big}, 's' || g, 'run' from generate_series(1, 20000) g`);
     await t.db.execute(sql`
-      insert into step_live (job_id, step_name, action_type, status, worker_id, started_at, attempts)
-      select ${big}, 's' || g, 'shell', 'running', ${w}, now() - interval '1 day', 1 from generate_series(1, 20000) g`);
+      insert into step_live (job_id, step_name, action_type, route, status, worker_id, started_at, attempts)
+      select ${big}, 's' || g, 'shell', 'shell', 'running', ${w}, now() - interval '1 day', 1 from generate_series(1, 20000) g`);
     await t.db.execute(sql`
       with jobs as (
         insert into job (job_id, task_name, source_type, created_at, timeout_secs)
@@ -199,8 +199,8 @@ describe("the sweep's cost follows its candidates", () => {
       insert into job_step (job_id, step_name, action_name, timeout_secs)
       select ${big}, 't' || g, 'run', 60 from generate_series(1, 3) g`);
     await t.db.execute(sql`
-      insert into step_live (job_id, step_name, action_type, status, worker_id, started_at, attempts, timeout_secs)
-      select ${big}, 't' || g, 'shell', 'running', ${w}, now() - interval '1 day', 1, 60 from generate_series(1, 3) g`);
+      insert into step_live (job_id, step_name, action_type, route, status, worker_id, started_at, attempts, timeout_secs)
+      select ${big}, 't' || g, 'shell', 'shell', 'running', ${w}, now() - interval '1 day', 1, 60 from generate_series(1, 3) g`);
     await t.db.execute(sql`
       with jobs as (
         insert into job (job_id, task_name, source_type, created_at, timeout_secs)
@@ -213,8 +213,8 @@ describe("the sweep's cost follows its candidates", () => {
       insert into job_step (job_id, step_name, action_name, action_type)
       select ${big}, 'g' || g, 'sign-off', 'approval' from generate_series(1, 5000) g`);
     await t.db.execute(sql`
-      insert into step_live (job_id, step_name, action_type, status, suspended_at)
-      select ${big}, 'g' || g, 'approval', 'suspended', now() - interval '1 day' from generate_series(1, 5000) g`);
+      insert into step_live (job_id, step_name, action_type, route, status, suspended_at)
+      select ${big}, 'g' || g, 'approval', 'approval', 'suspended', now() - interval '1 day' from generate_series(1, 5000) g`);
     const gates = await t.db.execute<{ job_id: string }>(sql`
       insert into job (job_id, task_name, source_type) select gen_random_uuid(), 'gate', 'api'
       from generate_series(1, 3) returning job_id`);
@@ -222,9 +222,9 @@ describe("the sweep's cost follows its candidates", () => {
       // A job of one step: its step's live row is its state (running: job_started_at set).
       await t.db.execute(sql`insert into job_step (job_id, step_name, action_name, action_type, timeout_secs)
         values (${job_id}, 'approve', 'sign-off', 'approval', 60)`);
-      await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, status, suspended_at,
+      await t.db.execute(sql`insert into step_live (job_id, step_name, action_type, route, status, suspended_at,
         timeout_secs, job_started_at)
-        values (${job_id}, 'approve', 'approval', 'suspended', now() - interval '1 day', 60, now() - interval '1 day')`);
+        values (${job_id}, 'approve', 'approval', 'approval', 'suspended', now() - interval '1 day', 60, now() - interval '1 day')`);
     }
     await t.db.execute(
       sql`select stroem_recount(array[${big}]::uuid[] || ${sql.param(gates.rows.map((r) => r.job_id))}::uuid[])`,

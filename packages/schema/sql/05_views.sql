@@ -11,6 +11,30 @@
 -- overlays them: the live row, else the result, else the definition.
 -- A job of exactly one step has no `job_live` row: it is `running` once its
 -- step's live row has a `job_started_at`, else `pending`.
+-- A step's route (`step_live.route`): who may claim it. An untagged step's
+-- route is its ability alone (so a worker without tags claims by its
+-- capabilities, as before routing existed); a tagged step's is the ability
+-- and its tags, sorted and distinct, joined by U+001F (tags never hold
+-- control characters: the repos refuse them).
+-- A list of tags as stored: distinct, in byte order (COLLATE "C": the same
+-- on every server, whatever its default collation).
+CREATE OR REPLACE FUNCTION stroem_tags(p_tags text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(coalesce(p_tags, '{}')) t ORDER BY 1)
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE FUNCTION stroem_route(p_ability text, p_tags text[]) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN coalesce(cardinality(p_tags), 0) = 0 THEN p_ability
+    ELSE p_ability || E'\x1f' || array_to_string(stroem_tags(p_tags), E'\x1f') END
+$$;
+--> statement-breakpoint
+-- The ability of a route: what `listenForReady` listeners hear (they filter by capability).
+CREATE OR REPLACE FUNCTION stroem_route_ability(p_route text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT split_part(p_route, E'\x1f', 1)
+$$;
+--> statement-breakpoint
 CREATE OR REPLACE VIEW job_state AS
 SELECT j.job_id, j.workspace, j.task_name, j.mode, j.input,
        CASE WHEN r.job_id IS NOT NULL THEN r.output ELSE l.output END AS output,
@@ -57,7 +81,8 @@ SELECT s.job_id, s.step_name, s.action_name, s.action_type, s.action_image, s.ac
        CASE WHEN l.job_id IS NOT NULL THEN l.cancel_requested_at ELSE r.cancel_requested_at END AS cancel_requested_at,
        s.timeout_secs,
        CASE WHEN l.job_id IS NOT NULL THEN l.suspended_at ELSE r.suspended_at END AS suspended_at,
-       coalesce(l.retry_history, r.retry_history, '[]'::jsonb) AS retry_history
+       coalesce(l.retry_history, r.retry_history, '[]'::jsonb) AS retry_history,
+       s.required_ability, s.required_tags
 FROM job_step s
 LEFT JOIN step_live l ON l.job_id = s.job_id AND l.step_name = s.step_name
 LEFT JOIN step_result r ON r.job_id = s.job_id AND r.step_name = s.step_name AND l.job_id IS NULL;

@@ -196,12 +196,12 @@ BEGIN
         propagated = (dec.next = 'skipped')
       FROM dec
       WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
-      RETURNING s.step_name, dec.next, s.dependants, s.action_type
+      RETURNING s.step_name, dec.next, s.dependants, stroem_route_ability(s.route) AS ability
     )
     SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
            coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
            coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
-           coalesce((SELECT array_agg(DISTINCT u.action_type) FROM upd u WHERE u.next = 'ready'), '{}')
+           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}')
     INTO v_level_promoted, v_level_skipped, v_next, v_level_types;
     promoted := promoted || v_level_promoted;
     skipped := skipped || v_level_skipped;
@@ -228,15 +228,21 @@ $$;
 -- @stroem/orchestrator. The caller holds the jobs' locks. A job of several
 -- steps is its job_live row (finished, it moves to job_result: trigger
 -- job_live_ended); a job of one step, whose step has just finished, gets its
--- job_result row here, started when its step's live row said. Returns the
--- jobs and their new status.
-CREATE OR REPLACE FUNCTION stroem_settle_jobs(p_job_ids uuid[], p_finished integer[], p_failed integer[])
+-- job_result row here, started at p_started (zipped, optional: the caller
+-- has it from the step's deleted live row), else when its step's result
+-- says. Returns the jobs and their new status. (Reading step_result for
+-- every job of a batch cost report_many 10 ms of its 16 for 50 reports in
+-- a fresh database, where the cached plan of that look-up, made while
+-- step_result was near empty, scanned it whole.)
+CREATE OR REPLACE FUNCTION stroem_settle_jobs(p_job_ids uuid[], p_finished integer[], p_failed integer[],
+  p_started timestamptz[] DEFAULT NULL)
 RETURNS TABLE(job_id uuid, status text) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY
   WITH f AS (
-    SELECT x.job_id, x.finished, x.failed FROM unnest(p_job_ids, p_finished, p_failed) AS x(job_id, finished, failed)
+    SELECT x.job_id, x.finished, x.failed, x.started
+    FROM unnest(p_job_ids, p_finished, p_failed, p_started) AS x(job_id, finished, failed, started)
   ), multi AS (
     UPDATE job_live j SET
       steps_unfinished = j.steps_unfinished - f.finished,
@@ -254,7 +260,7 @@ BEGIN
   ), single AS (
     INSERT INTO job_result (job_id, status, started_at, steps_unfinished, steps_failed)
     SELECT f.job_id, CASE WHEN f.failed > 0 THEN 'failed' ELSE 'completed' END,
-           coalesce((SELECT r.job_started_at FROM step_result r WHERE r.job_id = f.job_id LIMIT 1), now()),
+           coalesce(f.started, (SELECT r.job_started_at FROM step_result r WHERE r.job_id = f.job_id LIMIT 1), now()),
            0, f.failed
     FROM f
     WHERE f.finished > 0 AND NOT EXISTS (SELECT 1 FROM job_live l WHERE l.job_id = f.job_id)

@@ -75,7 +75,8 @@ BEGIN
   -- is the guarded DELETE alone.
   v_found := true;
   IF p_outcome = 'failed' THEN
-    SELECT s.status, s.attempts, s.max_retries, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter, s.action_type
+    SELECT s.status, s.attempts, s.max_retries, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter,
+      stroem_route_ability(s.route) AS ability
     INTO v_step
     FROM step_live s JOIN job_step d ON d.job_id = s.job_id AND d.step_name = s.step_name
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name
@@ -100,7 +101,7 @@ BEGIN
       retried := true;
       step_status := 'ready';
       IF retry_at <= now() THEN
-        PERFORM pg_notify(stroem_ready_channel(), v_step.action_type);
+        PERFORM pg_notify(stroem_ready_channel(), v_step.ability);
       END IF;
       RETURN;
     END IF;
@@ -224,12 +225,12 @@ BEGIN
         propagated = (dec.next = 'skipped')
       FROM dec
       WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
-      RETURNING s.step_name, dec.next, s.dependants, s.action_type
+      RETURNING s.step_name, dec.next, s.dependants, stroem_route_ability(s.route) AS ability
     )
     SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
            coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
            coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
-           coalesce((SELECT array_agg(DISTINCT u.action_type::text) FROM upd u WHERE u.next = 'ready'), '{}')
+           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}')
     INTO promoted, skipped, v_next, v_types;
     v_finished := 1 + cardinality(skipped);
     IF cardinality(v_next) > 0 THEN
@@ -313,6 +314,9 @@ DECLARE
   v_finished integer[];
   v_failed integer[];
   v_last integer[];
+  -- Per job with a finished step: when its job started (see `starts`).
+  v_start_ids uuid[];
+  v_starts timestamptz[];
   -- The current level's edges: job, dependant, the finished dependency's outcome, credited report.
   e_jobs uuid[];
   e_names text[];
@@ -395,7 +399,7 @@ BEGIN
     FROM target t JOIN job_step d ON d.job_id = t.job_id AND d.step_name = t.step_name
     WHERE t.retry AND s.job_id = t.job_id AND s.step_name = t.step_name AND s.job_id = ANY (v_job_ids)
     RETURNING t.i, s.job_id, s.dependants, s.continue_on_failure, t.outcome, false AS moving,
-      true AS retried, s.action_type, s.ready_at, s.status, s.worker_id, s.attempts
+      true AS retried, stroem_route_ability(s.route) AS ability, s.ready_at, s.status, s.worker_id, s.attempts
   ), gone AS (
     -- Final: the live row goes and its last state is appended (propagated
     -- unless its job is finished: a late outcome, which moves nothing).
@@ -417,7 +421,7 @@ BEGIN
   ), marked AS (
     SELECT q.* FROM requeued q
     UNION ALL
-    SELECT g.i, g.job_id, g.dependants, g.continue_on_failure, g.r_outcome, g.moving, false, g.action_type,
+    SELECT g.i, g.job_id, g.dependants, g.continue_on_failure, g.r_outcome, g.moving, false, stroem_route_ability(g.route),
            g.ready_at, g.r_outcome, g.worker_id, g.attempts
     FROM gone g
   ), jobs AS (
@@ -429,6 +433,11 @@ BEGIN
     SELECT m.job_id, d.name, m.outcome, m.i
     FROM marked m CROSS JOIN LATERAL unnest(m.dependants) AS d(name)
     WHERE m.moving
+  ), starts AS (
+    -- When each job's finished steps' job started (a one-step job's start,
+    -- for its job_result), from the deleted live rows: the settle reads no
+    -- step_result for it.
+    SELECT g.job_id, min(coalesce(g.job_started_at, g.started_at)) AS started FROM gone g GROUP BY g.job_id
   )
   SELECT
     (SELECT coalesce(array_agg(m.i ORDER BY m.i), '{}') FROM marked m),
@@ -437,7 +446,7 @@ BEGIN
     (SELECT coalesce(array_agg(m.worker_id ORDER BY m.i), '{}') FROM marked m),
     (SELECT coalesce(array_agg(m.attempts ORDER BY m.i), '{}') FROM marked m),
     (SELECT coalesce(array_agg(m.ready_at ORDER BY m.i), '{}') FROM marked m),
-    (SELECT coalesce(array_agg(DISTINCT m.action_type::text), '{}') FROM marked m WHERE m.retried AND m.ready_at <= now()),
+    (SELECT coalesce(array_agg(DISTINCT m.ability), '{}') FROM marked m WHERE m.retried AND m.ready_at <= now()),
     (SELECT coalesce(array_agg(jobs.job_id ORDER BY jobs.job_id), '{}') FROM jobs),
     (SELECT coalesce(array_agg(jobs.n ORDER BY jobs.job_id), '{}') FROM jobs),
     (SELECT coalesce(array_agg(jobs.failed ORDER BY jobs.job_id), '{}') FROM jobs),
@@ -445,8 +454,11 @@ BEGIN
     (SELECT coalesce(array_agg(e.job_id ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
     (SELECT coalesce(array_agg(e.name ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
     (SELECT coalesce(array_agg(e.outcome ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
-    (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e)
-  INTO v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins;
+    (SELECT coalesce(array_agg(e.i ORDER BY e.job_id, e.name, e.i), '{}') FROM edges e),
+    (SELECT coalesce(array_agg(st.job_id ORDER BY st.job_id), '{}') FROM starts st),
+    (SELECT coalesce(array_agg(st.started ORDER BY st.job_id), '{}') FROM starts st)
+  INTO v_ords, v_retried, v_step_status, v_step_worker, v_step_attempts, v_step_ready, v_types, v_jobs, v_finished, v_failed, v_last, e_jobs, e_names, e_outcomes, e_origins,
+       v_start_ids, v_starts;
 
   -- Jobs with bare marks waiting (served by idx_step_live_unpropagated; none
   -- on the report path): one at a time through stroem_apply_outcomes, which
@@ -519,7 +531,7 @@ BEGIN
                                    s.deps_completed + agg.c, s.continue_on_failure) = 'skipped'
       FROM agg
       WHERE s.job_id = agg.job_id AND s.step_name = agg.name AND s.status = 'pending'
-      RETURNING s.job_id, s.step_name, s.status AS next, s.dependants, s.action_type, agg.origin
+      RETURNING s.job_id, s.step_name, s.status AS next, s.dependants, stroem_route_ability(s.route) AS ability, agg.origin
     ), nxt AS (
       SELECT u.job_id, d.name, u.origin
       FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d(name)
@@ -531,7 +543,7 @@ BEGIN
       (SELECT coalesce(array_agg(u.step_name ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
       (SELECT coalesce(array_agg(u.next ORDER BY u.job_id, u.step_name), '{}') FROM upd u WHERE u.next IN ('ready', 'skipped')),
       (SELECT coalesce(array_agg(u.job_id), '{}') FROM upd u WHERE u.next = 'skipped'),
-      (SELECT coalesce(array_agg(DISTINCT u.action_type::text), '{}') FROM upd u WHERE u.next = 'ready'),
+      (SELECT coalesce(array_agg(DISTINCT u.ability), '{}') FROM upd u WHERE u.next = 'ready'),
       (SELECT coalesce(array_agg(n.job_id ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
       (SELECT coalesce(array_agg(n.name ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
       (SELECT coalesce(array_agg(n.origin ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n)
@@ -548,8 +560,8 @@ BEGIN
   -- Every job the batch moved, settled at once (stroem_settle_jobs): its
   -- finished reports and the steps the levels skipped, per job.
   SELECT coalesce(array_agg(f.job_id ORDER BY f.job_id), '{}'), coalesce(array_agg(f.n ORDER BY f.job_id), '{}'),
-         coalesce(array_agg(f.failed ORDER BY f.job_id), '{}')
-  INTO v_jobs, v_finished, v_failed
+         coalesce(array_agg(f.failed ORDER BY f.job_id), '{}'), coalesce(array_agg(t.started ORDER BY f.job_id), '{}')
+  INTO v_jobs, v_finished, v_failed, v_starts
   FROM (
     SELECT u.job_id, sum(u.n)::integer AS n, sum(u.failed)::integer AS failed
     FROM (
@@ -557,10 +569,11 @@ BEGIN
       UNION ALL SELECT y.job_id, 1, 0 FROM unnest(v_skipped_jobs) AS y(job_id)
     ) AS u
     GROUP BY u.job_id
-  ) AS f;
+  ) AS f
+  LEFT JOIN unnest(v_start_ids, v_starts) AS t(job_id, started) ON t.job_id = f.job_id;
   SELECT coalesce(array_agg(st.job_id), '{}'), coalesce(array_agg(st.status), '{}')
   INTO v_settled_ids, v_settled_statuses
-  FROM stroem_settle_jobs(v_jobs, v_finished, v_failed) AS st;
+  FROM stroem_settle_jobs(v_jobs, v_finished, v_failed, v_starts) AS st;
 
   IF cardinality(v_types) > 0 THEN
     PERFORM pg_notify(stroem_ready_channel(), t) FROM (SELECT DISTINCT unnest(v_types) AS t) AS types;

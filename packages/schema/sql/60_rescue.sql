@@ -22,7 +22,7 @@ DECLARE
   v_free boolean;
   f record;
 BEGIN
-  SELECT s.cancel_requested_at, s.rescues, s.max_retries, s.action_type INTO v_step
+  SELECT s.cancel_requested_at, s.rescues, s.max_retries, stroem_route_ability(s.route) AS ability INTO v_step
   FROM step_live s
   WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status = 'running'
     AND s.worker_id = p_worker_id AND s.attempts = p_attempt
@@ -48,7 +48,7 @@ BEGIN
   IF f.retried AND v_free THEN
     UPDATE step_live s SET ready_at = now()
     WHERE s.job_id = p_job_id AND s.step_name = p_step_name AND s.status = 'ready';
-    PERFORM pg_notify(stroem_ready_channel(), v_step.action_type);
+    PERFORM pg_notify(stroem_ready_channel(), v_step.ability);
   END IF;
   RETURN CASE WHEN f.retried THEN 'requeued' ELSE 'failed' END;
 END

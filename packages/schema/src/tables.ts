@@ -91,6 +91,16 @@ export const worker = pgTable(
     workerId: uuid("worker_id").primaryKey(),
     name: text("name").notNull(),
     capabilities: jsonb("capabilities").$type<string[]>().notNull().default(["shell"]),
+    /**
+     * Labels of the machine (`gpu`, `eu-west`): the worker takes a step only
+     * when it has every tag the step requires (`job_step.required_tags`).
+     */
+    tags: text("tags").array().notNull().default(sql`'{}'::text[]`),
+    /**
+     * A reserved worker: it takes only steps that require every one of its
+     * tags (Strøm's rule); with no tags, only untagged steps.
+     */
+    exclusive: boolean("exclusive").notNull().default(false),
     lastHeartbeat: timestamp("last_heartbeat", tz),
     registeredAt: timestamp("registered_at", tz).notNull().defaultNow(),
     status: text("status").$type<WorkerStatus>().notNull().default("active"),
@@ -297,6 +307,10 @@ const jobStepColumns = () => ({
   stepName: text("step_name").notNull(),
   actionName: text("action_name").notNull(),
   actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
+  /** The worker capability the step needs; null: its action type. */
+  requiredAbility: text("required_ability").$type<ActionType>(),
+  /** Tags a worker must all have to take the step (`worker.tags`); sorted, distinct. */
+  requiredTags: text("required_tags").array().notNull().default(sql`'{}'::text[]`),
   actionImage: text("action_image"),
   actionSpec: jsonb("action_spec").$type<unknown>(),
   input: jsonb("input").$type<unknown>(),
@@ -380,6 +394,10 @@ export const jobStep = pgTable(
     stepName: text("step_name").notNull(),
     actionName: text("action_name").notNull(),
     actionType: text("action_type").$type<ActionType>().notNull().default("shell"),
+    /** The worker capability the step needs; null: its action type. */
+    requiredAbility: text("required_ability").$type<ActionType>(),
+    /** Tags a worker must all have to take the step; sorted, distinct. */
+    requiredTags: text("required_tags").array().notNull().default(sql`'{}'::text[]`),
     actionImage: text("action_image"),
     actionSpec: jsonb("action_spec").$type<unknown>(),
     input: jsonb("input").$type<unknown>(),
@@ -448,46 +466,76 @@ const stepStateColumns = () => ({
  * exactly one step it is also the job's live state (`job_started_at`), and
  * every change of such a job locks this row first.
  */
-export const stepLive = pgTable("step_live", stepStateColumns(), (t) => [
-  primaryKey({ name: "step_live_pk", columns: [t.jobId, t.stepName] }),
-  foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
-  check("step_live_status_check", oneOf(t.status, STEP_STATUSES)),
-  check("step_live_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
-  // A running step is held by a worker since a start time.
-  check(
-    "step_live_running_check",
-    sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
-  ),
-  check(
-    "step_live_completed_at_check",
-    sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
-  ),
-  check("step_live_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
-  check(
-    "step_live_counts_check",
-    sql`${t.rescues} >= 0 and ${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
-  ),
-  // The claim's index: only claimable rows, per action type, in the claim's
-  // order; a claim for one action type never walks past another's.
-  index("idx_step_live_claim").on(t.actionType, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
-  // Advance's look-up of a job's finished steps whose outcome has not been
-  // applied yet; empty unless callers compose a bare mark with `advance`.
-  index("idx_step_live_unpropagated")
-    .on(t.jobId)
-    .where(sql`${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
-  // sweepTimeouts' candidates: running steps with a timeout.
-  index("idx_step_live_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
-  // sweepTimeouts' suspended gates with a timeout.
-  index("idx_step_live_suspended")
-    .on(t.suspendedAt)
-    .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
-  // Workers' and recovery's look-up of what a worker holds.
-  index("idx_step_live_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
-  // `search`'s text query over the errors of retried steps.
-  index("idx_step_live_error_search")
-    .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
-    .where(sql`${t.errorMessage} is not null`),
-]);
+export const stepLive = pgTable(
+  "step_live",
+  {
+    ...stepStateColumns(),
+    /**
+     * Who may claim the step (`stroem_route(ability, tags)`): its required
+     * ability alone for an untagged step (for a server step, its action
+     * type), else the ability and its sorted tags joined by U+001F. Set at
+     * creation, never updated. The claim walks `idx_step_live_claim` once
+     * per route the worker may take, so ready steps of other routes cost it
+     * nothing.
+     */
+    route: text("route").notNull(),
+  },
+  (t) => [
+    primaryKey({ name: "step_live_pk", columns: [t.jobId, t.stepName] }),
+    foreignKey({ name: CONSTRAINTS.stepWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
+    check("step_live_status_check", oneOf(t.status, STEP_STATUSES)),
+    check("step_live_ready_at_check", sql`${t.status} <> 'ready' or ${t.readyAt} is not null`),
+    // A running step is held by a worker since a start time.
+    check(
+      "step_live_running_check",
+      sql`${t.status} <> 'running' or (${t.workerId} is not null and ${t.startedAt} is not null)`,
+    ),
+    check(
+      "step_live_completed_at_check",
+      sql`(${oneOf(t.status, STEP_TERMINAL_STATUSES)}) = (${t.completedAt} is not null)`,
+    ),
+    check("step_live_suspended_check", sql`${t.status} <> 'suspended' or ${t.suspendedAt} is not null`),
+    check(
+      "step_live_counts_check",
+      sql`${t.rescues} >= 0 and ${t.depsUnfinished} >= 0 and ${t.depsFailed} >= 0 and ${t.depsCompleted} >= 0`,
+    ),
+    // The claim's index: only claimable rows, per route, in the claim's
+    // order; a claim for one route never walks past another's.
+    index("idx_step_live_claim").on(t.route, t.readyAt, t.jobId, t.stepName).where(sql`${t.status} = 'ready'`),
+    // Advance's look-up of a job's finished steps whose outcome has not been
+    // applied yet; empty unless callers compose a bare mark with `advance`.
+    index("idx_step_live_unpropagated")
+      .on(t.jobId)
+      .where(sql`${oneOf(t.status, STEP_TERMINAL_STATUSES)}`),
+    // sweepTimeouts' candidates: running steps with a timeout.
+    index("idx_step_live_timeout").on(t.startedAt).where(sql`${t.status} = 'running' and ${t.timeoutSecs} is not null`),
+    // sweepTimeouts' suspended gates with a timeout.
+    index("idx_step_live_suspended")
+      .on(t.suspendedAt)
+      .where(sql`${t.status} = 'suspended' and ${t.timeoutSecs} is not null`),
+    // Workers' and recovery's look-up of what a worker holds.
+    index("idx_step_live_running_worker").on(t.workerId).where(sql`${t.status} = 'running'`),
+    // `search`'s text query over the errors of retried steps.
+    index("idx_step_live_error_search")
+      .using("gin", sql.raw(STEP_ERROR_DOCUMENT))
+      .where(sql`${t.errorMessage} is not null`),
+  ],
+);
+
+/**
+ * The routes of tagged steps (an untagged step's route is its ability: no
+ * row), one per distinct (ability, tags) ever created, inserted with the
+ * steps (ON CONFLICT DO NOTHING: a probe, no write, once it exists). A
+ * tagged worker's claim reads it to learn which routes it may take, so the
+ * claim never enumerates the subsets of its tags. Never updated; rows are
+ * not deleted (a route with no ready step costs a claim one index probe).
+ */
+export const stepRoute = pgTable("step_route", {
+  route: text("route").primaryKey(),
+  ability: text("ability").$type<ActionType>().notNull(),
+  /** Sorted, distinct, at least one. */
+  tags: text("tags").array().notNull(),
+});
 
 /**
  * A finished step's final state, written once (appended: never updated).

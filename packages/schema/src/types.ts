@@ -16,6 +16,16 @@ export type NewFlowStep = NewFlowStepFields &
 export interface NewFlowStepFields {
   stepName: string;
   actionType: ActionType;
+  /**
+   * The worker capability the step needs (one of `WORKER_ACTION_TYPES`);
+   * default its action type. A `shell` step run in a container needs `docker`.
+   */
+  requiredAbility?: ActionType | null;
+  /**
+   * Tags a worker must all have to take the step (`WorkerRepo.register`'s
+   * `tags`); default none. At most 32, each 1 to 64 characters, no control characters.
+   */
+  requiredTags?: readonly string[];
   actionImage?: string | null;
   actionSpec?: unknown;
   input?: unknown;

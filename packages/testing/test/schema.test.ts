@@ -39,7 +39,9 @@ describe("schema constraints", () => {
     await t.db.execute(sql`insert into job_step (job_id, step_name, action_name) values (${jobId}, 's', 'a')`);
     const [s] = await t.db.select().from(jobStep).where(eq(jobStep.jobId, jobId));
     expect(s).toMatchObject({ actionType: "shell", dependsOn: [], continueOnFailure: false, maxRetries: 0 });
-    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${jobId}, 's', 'shell')`);
+    await t.db.execute(
+      sql`insert into step_live (job_id, step_name, action_type, route) values (${jobId}, 's', 'shell', 'shell')`,
+    );
     const [l] = await t.db.select().from(stepLive).where(eq(stepLive.jobId, jobId));
     expect(l).toMatchObject({ status: "pending", attempts: 0, readyAt: null, propagated: false, retryHistory: [] });
   });
@@ -62,15 +64,15 @@ describe("schema constraints", () => {
     ],
     [
       "step_live_status_check",
-      sql`insert into step_live (job_id, step_name, action_type, status) values (gen_random_uuid(), 's', 'shell', 'waiting')`,
+      sql`insert into step_live (job_id, step_name, action_type, route, status) values (gen_random_uuid(), 's', 'shell', 'shell', 'waiting')`,
     ],
     [
       "step_live_ready_at_check",
-      sql`insert into step_live (job_id, step_name, action_type, status) values (gen_random_uuid(), 's', 'shell', 'ready')`,
+      sql`insert into step_live (job_id, step_name, action_type, route, status) values (gen_random_uuid(), 's', 'shell', 'shell', 'ready')`,
     ],
     [
       "step_live_running_check",
-      sql`insert into step_live (job_id, step_name, action_type, status, started_at) values (gen_random_uuid(), 's', 'shell', 'running', now())`,
+      sql`insert into step_live (job_id, step_name, action_type, route, status, started_at) values (gen_random_uuid(), 's', 'shell', 'shell', 'running', now())`,
     ],
     [
       "step_result_status_check",
@@ -91,7 +93,9 @@ describe("schema constraints", () => {
     expect(
       await pgErrorOf(() => t.db.update(jobLive).set({ workerId: randomUUID() }).where(eq(jobLive.jobId, jobId))),
     ).toEqual({ code: "23503", constraint: CONSTRAINTS.jobWorkerFk });
-    await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${jobId}, 's', 'shell')`);
+    await t.db.execute(
+      sql`insert into step_live (job_id, step_name, action_type, route) values (${jobId}, 's', 'shell', 'shell')`,
+    );
     expect(
       await pgErrorOf(() => t.db.update(stepLive).set({ workerId: randomUUID() }).where(eq(stepLive.jobId, jobId))),
     ).toEqual({ code: "23503", constraint: CONSTRAINTS.stepWorkerFk });
@@ -113,7 +117,9 @@ describe("schema constraints", () => {
         sql`insert into job_step (job_id, step_name, action_name) values (${id}, 'a', 'x'), (${id}, 'b', 'x')`,
       );
       await t.db.execute(sql`insert into job_live (job_id) values (${id})`);
-      await t.db.execute(sql`insert into step_live (job_id, step_name, action_type) values (${id}, 'a', 'shell')`);
+      await t.db.execute(
+        sql`insert into step_live (job_id, step_name, action_type, route) values (${id}, 'a', 'shell', 'shell')`,
+      );
       await t.db.execute(
         sql`insert into step_result (job_id, step_name, action_type, status, completed_at) values (${id}, 'b', 'shell', 'completed', now())`,
       );
@@ -136,7 +142,7 @@ describe("schema constraints", () => {
     expect((await pgErrorOf(() => t.db.delete(worker).where(eq(worker.workerId, workerId)))).code).toBe("23503");
     await t.db.execute(sql`update job_live set worker_id = null where job_id = ${jobId}`);
     await t.db.execute(
-      sql`insert into step_live (job_id, step_name, action_type, status, worker_id, started_at) values (${jobId}, 's', 'shell', 'running', ${workerId}, now())`,
+      sql`insert into step_live (job_id, step_name, action_type, route, status, worker_id, started_at) values (${jobId}, 's', 'shell', 'shell', 'running', ${workerId}, now())`,
     );
     expect((await pgErrorOf(() => t.db.delete(worker).where(eq(worker.workerId, workerId)))).code).toBe("23503");
   });

@@ -37,40 +37,60 @@ const definitions = sql`join job_step d on d.job_id = c.job_id and d.step_name =
       and d.job_id = any(array(select job_id from claimed))`;
 
 /**
- * The claim: up to `limit` of the oldest ready steps whose action type is one
- * of `capabilities`, moved to `running` for `workerId` (`started_at`,
- * `attempts + 1`): an update of each step's live row (`step_live`) and
- * nothing else for a job of one step. Returns the claimed steps oldest
- * first, each with the outputs of the steps it depends on (`dependency_outputs`).
+ * The routes a worker may take (`step_live.route`), as a text[]: with no
+ * tags, its capabilities (an untagged step's route is its ability); with
+ * tags, also the registered routes (`step_route`) of its capabilities whose
+ * tags it all has, and, when it is exclusive, only the routes that require
+ * exactly its tags (Strøm's rule: an exclusive worker takes only steps that
+ * require all of its tags; it may take none that require a tag it lacks).
+ */
+function routesOf(p: { actionTypes: SQLChunk; tags: SQLChunk; exclusive: SQLChunk }): SQL {
+  return sql`array(
+        select c from unnest(${p.actionTypes}::text[]) as c where not ${p.exclusive}::boolean
+        union all
+        select r.route from step_route r
+        where r.ability = any(${p.actionTypes}::text[]) and r.tags <@ ${p.tags}::text[]
+          and (not ${p.exclusive}::boolean or r.tags @> ${p.tags}::text[]))`;
+}
+
+/**
+ * The claim: up to `limit` of the oldest ready steps on the worker's routes
+ * (an untagged worker's routes are its capabilities: see `routesOf`), moved
+ * to `running` for `workerId` (`started_at`, `attempts + 1`): an update
+ * of each step's live row (`step_live`) and nothing else for a job of one
+ * step. Returns the claimed steps oldest first, each with the outputs of the
+ * steps it depends on (`dependency_outputs`).
  *
- * Per action type, a LATERAL sub-select walks `idx_step_live_claim`
- * (`action_type, ready_at, job_id, step_name WHERE status = 'ready'`) from
- * its oldest row, locking with SKIP LOCKED, so a `shell` claim never walks
- * past ready `docker` steps, and `ready_at <= now()` stops the walk at steps
- * that are not due yet. The outer ORDER BY / LIMIT keeps the oldest `limit`
- * of those (with several capabilities, up to `limit` rows per capability are
- * locked for the statement's few milliseconds and the surplus is left ready).
- * The CTE fences the locked sub-select: Postgres runs it once, so the UPDATE
- * touches exactly the rows it locked (Oban's lesson).
+ * Per route, a LATERAL sub-select walks `idx_step_live_claim`
+ * (`route, ready_at, job_id, step_name WHERE status = 'ready'`) from its
+ * oldest row, locking with SKIP LOCKED, so a `shell` claim never walks past
+ * ready `docker` steps, nor an untagged worker past steps that require a
+ * tag (ready steps this worker cannot take cost it nothing), and
+ * `ready_at <= now()` stops the walk at steps that are not due yet. The
+ * outer ORDER BY / LIMIT keeps the oldest `limit` of those (with several
+ * routes, up to `limit` rows per route are locked for the statement's few
+ * milliseconds and the surplus is left ready). The CTE fences the locked
+ * sub-select: Postgres runs it once, so the UPDATE touches exactly the rows
+ * it locked (Oban's lesson).
  */
 function claimQuery(
   multiple: boolean,
-  p: { actionTypes: SQLChunk; workerId: SQLChunk; limit: SQLChunk },
+  p: { actionTypes: SQLChunk; workerId: SQLChunk; limit: SQLChunk; routes?: SQL },
   report?: SQL,
 ): SQL {
   // With a report first (reportAndClaim): the claim walks only once the
   // report's function has run and accepted it (a one-time filter on the
   // CTE `f`), so a refused report claims nothing.
   const gate = report ? sql` and exists (select 1 from f where f.result in ('ok', 'repeated'))` : sql``;
-  // One capability (the usual worker): the index walk alone, no outer sort.
+  // One capability and no tags (the usual worker): the index walk alone, no outer sort.
   const next = multiple
     ? sql`
       select c.job_id, c.step_name
-      from unnest(${p.actionTypes}::text[]) as cap(action_type)
+      from unnest(${p.routes ?? sql`${p.actionTypes}::text[]`}) as r(route)
       cross join lateral (
         select s.job_id, s.step_name, s.ready_at
         from step_live s
-        where s.status = 'ready' and s.action_type = cap.action_type and s.ready_at <= now()${gate}
+        where s.status = 'ready' and s.route = r.route and s.ready_at <= now()${gate}
         order by s.ready_at, s.job_id, s.step_name
         limit ${p.limit}
         for update skip locked
@@ -80,7 +100,7 @@ function claimQuery(
     : sql`
       select s.job_id, s.step_name
       from step_live s
-      where s.status = 'ready' and s.action_type = ${p.actionTypes} and s.ready_at <= now()${gate}
+      where s.status = 'ready' and s.route = ${p.actionTypes} and s.ready_at <= now()${gate}
       order by s.ready_at, s.job_id, s.step_name
       limit ${p.limit}
       for update skip locked`;
@@ -119,12 +139,23 @@ const dependencyOutputs = sql`case when c.deps_total = 0 then '{}'::jsonb
       else (select coalesce(jsonb_object_agg(p.step_name, p.output), '{}'::jsonb)
             from step_result p where p.job_id = c.job_id and p.step_name = any(d.depends_on)) end as dependency_outputs`;
 
-type ClaimValues = { actionTypes: string | string[]; workerId: string; limit?: number };
+type ClaimValues = {
+  actionTypes: string | string[];
+  workerId: string;
+  limit?: number;
+  tags?: string[];
+  exclusive?: boolean;
+};
 const placeholders = {
   actionTypes: sql.placeholder("actionTypes"),
   workerId: sql.placeholder("workerId"),
   limit: sql.placeholder("limit"),
 };
+const routed = routesOf({
+  actionTypes: placeholders.actionTypes,
+  tags: sql.placeholder("tags"),
+  exclusive: sql.placeholder("exclusive"),
+});
 // Claims run with a literal limit (`limit 1`, `limit 50`): with `limit $n`
 // Postgres judges the generic plan worse than a custom one (it cannot know n
 // is small) and re-plans the four-part statement on every execution (seen in
@@ -133,11 +164,12 @@ const placeholders = {
 // the generic plan after five executions. One prepared statement per batch
 // size a process uses, for up to LITERAL_SIZES sizes; others take `$n`.
 const LITERAL_SIZES = 16;
-type Claims = { oneType: Statement<ClaimValues>; types: Statement<ClaimValues> };
+type Claims = { oneType: Statement<ClaimValues>; types: Statement<ClaimValues>; routed: Statement<ClaimValues> };
 const byLimit = new Map<number, Claims>();
 const anyLimit: Claims = {
   oneType: statement<ClaimValues>("claim_one_type", claimQuery(false, placeholders)),
   types: statement<ClaimValues>("claim_types", claimQuery(true, placeholders)),
+  routed: statement<ClaimValues>("claim_routed", claimQuery(true, { ...placeholders, routes: routed })),
 };
 
 function claimsFor(limit: number): Claims {
@@ -148,34 +180,60 @@ function claimsFor(limit: number): Claims {
   const claims = {
     oneType: statement<ClaimValues>(`claim_one_type_${limit}`, claimQuery(false, literal)),
     types: statement<ClaimValues>(`claim_types_${limit}`, claimQuery(true, literal)),
+    routed: statement<ClaimValues>(`claim_routed_${limit}`, claimQuery(true, { ...literal, routes: routed })),
   };
   byLimit.set(limit, claims);
   return claims;
 }
 
-/** The prepared claim for these capabilities, and its values. */
+/**
+ * Who claims: a worker's capabilities, tags and exclusivity, checked
+ * (`checkRouting` in steps/claim.ts).
+ */
+export interface Routing {
+  capabilities: readonly string[];
+  tags: readonly string[];
+  exclusive: boolean;
+}
+
+/**
+ * Which of the three claims a worker runs: one capability without tags (the
+ * index walk alone), several without tags (one walk per capability), or
+ * with tags (one walk per route of `routesOf`). A worker without tags that
+ * is exclusive takes only untagged steps: the same as one that is not.
+ */
+function pick<T>(r: Routing, c: { oneType: T; types: T; routed: T }) {
+  if (r.tags.length > 0)
+    return {
+      statement: c.routed,
+      values: { actionTypes: [...r.capabilities], tags: [...r.tags], exclusive: r.exclusive },
+    };
+  return r.capabilities.length === 1
+    ? { statement: c.oneType, values: { actionTypes: r.capabilities[0] as string } }
+    : { statement: c.types, values: { actionTypes: [...r.capabilities] } };
+}
+
+/** The prepared claim for this worker, and its values. */
 export function preparedClaim(
-  capabilities: readonly string[],
+  routing: Routing,
   workerId: string,
   limit: number,
 ): { statement: Statement<ClaimValues>; values: ClaimValues } {
-  const claims = claimsFor(limit);
-  return capabilities.length === 1
-    ? { statement: claims.oneType, values: { actionTypes: capabilities[0] as string, workerId, limit } }
-    : { statement: claims.types, values: { actionTypes: [...capabilities], workerId, limit } };
+  const { statement, values } = pick(routing, claimsFor(limit));
+  return { statement, values: { ...values, workerId, limit } };
 }
 
 const one = { ...placeholders, limit: sql.raw("1") };
-type ReportAndClaimValues = FinishValues & { actionTypes: string | string[] };
+type ReportAndClaimValues = FinishValues & { actionTypes: string | string[]; tags?: string[]; exclusive?: boolean };
 const reportFirst = finishCall(sql`true`);
-const REPORT_AND_CLAIM_ONE_TYPE = statement<ReportAndClaimValues>(
-  "report_and_claim_one_type",
-  claimQuery(false, one, reportFirst),
-);
-const REPORT_AND_CLAIM_TYPES = statement<ReportAndClaimValues>(
-  "report_and_claim_types",
-  claimQuery(true, one, reportFirst),
-);
+const REPORT_AND_CLAIM = {
+  oneType: statement<ReportAndClaimValues>("report_and_claim_one_type", claimQuery(false, one, reportFirst)),
+  types: statement<ReportAndClaimValues>("report_and_claim_types", claimQuery(true, one, reportFirst)),
+  routed: statement<ReportAndClaimValues>(
+    "report_and_claim_routed",
+    claimQuery(true, { ...one, routes: routed }, reportFirst),
+  ),
+};
 
 /**
  * A report (`stroem_finish_step`, as `complete` / `fail` run it) and, once it
@@ -185,21 +243,31 @@ const REPORT_AND_CLAIM_TYPES = statement<ReportAndClaimValues>(
  * step's (all null when nothing was claimed).
  */
 export function preparedReportAndClaim(
-  capabilities: readonly string[],
+  routing: Routing,
   values: FinishValues,
 ): { statement: Statement<ReportAndClaimValues>; values: ReportAndClaimValues } {
-  return capabilities.length === 1
-    ? { statement: REPORT_AND_CLAIM_ONE_TYPE, values: { ...values, actionTypes: capabilities[0] as string } }
-    : { statement: REPORT_AND_CLAIM_TYPES, values: { ...values, actionTypes: [...capabilities] } };
+  const picked = pick(routing, REPORT_AND_CLAIM);
+  return { statement: picked.statement, values: { ...values, ...picked.values } };
 }
 
-/** The claim as a Drizzle `sql` with its values bound (for EXPLAIN in tests). */
-export function claimStatement(capabilities: readonly string[], workerId: string, limit: number): SQL {
-  const multiple = capabilities.length > 1;
+/**
+ * The claim as a Drizzle `sql` with its values bound (for EXPLAIN in tests):
+ * for capabilities alone, or a worker's routing (with tags: the routed claim).
+ */
+export function claimStatement(worker: readonly string[] | Routing, workerId: string, limit: number): SQL {
+  const r: Routing = Array.isArray(worker)
+    ? { capabilities: worker as readonly string[], tags: [], exclusive: false }
+    : (worker as Routing);
+  const multiple = r.capabilities.length > 1 || r.tags.length > 0;
+  const actionTypes = multiple ? sql.param([...r.capabilities]) : sql`${r.capabilities[0]}`;
   return claimQuery(multiple, {
-    actionTypes: multiple ? sql.param(capabilities) : sql`${capabilities[0]}`,
+    actionTypes,
     workerId: sql`${workerId}`,
     limit: sql`${limit}`,
+    routes:
+      r.tags.length > 0
+        ? routesOf({ actionTypes, tags: sql.param([...r.tags]), exclusive: sql`${r.exclusive}` })
+        : undefined,
   });
 }
 
@@ -225,7 +293,7 @@ export function directedClaimStatement(jobId: string, stepName: string, workerId
       set status = 'running', worker_id = ${workerId}, started_at = now(), attempts = s.attempts + 1,
         job_started_at = coalesce(s.job_started_at, now())
       where s.job_id = ${jobId} and s.step_name = ${stepName} and s.status = 'ready'
-        and s.action_type <> all(${sql.param([...SERVER_ACTION_TYPES])}::text[])
+        and s.route <> all(${sql.param([...SERVER_ACTION_TYPES])}::text[])
       returning s.job_id
     ), ${startJobs}
     select job_id from claimed`;

@@ -1,5 +1,27 @@
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
 import { statement } from "../statement.js";
+
+/**
+ * The CTE `routes`: registers in `step_route` the routes of the tagged steps
+ * among `steps` (a relation with `action_type`, `required_ability` and
+ * `required_tags`), so tagged workers' claims find them. ON CONFLICT DO
+ * NOTHING: a known route costs a probe of the primary key and writes
+ * nothing; a new one inserted by a concurrent transaction is waited for, so
+ * the route is committed no later than the steps that use it (a claim that
+ * sees a step sees its route). In route order, so two statements that both
+ * insert the same new routes wait for each other in one order, never in a
+ * cycle. No row for untagged steps.
+ */
+export function stepRoutes(steps: SQL): SQL {
+  return sql`routes as (
+      insert into step_route (route, ability, tags)
+      select distinct stroem_route(coalesce(x.required_ability, x.action_type), x.required_tags),
+             coalesce(x.required_ability, x.action_type), stroem_tags(x.required_tags)
+      from ${steps} where cardinality(x.required_tags) > 0
+      order by 1
+      on conflict (route) do nothing
+    )`;
+}
 
 /**
  * Inserts jobs and their steps in one statement, whatever their number: each
@@ -10,9 +32,10 @@ import { statement } from "../statement.js";
  * (`job`) and, unless it has exactly one step, its `job_live` row; each step
  * its definition (`job_step`) and its `step_live` row. Records one `job.created`
  * audit event per job (by `actorType` / `actorId`) in the same statement.
- * Notifies `stroem_ready_channel()` (the schema's channel) for the action types of the steps created ready.
+ * Notifies `stroem_ready_channel()` (the schema's channel) with the abilities of the steps created ready.
  */
 function createJobsQuery(keyed: boolean) {
+  const registerRoutes = stepRoutes(sql`new_steps x`);
   // Keyed: the idempotency keys are claimed first; only the jobs whose key
   // this statement inserted (or took over, expired) and the jobs without a
   // key are created, with their steps, events and wake-ups.
@@ -52,30 +75,32 @@ function createJobsQuery(keyed: boolean) {
       from new_jobs j
     ), new_steps as (
       select x.* from jsonb_to_recordset(${sql.placeholder("steps")}::jsonb) as x(
-        job_id uuid, step_name text, action_name text, action_type text, action_image text, action_spec jsonb,
-        input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
+        job_id uuid, step_name text, action_name text, action_type text, required_ability text,
+        required_tags text[], action_image text, action_spec jsonb, input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
         deps_unfinished integer, max_retries integer, retry_backoff_secs integer, retry_strategy text,
         retry_jitter double precision, timeout_secs integer)${keyed ? sql` where x.job_id in (select job_id from new_jobs)` : sql``}
     ), steps as (
-      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input,
-                            depends_on, continue_on_failure, dependants, max_retries, retry_backoff_secs,
-                            retry_strategy, retry_jitter, timeout_secs)
-      select x.job_id, x.step_name, x.action_name, x.action_type, x.action_image, x.action_spec, x.input,
+      insert into job_step (job_id, step_name, action_name, action_type, required_ability, required_tags,
+                            action_image, action_spec, input, depends_on, continue_on_failure, dependants,
+                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
+      select x.job_id, x.step_name, x.action_name, x.action_type, x.required_ability, stroem_tags(x.required_tags),
+             x.action_image, x.action_spec, x.input,
              x.depends_on, x.continue_on_failure, x.dependants, x.max_retries, x.retry_backoff_secs,
              x.retry_strategy, x.retry_jitter, x.timeout_secs
       from new_steps x
     ), live_steps as (
-      insert into step_live (job_id, step_name, action_type, status, ready_at, max_retries, deps_total,
+      insert into step_live (job_id, step_name, action_type, route, status, ready_at, max_retries, deps_total,
                              continue_on_failure, dependants, timeout_secs, deps_unfinished)
-      select x.job_id, x.step_name, x.action_type, x.status, case when x.status = 'ready' then now() end,
+      select x.job_id, x.step_name, x.action_type, stroem_route(coalesce(x.required_ability, x.action_type), x.required_tags),
+             x.status, case when x.status = 'ready' then now() end,
              x.max_retries, cardinality(x.depends_on), x.continue_on_failure, x.dependants, x.timeout_secs,
              x.deps_unfinished
       from new_steps x
-      returning action_type, status
-    )
+      returning route, status
+    ), ${registerRoutes}
     -- array_agg over the notifications makes each one run (an unread CTE would be skipped).
-    select (select array_agg(pg_notify(stroem_ready_channel(), r.action_type)::text)
-            from (select distinct action_type from live_steps where status = 'ready') as r) as woken${
+    select (select array_agg(pg_notify(stroem_ready_channel(), r.ability)::text)
+            from (select distinct stroem_route_ability(route) as ability from live_steps where status = 'ready') as r) as woken${
               keyed ? sql`, (select coalesce(array_agg(job_id), '{}') from new_jobs) as created` : sql``
             }`;
 }

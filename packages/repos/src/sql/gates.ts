@@ -85,7 +85,8 @@ export const DECIDE_GATE = statement<DecideValues>(
 
 /**
  * The oldest ready steps of the server's action types, at most `limit`:
- * a range of `idx_step_live_claim` per type (the claim's own index), no lock.
+ * a range of `idx_step_live_claim` per type (a server step's route is its
+ * action type), no lock.
  */
 export const READY_SERVER_STEPS = statement<{ actionTypes: string[]; limit: number }>(
   "ready_server_steps",
@@ -94,7 +95,7 @@ export const READY_SERVER_STEPS = statement<{ actionTypes: string[]; limit: numb
       select l.job_id, l.step_name, l.ready_at from unnest(${sql.placeholder("actionTypes")}::text[]) as t(action_type)
       cross join lateral (
         select s.job_id, s.step_name, s.ready_at from step_live s
-        where s.status = 'ready' and s.action_type = t.action_type and s.ready_at <= now()
+        where s.status = 'ready' and s.route = t.action_type and s.ready_at <= now()
         order by s.ready_at, s.job_id, s.step_name
         limit ${sql.placeholder("limit")}::int
       ) l

@@ -126,24 +126,27 @@ export const COPY_JOB = statement<CopyJobValues>(
                'retryAttempt', case when n.retry_attempt > 0 then n.retry_attempt end))
       from new_job n
     ), new_defs as (
-      insert into job_step (job_id, step_name, action_name, action_type, action_image, action_spec, input,
-                            depends_on, continue_on_failure, dependants, max_retries, retry_backoff_secs,
-                            retry_strategy, retry_jitter, timeout_secs)
-      select n.job_id, s.step_name, s.action_name, s.action_type, s.action_image, s.action_spec, s.input,
+      insert into job_step (job_id, step_name, action_name, action_type, required_ability, required_tags,
+                            action_image, action_spec, input, depends_on, continue_on_failure, dependants,
+                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
+      select n.job_id, s.step_name, s.action_name, s.action_type, s.required_ability, s.required_tags,
+             s.action_image, s.action_spec, s.input,
              s.depends_on, s.continue_on_failure, s.dependants, s.max_retries - s.rescues, s.retry_backoff_secs,
              s.retry_strategy, s.retry_jitter, s.timeout_secs
       from new_steps s cross join new_job n
     ), new_step_rows as (
-      insert into step_live (job_id, step_name, action_type, status, ready_at, max_retries, deps_total,
+      -- The source's routes are registered (its steps were created with them).
+      insert into step_live (job_id, step_name, action_type, route, status, ready_at, max_retries, deps_total,
                              continue_on_failure, dependants, timeout_secs, deps_unfinished, deps_completed)
       select n.job_id, s.step_name, s.action_type,
+             stroem_route(coalesce(s.required_ability, s.action_type), s.required_tags),
              case when cardinality(s.depends_on) = s.done then 'ready' else 'pending' end,
              case when cardinality(s.depends_on) = s.done then now() end,
              s.max_retries - s.rescues, cardinality(s.depends_on), s.continue_on_failure, s.dependants, s.timeout_secs,
              cardinality(s.depends_on) - s.done, s.done
       from new_steps s cross join new_job n
       where not s.copied
-      returning action_type, status
+      returning route, status
     ), copied_rows as (
       -- A restart's upstream steps: finished, applied (their dependants' counts above include them).
       insert into step_result (job_id, step_name, action_type, status, output, started_at, completed_at, max_retries,
@@ -158,7 +161,7 @@ export const COPY_JOB = statement<CopyJobValues>(
            (select retry_job_id from job where job_id = ${sql.placeholder("sourceJobId")}::uuid
              and ${sql.placeholder("kind")}::text = 'retry' and not exists (select 1 from retried)) as retry_job_id,
            (select count(*)::int from new_step_rows where status = 'ready') as ready,
-           (select array_agg(pg_notify(stroem_ready_channel(), r.action_type)::text)
-              from (select distinct action_type from new_step_rows where status = 'ready') as r) as woken
+           (select array_agg(pg_notify(stroem_ready_channel(), r.ability)::text)
+              from (select distinct stroem_route_ability(route) as ability from new_step_rows where status = 'ready') as r) as woken
     from checks c`,
 );

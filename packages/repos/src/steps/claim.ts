@@ -3,10 +3,18 @@ import { and, eq, sql } from "drizzle-orm";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, WorkerNotFoundError } from "../errors.js";
 import { mapRow } from "../rows.js";
-import { directedClaimStatement, preparedClaim, WORKER_EXISTS } from "../sql/claim.js";
+import { directedClaimStatement, preparedClaim, type Routing, WORKER_EXISTS } from "../sql/claim.js";
 import { runStatement } from "../statement.js";
 import { explainRefusal } from "../transition.js";
-import { optionalJson, requireCapabilities, requireInt, requireText, requireUuid } from "../validate.js";
+import {
+  optionalBoolean,
+  optionalJson,
+  optionalTags,
+  requireCapabilities,
+  requireInt,
+  requireText,
+  requireUuid,
+} from "../validate.js";
 
 /** Most steps one batch claim may take. */
 export const MAX_CLAIM_BATCH = 1000;
@@ -15,7 +23,36 @@ const workerMissing = (workerId: string) => (e: { constraint?: string; cause?: u
   e.constraint === CONSTRAINTS.stepWorkerFk ? new WorkerNotFoundError(workerId, { cause: e }) : undefined;
 
 /**
- * Claims the oldest ready step whose action type the worker runs: moves it
+ * Who claims, when the worker has tags: its capabilities (the action types
+ * it runs), the tags it registered with (`WorkerRepo.register`) and whether
+ * it is exclusive. A worker takes a step when it has the step's ability
+ * (`requiredAbility`, default the action type) and every tag the step
+ * requires (`requiredTags`); an exclusive worker takes only steps that
+ * require all of its tags. Pass the capabilities alone for a worker without tags.
+ */
+export interface ClaimRouting {
+  capabilities: readonly string[];
+  tags?: readonly string[];
+  exclusive?: boolean;
+}
+
+/** A claimer's capabilities or `ClaimRouting`, checked. Throws `InvalidInputError`. */
+export function checkRouting(worker: readonly string[] | ClaimRouting): Routing {
+  if (Array.isArray(worker) || typeof worker !== "object" || worker === null) {
+    const capabilities = requireCapabilities("capabilities", worker, WORKER_ACTION_TYPES);
+    return { capabilities, tags: [], exclusive: false };
+  }
+  const r = worker as ClaimRouting;
+  return {
+    capabilities: requireCapabilities("capabilities", r.capabilities, WORKER_ACTION_TYPES),
+    tags: optionalTags("tags", r.tags),
+    exclusive: optionalBoolean("exclusive", r.exclusive) ?? false,
+  };
+}
+
+/**
+ * Claims the oldest ready step the worker may take (`worker`: its
+ * capabilities, or its `ClaimRouting` when it has tags): moves it
  * to `running` with `worker_id`, `started_at` and `attempts + 1`, in one
  * statement with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any
  * number of connections never get the same step. The step's job becomes
@@ -28,10 +65,10 @@ const workerMissing = (workerId: string) => (e: { constraint?: string; cause?: u
  */
 export async function claimReadyStep(
   db: Executor,
-  capabilities: readonly string[],
+  worker: readonly string[] | ClaimRouting,
   workerId: string,
 ): Promise<ClaimedStep | undefined> {
-  const [step] = await claimReadySteps(db, capabilities, workerId, 1);
+  const [step] = await claimReadySteps(db, worker, workerId, 1);
   return step;
 }
 
@@ -43,14 +80,14 @@ export async function claimReadyStep(
  */
 export async function claimReadySteps(
   db: Executor,
-  capabilities: readonly string[],
+  worker: readonly string[] | ClaimRouting,
   workerId: string,
   limit: number,
 ): Promise<ClaimedStep[]> {
-  const caps = requireCapabilities("capabilities", capabilities, WORKER_ACTION_TYPES);
+  const routing = checkRouting(worker);
   requireUuid("workerId", workerId);
   requireInt("limit", limit, 1, MAX_CLAIM_BATCH);
-  const { statement, values } = preparedClaim(caps, workerId, limit);
+  const { statement, values } = preparedClaim(routing, workerId, limit);
   const rows = await translateErrors(
     db,
     () => runStatement<Record<string, unknown>, typeof values>(db, statement, values),

@@ -1,6 +1,8 @@
 import {
   ACTION_TYPES,
+  type ActionType,
   CONSTRAINTS,
+  isServerActionType,
   jobStep,
   type NewFlowStep,
   type NewJobStep,
@@ -8,6 +10,7 @@ import {
   RETRY_STRATEGIES,
   STEP_INITIAL_STATUSES,
   stepLive,
+  WORKER_ACTION_TYPES,
 } from "@stroem/schema";
 import { sql } from "drizzle-orm";
 import { type Executor, transaction, translateErrors } from "../db.js";
@@ -18,8 +21,17 @@ import {
   InvalidTransitionError,
   JobNotFoundError,
 } from "../errors.js";
+import { stepRoutes } from "../sql/create.js";
 import { notifyReadyStatement, recountStatement } from "../sql/report.js";
-import { optionalJson, optionalText, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
+import {
+  optionalJson,
+  optionalTags,
+  optionalText,
+  requireInt,
+  requireOneOf,
+  requireText,
+  requireUuid,
+} from "../validate.js";
 
 /** Rows per INSERT: at most 14 bound values a row, so 28,000 per statement, below Postgres' 65,535. */
 const INSERT_CHUNK = 2000;
@@ -33,10 +45,12 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
   if (s.continueOnFailure !== undefined && typeof s.continueOnFailure !== "boolean") {
     throw new InvalidInputError(`${at}.continueOnFailure`, "must be a boolean");
   }
+  const actionType = requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES);
   return {
     stepName: requireText(`${at}.stepName`, s.stepName),
     actionName: checkActionName(s, at),
-    actionType: requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES),
+    actionType,
+    ...checkRouting(s, actionType, at),
     actionImage: optionalText(`${at}.actionImage`, s.actionImage),
     actionSpec: optionalJson(`${at}.actionSpec`, s.actionSpec),
     input: optionalJson(`${at}.input`, s.input),
@@ -44,6 +58,31 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     continueOnFailure: s.continueOnFailure ?? false,
     ...checkRetryPolicy(s, at),
   };
+}
+
+/**
+ * A step's routing: the ability it needs (a worker action type; null: its
+ * own action type) and the tags a worker must have. A server step (an
+ * approval gate) is claimed by no worker: it takes neither.
+ */
+function checkRouting(s: NewFlowStep, actionType: ActionType, at: string) {
+  const requiredAbility =
+    s.requiredAbility === undefined || s.requiredAbility === null
+      ? null
+      : requireOneOf(`${at}.requiredAbility`, s.requiredAbility, WORKER_ACTION_TYPES);
+  const requiredTags = optionalTags(`${at}.requiredTags`, s.requiredTags);
+  if (isServerActionType(actionType) && (requiredAbility !== null || requiredTags.length > 0)) {
+    throw new InvalidInputError(
+      requiredAbility !== null ? `${at}.requiredAbility` : `${at}.requiredTags`,
+      `is not for an ${actionType} step: the server decides it, no worker claims it`,
+    );
+  }
+  return { requiredAbility, requiredTags };
+}
+
+/** The SQL of a step's route (`stroem_route`), for an insert. */
+export function routeOf(r: { actionType: string; requiredAbility: string | null; requiredTags: readonly string[] }) {
+  return sql`stroem_route(${r.requiredAbility ?? r.actionType}::text, ${sql.param(r.requiredTags)}::text[])`;
 }
 
 /** `actionName`, or `action` (the design note's name for it); both only when they agree. */
@@ -109,7 +148,9 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     seen.add(key);
   }
   const jobIds = [...new Set(rows.map((r) => r.jobId))];
-  const readyTypes = [...new Set(rows.filter((r) => r.status === "ready").map((r) => r.actionType))];
+  const readyTypes = [
+    ...new Set(rows.filter((r) => r.status === "ready").map((r) => r.requiredAbility ?? r.actionType)),
+  ];
   await translateErrors(
     db,
     () =>
@@ -136,12 +177,18 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
         }
         for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
           const chunk = rows.slice(i, i + INSERT_CHUNK);
-          await tx.insert(jobStep).values(chunk.map(({ status: _s, readyAt: _r, ...definition }) => definition));
+          await tx.insert(jobStep).values(
+            chunk.map(({ status: _s, readyAt: _r, ...definition }) => ({
+              ...definition,
+              requiredTags: sql`stroem_tags(${sql.param(definition.requiredTags)}::text[])`,
+            })),
+          );
           await tx.insert(stepLive).values(
             chunk.map((r) => ({
               jobId: r.jobId,
               stepName: r.stepName,
               actionType: r.actionType,
+              route: routeOf(r),
               status: r.status,
               readyAt: r.readyAt,
               maxRetries: r.maxRetries,
@@ -149,6 +196,21 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
               continueOnFailure: r.continueOnFailure,
               timeoutSecs: r.timeoutSecs,
             })),
+          );
+        }
+        const tagged = rows.filter((r) => r.requiredTags.length > 0);
+        if (tagged.length > 0) {
+          const steps = JSON.stringify(
+            tagged.map((r) => ({
+              action_type: r.actionType,
+              required_ability: r.requiredAbility,
+              required_tags: r.requiredTags,
+            })),
+          );
+          await tx.execute(
+            sql`with ${stepRoutes(
+              sql`jsonb_to_recordset(${steps}::jsonb) as x(action_type text, required_ability text, required_tags text[])`,
+            )} select 1`,
           );
         }
         await tx.execute(recountStatement(jobIds));

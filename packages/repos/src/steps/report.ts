@@ -1,4 +1,4 @@
-import { type JobStatus, WORKER_ACTION_TYPES } from "@stroem/schema";
+import type { JobStatus } from "@stroem/schema";
 import type { AdvanceResult } from "../advance.js";
 import { type Executor, translateErrors } from "../db.js";
 import {
@@ -21,8 +21,8 @@ import {
 } from "../sql/report.js";
 import { runStatement } from "../statement.js";
 import { retryTransient } from "../transient.js";
-import { optionalJson, requireCapabilities, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
-import { type ClaimedStep, claimedStep } from "./claim.js";
+import { optionalJson, requireInt, requireOneOf, requireText, requireUuid } from "../validate.js";
+import { type ClaimedStep, type ClaimRouting, checkRouting, claimedStep } from "./claim.js";
 
 /**
  * The step a report is about, and what the reporting worker believes about
@@ -330,8 +330,8 @@ export interface ReportAndClaimResult {
  * A worker's report and its next claim in one round trip (one statement, one
  * commit): records `report` as `complete` / `fail` do (same guard, same
  * advance, same idempotence), then, when it was accepted, claims the oldest
- * ready step of `capabilities` for the reporting worker as `claimReadyStep`
- * does. The claim sees the queue as it was when the call began: steps this
+ * ready step the worker may take (`worker`: its capabilities, or its
+ * `ClaimRouting` with tags) as `claimReadyStep` does. The claim sees the queue as it was when the call began: steps this
  * report promotes are left for the next claim (by this worker or another).
  * `report.workerId` is required (the claimer). A refused report throws the
  * same typed error as `complete` / `fail`, and nothing is written or claimed.
@@ -339,13 +339,13 @@ export interface ReportAndClaimResult {
 export async function reportAndClaim(
   db: Executor,
   report: StepReport,
-  capabilities: readonly string[],
+  worker: readonly string[] | ClaimRouting,
 ): Promise<ReportAndClaimResult> {
   const a = checkReport(report, "report");
   if (a.workerId === null) throw new InvalidInputError("report.workerId", "is required: the worker that claims next");
-  const caps = requireCapabilities("capabilities", capabilities, WORKER_ACTION_TYPES);
+  const routing = checkRouting(worker);
   const output = a.output === null ? null : JSON.stringify(a.output);
-  const { statement, values } = preparedReportAndClaim(caps, { ...a, output, propagate: true });
+  const { statement, values } = preparedReportAndClaim(routing, { ...a, output, propagate: true });
   // Retried only when the error proves nothing committed: a repeat of a call
   // that did commit would claim a second step (the first held by nobody).
   const rows = await retryTransient(db, false, () =>
