@@ -140,7 +140,7 @@ const ours: Driver = {
 const modelClaim = (limit: number) => `
   with next as (
     select s.job_id, s.step_name from step_live s
-    where s.status = 'ready' and s.action_type = 'shell' and s.ready_at <= now()
+    where s.status = 'ready' and s.route = 'shell' and s.ready_at <= now()
     order by s.ready_at, s.job_id, s.step_name
     limit ${limit}
     for update skip locked
