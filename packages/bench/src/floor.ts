@@ -77,7 +77,8 @@ interface Driver {
   report(db: Database, worker: string, jobs: readonly Claimed[]): Promise<void>;
 }
 
-const CAPS = { capabilities: ["shell"], tags: [] as string[], exclusive: false };
+/** Who the loops claim as: a shell worker without tags (the claim of one capability). */
+const WORKER = { capabilities: ["shell"], tags: [] as string[], exclusive: false };
 
 async function query<R>(db: Database, name: string, text: string, values: unknown[]): Promise<R[]> {
   const res = await db.$client.query({ name, text, values });
@@ -86,7 +87,7 @@ async function query<R>(db: Database, name: string, text: string, values: unknow
 
 const ours: Driver = {
   async claim(db, worker, limit) {
-    const c = claim(CAPS, worker, limit);
+    const c = claim(WORKER, worker, limit);
     const rows = await runStatement<{ job_id: string; step_name: string; attempts: number }, typeof c.values>(
       db,
       c.statement,
@@ -514,7 +515,7 @@ export async function floorDrain(
       driver = modelDriver(m);
     } else {
       await seedJobs(pools[0] as Database, jobs, shape);
-      await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, CAPS.capabilities)));
+      await Promise.all(pools.map((db, i) => registerWorker(db, ids[i] as string, WORKER.capabilities)));
       driver = variant === "ours" ? ours : variant === "model" ? model : row;
     }
     const seen = new Set<string>();

@@ -24,6 +24,7 @@ import {
 import { stepRoutes } from "../sql/create.js";
 import { notifyReadyStatement, recountStatement } from "../sql/report.js";
 import {
+  optionalBoolean,
   optionalJson,
   optionalTags,
   optionalText,
@@ -42,9 +43,6 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
   const dependsOn = s.dependsOn ?? [];
   if (!Array.isArray(dependsOn)) throw new InvalidInputError(`${at}.dependsOn`, "must be an array of step names");
   for (const [j, d] of dependsOn.entries()) requireText(`${at}.dependsOn[${j}]`, d);
-  if (s.continueOnFailure !== undefined && typeof s.continueOnFailure !== "boolean") {
-    throw new InvalidInputError(`${at}.continueOnFailure`, "must be a boolean");
-  }
   const actionType = requireOneOf(`${at}.actionType`, s.actionType, ACTION_TYPES);
   return {
     stepName: requireText(`${at}.stepName`, s.stepName),
@@ -55,7 +53,7 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     actionSpec: optionalJson(`${at}.actionSpec`, s.actionSpec),
     input: optionalJson(`${at}.input`, s.input),
     dependsOn: [...dependsOn] as string[],
-    continueOnFailure: s.continueOnFailure ?? false,
+    continueOnFailure: optionalBoolean(`${at}.continueOnFailure`, s.continueOnFailure) ?? false,
     ...checkRetryPolicy(s, at),
   };
 }
