@@ -111,11 +111,16 @@ export async function create(db: Executor, input: NewJob, options: AuditOptions 
     );
   }
   const actor = checkActor("actor", options?.actor);
-  await insertJobs(db, [{ ...row, stepsUnfinished: 0 }], [], actor);
+  await insertJobs(db, [{ ...row, stepsUnfinished: 0, live: true }], [], actor);
   return row.jobId;
 }
 
-type JobRow = ReturnType<typeof toJobRow> & { stepsUnfinished: number };
+type JobRow = ReturnType<typeof toJobRow> & {
+  stepsUnfinished: number;
+  /** Whether the job gets a job_live row (see createManyWithResults). */
+  live: boolean;
+  parent?: { jobId: string; stepName: string } | undefined;
+};
 
 /**
  * The one insert of jobs (and their steps, and their `job.created` events):
@@ -158,6 +163,9 @@ async function insertJobs(
       timeout_secs: j.timeoutSecs,
       steps_unfinished: j.stepsUnfinished,
       keyed: j.idempotencyKey !== null,
+      live: j.live,
+      parent_job_id: j.parent?.jobId ?? null,
+      parent_step_name: j.parent?.stepName ?? null,
     })),
   );
   const values = {
@@ -258,6 +266,8 @@ export async function createManyWithResults(
   db: Executor,
   items: readonly NewJobWithSteps[],
   options: AuditOptions = {},
+  /** A child task's parent step (`JobStepRepo.startChild`, which has locked it); not part of the public options. */
+  parent?: { jobId: string; stepName: string },
 ): Promise<CreateResult[]> {
   if (!Array.isArray(items)) throw new InvalidInputError("items", "must be an array");
   const actor = checkActor("actor", options?.actor);
@@ -277,7 +287,14 @@ export async function createManyWithResults(
     validateFlow(flow);
     const dependants = new Map<string, string[]>(checked.map((s) => [s.stepName, []]));
     for (const s of checked) for (const d of s.dependsOn) dependants.get(d)?.push(s.stepName);
-    jobs.push({ ...row, stepsUnfinished: checked.length });
+    // A job of one step keeps its state on its step's live row, unless it is a
+    // child or has a task or loop step (a parent: a cancel holds its
+    // job_live row while it walks down to the children; a loop gains steps).
+    const live =
+      checked.length !== 1 ||
+      parent !== undefined ||
+      checked.some((s) => s.actionType === "task" || s.forEach !== null);
+    jobs.push({ ...row, stepsUnfinished: checked.length, live, parent });
     for (const s of checked) {
       steps.push({
         job_id: row.jobId,
@@ -299,6 +316,8 @@ export async function createManyWithResults(
         retry_strategy: s.retryStrategy,
         retry_jitter: s.retryJitter,
         timeout_secs: s.timeoutSecs,
+        when_condition: s.when,
+        for_each: s.forEach,
       });
     }
   }
@@ -496,6 +515,8 @@ export interface CancelResult {
   cancelled: string[];
   /** Its running steps, which keep running with `cancelRequestedAt` set (their workers learn it from `heartbeat`). */
   cancelRequested: string[];
+  /** Its child jobs (and theirs) that were unfinished, now cancelled, deepest first. */
+  children: string[];
 }
 
 /**
@@ -535,7 +556,20 @@ export async function cancel(
     alreadyCancelled: row.result === "already",
     cancelled: row.cancelled ?? [],
     cancelRequested: row.cancel_requested ?? [],
+    children: row.children ?? [],
   };
+}
+
+/**
+ * The child jobs started for the steps of `jobId` (`JobStepRepo.startChild`),
+ * oldest first (the `idx_job_parent` index). An unknown job has none.
+ */
+export async function children(db: Executor, jobId: string): Promise<Job[]> {
+  requireUuid("jobId", jobId);
+  const rows = await translateErrors(db, () =>
+    db.select().from(jobState).where(eq(jobState.parentJobId, jobId)).orderBy(jobState.createdAt, jobState.jobId),
+  );
+  return rows;
 }
 
 export { attempts, madeFrom, type RerunOptions, rerun, restart, retry } from "./lineage.js";

@@ -4,6 +4,7 @@
  * - `steps/claim.ts`: the claim (and `markRunning`, a directed claim);
  * - `steps/report.ts`: reports (`complete`, `fail`, `reportMany`, `reportAndClaim`, bare marks);
  * - `steps/advance.ts`: the seed-facing advance calls that take a flow;
+ * - `steps/gates.ts`, `steps/server.ts`: the server's steps (approval gates; conditions, child tasks, loops);
  * - `steps/recovery.ts`: rescuing the steps of workers that stopped heartbeating;
  * - `steps/stats.ts`: reads for dashboards and checks.
  * The hand-written statements they run live in `sql/`.
@@ -54,6 +55,14 @@ export {
   type StepRef,
   type StepReport,
 } from "./steps/report.js";
+export {
+  decideCondition,
+  type ExpandedLoop,
+  expandLoop,
+  type ServerDecision,
+  type StartedChild,
+  startChild,
+} from "./steps/server.js";
 export {
   allStepsTerminal,
   anyStepFailed,

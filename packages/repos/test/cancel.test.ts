@@ -70,6 +70,7 @@ describe("JobRepo.cancel", () => {
       alreadyCancelled: false,
       cancelled: ["b", "c"],
       cancelRequested: ["a"],
+      children: [],
     });
     const job = await JobRepo.get(t.db, jobId);
     expect(job).toMatchObject({ status: "cancelled", cancelReason: "user asked" });
@@ -92,7 +93,7 @@ describe("JobRepo.cancel", () => {
     expect(await WorkerRepo.heartbeat(t.db, w)).toEqual([]);
 
     // Again: a no-op.
-    expect(await JobRepo.cancel(t.db, jobId)).toEqual({ alreadyCancelled: true, cancelled: [], cancelRequested: [] });
+    expect(await JobRepo.cancel(t.db, jobId)).toEqual({ alreadyCancelled: true, cancelled: [], cancelRequested: [], children: [] });
   });
 
   it("a late report of a step of a cancelled job is recorded, promotes nothing, retries nothing", async () => {
@@ -169,7 +170,7 @@ describe("races (two connections, deterministic interleaving)", () => {
     await someoneWaits();
     claim.release();
     await claim.done;
-    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["b", "c"], cancelRequested: ["a"] });
+    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["b", "c"], cancelRequested: ["a"], children: [] });
 
     // The cancel first, its transaction open: a claim skips the locked rows, and after the commit finds nothing.
     const other = await JobRepo.createWithSteps(t.db, newJob, flow);
@@ -193,7 +194,7 @@ describe("races (two connections, deterministic interleaving)", () => {
     await someoneWaits();
     report.release();
     await report.done;
-    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["c"], cancelRequested: [] });
+    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["c"], cancelRequested: [], children: [] });
 
     const other = await JobRepo.createWithSteps(t.db, newJob, flow);
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 2);
@@ -221,7 +222,7 @@ describe("races (two connections, deterministic interleaving)", () => {
     rescue.release();
     await rescue.done;
     // The rescue failed `a` (no retries; `c` skipped) and requeued `b`: the cancel, after it, cancels `b`.
-    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["b"], cancelRequested: [] });
+    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["b"], cancelRequested: [], children: [] });
     expect(await statuses(jobId)).toEqual({ a: "failed", b: "cancelled", c: "skipped" });
     expect(await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 10)).toEqual([]);
     // (A rescue after the cancel: "rescue never requeues a step of a cancelled job" above.)

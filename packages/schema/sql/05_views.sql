@@ -29,6 +29,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ELSE p_ability || E'\x1f' || array_to_string(stroem_tags(p_tags), E'\x1f') END
 $$;
 --> statement-breakpoint
+-- A new step's route: a step with a `when` condition waits first for the
+-- server's decision ('@when'), a `for_each` step for its items ('@loop');
+-- otherwise (and once the server released it: stroem_decide_condition) the
+-- route of its ability and tags. '@…' is no action type, so no worker's
+-- capability names it (SERVER_ROUTES in @stroem/schema).
+CREATE OR REPLACE FUNCTION stroem_step_route(p_ability text, p_tags text[], p_when text, p_for_each text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN p_when IS NOT NULL THEN '@when' WHEN p_for_each IS NOT NULL THEN '@loop'
+    ELSE stroem_route(p_ability, p_tags) END
+$$;
+--> statement-breakpoint
 -- The ability of a route: what `listenForReady` listeners hear (they filter by capability).
 CREATE OR REPLACE FUNCTION stroem_route_ability(p_route text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -49,7 +60,8 @@ SELECT j.job_id, j.workspace, j.task_name, j.mode, j.input,
        CASE WHEN r.job_id IS NOT NULL THEN r.error_message ELSE l.error_message END AS error_message,
        coalesce(r.steps_unfinished, l.steps_unfinished, CASE WHEN sl.job_id IS NOT NULL THEN 1 ELSE 0 END) AS steps_unfinished,
        coalesce(r.steps_failed, l.steps_failed, 0) AS steps_failed,
-       j.source_job_id, j.restart_from_step, j.retry_of_job_id, j.retry_attempt, j.retry_job_id
+       j.source_job_id, j.restart_from_step, j.retry_of_job_id, j.retry_attempt, j.retry_job_id,
+       j.parent_job_id, j.parent_step_name
 FROM job j
 LEFT JOIN job_result r ON r.job_id = j.job_id
 LEFT JOIN job_live l ON l.job_id = j.job_id AND r.job_id IS NULL
@@ -82,14 +94,18 @@ SELECT s.job_id, s.step_name, s.action_name, s.action_type, s.action_image, s.ac
        s.timeout_secs,
        CASE WHEN l.job_id IS NOT NULL THEN l.suspended_at ELSE r.suspended_at END AS suspended_at,
        coalesce(l.retry_history, r.retry_history, '[]'::jsonb) AS retry_history,
-       s.required_ability, s.required_tags
+       s.required_ability, s.required_tags,
+       s.when_condition, s.for_each, s.loop_source, s.loop_index, s.loop_total, s.loop_item
 FROM job_step s
 LEFT JOIN step_live l ON l.job_id = s.job_id AND l.step_name = s.step_name
 LEFT JOIN step_result r ON r.job_id = s.job_id AND r.step_name = s.step_name AND l.job_id IS NULL;
 --> statement-breakpoint
 -- A live job row updated to a finished status moves to job_result, with
 -- its final state (the statements that finish a job update it; the row
--- goes at the end of that statement).
+-- goes at the end of that statement). A child job's end ends its parent
+-- step in the same statement (stroem_child_ended), unless the parent's own
+-- cancel is cancelling it (stroem_cancel_job: the parent step is cancelled
+-- with its job).
 CREATE OR REPLACE FUNCTION stroem_job_live_ended() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -98,6 +114,10 @@ BEGIN
   VALUES (NEW.job_id, NEW.status, NEW.worker_id, NEW.started_at, coalesce(NEW.completed_at, now()), NEW.output,
           NEW.error_message, NEW.cancel_reason, NEW.steps_unfinished, NEW.steps_failed);
   DELETE FROM job_live l WHERE l.job_id = NEW.job_id;
+  IF NEW.parent_job_id IS NOT NULL AND coalesce(current_setting('stroem.cascading_cancel', true), '') <> 'on' THEN
+    PERFORM stroem_child_ended(NEW.parent_job_id, NEW.parent_step_name, NEW.job_id, NEW.status, NEW.output,
+                               coalesce(NEW.error_message, NEW.cancel_reason));
+  END IF;
   RETURN NULL;
 END
 $$;
@@ -134,6 +154,42 @@ $$;
 CREATE OR REPLACE TRIGGER step_live_ended AFTER UPDATE OF status, propagated ON step_live
 FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'skipped', 'cancelled'))
 EXECUTE FUNCTION stroem_step_live_ended();
+--> statement-breakpoint
+-- An expanded loop step (route '@instances': it waits for its instances,
+-- which list it among their dependants) that advancing decides to move
+-- (its last instance finished: 'ready', or 'skipped' after a failure)
+-- finishes instead: `completed` with the instances' outputs in index order
+-- when none failed, else `failed` naming the failed instances (the outputs
+-- kept). It is left unpropagated (a bare mark), and the advancing that
+-- moved it applies it in the same call (stroem_apply_outcomes), so its
+-- dependants move on. Reads the instances once, when the last one ends.
+CREATE OR REPLACE FUNCTION stroem_loop_collected() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_outputs jsonb;
+  v_failed text[];
+BEGIN
+  SELECT coalesce(jsonb_agg(coalesce(r.output, 'null'::jsonb) ORDER BY d.loop_index), '[]'::jsonb),
+         coalesce(array_agg(d.step_name ORDER BY d.loop_index) FILTER (WHERE r.status = 'failed'), '{}')
+  INTO v_outputs, v_failed
+  FROM job_step d LEFT JOIN step_result r ON r.job_id = d.job_id AND r.step_name = d.step_name
+  WHERE d.job_id = NEW.job_id AND d.loop_source = NEW.step_name;
+  NEW.status := CASE WHEN cardinality(v_failed) > 0 THEN 'failed' ELSE 'completed' END;
+  NEW.output := v_outputs;
+  NEW.error_message := CASE WHEN cardinality(v_failed) > 0 THEN
+    cardinality(v_failed) || ' of ' || NEW.deps_total || ' instances failed: '
+      || array_to_string(v_failed[1:20], ', ') || CASE WHEN cardinality(v_failed) > 20 THEN ', ...' ELSE '' END
+  END;
+  NEW.completed_at := now();
+  NEW.ready_at := OLD.ready_at;
+  NEW.propagated := false;
+  RETURN NEW;
+END
+$$;
+--> statement-breakpoint
+CREATE OR REPLACE TRIGGER step_live_loop_collected BEFORE UPDATE OF status ON step_live
+FOR EACH ROW WHEN (OLD.route = '@instances' AND OLD.status = 'pending' AND NEW.status IN ('ready', 'skipped'))
+EXECUTE FUNCTION stroem_loop_collected();
 --> statement-breakpoint
 -- Deleting jobs (the retention purge, a test's cleanup) deletes their live
 -- and result rows: those tables have no foreign key to `job` (the check

@@ -79,6 +79,10 @@ CREATE OR REPLACE FUNCTION stroem_recount(p_job_ids uuid[]) RETURNS void LANGUAG
     SELECT c.job_id, e.parent, c.step_name AS child
     FROM job_step c CROSS JOIN LATERAL unnest(c.depends_on) AS e(parent)
     WHERE c.job_id = ANY(p_job_ids)
+    UNION ALL
+    -- An expanded loop step waits for its instances (stroem_expand_loop).
+    SELECT c.job_id, c.step_name, c.loop_source FROM job_step c
+    WHERE c.job_id = ANY(p_job_ids) AND c.loop_source IS NOT NULL
   ), rev AS (
     SELECT e.job_id, e.parent AS step_name, array_agg(e.child ORDER BY e.child) AS dependants
     FROM edges e GROUP BY e.job_id, e.parent
@@ -148,30 +152,35 @@ DECLARE
   v_next text[];
   v_types text[] := '{}';
   v_level_types text[];
+  v_marks boolean := true;
 BEGIN
   promoted := '{}';
   skipped := '{}';
-  -- Bare marks (served by idx_step_live_unpropagated, empty on the report
-  -- path); applied, each moves to step_result (trigger step_live_ended).
-  WITH done AS (
-    UPDATE step_live s SET propagated = true
-    WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
-    RETURNING s.status, s.dependants, s.continue_on_failure
-  ), edges AS (
-    SELECT d.dependant, done.status FROM done CROSS JOIN LATERAL unnest(done.dependants) AS d(dependant)
-  )
-  SELECT (SELECT count(*)::int FROM done),
-         (SELECT count(*)::int FROM done WHERE done.status = 'failed' AND NOT done.continue_on_failure),
-         coalesce(array_agg(edges.dependant ORDER BY edges.dependant, edges.status), '{}'),
-         coalesce(array_agg(edges.status ORDER BY edges.dependant, edges.status), '{}')
-  INTO v_more_finished, v_more_failed, v_more_targets, v_more_outcomes
-  FROM edges;
-  v_finished := v_finished + v_more_finished;
-  v_failed := v_failed + v_more_failed;
-  v_targets := v_targets || v_more_targets;
-  v_outcomes := v_outcomes || v_more_outcomes;
+  LOOP
+    IF v_marks THEN
+      -- Bare marks (served by idx_step_live_unpropagated, empty on the report
+      -- path; and loop steps a level finished): applied, each moves to
+      -- step_result (trigger step_live_ended).
+      WITH done AS (
+        UPDATE step_live s SET propagated = true
+        WHERE s.job_id = p_job_id AND NOT s.propagated AND s.status IN ('completed', 'failed', 'skipped')
+        RETURNING s.status, s.dependants, s.continue_on_failure
+      ), edges AS (
+        SELECT d.dependant, done.status FROM done CROSS JOIN LATERAL unnest(done.dependants) AS d(dependant)
+      )
+      SELECT (SELECT count(*)::int FROM done),
+             (SELECT count(*)::int FROM done WHERE done.status = 'failed' AND NOT done.continue_on_failure),
+             coalesce(array_agg(edges.dependant ORDER BY edges.dependant, edges.status), '{}'),
+             coalesce(array_agg(edges.status ORDER BY edges.dependant, edges.status), '{}')
+      INTO v_more_finished, v_more_failed, v_more_targets, v_more_outcomes
+      FROM edges;
+      v_finished := v_finished + v_more_finished;
+      v_failed := v_failed + v_more_failed;
+      v_targets := v_targets || v_more_targets;
+      v_outcomes := v_outcomes || v_more_outcomes;
+    END IF;
+    EXIT WHEN cardinality(v_targets) = 0;
 
-  WHILE cardinality(v_targets) > 0 LOOP
     WITH agg AS (
       SELECT t.name, count(t.outcome)::int AS n,
              count(*) FILTER (WHERE t.outcome = 'failed')::int AS f,
@@ -185,7 +194,9 @@ BEGIN
       FROM step_live s JOIN agg ON s.step_name = agg.name
       WHERE s.job_id = p_job_id AND s.status = 'pending'
     ), upd AS (
-      -- A step skipped here moves to step_result (propagated).
+      -- A step skipped here moves to step_result (propagated); a loop step
+      -- its last instance moved finishes instead, unpropagated (trigger
+      -- step_live_loop_collected): the next pass applies it.
       UPDATE step_live s SET
         deps_unfinished = s.deps_unfinished - dec.n,
         deps_failed = s.deps_failed + dec.f,
@@ -196,13 +207,14 @@ BEGIN
         propagated = (dec.next = 'skipped')
       FROM dec
       WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
-      RETURNING s.step_name, dec.next, s.dependants, stroem_route_ability(s.route) AS ability
+      RETURNING s.step_name, s.status AS next, s.dependants, stroem_route_ability(s.route) AS ability
     )
     SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
            coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
            coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
-           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}')
-    INTO v_level_promoted, v_level_skipped, v_next, v_level_types;
+           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}'),
+           EXISTS (SELECT 1 FROM upd u WHERE u.next IN ('completed', 'failed'))
+    INTO v_level_promoted, v_level_skipped, v_next, v_level_types, v_marks;
     promoted := promoted || v_level_promoted;
     skipped := skipped || v_level_skipped;
     v_types := v_types || v_level_types;

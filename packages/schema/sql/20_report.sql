@@ -43,6 +43,7 @@ DECLARE
   v_next text[];
   v_types text[];
   v_job_started timestamptz;
+  v_collected boolean;
 BEGIN
   promoted := '{}';
   skipped := '{}';
@@ -225,16 +226,20 @@ BEGIN
         propagated = (dec.next = 'skipped')
       FROM dec
       WHERE s.job_id = p_job_id AND s.step_name = dec.step_name
-      RETURNING s.step_name, dec.next, s.dependants, stroem_route_ability(s.route) AS ability
+      -- The row's status as written: a loop step that its last instance
+      -- moved has finished instead (trigger step_live_loop_collected).
+      RETURNING s.step_name, s.status AS next, s.dependants, stroem_route_ability(s.route) AS ability
     )
     SELECT coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'ready'), '{}'),
            coalesce((SELECT array_agg(u.step_name ORDER BY u.step_name) FROM upd u WHERE u.next = 'skipped'), '{}'),
            coalesce((SELECT array_agg(d) FROM upd u CROSS JOIN LATERAL unnest(u.dependants) AS d WHERE u.next = 'skipped'), '{}'),
-           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}')
-    INTO promoted, skipped, v_next, v_types;
+           coalesce((SELECT array_agg(DISTINCT u.ability) FROM upd u WHERE u.next = 'ready'), '{}'),
+           EXISTS (SELECT 1 FROM upd u WHERE u.next IN ('completed', 'failed'))
+    INTO promoted, skipped, v_next, v_types, v_collected;
     v_finished := 1 + cardinality(skipped);
-    IF cardinality(v_next) > 0 THEN
-      -- A skip cascades: stroem_apply_outcomes walks the next levels and
+    IF cardinality(v_next) > 0 OR v_collected THEN
+      -- A skip cascades, or a loop step finished (a bare mark):
+      -- stroem_apply_outcomes applies it, walks the next levels and
       -- settles the job with this level's count.
       SELECT * INTO v_applied FROM stroem_apply_outcomes(
         p_job_id, v_next, array_fill('skipped'::text, ARRAY[cardinality(v_next)]), v_finished, v_failed);
@@ -337,6 +342,8 @@ DECLARE
   l_kinds text[];
   l_skipped_jobs uuid[];
   l_types text[];
+  l_collected uuid[];
+  v_collected uuid[] := '{}';
 BEGIN
   -- The jobs' locks (stroem_lock_job for a batch): the job_live rows in job
   -- id order; then, for the jobs without one, the reported steps' live rows
@@ -546,15 +553,36 @@ BEGIN
       (SELECT coalesce(array_agg(DISTINCT u.ability), '{}') FROM upd u WHERE u.next = 'ready'),
       (SELECT coalesce(array_agg(n.job_id ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
       (SELECT coalesce(array_agg(n.name ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
-      (SELECT coalesce(array_agg(n.origin ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n)
-    INTO l_ords, l_names, l_kinds, l_skipped_jobs, l_types, e_jobs, e_names, e_origins;
+      (SELECT coalesce(array_agg(n.origin ORDER BY n.job_id, n.name, n.origin), '{}') FROM nxt n),
+      -- Loop steps their last instance finished (trigger step_live_loop_collected): bare marks.
+      (SELECT coalesce(array_agg(u.job_id), '{}') FROM upd u WHERE u.next IN ('completed', 'failed'))
+    INTO l_ords, l_names, l_kinds, l_skipped_jobs, l_types, e_jobs, e_names, e_origins, l_collected;
     c_ords := c_ords || l_ords;
     c_levels := c_levels || array_fill(v_level, ARRAY[cardinality(l_ords)]);
     c_names := c_names || l_names;
     c_kinds := c_kinds || l_kinds;
     v_skipped_jobs := v_skipped_jobs || l_skipped_jobs;
     v_types := v_types || l_types;
+    v_collected := v_collected || l_collected;
     e_outcomes := array_fill('skipped'::text, ARRAY[cardinality(e_jobs)]);
+  END LOOP;
+
+  -- Jobs in which a loop step finished (its last instance is in this batch):
+  -- stroem_apply_outcomes applies it (and settles its count; the batch's
+  -- own counts settle below), its moves credited to the job's last report.
+  FOR v_wait IN
+    SELECT DISTINCT c.job_id, t.last FROM unnest(v_collected) AS c(job_id)
+    LEFT JOIN unnest(v_jobs, v_last) AS t(job_id, last) ON t.job_id = c.job_id
+    ORDER BY c.job_id
+  LOOP
+    SELECT * INTO v_applied FROM stroem_apply_outcomes(v_wait.job_id, '{}', '{}', 0, 0);
+    SELECT c_ords || coalesce(array_agg(v_wait.last), '{}'), c_levels || coalesce(array_agg(v_level + m.k::integer ORDER BY m.k), '{}'),
+           c_names || coalesce(array_agg(m.name ORDER BY m.k), '{}'), c_kinds || coalesce(array_agg(m.kind ORDER BY m.k), '{}')
+    INTO c_ords, c_levels, c_names, c_kinds
+    FROM (SELECT p.name, p.k, 'ready' AS kind FROM unnest(v_applied.promoted) WITH ORDINALITY AS p(name, k)
+          UNION ALL
+          SELECT q.name, cardinality(v_applied.promoted) + q.k, 'skipped' FROM unnest(v_applied.skipped) WITH ORDINALITY AS q(name, k)) AS m
+    WHERE v_wait.last IS NOT NULL;
   END LOOP;
 
   -- Every job the batch moved, settled at once (stroem_settle_jobs): its

@@ -22,13 +22,14 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_single boolean;
+  v_route text;
 BEGIN
   SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
   IF job_status IS NULL THEN
     result := 'not_found';
     RETURN;
   END IF;
-  SELECT s.status, s.action_type, s.suspended_at INTO step_status, action_type, suspended_at
+  SELECT s.status, s.action_type, s.suspended_at, s.route INTO step_status, action_type, suspended_at, v_route
   FROM step_live s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
   IF NOT FOUND THEN
     SELECT s.status, s.action_type, s.suspended_at INTO step_status, action_type, suspended_at
@@ -40,7 +41,8 @@ BEGIN
     result := 'not_server';
   ELSIF step_status = 'suspended' THEN
     result := 'repeated';
-  ELSIF step_status <> 'ready' OR job_status IN ('completed', 'failed', 'cancelled') THEN
+  ELSIF step_status <> 'ready' OR v_route IS DISTINCT FROM 'approval' OR job_status IN ('completed', 'failed', 'cancelled') THEN
+    -- (A gate with a `when` is ready on route '@when' until the server releases it.)
     result := 'invalid_transition';
   ELSE
     UPDATE step_live s SET status = 'suspended', suspended_at = now(), output = coalesce(p_output, s.output),
@@ -81,10 +83,10 @@ BEGIN
     result := 'not_found';
     RETURN;
   END IF;
-  SELECT s.status, s.output, s.suspended_at INTO v_step
+  SELECT s.status, s.output, s.suspended_at, s.action_type INTO v_step
   FROM step_live s WHERE s.job_id = p_job_id AND s.step_name = p_step_name FOR UPDATE;
   IF NOT FOUND THEN
-    SELECT s.status, s.output, s.suspended_at INTO v_step
+    SELECT s.status, s.output, s.suspended_at, s.action_type INTO v_step
     FROM job_step_state s WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
   END IF;
   IF NOT FOUND THEN
@@ -92,6 +94,11 @@ BEGIN
     RETURN;
   END IF;
   step_status := v_step.status;
+  IF v_step.action_type <> 'approval' THEN
+    -- A suspended `task` step waits for its child job, not for a person.
+    result := 'not_gate';
+    RETURN;
+  END IF;
   IF v_step.status <> 'suspended' THEN
     result := 'invalid_transition';
     RETURN;

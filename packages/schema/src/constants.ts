@@ -31,17 +31,33 @@ export const CREATION_SOURCE_TYPES = ["trigger", "user", "api", "webhook"] as co
  * A step's kind of action. Workers run `shell`, `docker` and `pod` steps
  * (`WORKER_ACTION_TYPES`: a worker's capabilities, what it claims); the
  * server runs the others (`SERVER_ACTION_TYPES`): an `approval` gate is
- * suspended until someone approves or rejects it, never claimed by a worker.
+ * suspended until someone approves or rejects it; a `task` step starts a
+ * child job and ends with it. Neither is ever claimed by a worker.
  */
-export const ACTION_TYPES = ["shell", "docker", "pod", "approval"] as const;
+export const ACTION_TYPES = ["shell", "docker", "pod", "approval", "task"] as const;
 export type ActionType = (typeof ACTION_TYPES)[number];
 
 /** The action types workers claim (a worker's capabilities are some of these). */
 export const WORKER_ACTION_TYPES = ["shell", "docker", "pod"] as const satisfies readonly ActionType[];
 export type WorkerActionType = (typeof WORKER_ACTION_TYPES)[number];
 
-/** The action types the server handles itself (`JobStepRepo.readyServerSteps`, `suspend`, `approve`, `reject`). */
-export const SERVER_ACTION_TYPES = ["approval"] as const satisfies readonly ActionType[];
+/** The action types the server handles itself (`JobStepRepo.readyServerSteps`, `suspend`, `approve`, `reject`, `startChild`). */
+export const SERVER_ACTION_TYPES = ["approval", "task"] as const satisfies readonly ActionType[];
+
+/**
+ * The routes (`step_live.route`) of ready steps that wait for the server,
+ * whatever their action type: a step with a `when` condition, once its
+ * dependencies are done, waits for the server's decision (`decideCondition`:
+ * run or skip); a `forEach` step waits for its items (`expandLoop`); an
+ * expanded loop step waits for its instances (it finishes with the last).
+ * No worker's capability can name them (they are not action types), so no
+ * worker claims them; `readyServerSteps` walks the first two (and the server
+ * action types) in the claim index.
+ */
+export const SERVER_ROUTES = { condition: "@when", loop: "@loop", instances: "@instances" } as const;
+
+/** Most instances one `expandLoop` creates. */
+export const MAX_LOOP_ITEMS = 10_000;
 
 /**
  * A step's status. `suspended`: a server step (an approval gate) waiting for
@@ -95,6 +111,9 @@ export const AUDIT_ACTIONS = {
   stepSuspended: "step.suspended",
   stepApproved: "step.approved",
   stepRejected: "step.rejected",
+  stepConditionDecided: "step.condition_decided",
+  stepExpanded: "step.expanded",
+  childStarted: "job.child_started",
   userCreated: "user.created",
   userDeleted: "user.deleted",
   userAdminChanged: "user.admin_changed",

@@ -56,6 +56,7 @@ export const CONSTRAINTS = {
   deadlineJobFk: "job_deadline_job_id_job_job_id_fk",
   jobSourceFk: "job_source_job_id_fk",
   jobRetryOfFk: "job_retry_of_job_id_fk",
+  jobParentFk: "job_parent_job_id_fk",
   idempotencyKeyPk: "job_idempotency_key_pk",
   artifactPk: "job_artifact_pk",
   artifactJobFk: "job_artifact_job_id_job_job_id_fk",
@@ -154,6 +155,13 @@ const jobColumns = () => ({
   retryAttempt: integer("retry_attempt").notNull().default(0),
   /** The job that retried this one (`JobRepo.retry`), set once; a job is retried at most once. */
   retryJobId: uuid("retry_job_id"),
+  /**
+   * A child job's parent (`JobStepRepo.startChild`): the job and its `task`
+   * step that ends when this job ends. Null for a job that is no child, and
+   * the id once the parent is purged.
+   */
+  parentJobId: uuid("parent_job_id"),
+  parentStepName: text("parent_step_name"),
 });
 
 /**
@@ -183,6 +191,8 @@ export const job = pgTable(
     retryOfJobId: uuid("retry_of_job_id"),
     retryAttempt: integer("retry_attempt").notNull().default(0),
     retryJobId: uuid("retry_job_id"),
+    parentJobId: uuid("parent_job_id"),
+    parentStepName: text("parent_step_name"),
   },
   (t) => [
     check("job_mode_check", oneOf(t.mode, JOB_MODES)),
@@ -211,6 +221,13 @@ export const job = pgTable(
     // `search`'s text query over task name and input (GIN over the same
     // expression the query repeats, JOB_SEARCH_DOCUMENT).
     index("idx_job_search").using("gin", sql.raw(JOB_SEARCH_DOCUMENT)),
+    // A child task's parent (JobStepRepo.startChild); the id is cleared when the parent is purged.
+    foreignKey({ name: CONSTRAINTS.jobParentFk, columns: [t.parentJobId], foreignColumns: [t.jobId] }).onDelete(
+      "set null",
+    ),
+    check("job_parent_check", sql`${t.parentJobId} is null or ${t.parentStepName} is not null`),
+    // `JobRepo.children`, and a cancel's walk down to its job's children.
+    index("idx_job_parent").on(t.parentJobId, t.createdAt).where(sql`${t.parentJobId} is not null`),
   ],
 );
 
@@ -242,6 +259,12 @@ export const jobLive = pgTable(
     stepsUnfinished: integer("steps_unfinished").notNull().default(0),
     /** Failed steps without `continue_on_failure`: the finished job failed when above 0. */
     stepsFailed: integer("steps_failed").notNull().default(0),
+    /**
+     * A child job's parent step (copies of `job`'s): when this row finishes,
+     * the trigger that moves it to `job_result` ends that step with it.
+     */
+    parentJobId: uuid("parent_job_id"),
+    parentStepName: text("parent_step_name"),
   },
   (t) => [
     foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
@@ -378,6 +401,23 @@ const jobStepColumns = () => ({
   /** When a server step (an approval gate) was suspended to wait for its decision. */
   suspendedAt: timestamp("suspended_at", tz),
   retryHistory: jsonb("retry_history").$type<RetryHistoryEntry[]>().notNull().default([]),
+  ...loopColumns(),
+});
+
+/** A step's condition and loop fields (definition, `job_step`; also in `job_step_state`). */
+const loopColumns = () => ({
+  /** The server's condition (`NewFlowStep.when`): stored, never read by the database. */
+  whenCondition: text("when_condition"),
+  /** The expression of a loop step's items (`NewFlowStep.forEach`), for the server. */
+  forEach: text("for_each"),
+  /** An instance of a loop (`expandLoop`): the loop step it belongs to. */
+  loopSource: text("loop_source"),
+  /** An instance's position in its loop, from 0. */
+  loopIndex: integer("loop_index"),
+  /** Instances of the loop: on the loop step once expanded, and on each instance. */
+  loopTotal: integer("loop_total"),
+  /** An instance's item (`expandLoop`'s `items[loopIndex]`). */
+  loopItem: jsonb("loop_item").$type<unknown>(),
 });
 
 /**
@@ -410,6 +450,7 @@ export const jobStep = pgTable(
     retryStrategy: text("retry_strategy").$type<RetryStrategy>().notNull().default("exponential"),
     retryJitter: doublePrecision("retry_jitter").notNull().default(0),
     timeoutSecs: integer("timeout_secs"),
+    ...loopColumns(),
   },
   (t) => [
     primaryKey({ name: CONSTRAINTS.stepPk, columns: [t.jobId, t.stepName] }),
@@ -420,6 +461,12 @@ export const jobStep = pgTable(
     check(
       "job_step_retry_policy_check",
       sql`${t.maxRetries} between 0 and ${sql.raw(String(RETRY_LIMITS.maxRetries))} and ${t.retryBackoffSecs} between 0 and ${sql.raw(String(RETRY_LIMITS.maxBackoffSecs))} and ${t.retryJitter} between 0 and 1`,
+    ),
+    // An instance names its loop, its index and the loop's size; a loop step
+    // is no instance (loops do not nest: an item list runs one level).
+    check(
+      "job_step_loop_check",
+      sql`(${t.loopSource} is null) = (${t.loopIndex} is null) and (${t.loopSource} is null or (${t.loopIndex} >= 0 and ${t.loopIndex} < ${t.loopTotal} and ${t.forEach} is null)) and (${t.loopTotal} is null or ${t.loopTotal} >= 0)`,
     ),
   ],
 );

@@ -42,6 +42,20 @@ export interface NewFlowStepFields {
   retryJitter?: number;
   /** A run fails once it has been running this many seconds (`sweepTimeouts`); default none. */
   timeoutSecs?: number | null;
+  /**
+   * A condition the server evaluates (a template over upstream outputs; the
+   * database stores it, never reads it): once the step's dependencies are
+   * done it waits for `JobStepRepo.decideCondition` (run: released to
+   * workers; or skipped). Up to 4,096 characters.
+   */
+  when?: string | null;
+  /**
+   * Makes the step a loop (the expression of its items, for the server):
+   * once ready it waits for `JobStepRepo.expandLoop`, which creates one
+   * instance per item (`step[0]`, `step[1]`, ...); it finishes with the last
+   * of them. Up to 4,096 characters.
+   */
+  forEach?: string | null;
 }
 
 /** A step inserted into an existing job with `JobStepRepo.createSteps`, its status chosen by the caller. */

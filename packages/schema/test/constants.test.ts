@@ -48,10 +48,12 @@ describe("status constants", () => {
     expect(allowed).toEqual([...values]);
   });
 
-  it("the server's action types are the ones 45_gates.sql suspends, and the rest are the workers'", () => {
+  it("the server's action types are those 45_gates.sql suspends and 47_server_steps.sql starts children of, and the rest are the workers'", () => {
     const gates = readFileSync(new URL("../sql/45_gates.sql", import.meta.url), "utf8");
     const listed = gates.match(/action_type NOT IN \(([^)]*)\)/)?.[1] ?? "";
-    expect(listed.split(",").map((v) => v.trim().replace(/'/g, ""))).toEqual([...SERVER_ACTION_TYPES]);
+    const server = readFileSync(new URL("../sql/47_server_steps.sql", import.meta.url), "utf8");
+    const task = server.match(/v_step\.action_type <> '([a-z]+)'/)?.[1];
+    expect([...listed.split(",").map((v) => v.trim().replace(/'/g, "")), task]).toEqual([...SERVER_ACTION_TYPES]);
     expect([...WORKER_ACTION_TYPES, ...SERVER_ACTION_TYPES].sort()).toEqual([...ACTION_TYPES].sort());
   });
 
@@ -62,6 +64,7 @@ describe("status constants", () => {
       "job_source_type_check",
       "job_timeout_secs_check",
       "job_lineage_check",
+      "job_parent_check",
     ]);
     expect(getTableConfig(jobLive).checks.map((c) => c.name)).toEqual([
       "job_live_status_check",
@@ -73,6 +76,7 @@ describe("status constants", () => {
       "job_step_retry_strategy_check",
       "job_step_timeout_secs_check",
       "job_step_retry_policy_check",
+      "job_step_loop_check",
     ]);
     expect(getTableConfig(stepLive).checks.map((c) => c.name)).toEqual([
       "step_live_status_check",
@@ -94,6 +98,7 @@ describe("status constants", () => {
         CONSTRAINTS.jobWorkerFk,
         CONSTRAINTS.jobSourceFk,
         CONSTRAINTS.jobRetryOfFk,
+        CONSTRAINTS.jobParentFk,
         CONSTRAINTS.stepJobFk,
         CONSTRAINTS.stepWorkerFk,
       ].sort(),

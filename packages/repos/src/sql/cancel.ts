@@ -7,12 +7,15 @@ export type CancelJobRow = {
   cancelled: string[] | null;
   cancel_requested: string[] | null;
   job_status: string | null;
+  children: string[] | null;
 };
 
 /**
- * Cancels a job: the job row locked first, then its steps (see the
- * function's comment); when it did cancel (`ok`), records a `job.cancelled`
- * audit event by `actorType` / `actorId` in the same statement.
+ * Cancels a job: its unfinished children first, then the job row locked,
+ * then its steps (see the function's comment); when it did cancel (`ok`),
+ * records a `job.cancelled` audit event by `actorType` / `actorId` in the
+ * same statement, and one per child it cancelled (details: the reason
+ * given to the child, `parentJobId`).
  */
 export const CANCEL_JOB = statement<{
   jobId: string;
@@ -31,6 +34,12 @@ export const CANCEL_JOB = statement<{
              jsonb_build_object('reason', ${sql.placeholder("reason")}::text, 'cancelled', to_jsonb(r.cancelled),
                                 'cancelRequested', to_jsonb(r.cancel_requested))
       from r where r.result = 'ok'
+    ), child_audit as (
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.cancelled', 'job',
+             c.job_id::text, jsonb_build_object('reason', l.cancel_reason, 'parentJobId', ${sql.placeholder("jobId")}::text)
+      from r cross join unnest(r.children) as c(job_id) left join job_result l on l.job_id = c.job_id
+      where r.result = 'ok'
     )
     select * from r`,
 );

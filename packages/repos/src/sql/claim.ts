@@ -23,14 +23,17 @@ const startJobs = sql`
     )`;
 
 /**
- * A claimed step as the repos return it (`job_step_state`'s columns): its
- * definition `d` (job_step) with its live row `c`.
+ * A claimed step as the repos return it (`job_step_state`'s columns but its
+ * routing, `when` and `forEach`, which a worker does not read): its
+ * definition `d` (job_step) with its live row `c`; a loop instance's item
+ * and place in its loop.
  */
 const claimedColumns = sql`d.job_id, d.step_name, d.action_name, d.action_type, d.action_image, d.action_spec,
       d.input, c.output, c.status, c.worker_id, c.started_at, c.completed_at, c.error_message, d.depends_on,
       d.continue_on_failure, c.attempts, c.rescues, c.ready_at, d.dependants, c.deps_unfinished, c.deps_failed,
       c.deps_completed, c.propagated, c.max_retries, d.retry_backoff_secs, d.retry_strategy, d.retry_jitter,
-      c.cancel_requested_at, d.timeout_secs, c.suspended_at, c.retry_history`;
+      c.cancel_requested_at, d.timeout_secs, c.suspended_at, c.retry_history, d.loop_source, d.loop_index,
+      d.loop_total, d.loop_item`;
 
 /** The definitions of the claimed steps, each by key (joined alone, the planner may read job_step whole). */
 const definitions = sql`join job_step d on d.job_id = c.job_id and d.step_name = c.step_name

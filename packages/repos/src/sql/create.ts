@@ -56,17 +56,21 @@ function createJobsQuery(keyed: boolean) {
     with ${claimKeys}new_jobs as (
       select x.* from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
-        revision text, steps_unfinished integer, timeout_secs integer, keyed boolean)${keep}
+        revision text, steps_unfinished integer, timeout_secs integer, keyed boolean, live boolean,
+        parent_job_id uuid, parent_step_name text)${keep}
     ), jobs as (
-      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs)
+      insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs,
+                       parent_job_id, parent_step_name)
       select x.job_id, x.workspace, x.task_name, x.mode, x.input, x.source_type, x.source_id, x.revision,
-             x.timeout_secs
+             x.timeout_secs, x.parent_job_id, x.parent_step_name
       from new_jobs x
       returning job_id
     ), live_jobs as (
-      -- A job of one step has no job_live row: its step's live row is its state.
-      insert into job_live (job_id, steps_unfinished)
-      select x.job_id, x.steps_unfinished from new_jobs x where x.steps_unfinished <> 1
+      -- A job of one step has no job_live row (its step's live row is its
+      -- state) unless the caller asks for one (\`live\`: a child job, a job
+      -- with a task or loop step).
+      insert into job_live (job_id, steps_unfinished, parent_job_id, parent_step_name)
+      select x.job_id, x.steps_unfinished, x.parent_job_id, x.parent_step_name from new_jobs x where x.live
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', j.job_id::text,
@@ -78,20 +82,22 @@ function createJobsQuery(keyed: boolean) {
         job_id uuid, step_name text, action_name text, action_type text, required_ability text,
         required_tags text[], action_image text, action_spec jsonb, input jsonb, status text, depends_on text[], continue_on_failure boolean, dependants text[],
         deps_unfinished integer, max_retries integer, retry_backoff_secs integer, retry_strategy text,
-        retry_jitter double precision, timeout_secs integer)${keyed ? sql` where x.job_id in (select job_id from new_jobs)` : sql``}
+        retry_jitter double precision, timeout_secs integer, when_condition text, for_each text)${keyed ? sql` where x.job_id in (select job_id from new_jobs)` : sql``}
     ), steps as (
       insert into job_step (job_id, step_name, action_name, action_type, required_ability, required_tags,
                             action_image, action_spec, input, depends_on, continue_on_failure, dependants,
-                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
+                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs,
+                            when_condition, for_each)
       select x.job_id, x.step_name, x.action_name, x.action_type, x.required_ability, stroem_tags(x.required_tags),
              x.action_image, x.action_spec, x.input,
              x.depends_on, x.continue_on_failure, x.dependants, x.max_retries, x.retry_backoff_secs,
-             x.retry_strategy, x.retry_jitter, x.timeout_secs
+             x.retry_strategy, x.retry_jitter, x.timeout_secs, x.when_condition, x.for_each
       from new_steps x
     ), live_steps as (
       insert into step_live (job_id, step_name, action_type, route, status, ready_at, max_retries, deps_total,
                              continue_on_failure, dependants, timeout_secs, deps_unfinished)
-      select x.job_id, x.step_name, x.action_type, stroem_route(coalesce(x.required_ability, x.action_type), x.required_tags),
+      select x.job_id, x.step_name, x.action_type,
+             stroem_step_route(coalesce(x.required_ability, x.action_type), x.required_tags, x.when_condition, x.for_each),
              x.status, case when x.status = 'ready' then now() end,
              x.max_retries, cardinality(x.depends_on), x.continue_on_failure, x.dependants, x.timeout_secs,
              x.deps_unfinished

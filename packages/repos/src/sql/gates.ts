@@ -40,7 +40,7 @@ export const SUSPEND_STEP = statement<SuspendValues>(
 
 /** What `stroem_decide_gate` answers. */
 export type DecideRow = {
-  result: "ok" | "not_found" | "invalid_transition" | "repeated" | "not_owner";
+  result: "ok" | "not_found" | "invalid_transition" | "repeated" | "not_owner" | "not_gate";
   step_status: string | null;
   job_status: string | null;
   promoted: string[] | null;

@@ -78,6 +78,8 @@ export const COPY_JOB = statement<CopyJobValues>(
     ), steps as materialized (
       select s.*, s.step_name in (select step_name from upstream) as copied
       from job_step_state s where s.job_id = ${sql.placeholder("sourceJobId")}::uuid
+        -- A loop's instances are not copied: its loop step expands again (or is copied completed).
+        and s.loop_source is null
     ), checks as materialized (
       select
         (select status from src) as source_status,
@@ -115,7 +117,9 @@ export const COPY_JOB = statement<CopyJobValues>(
     ), new_job_live as (
       -- A job of one step has no job_live row (its step's live row is its state).
       insert into job_live (job_id, steps_unfinished)
-      select n.job_id, n.steps_unfinished from new_job n where (select count(*) from new_steps) <> 1
+      select n.job_id, n.steps_unfinished from new_job n
+      where (select count(*) from new_steps) <> 1
+        or exists (select 1 from new_steps s where s.action_type = 'task' or s.for_each is not null)
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', n.job_id::text,
@@ -128,18 +132,19 @@ export const COPY_JOB = statement<CopyJobValues>(
     ), new_defs as (
       insert into job_step (job_id, step_name, action_name, action_type, required_ability, required_tags,
                             action_image, action_spec, input, depends_on, continue_on_failure, dependants,
-                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs)
+                            max_retries, retry_backoff_secs, retry_strategy, retry_jitter, timeout_secs,
+                            when_condition, for_each)
       select n.job_id, s.step_name, s.action_name, s.action_type, s.required_ability, s.required_tags,
              s.action_image, s.action_spec, s.input,
              s.depends_on, s.continue_on_failure, s.dependants, s.max_retries - s.rescues, s.retry_backoff_secs,
-             s.retry_strategy, s.retry_jitter, s.timeout_secs
+             s.retry_strategy, s.retry_jitter, s.timeout_secs, s.when_condition, s.for_each
       from new_steps s cross join new_job n
     ), new_step_rows as (
       -- The source's routes are registered (its steps were created with them).
       insert into step_live (job_id, step_name, action_type, route, status, ready_at, max_retries, deps_total,
                              continue_on_failure, dependants, timeout_secs, deps_unfinished, deps_completed)
       select n.job_id, s.step_name, s.action_type,
-             stroem_route(coalesce(s.required_ability, s.action_type), s.required_tags),
+             stroem_step_route(coalesce(s.required_ability, s.action_type), s.required_tags, s.when_condition, s.for_each),
              case when cardinality(s.depends_on) = s.done then 'ready' else 'pending' end,
              case when cardinality(s.depends_on) = s.done then now() end,
              s.max_retries - s.rescues, cardinality(s.depends_on), s.continue_on_failure, s.dependants, s.timeout_secs,

@@ -8,6 +8,7 @@ import {
   type NewJobStep,
   RETRY_LIMITS,
   RETRY_STRATEGIES,
+  SERVER_ROUTES,
   STEP_INITIAL_STATUSES,
   stepLive,
   WORKER_ACTION_TYPES,
@@ -55,7 +56,21 @@ export function checkFlowStep(s: NewFlowStep, at: string) {
     dependsOn: [...dependsOn] as string[],
     continueOnFailure: optionalBoolean(`${at}.continueOnFailure`, s.continueOnFailure) ?? false,
     ...checkRetryPolicy(s, at),
+    when: optionalExpression(`${at}.when`, s.when),
+    forEach: optionalExpression(`${at}.forEach`, s.forEach),
   };
+}
+
+/** Longest `when` / `forEach` expression a step stores. */
+export const MAX_STEP_EXPRESSION = 4096;
+
+/** A server-side expression (`when`, `forEach`): null, or 1 to 4,096 characters. */
+function optionalExpression(field: string, value: unknown): string | null {
+  const text = optionalText(field, value);
+  if (text !== null && text.length > MAX_STEP_EXPRESSION) {
+    throw new InvalidInputError(field, `must be at most ${MAX_STEP_EXPRESSION} characters, got ${text.length}`);
+  }
+  return text;
 }
 
 /**
@@ -78,9 +93,15 @@ function checkRouting(s: NewFlowStep, actionType: ActionType, at: string) {
   return { requiredAbility, requiredTags };
 }
 
-/** The SQL of a step's route (`stroem_route`), for an insert. */
-export function routeOf(r: { actionType: string; requiredAbility: string | null; requiredTags: readonly string[] }) {
-  return sql`stroem_route(${r.requiredAbility ?? r.actionType}::text, ${sql.param(r.requiredTags)}::text[])`;
+/** The SQL of a new step's route (`stroem_step_route`), for an insert. */
+export function routeOf(r: {
+  actionType: string;
+  requiredAbility: string | null;
+  requiredTags: readonly string[];
+  when: string | null;
+  forEach: string | null;
+}) {
+  return sql`stroem_step_route(${r.requiredAbility ?? r.actionType}::text, ${sql.param(r.requiredTags)}::text[], ${r.when}::text, ${r.forEach}::text)`;
 }
 
 /** `actionName`, or `action` (the design note's name for it); both only when they agree. */
@@ -147,7 +168,17 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
   }
   const jobIds = [...new Set(rows.map((r) => r.jobId))];
   const readyTypes = [
-    ...new Set(rows.filter((r) => r.status === "ready").map((r) => r.requiredAbility ?? r.actionType)),
+    ...new Set(
+      rows
+        .filter((r) => r.status === "ready")
+        .map((r) =>
+          r.when !== null
+            ? SERVER_ROUTES.condition
+            : r.forEach !== null
+              ? SERVER_ROUTES.loop
+              : (r.requiredAbility ?? r.actionType),
+        ),
+    ),
   ];
   await translateErrors(
     db,
@@ -176,8 +207,9 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
         for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
           const chunk = rows.slice(i, i + INSERT_CHUNK);
           await tx.insert(jobStep).values(
-            chunk.map(({ status: _s, readyAt: _r, ...definition }) => ({
+            chunk.map(({ status: _s, readyAt: _r, when, ...definition }) => ({
               ...definition,
+              whenCondition: when,
               requiredTags: sql`stroem_tags(${sql.param(definition.requiredTags)}::text[])`,
             })),
           );

@@ -1,4 +1,4 @@
-import { type JobStep, jobStepState, SERVER_ACTION_TYPES } from "@stroem/schema";
+import { type JobStep, jobStepState, SERVER_ACTION_TYPES, SERVER_ROUTES } from "@stroem/schema";
 import { type AuditOptions, checkActor } from "../audit-repo.js";
 import { type Executor, translateErrors } from "../db.js";
 import { InvalidInputError, InvalidTransitionError, JobNotFoundError, StepNotFoundError } from "../errors.js";
@@ -48,17 +48,20 @@ export interface GateDecision {
 export const MAX_SERVER_STEPS = 1000;
 
 /**
- * The oldest ready steps of the server's action types (due now), at most
- * `limit` (1 to 1,000, default 100), oldest `ready_at` first. A read (no
- * lock): a server that crashed between a step becoming ready and its
- * `suspend` finds it here on its next pass, and `suspend` of the same step
- * by two servers is decided once (`repeated` for the second).
+ * The oldest ready steps that wait for the server (due now), at most
+ * `limit` (1 to 1,000, default 100), oldest `ready_at` first: approval
+ * gates to `suspend`, `task` steps to `startChild`, steps with a `when`
+ * to `decideCondition` (`whenCondition` set, whatever their action type),
+ * `forEach` steps to `expandLoop`. A read (no lock): a server that crashed
+ * between a step becoming ready and its decision finds it here on its next
+ * pass, and the same decision by two servers is taken once (`repeated`, or
+ * `InvalidTransitionError`, for the second).
  */
 export async function readyServerSteps(db: Executor, options: { limit?: number } = {}): Promise<JobStep[]> {
   const limit = options?.limit === undefined ? 100 : requireInt("limit", options.limit, 1, MAX_SERVER_STEPS);
   const rows = await translateErrors(db, () =>
     runStatement<Record<string, unknown>, { actionTypes: string[]; limit: number }>(db, READY_SERVER_STEPS, {
-      actionTypes: [...SERVER_ACTION_TYPES],
+      actionTypes: [...SERVER_ACTION_TYPES, SERVER_ROUTES.condition, SERVER_ROUTES.loop],
       limit,
     }),
   );
@@ -102,7 +105,9 @@ export async function suspend(
   if (r.result === "not_server") {
     throw new InvalidInputError(
       "stepName",
-      `is a ${r.action_type} step: workers claim it, only server steps are suspended`,
+      r.action_type === "task"
+        ? "is a task step: startChild suspends it, with its child job"
+        : `is a ${r.action_type} step: workers claim it, only approval gates are suspended`,
     );
   }
   throw new InvalidTransitionError("step", jobId, stepName, stepOrJob(r), "suspended");
@@ -176,6 +181,9 @@ async function decide(
   }
   if (r.result === "not_found") {
     throw r.job_status === null ? new JobNotFoundError(jobId) : new StepNotFoundError(jobId, stepName);
+  }
+  if (r.result === "not_gate") {
+    throw new InvalidInputError("stepName", "is no approval gate: only a gate is approved or rejected");
   }
   throw new InvalidTransitionError("step", jobId, stepName, r.step_status ?? "?", approve ? "completed" : "failed");
 }
