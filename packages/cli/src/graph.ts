@@ -16,7 +16,8 @@ const SYMBOL: Record<StepStatus, string> = {
 type GraphStep = Pick<
   JobStep,
   "stepName" | "status" | "dependsOn" | "continueOnFailure" | "actionName" | "actionType" | "errorMessage"
->;
+> &
+  Partial<Pick<JobStep, "loopSource" | "loopIndex" | "loopItem">>;
 
 /** The steps in topological order (the stored graph), falling back to name order if it is broken. */
 function ordered<T extends GraphStep>(steps: readonly T[]): T[] {
@@ -37,18 +38,31 @@ function depths(steps: readonly GraphStep[]): Map<string, number> {
   return depth;
 }
 
-/** A job's DAG as terminal text: one line per step in run order, indented by depth. */
+/**
+ * A job's DAG as terminal text: one line per step in run order, indented by
+ * depth; a loop's instances (`expandLoop`) right under their loop step, one
+ * level deeper, with their item.
+ */
 export function renderText(steps: readonly GraphStep[]): string {
-  const order = ordered(steps);
+  const instances = new Map<string, GraphStep[]>();
+  for (const s of steps) {
+    if (s.loopSource) instances.set(s.loopSource, [...(instances.get(s.loopSource) ?? []), s]);
+  }
+  const order = ordered(steps.filter((s) => !s.loopSource));
   const depth = depths(order);
-  const width = Math.max(...order.map((s) => s.stepName.length + 2 * (depth.get(s.stepName) ?? 0)));
-  return order
-    .map((s) => {
-      const indent = "  ".repeat(depth.get(s.stepName) ?? 0);
-      const name = `${indent}${s.stepName}`.padEnd(width);
-      const deps = s.dependsOn.length ? `  ← ${s.dependsOn.join(", ")}` : "";
+  const rows: Array<{ s: GraphStep; depth: number; note: string }> = [];
+  for (const s of order) {
+    const d = depth.get(s.stepName) ?? 0;
+    rows.push({ s, depth: d, note: s.dependsOn.length ? `  ← ${s.dependsOn.join(", ")}` : "" });
+    const mine = (instances.get(s.stepName) ?? []).sort((a, b) => (a.loopIndex ?? 0) - (b.loopIndex ?? 0));
+    for (const i of mine) rows.push({ s: i, depth: d + 1, note: `  item ${JSON.stringify(i.loopItem ?? null)}` });
+  }
+  const width = Math.max(...rows.map((r) => r.s.stepName.length + 2 * r.depth));
+  return rows
+    .map(({ s, depth: d, note }) => {
+      const name = `${"  ".repeat(d)}${s.stepName}`.padEnd(width);
       const error = s.status === "failed" && s.errorMessage ? `  (${s.errorMessage})` : "";
-      return `  ${SYMBOL[s.status] ?? "?"} ${s.status.padEnd(9)} ${name}  ${`[${s.actionType}]`.padEnd(8)}${deps}${error}`.trimEnd();
+      return `  ${SYMBOL[s.status] ?? "?"} ${s.status.padEnd(9)} ${name}  ${`[${s.actionType}]`.padEnd(8)}${note}${error}`.trimEnd();
     })
     .join("\n");
 }

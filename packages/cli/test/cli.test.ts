@@ -79,7 +79,8 @@ describe("stroem-db status and graph", () => {
     expect(text.code).toBe(0);
     expect(text.stdout).toContain(`job ${jobId}`);
     expect(text.stdout).toMatch(/✘ failed\s+checkout\s+\[shell\]\s+\(exit 128\)/);
-    expect(text.stdout).toMatch(/⊘ skipped\s+deploy\s+\[shell\]\s+← package/);
+    expect(text.stdout).toMatch(/⊘ skipped\s+approve\s+\[approval\]\s+← package/);
+    expect(text.stdout).toMatch(/⊘ skipped\s+deploy\s+\[shell\]\s+← approve/);
     expect(text.stdout).toMatch(/○ ready\s+notify/);
     // What the job left: its artifacts and the state it wrote.
     await ArtifactRepo.put(t.db, {
@@ -352,7 +353,9 @@ const CHECKS = [
   /✔ no step left pending, ready, running or suspended \(0 open\)/,
   /✔ no step was claimed more than its retry policy allows \(\d+ claimed again, 0 over maxRetries \+ 1\)/,
   /✔ every retry is in its step's retry_history \(\d+ entries, 0 steps mismatched\)/,
-  /✔ every finished step went through a claim \(0 unclaimed\)/,
+  /✔ every finished worker step went through a claim \(0 unclaimed\)/,
+  /✔ every loop ended with its instances \(\d+ loops, 0 wrong\)/,
+  /✔ every child job ended its parent step, once \(\d+ children, 0 wrong\)/,
   /✔ each executed step was recorded exactly once \((\d+) executions, \1 recorded, per attempt\)/,
   /✔ the cancelled job stopped, nothing promoted after its cancel \(#\d+ cancelled, 0 steps open, 0 promoted or retried after\)/,
   /✔ job outcomes follow the orchestrator's rules \(0 mismatched, the cancelled job aside\)/,
@@ -385,7 +388,7 @@ describe("stroem-db demo", () => {
     expect(stdout).toMatch(/^The last job \(#11\) is cancelled when its first step starts\.$/m);
     expect(stdout).toMatch(/^Cancelled job [0-9a-f-]{36} \(#11\): "cancelled by a user: a newer push is coming"\.$/m);
     expect(stdout).toMatch(
-      /^ {2}6 steps cancelled at once; 1 running asked to stop: checkout( stopped by its worker|'s late outcome \((completed|failed)\) recorded, promoting nothing)/m,
+      /^ {2}8 steps cancelled at once; 1 running asked to stop: checkout( stopped by its worker|'s late outcome \((completed|failed)\) recorded, promoting nothing)/m,
     );
     const left = await withClient(adminUrl, (c) => c.query("select 1 from pg_database where datname = $1", [database]));
     expect(left.rowCount).toBe(0);
@@ -419,8 +422,8 @@ describe("stroem-db demo", () => {
       expect(stdout).toMatch(/A failed job, /);
       // The root README's figures (seed 42).
       expect(figures(stdout)).toEqual({
-        "jobs completed": 34,
-        "jobs failed": 15,
+        "jobs completed": 33,
+        "jobs failed": 16,
         "jobs cancelled": 1,
         "steps retried": 3,
         "then completed": 1,

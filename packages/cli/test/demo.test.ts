@@ -23,7 +23,7 @@ describe("the demo's cancelled job", () => {
       reason: CANCEL_REASON,
       steps: Object.fromEntries(PIPELINE.map((s) => [s.stepName, "cancelled"])),
     });
-    expect(text).toContain("6 steps cancelled at once; 1 running asked to stop: checkout stopped by its worker");
+    expect(text).toContain("8 steps cancelled at once; 1 running asked to stop: checkout stopped by its worker");
     expect(text).toMatch(/✔ each executed step was recorded exactly once \(1 executions, 1 recorded, per attempt\)/);
   });
 });

@@ -10,7 +10,9 @@ describe("the demo's pipeline", () => {
       "unit-tests": [2, 0],
       build: [0, undefined],
       package: [0, undefined],
+      approve: [0, undefined],
       deploy: [2, 0],
+      "smoke-test": [0, undefined],
       notify: [0, undefined],
     });
   });

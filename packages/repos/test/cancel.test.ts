@@ -93,7 +93,12 @@ describe("JobRepo.cancel", () => {
     expect(await WorkerRepo.heartbeat(t.db, w)).toEqual([]);
 
     // Again: a no-op.
-    expect(await JobRepo.cancel(t.db, jobId)).toEqual({ alreadyCancelled: true, cancelled: [], cancelRequested: [], children: [] });
+    expect(await JobRepo.cancel(t.db, jobId)).toEqual({
+      alreadyCancelled: true,
+      cancelled: [],
+      cancelRequested: [],
+      children: [],
+    });
   });
 
   it("a late report of a step of a cancelled job is recorded, promotes nothing, retries nothing", async () => {
@@ -170,7 +175,12 @@ describe("races (two connections, deterministic interleaving)", () => {
     await someoneWaits();
     claim.release();
     await claim.done;
-    expect(await cancelling).toEqual({ alreadyCancelled: false, cancelled: ["b", "c"], cancelRequested: ["a"], children: [] });
+    expect(await cancelling).toEqual({
+      alreadyCancelled: false,
+      cancelled: ["b", "c"],
+      cancelRequested: ["a"],
+      children: [],
+    });
 
     // The cancel first, its transaction open: a claim skips the locked rows, and after the commit finds nothing.
     const other = await JobRepo.createWithSteps(t.db, newJob, flow);

@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { dropDatabase, startEmbeddedPostgres, withClient, withDatabase } from "@stroem/embedded-pg";
 import { createPool, type Database, JobRepo, redactUrl, runMigrations, startMaintenance } from "@stroem/repos";
-import { PIPELINE } from "./pipeline.js";
+import { PIPELINE, REGIONS } from "./pipeline.js";
 import { type DemoReport, report } from "./report.js";
 import { runWorkers } from "./workers.js";
 
-export { capabilitiesOf, PIPELINE, stepOutcome } from "./pipeline.js";
+export { capabilitiesOf, PIPELINE, REGIONS, SMOKE_TEST, stepOutcome } from "./pipeline.js";
 export type { DemoCheck, DemoReport } from "./report.js";
 export type { CancelReport, Run } from "./workers.js";
 
@@ -81,7 +81,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     await phase("jobs");
     const jobIds = await createJobs(db, o.jobs, signal);
     const cancelled = jobIds[jobIds.length - 1] as string;
-    say(`Created ${o.jobs} jobs of ${PIPELINE.length} steps; starting ${o.workers} workers.`);
+    say(
+      `Created ${o.jobs} jobs of ${PIPELINE.length} steps (an approval gate, a deploy loop over ${REGIONS.length} regions, a smoke test as a child job); starting ${o.workers} workers and the server.`,
+    );
     say(`The last job (#${jobIds.length - 1}) is cancelled when its first step starts.`);
 
     await phase("workers");
@@ -140,7 +142,7 @@ async function createJobs(db: Database, n: number, signal: AbortSignal | undefin
         taskName: "ci-pipeline",
         sourceType: "trigger" as const,
         sourceId: `push-${first + k}`,
-        input: { commit: first + k },
+        input: { commit: first + k, regions: REGIONS },
       },
       steps: PIPELINE,
     }));

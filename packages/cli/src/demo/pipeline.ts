@@ -8,9 +8,27 @@ import type { ActionType } from "@stroem/schema";
  */
 const RETRY = { maxRetries: 2, retryBackoffSecs: 0 } as const;
 
+/** The regions the `deploy` loop runs in: one instance each (`expandLoop`). */
+export const REGIONS = ["eu-west", "us-east", "ap-south"] as const;
+
+/** The child job a `smoke-test` step starts (`startChild`): probe the deployment, then verify. */
+export const SMOKE_TEST: readonly NewFlowStep[] = [
+  { stepName: "probe", actionName: "curl-health", actionType: "shell", actionSpec: { cmd: "curl -f $URL/health" } },
+  {
+    stepName: "verify",
+    actionName: "check-metrics",
+    actionType: "shell",
+    dependsOn: ["probe"],
+    actionSpec: { cmd: "./check-error-rate" },
+  },
+];
+
 /**
- * A CI/CD pipeline: checkout, three checks in parallel, package, deploy, and a
- * notification that always runs. `unit-tests` and `deploy` retry.
+ * A CI/CD pipeline: checkout, three checks in parallel, package, a release
+ * manager's approval (a gate the demo's server approves), a deploy per
+ * region (a for_each loop the server expands into one instance per region),
+ * a smoke test run as a child job (a task step), and a notification that
+ * always runs. `unit-tests` and each deploy retry.
  */
 export const PIPELINE: readonly NewFlowStep[] = [
   {
@@ -52,18 +70,31 @@ export const PIPELINE: readonly NewFlowStep[] = [
     actionSpec: { cmd: "docker build -t app ." },
   },
   {
+    stepName: "approve",
+    actionName: "release-approval",
+    actionType: "approval",
+    dependsOn: ["package"],
+  },
+  {
     stepName: "deploy",
     actionName: "kubectl-apply",
     actionType: "shell",
-    dependsOn: ["package"],
-    actionSpec: { cmd: "kubectl apply -f k8s/" },
+    dependsOn: ["approve"],
+    forEach: "{{ input.regions }}",
+    actionSpec: { cmd: "kubectl --context $REGION apply -f k8s/" },
     ...RETRY,
+  },
+  {
+    stepName: "smoke-test",
+    actionName: "smoke-test",
+    actionType: "task",
+    dependsOn: ["deploy"],
   },
   {
     stepName: "notify",
     actionName: "slack-notify",
     actionType: "shell",
-    dependsOn: ["deploy"],
+    dependsOn: ["smoke-test"],
     continueOnFailure: true,
     actionSpec: { channel: "#deploys" },
   },

@@ -1,6 +1,6 @@
 import { planAdvance, toFlow } from "@stroem/orchestrator";
 import { type Database, JobRepo, JobStepRepo } from "@stroem/repos";
-import { isStepTerminal, type Job, type JobStatus, type JobStep, type StepStatus } from "@stroem/schema";
+import { isStepTerminal, JOB_STATUSES, type Job, type JobStatus, type JobStep, type StepStatus } from "@stroem/schema";
 import { duration, table } from "../format.js";
 import { renderText } from "../graph.js";
 import type { CancelReport, Run, WorkerStats } from "./workers.js";
@@ -41,9 +41,18 @@ export async function report(
 ): Promise<DemoReport> {
   const { stats, runs, cancel, wallMs } = worked;
   const jobIndex = new Map(jobIds.map((id, i) => [id, i]));
-  const jobs = await JobRepo.countByStatus(db);
-  const audit = await JobStepRepo.audit(db, jobIds);
+  // The demo's jobs and the child jobs their smoke tests started.
+  const children = (await Promise.all(jobIds.map((id) => JobRepo.children(db, id)))).flat();
+  const everyJob = [...jobIds, ...children.map((c) => c.jobId)];
+  const audit = await JobStepRepo.audit(db, everyJob);
   signal?.throwIfAborted();
+  const jobs = Object.fromEntries(JOB_STATUSES.map((st) => [st, 0])) as Record<JobStatus, number>;
+  const childJobs = Object.fromEntries(JOB_STATUSES.map((st) => [st, 0])) as Record<JobStatus, number>;
+  let unclaimed = 0;
+  let loops = 0;
+  let loopsWrong = 0;
+  let childrenWrong = 0;
+  const parentSteps = new Map<string, JobStep>();
 
   // One pass over every job and its steps.
   const runKey = (jobId: string, stepName: string, attempt: number, workerId: string | null, outcome: string) =>
@@ -57,10 +66,31 @@ export async function report(
   const retries = { retried: 0, recovered: 0, exhausted: 0 };
   let cancelledRow: Job | undefined;
   let cancelledSteps: JobStep[] = [];
-  for (const jobId of jobIds) {
+  for (const jobId of everyJob) {
     signal?.throwIfAborted();
     const [row, steps] = await Promise.all([JobRepo.get(db, jobId), JobStepRepo.getStepsForJob(db, jobId)]);
+    if (row) (jobIndex.has(jobId) ? jobs : childJobs)[row.status]++;
     for (const st of steps) {
+      // Only the server's steps (a gate, a loop, a task) finish without a claim.
+      const server = st.actionType === "approval" || st.actionType === "task" || st.forEach !== null;
+      if (!server && st.attempts === 0 && (st.status === "completed" || st.status === "failed")) unclaimed++;
+      if (st.actionType === "task") parentSteps.set(`${jobId}|${st.stepName}`, st);
+      if (st.forEach !== null && st.loopTotal !== null) {
+        // A loop ends with its instances: completed with their outputs in order, else failed.
+        loops++;
+        const instances = steps
+          .filter((i) => i.loopSource === st.stepName)
+          .sort((a, b) => (a.loopIndex ?? 0) - (b.loopIndex ?? 0));
+        const allDone = instances.every((i) => i.status === "completed");
+        const ok =
+          instances.length === st.loopTotal &&
+          (st.status === "cancelled" ||
+            (allDone
+              ? st.status === "completed" &&
+                JSON.stringify(st.output) === JSON.stringify(instances.map((i) => i.output))
+              : st.status === "failed"));
+        if (!ok) loopsWrong++;
+      }
       if (st.attempts > st.maxRetries + 1) overLimit++;
       const history = st.retryHistory;
       historyEntries += history.length;
@@ -73,7 +103,10 @@ export async function report(
         recorded.add(runKey(jobId, st.stepName, h.attempt, h.workerId, "retried"));
         recordedCount++;
       }
-      if (st.status === "completed" || st.status === "failed" || (st.status === "cancelled" && st.workerId !== null)) {
+      if (
+        !server &&
+        (st.status === "completed" || st.status === "failed" || (st.status === "cancelled" && st.workerId !== null))
+      ) {
         recorded.add(runKey(jobId, st.stepName, st.attempts, st.workerId, st.status));
         recordedCount++;
       }
@@ -92,6 +125,15 @@ export async function report(
     if (plan.jobStatus !== row?.status || plan.promote.length || plan.skip.length) mismatched++;
   }
 
+  for (const c of children) {
+    const parent = parentSteps.get(`${c.parentJobId}|${c.parentStepName}`);
+    const child = await JobRepo.get(db, c.jobId);
+    const expected = child?.status === "completed" ? "completed" : "failed";
+    if (!parent || parent.status !== expected || (parent.output as { childJobId?: string })?.childJobId !== c.jobId) {
+      childrenWrong++;
+    }
+  }
+
   say();
   say(
     table(
@@ -107,6 +149,12 @@ export async function report(
         ["steps retried", retries.retried],
         ["  then completed", retries.recovered],
         ["  out of retries", retries.exhausted],
+        ["gates approved", stats.approved],
+        ["loops expanded", stats.loops],
+        ["  instances", stats.instances],
+        ["child jobs", children.length],
+        ["  completed", childJobs.completed],
+        ["  failed", childJobs.failed],
         ["wall time", duration(wallMs)],
         ["throughput", `${(stats.executed / (wallMs / 1000)).toFixed(1)} runs/s`],
       ],
@@ -130,9 +178,9 @@ export async function report(
     );
   }
 
-  const firstFailed = (await JobRepo.list(db, { workspace: "demo", status: "failed", limit: 1000, offset: 0 })).sort(
-    (a, b) => (jobIndex.get(a.jobId) ?? 0) - (jobIndex.get(b.jobId) ?? 0),
-  )[0];
+  const firstFailed = (await JobRepo.list(db, { workspace: "demo", status: "failed", limit: 1000, offset: 0 }))
+    .filter((j) => jobIndex.has(j.jobId))
+    .sort((a, b) => (jobIndex.get(a.jobId) ?? 0) - (jobIndex.get(b.jobId) ?? 0))[0];
   if (firstFailed) {
     const steps = await JobStepRepo.getStepsForJob(db, firstFailed.jobId);
     signal?.throwIfAborted();
@@ -161,10 +209,12 @@ export async function report(
     historyMismatched === 0,
     `${historyEntries} entries, ${historyMismatched} steps mismatched`,
   );
+  check("every finished worker step went through a claim", unclaimed === 0, `${unclaimed} unclaimed`);
+  check("every loop ended with its instances", loopsWrong === 0, `${loops} loops, ${loopsWrong} wrong`);
   check(
-    "every finished step went through a claim",
-    audit.finishedUnclaimed === 0,
-    `${audit.finishedUnclaimed} unclaimed`,
+    "every child job ended its parent step, once",
+    childrenWrong === 0 && children.every((c) => c.status === "completed" || c.status === "failed"),
+    `${children.length} children, ${childrenWrong} wrong`,
   );
   const executed = new Set(runs.map((r) => runKey(r.jobId, r.stepName, r.attempt, r.workerId, r.outcome)));
   const sameRuns =

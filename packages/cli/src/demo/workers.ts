@@ -3,6 +3,7 @@ import {
   type CancelResult,
   createPool,
   type Database,
+  InvalidTransitionError,
   JobRepo,
   JobStepRepo,
   listenForReady,
@@ -11,7 +12,7 @@ import {
 } from "@stroem/repos";
 import type { JobStep } from "@stroem/schema";
 import { bar } from "../format.js";
-import { capabilitiesOf, PIPELINE, stepOutcome } from "./pipeline.js";
+import { capabilitiesOf, PIPELINE, REGIONS, SMOKE_TEST, stepOutcome } from "./pipeline.js";
 
 export interface WorkerStats {
   /** Runs (attempts) executed: each ends in a report or a `markCancelled`. */
@@ -24,6 +25,11 @@ export interface WorkerStats {
   /** Steps cancelled: by the job's cancel, or stopped by their worker. */
   cancelled: number;
   running: number;
+  /** The server's decisions: gates approved, loops expanded (and their instances), child jobs started. */
+  approved: number;
+  loops: number;
+  instances: number;
+  children: number;
 }
 
 /** One run of a step as its worker saw it: the attempt it claimed and how it ended. */
@@ -111,7 +117,9 @@ export async function runWorkers(
   o: WorkersOptions,
 ): Promise<{ stats: WorkerStats; runs: Run[]; cancel?: CancelReport; wallMs: number }> {
   const say = (line = "") => o.out.write(`${line}\n`);
+  // A child job's steps draw their outcomes with its parent's index (their names differ from the parent's).
   const jobIndex = new Map(o.jobIds.map((id, i) => [id, i]));
+  const demoJobs = new Set(o.jobIds);
   const jobs = o.jobIds.length;
   const stats: WorkerStats = {
     executed: 0,
@@ -121,6 +129,10 @@ export async function runWorkers(
     skipped: 0,
     cancelled: 0,
     running: 0,
+    approved: 0,
+    loops: 0,
+    instances: 0,
+    children: 0,
   };
   const runs: Run[] = [];
   let cancel: CancelReport | undefined;
@@ -216,7 +228,9 @@ export async function runWorkers(
         if (result.jobStatus === "cancelled") {
           cancel?.late.push({ stepName: step.stepName, outcome, promoted: result.promoted.length });
         }
-        if (result.jobStatus === "completed" || result.jobStatus === "failed") finished.add(step.jobId);
+        if ((result.jobStatus === "completed" || result.jobStatus === "failed") && demoJobs.has(step.jobId)) {
+          finished.add(step.jobId);
+        }
         lastProgress = Date.now();
       }
       await WorkerRepo.deactivate(wdb, workerId);
@@ -232,7 +246,62 @@ export async function runWorkers(
     }
   };
 
-  const total = jobs * PIPELINE.length;
+  /**
+   * Strøm's server, for the steps no worker claims: it finds them ready
+   * (`readyServerSteps`, polled; a crashed server's next pass finds the same),
+   * approves each gate as the release manager (`suspend`, then `approve`),
+   * expands each deploy loop over the job's regions (`expandLoop`) and starts
+   * each smoke test's child job (`startChild`). A decision that lost to the
+   * cancel (the job's lock decides) is refused and skipped.
+   */
+  const server = async () => {
+    const sdb = createPool(o.url, { max: 2, applicationName: "stroem-demo-server" });
+    try {
+      while (!stop.signal.aborted && finished.size < jobs) {
+        const ready = await JobStepRepo.readyServerSteps(sdb, { limit: 100 });
+        for (const step of ready) {
+          const ref = { jobId: step.jobId, stepName: step.stepName };
+          try {
+            if (step.actionType === "approval") {
+              await JobStepRepo.suspend(sdb, ref, { output: { message: "release to production?" } });
+              await JobStepRepo.approve(sdb, ref, { by: "release-manager" });
+              stats.approved++;
+            } else if (step.forEach !== null) {
+              const job = await JobRepo.get(sdb, step.jobId);
+              const regions = (job?.input as { regions?: string[] } | null)?.regions ?? [...REGIONS];
+              const expanded = await JobStepRepo.expandLoop(sdb, ref, regions);
+              if (!expanded.repeated) {
+                stats.loops++;
+                stats.instances += expanded.instances;
+              }
+            } else if (step.actionType === "task") {
+              const child = await JobStepRepo.startChild(sdb, ref, {
+                job: { workspace: "demo", taskName: "smoke-test", sourceType: "api", input: { parent: step.jobId } },
+                steps: SMOKE_TEST,
+              });
+              jobIndex.set(child.childJobId, jobIndex.get(step.jobId) ?? -1);
+              if (!child.repeated) stats.children++;
+            }
+            lastProgress = Date.now();
+          } catch (error) {
+            if (!(error instanceof InvalidTransitionError)) throw error;
+          }
+        }
+        if (ready.length === 0 && (await sleepOrStop(20, stop.signal))) break;
+      }
+    } catch (error) {
+      if (!stop.signal.aborted) {
+        workerError ??= error;
+        stop.abort();
+      }
+    } finally {
+      await sdb.$client.end();
+    }
+  };
+
+  // Steps that end in a worker's run, a skip or a cancel: the pipeline's, less its three server steps, plus each
+  // region's deploy and the smoke test's child steps.
+  const total = jobs * (PIPELINE.length - 3 + REGIONS.length + SMOKE_TEST.length);
   const progress = () => {
     const elapsed = (Date.now() - started) / 1000;
     const done = stats.completed + stats.failed + stats.skipped + stats.cancelled;
@@ -251,7 +320,7 @@ export async function runWorkers(
     tty ? 100 : 1000,
   );
   try {
-    await Promise.all(Array.from({ length: o.workers }, (_, i) => worker(i)));
+    await Promise.all([server(), ...Array.from({ length: o.workers }, (_, i) => worker(i))]);
   } finally {
     clearInterval(ticker);
     o.signal?.removeEventListener("abort", onAbort);
