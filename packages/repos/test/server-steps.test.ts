@@ -469,6 +469,17 @@ describe("for_each loops", () => {
     expect((await steps(batch)).each).toMatchObject({ status: "completed", output: ["x", "y", "z"] });
   });
 
+  it("a loop skipped by hand stays skipped; its instances run on and end the job", async () => {
+    const jobId = await looping();
+    await JobStepRepo.expandLoop(t.db, each(jobId), ["a", "b"]);
+    await JobStepRepo.markSkipped(t.db, jobId, "each");
+    expect((await steps(jobId)).each?.status).toBe("skipped");
+    expect((await steps(jobId)).after?.status).toBe("skipped");
+    expect(await runReady(jobId)).toEqual(["each[0]", "each[1]"]);
+    expect((await steps(jobId)).each).toMatchObject({ status: "skipped", output: null });
+    expect(await status(jobId)).toBe("completed");
+  });
+
   it("refuses, writing nothing: not a loop, not ready, too many or bad items", async () => {
     const jobId = await JobRepo.createWithSteps(t.db, api, [
       shell("list"),

@@ -169,6 +169,11 @@ DECLARE
   v_outputs jsonb;
   v_failed text[];
 BEGIN
+  IF NEW.deps_unfinished > 0 AND NEW.deps_failed = 0 THEN
+    -- Not advancing's decision (it moves a waiting step only once its counts
+    -- allow): a skip by hand (markSkipped) stays a skip.
+    RETURN NEW;
+  END IF;
   SELECT coalesce(jsonb_agg(coalesce(r.output, 'null'::jsonb) ORDER BY d.loop_index), '[]'::jsonb),
          coalesce(array_agg(d.step_name ORDER BY d.loop_index) FILTER (WHERE r.status = 'failed'), '{}')
   INTO v_outputs, v_failed
