@@ -294,7 +294,7 @@ describe("races: the first decision wins, the other is refused", () => {
     );
     if (secondKind === "timeout") {
       // The sweep skips a job whose lock another transaction holds, at once: no gate timed out.
-      expect(await late).toEqual({ answer: { steps: [], gates: [], jobs: [] }, error: undefined });
+      expect(await late).toEqual({ answer: { steps: [], gates: [], jobs: [], children: [] }, error: undefined });
       release.resolve();
       await first;
     } else {

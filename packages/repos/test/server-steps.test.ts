@@ -248,6 +248,38 @@ describe("child tasks", () => {
     expect(await status(jobId)).toBe("failed");
   });
 
+  it("a task step that waits past its timeout fails, and its orphaned child is cancelled by the same sweep", async () => {
+    const jobId = await parent({ timeoutSecs: 60 });
+    const c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, child());
+    await t.db.execute(
+      sql`update step_live set suspended_at = now() - interval '61 seconds' where job_id = ${jobId} and step_name = 'run'`,
+    );
+    const swept = await JobStepRepo.sweepTimeouts(t.db);
+    expect(swept.gates).toEqual([{ jobId, stepName: "run" }]);
+    expect(swept.children).toEqual([c.childJobId]);
+    expect((await steps(jobId)).run).toMatchObject({
+      status: "failed",
+      errorMessage: "timed out: waiting for its child job for more than 60 s (timeoutSecs)",
+    });
+    expect(await JobRepo.get(t.db, c.childJobId)).toMatchObject({
+      status: "cancelled",
+      cancelReason: `parent step run of job ${jobId} ended without it`,
+    });
+    expect(await status(jobId)).toBe("failed");
+    expect((await JobStepRepo.sweepTimeouts(t.db)).children).toEqual([]);
+  });
+
+  it("a parent finished by hand leaves its children to the sweep, which cancels them", async () => {
+    const jobId = await parent();
+    const c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, child());
+    await JobRepo.markFailed(t.db, jobId);
+    expect(await status(c.childJobId)).toBe("pending");
+    expect((await JobStepRepo.sweepTimeouts(t.db)).children).toEqual([c.childJobId]);
+    expect(await status(c.childJobId)).toBe("cancelled");
+    // The parent's step was closed with its job; the child's cancel left it so.
+    expect((await steps(jobId)).run?.status).toBe("cancelled");
+  });
+
   it("cancelling the parent cancels its unfinished children and theirs, deepest first; its step is cancelled", async () => {
     const jobId = await parent();
     const c = await JobStepRepo.startChild(

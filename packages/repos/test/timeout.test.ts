@@ -35,18 +35,19 @@ describe("sweepTimeouts: steps", () => {
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 2); // a and free
     await startedAgo(jobId, "free", 3600); // no timeout: never swept
     await startedAgo(jobId, "a", 59);
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [], children: [] });
 
     await startedAgo(jobId, "a", 61);
     expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({
       steps: [{ jobId, stepName: "a", workerId: w, attempt: 1, outcome: "retried" }],
       gates: [],
       jobs: [],
+      children: [],
     });
     const [a] = await JobStepRepo.getStepsForJob(t.db, jobId);
     expect(a).toMatchObject({ status: "ready", errorMessage: "timed out: running for more than 60 s (timeoutSecs)" });
     expect(a?.retryHistory).toMatchObject([{ attempt: 1, workerId: w, error: a?.errorMessage }]);
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [], children: [] });
 
     // The worker lists what it runs: the heartbeat says to stop `a` (and not `free`), and its late report is refused.
     const running = [
@@ -85,7 +86,7 @@ describe("sweepTimeouts: steps", () => {
     await JobStepRepo.claimReadySteps(t.db, ["shell"], w, 1);
     await startedAgo(jobId, "a", 3600);
     await JobStepRepo.complete(t.db, { jobId, stepName: "a", workerId: w, attempt: 1 });
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [], children: [] });
     expect((await JobRepo.get(t.db, jobId))?.status).toBe("completed");
     expect(
       await errorOf(() => WorkerRepo.heartbeat(t.db, w, { running: [{ jobId, stepName: "a", attempt: 0 }] as never })),
@@ -105,7 +106,7 @@ describe("sweepTimeouts: jobs", () => {
     await t.db.execute(sql`update job set created_at = now() - interval '1 hour'`);
     await t.db.execute(sql`update step_live set started_at = now() where job_id = ${jobId}`); // no step timeout here
 
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [jobId] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [jobId], children: [] });
     const job = await JobRepo.get(t.db, jobId);
     expect(job).toMatchObject({
       status: "failed",
@@ -127,7 +128,7 @@ describe("sweepTimeouts: jobs", () => {
       promoted: [],
       jobStatus: "failed",
     });
-    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [] });
+    expect(await JobStepRepo.sweepTimeouts(t.db)).toEqual({ steps: [], gates: [], jobs: [], children: [] });
   });
 
   it("rejects bad timeouts at creation, naming the field, writing nothing", async () => {
@@ -145,7 +146,7 @@ describe("sweepTimeouts: jobs", () => {
 });
 
 describe("the sweep's cost follows its candidates", () => {
-  it("its three candidate queries walk the partial indexes and the deadlines, not the history (EXPLAIN ANALYZE)", async () => {
+  it("its four candidate queries walk the partial indexes and the deadlines, not the history (EXPLAIN ANALYZE)", async () => {
     // The queries exactly as the installed function runs them.
     const source = await t.db.execute<{ src: string }>(
       sql`select prosrc as src from pg_proc where proname = 'stroem_sweep_timeouts'`,
@@ -153,7 +154,7 @@ describe("the sweep's cost follows its candidates", () => {
     const queries = [...(source.rows[0]?.src ?? "").matchAll(/FOR r IN\s+(SELECT[\s\S]*?)\s+LOOP/g)].map(
       (m) => m[1] as string,
     );
-    expect(queries).toHaveLength(3);
+    expect(queries).toHaveLength(4);
     // History: 20,000 running steps without a timeout; 5,000 jobs with a
     // timeout that finished in time (a first sweep visits and drops their
     // deadlines) and 5,000 unfinished ones not due yet; 3 candidates of each kind.
@@ -229,6 +230,14 @@ describe("the sweep's cost follows its candidates", () => {
     await t.db.execute(
       sql`select stroem_recount(array[${big}]::uuid[] || ${sql.param(gates.rows.map((r) => r.job_id))}::uuid[])`,
     );
+    // Orphaned children: 3 unfinished child jobs whose parent step is no longer live (among the 10,000 live jobs).
+    await t.db.execute(sql`
+      with jobs as (
+        insert into job (job_id, task_name, source_type, parent_job_id, parent_step_name)
+        select gen_random_uuid(), 'orphan', 'api', ${big}, 'gone' from generate_series(1, 3)
+        returning job_id
+      )
+      insert into job_live (job_id, status, parent_job_id, parent_step_name) select job_id, 'pending', ${big}, 'gone' from jobs`);
     expect(
       await t.db.execute(
         sql`select status, count(*)::int as n from job_state where task_name = 'gate' group by status`,
@@ -241,6 +250,7 @@ describe("the sweep's cost follows its candidates", () => {
       [queries[0], "idx_step_live_timeout"],
       [queries[1], "idx_step_live_suspended"],
       [queries[2], "idx_job_deadline"],
+      [queries[3], "idx_job_live_parent"],
     ] as const) {
       const plan = await t.db.execute<{ "QUERY PLAN": string }>(
         sql`explain (analyze, costs off, timing off) ${sql.raw(query as string)}`,
@@ -249,11 +259,13 @@ describe("the sweep's cost follows its candidates", () => {
       expect(text).toContain(index);
       expect(text).not.toContain("Seq Scan");
       // The index holds the candidates only: 3 rows read, each a match.
-      expect(text).toMatch(/Index Scan using \w+ on \w+ \w+ \(actual rows=3(\.00)? loops=1\)/);
+      expect(text).toMatch(
+        /(Index Scan using \w+ on \w+ \w+|Bitmap Index Scan on \w+) \(actual rows=3(\.00)? loops=1\)/,
+      );
       expect(text).not.toMatch(/Rows Removed by Filter: [1-9]/);
     }
     const swept = await JobStepRepo.sweepTimeouts(t.db);
-    expect([swept.steps.length, swept.gates.length, swept.jobs.length]).toEqual([3, 3, 3]);
+    expect([swept.steps.length, swept.gates.length, swept.jobs.length, swept.children.length]).toEqual([3, 3, 3, 3]);
     // Each late job's deadline was visited once and dropped; the young ones wait.
     expect(await t.db.execute(sql`select count(*)::int as n from job_deadline`)).toMatchObject({
       rows: [{ n: 5000 }],

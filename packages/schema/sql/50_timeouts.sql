@@ -89,18 +89,25 @@ BEGIN
     RETURN NEXT;
   END LOOP;
 
-  -- Suspended gates that waited past their timeout: rejected as timed out
-  -- (stroem_decide_gate), unless a decision or a cancel came first.
+  -- Suspended server steps that waited past their timeout: a gate is
+  -- rejected as timed out (stroem_decide_gate), a task step waiting for its
+  -- child fails (its child is then an orphan: cancelled below), unless a
+  -- decision, the child's end or a cancel came first.
   FOR r IN
-    SELECT s.job_id AS jid, s.step_name AS sname, s.timeout_secs AS secs
+    SELECT s.job_id AS jid, s.step_name AS sname, s.timeout_secs AS secs, s.action_type AS atype
     FROM step_live s
     WHERE s.status = 'suspended' AND s.timeout_secs IS NOT NULL
       AND s.suspended_at + make_interval(secs => s.timeout_secs) <= now()
     ORDER BY s.job_id, s.step_name
   LOOP
     CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
-    SELECT * INTO f FROM stroem_decide_gate(r.jid, r.sname, false, jsonb_build_object('timedOut', true),
-      'timed out: suspended for more than ' || r.secs || ' s without a decision (timeoutSecs)');
+    IF r.atype = 'task' THEN
+      SELECT * INTO f FROM stroem_finish_step(r.jid, r.sname, 'failed', jsonb_build_object('timedOut', true),
+        'timed out: waiting for its child job for more than ' || r.secs || ' s (timeoutSecs)', NULL, NULL, true);
+    ELSE
+      SELECT * INTO f FROM stroem_decide_gate(r.jid, r.sname, false, jsonb_build_object('timedOut', true),
+        'timed out: suspended for more than ' || r.secs || ' s without a decision (timeoutSecs)');
+    END IF;
     CONTINUE WHEN f.result <> 'ok';
     kind := 'gate';
     job_id := r.jid;
@@ -134,5 +141,35 @@ BEGIN
     outcome := 'failed';
     RETURN NEXT;
   END LOOP;
+
+  -- Orphaned children: unfinished child jobs whose parent step has ended
+  -- without them (its timeout above or earlier, its job's timeout or hand
+  -- mark, a purge of the parent) are cancelled (kind `child`). A child's
+  -- lock comes before its parent's, and this statement may hold parents:
+  -- a child another transaction holds is skipped, not waited for (the next
+  -- sweep finds it, if it is still unfinished). Its end does not touch its
+  -- parent step, which has ended. Served by idx_job_live_parent.
+  PERFORM set_config('stroem.cascading_cancel', 'on', true);
+  FOR r IN
+    SELECT l.job_id AS jid, l.parent_job_id AS pid, l.parent_step_name AS pstep
+    FROM job_live l
+    WHERE l.parent_job_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM step_live s WHERE s.job_id = l.parent_job_id AND s.step_name = l.parent_step_name)
+    ORDER BY l.job_id
+  LOOP
+    CONTINUE WHEN NOT stroem_try_lock_job(r.jid);
+    SELECT l.status INTO v_status FROM stroem_lock_job(r.jid) l;
+    CONTINUE WHEN v_status IS NULL OR v_status NOT IN ('pending', 'running');
+    PERFORM stroem_end_job(r.jid, false, 'cancelled', NULL,
+      'parent step ' || r.pstep || ' of job ' || r.pid || ' ended without it', NULL);
+    kind := 'child';
+    job_id := r.jid;
+    step_name := NULL;
+    worker_id := NULL;
+    attempt := NULL;
+    outcome := 'cancelled';
+    RETURN NEXT;
+  END LOOP;
+  PERFORM set_config('stroem.cascading_cancel', '', true);
 END
 $$;

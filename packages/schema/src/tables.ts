@@ -270,6 +270,10 @@ export const jobLive = pgTable(
     foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
     check("job_live_status_check", oneOf(t.status, JOB_STATUSES)),
     check("job_live_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+    // sweepTimeouts' look for orphaned children (their parent step ended
+    // without them): child rows only; the column never changes, so updates
+    // of the row stay HOT.
+    index("idx_job_live_parent").on(t.jobId).where(sql`${t.parentJobId} is not null`),
   ],
 );
 

@@ -41,10 +41,12 @@ export function sweepTimeoutsStatement(actor: { type: string; id: string | null 
     with r as (select * from stroem_sweep_timeouts()), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${actor.type}::text, ${actor.id}::text,
-             case r.kind when 'job' then 'job.timed_out' else 'step.timed_out' end, 'job', r.job_id::text,
+             case r.kind when 'job' then 'job.timed_out' when 'child' then 'job.cancelled' else 'step.timed_out' end,
+             'job', r.job_id::text,
              jsonb_strip_nulls(jsonb_build_object('stepName', r.step_name, 'workerId', r.worker_id,
                                                   'attempt', r.attempt, 'outcome', r.outcome,
-                                                  'suspended', case when r.kind = 'gate' then true end))
+                                                  'suspended', case when r.kind = 'gate' then true end,
+                                                  'orphaned', case when r.kind = 'child' then true end))
       from r
     )
     select * from r`;

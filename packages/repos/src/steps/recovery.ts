@@ -111,7 +111,11 @@ export interface TimedOutStep {
  * (`errorMessage` says so, `completed_at` set); its pending, ready and
  * suspended steps are cancelled and its running ones get
  * `cancelRequestedAt`. A suspended gate past `suspendedAt + timeoutSecs` is
- * rejected as timed out (`gates`; its output says `timedOut`). Workers learn
+ * rejected as timed out (`gates`; its output says `timedOut`), and so is a
+ * `task` step waiting that long for its child job (in `gates` too). Child
+ * jobs whose parent step ended without them (that timeout, their parent
+ * job's timeout or hand mark, a purge) are cancelled (`children`; a
+ * `job.cancelled` event with `orphaned`), skipping any a report holds. Workers learn
  * both from `WorkerRepo.heartbeat` (a timed-out step when they list what they
  * run, a job's steps as a cancel). Locks job rows in job id order, skipping
  * those a report holds (swept on the next run). The candidates come from
@@ -124,11 +128,16 @@ export interface TimedOutStep {
 export async function sweepTimeouts(
   db: Executor,
   options: { actor?: AuditActor } = {},
-): Promise<{ steps: TimedOutStep[]; gates: Array<{ jobId: string; stepName: string }>; jobs: string[] }> {
+): Promise<{
+  steps: TimedOutStep[];
+  gates: Array<{ jobId: string; stepName: string }>;
+  jobs: string[];
+  children: string[];
+}> {
   const actor = checkActor("actor", options?.actor);
   const { rows } = await translateErrors(db, () =>
     db.execute<{
-      kind: "step" | "gate" | "job";
+      kind: "step" | "gate" | "job" | "child";
       job_id: string;
       step_name: string | null;
       worker_id: string | null;
@@ -148,5 +157,6 @@ export async function sweepTimeouts(
       })),
     gates: rows.filter((r) => r.kind === "gate").map((r) => ({ jobId: r.job_id, stepName: r.step_name as string })),
     jobs: rows.filter((r) => r.kind === "job").map((r) => r.job_id),
+    children: rows.filter((r) => r.kind === "child").map((r) => r.job_id),
   };
 }

@@ -1,0 +1,1 @@
+CREATE INDEX "idx_job_live_parent" ON "job_live" USING btree ("job_id") WHERE "job_live"."parent_job_id" is not null;
