@@ -23,7 +23,17 @@ import {
 import { API_PATHS } from "./ours.js";
 import { bossDiamonds, bossEnqueue, bossFlat, bossVersion, migrateBoss } from "./pgboss.js";
 import { type LatencyRun, type PurgeSize, p50, p95, purgeLatency, seedPurge } from "./purge.js";
-import { oursDrain, oursDrainRouted, oursEnqueue, oursFanOut, oursLatency } from "./scenarios.js";
+import {
+  type LoopReports,
+  oursDrain,
+  oursDrainRouted,
+  oursEnqueue,
+  oursFanOut,
+  oursLatency,
+  oursLoopDrain,
+  oursLoopReports,
+  oursWideDrain,
+} from "./scenarios.js";
 import { DIAMOND, FLAT, fanOut } from "./seed.js";
 import { modelSemantics } from "./semantics.js";
 import {
@@ -65,7 +75,13 @@ export interface BenchOptions {
   enqueuePerCall: number;
   latencySamples: number;
   claim: { ready: number; history: number; claims: number };
-  /** Run only these sections (their numbers, 1 to 8; 7 runs only with `purge`); default all. */
+  /**
+   * Section 10 (for_each loops): the loop drained end to end (`instances`,
+   * beside as many one-step jobs), and one instance's report timed in loops
+   * of `small` and of `large` instances (`sample` reports each).
+   */
+  loop: { instances: number; small: number; large: number; sample: number };
+  /** Run only these sections (their numbers, 1 to 10; 7 runs only with `purge`); default all. */
   only?: number[];
   /** Section 7 (claim and report latency during a purge): off unless `--purge`; `only` runs it alone. */
   purge: PurgeSize & { enabled: boolean; only: boolean };
@@ -86,6 +102,7 @@ export const DEFAULTS: Omit<BenchOptions, "log"> = {
   enqueuePerCall: 1_000,
   latencySamples: 50,
   claim: { ready: 100_000, history: 300_000, claims: 1_000 },
+  loop: { instances: 1_000, small: 10, large: 10_000, sample: 200 },
   purge: {
     enabled: false,
     only: false,
@@ -110,6 +127,7 @@ export const QUICK: Omit<BenchOptions, "log"> = {
   enqueuePerCall: 100,
   latencySamples: 5,
   claim: { ready: 2_000, history: 4_000, claims: 100 },
+  loop: { instances: 60, small: 10, large: 200, sample: 20 },
   purge: {
     enabled: true,
     only: false,
@@ -499,6 +517,106 @@ export async function runBench(given: Partial<BenchOptions> = {}): Promise<Bench
       });
 
     if (all)
+      await section("10. for_each loops", async () => {
+        // (a) Ours against ours: a loop of N instances drained end to end, N
+        // one-step jobs (createMany), and one job of the same N steps declared
+        // up front (-> after), under the same workers.
+        const n = o.loop.instances;
+        for (const [key, batch] of [
+          ["single", 1],
+          ["batch", o.batch],
+        ] as const) {
+          const expandMs: number[] = [];
+          const endToEnd: number[] = [];
+          const r = await alternate(`loop ${key}`, {
+            loop: () =>
+              fresh(async (url) => {
+                const t = await oursLoopDrain(url, n, W, batch);
+                check(`loop ${key} (${fmt(n)} instances)`, t.problems);
+                expandMs.push(t.expandMs);
+                endToEnd.push(n / (n / t.rate + t.expandMs / 1000));
+                o.log(`    expandLoop(${fmt(n)}): ${fmt(t.expandMs)} ms`);
+                return t.rate;
+              }),
+            flat: () =>
+              fresh(async (url) => {
+                const t = await oursDrain(url, n, FLAT, W, batch);
+                check(`loop ${key} (flat)`, t.problems);
+                return t.rate;
+              }),
+            wide: () =>
+              fresh(async (url) => {
+                const t = await oursWideDrain(url, n, W, batch);
+                check(`loop ${key} (one job of ${fmt(n)} steps)`, t.problems);
+                return t.rate;
+              }),
+          });
+          rows.push({
+            section: `10${key === "single" ? "a" : "b"}. for_each loop list→each(${fmt(n)} instances)→after, drained`,
+            measure: "instances/s",
+            ours: `${fmtSummary(r.loop)} — ${key === "single" ? "claimReadyStep + report" : `claimReadySteps(${batch}) + batch report`}; expandLoop ${fmtSummary(summarize(expandMs))} ms (not in the clock; with it ${fmtSummary(summarize(endToEnd))}/s)`,
+            peer: `${fmtSummary(r.flat)} — ${fmt(n)} one-step jobs (createMany), jobs/s`,
+            ratio: fmtRatio(r.loop.median, r.flat.median),
+            note: `${W} workers; clock from the workers' start to the last instance's report (which completes the loop and makes \`after\` ready); ratio = loop / flat; the same ${fmt(n)} steps declared in one job (→ after): ${fmtSummary(r.wide)} steps/s, loop / that ${fmtRatio(r.loop.median, r.wide.median)}; order loop, flat, one job, one job, flat, loop`,
+          });
+        }
+        // (b) One instance's report in a loop of `small` against one of `large`:
+        // one worker, sequential calls, A B B A in fresh databases; as many
+        // loops of `small` as make `large` instances (the same table sizes).
+        const { small, large, sample } = o.loop;
+        const runs = new Map<number, LoopReports[]>([
+          [small, []],
+          [large, []],
+        ]);
+        const one = async (size: number) => {
+          const t = await fresh((url) => oursLoopReports(url, size, sample, large));
+          check(`loop report (${fmt(size)} instances)`, t.problems);
+          runs.get(size)?.push(t);
+          o.log(
+            `  loop report ${fmt(size)}: p50 ${fmt(p50(t.reportMs))} p95 ${fmt(p95(t.reportMs))} ms (${fmt(t.reportMs.length)} reports), last ${fmt(median(t.lastMs))} ms, expandLoop ${fmt(median(t.expandMs))} ms (${t.loops} loop${t.loops === 1 ? "" : "s"})`,
+          );
+        };
+        for (let rep = 0; rep < o.reps; rep++) {
+          await one(small);
+          await one(large);
+          await one(large);
+          await one(small);
+        }
+        const fig = (size: number, pick: (r: LoopReports) => number[], q: (v: number[]) => number) =>
+          summarize((runs.get(size) ?? []).map((r) => q(pick(r))));
+        const reports = (r: LoopReports) => r.reportMs;
+        const med = { small: fig(small, reports, p50), large: fig(large, reports, p50) };
+        const tail = { small: fig(small, reports, p95), large: fig(large, reports, p95) };
+        const loopsOf = (size: number) => runs.get(size)?.[0]?.loops ?? 0;
+        rows.push({
+          section: `10c. One loop instance's report (complete), loop of ${fmt(large)} vs ${fmt(small)} instances`,
+          measure: "ms, p50 / p95",
+          ours: `${fmt(large)} instances: ${fmtSummary(med.large)} / ${fmtSummary(tail.large)}`,
+          peer: `${fmt(small)} instances: ${fmtSummary(med.small)} / ${fmtSummary(tail.small)}`,
+          ratio: `${fmtRatio(med.large.median, med.small.median)} / ${fmtRatio(tail.large.median, tail.small.median)}`,
+          note: `ratio = ${fmt(large)} / ${fmt(small)} (goal 1x); 1 worker, sequential; ${fmt(sample)} reports a measurement spread over the instances in claim order, never a loop's last (10d), the others reported untimed by reportMany between them; ${fmt(loopsOf(large))} loop${loopsOf(large) === 1 ? "" : "s"} of ${fmt(large)} against ${fmt(loopsOf(small))} of ${fmt(small)} (as many instances); order ${fmt(small)}, ${fmt(large)}, ${fmt(large)}, ${fmt(small)}`,
+        });
+        const lastFig = (size: number) => fig(size, (r) => r.lastMs, median);
+        rows.push({
+          section: `10d. A loop's last instance's report (completes the loop, collects its outputs), ${fmt(large)} vs ${fmt(small)} instances`,
+          measure: "ms",
+          ours: `${fmt(large)} instances: ${fmtSummary(lastFig(large))}`,
+          peer: `${fmt(small)} instances: ${fmtSummary(lastFig(small))}`,
+          ratio: fmtRatio(lastFig(large).median, lastFig(small).median),
+          note: `ratio = ${fmt(large)} / ${fmt(small)}; the median of a measurement's loops (${fmt(loopsOf(large))} and ${fmt(loopsOf(small))} loops)`,
+        });
+        const expandFig = (size: number) => fig(size, (r) => r.expandMs, median);
+        rows.push({
+          section: `10e. expandLoop, ${fmt(large)} vs ${fmt(small)} items`,
+          measure: "ms",
+          ours: `${fmt(large)} items: ${fmtSummary(expandFig(large))}`,
+          peer: `${fmt(small)} items: ${fmtSummary(expandFig(small))}`,
+          ratio: fmtRatio(expandFig(large).median, expandFig(small).median),
+          note: `${API_PATHS.expandLoop}; ratio = ${fmt(large)} / ${fmt(small)}; ${fmt(n)} items: in 10a and 10b`,
+        });
+      });
+
+    if (all)
       await section("8. SQL alone", async () => {
         // Semantics first (not timed): each candidate model on a handful of jobs.
         for (const name of MODEL_NAMES) {
@@ -740,7 +858,7 @@ function render(
       ? []
       : [
           `- Workers: ${o.workers}. Ours: ${o.workers} loops in this process, each its own pool of 1 connection. graphile-worker ${graphileVersion()}: one \`run()\` in this process, concurrency ${o.workers}, default pool (10). pg-boss ${bossVersion()} (schema \`pgboss\`, one queue; no supervise, no cron): ${o.workers} loops of \`fetch\` + \`complete\` on one instance, pool of ${o.workers}.`,
-          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; report and claim next = ${api.chainReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}.`,
+          `- Ours measured through: report = ${api.report}; batch report = ${api.batchReport}; report and claim next = ${api.chainReport}; enqueue = ${api.enqueue}; wake-up = ${api.wakeUp}; loop expansion = ${api.expandLoop}.`,
           `- Method: sides in the order A B … B A, ours first (ours, graphile-worker, pg-boss, pg-boss, graphile-worker, ours where all three run; ${o.reps} round${o.reps === 1 ? "" : "s"}); every measurement in a fresh database (CREATE DATABASE … TEMPLATE of a migrated one); median (min–max) over measurements; ratio = ours / peer (for latency, higher is worse). Clocks: ours and pg-boss from the workers' start to the last report (pg-boss's \`complete\`); graphile-worker from its first task to its table being empty.`,
         ]),
     ...(o.purge.enabled || o.purge.only

@@ -27,6 +27,7 @@ export const API_PATHS = {
   chainReport: "JobStepRepo.reportAndClaim (one statement: the report and the next claim)",
   enqueue: "JobRepo.createMany (one statement a call)",
   wakeUp: "listenForReady (LISTEN/NOTIFY)",
+  expandLoop: "JobStepRepo.expandLoop (one statement)",
 } as const;
 
 export async function registerWorker(db: Database, workerId: string, capabilities: readonly string[]): Promise<void> {
@@ -79,6 +80,15 @@ export function reportMany(db: Database, reports: readonly StepReport[]): Promis
 /** Creates jobs with their steps; ids in order. */
 export function createMany(db: Database, items: readonly NewJobWithSteps[]): Promise<string[]> {
   return JobRepo.createMany(db, items);
+}
+
+/** The server's expansion of a ready `forEach` step into one instance per item (one statement). */
+export function expandLoop(
+  db: Database,
+  ref: { jobId: string; stepName: string },
+  items: readonly unknown[],
+): Promise<JobStepRepo.ExpandedLoop> {
+  return JobStepRepo.expandLoop(db, ref, items);
 }
 
 /** Tells an idle worker when to claim again (LISTEN/NOTIFY). */

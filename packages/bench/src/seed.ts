@@ -64,3 +64,27 @@ export function fanOut(n: number): StepShape[] {
     { name: "join", dependsOn: children },
   ];
 }
+
+/** The loop step of `LOOP_JOB`. */
+export const LOOP_STEP = "each";
+
+/**
+ * A for_each loop's job: list -> each (`forEach` over list's output) ->
+ * after. `after` requires a tag the bench's workers lack (`done`), so once
+ * the loop completes it stays ready: the check sees that the loop promoted it.
+ */
+export const LOOP_JOB: NewFlowStep[] = [
+  { stepName: "list", actionName: "noop", actionType: "shell", dependsOn: [] },
+  { stepName: LOOP_STEP, actionName: "noop", actionType: "shell", dependsOn: ["list"], forEach: "{{ list.output }}" },
+  { stepName: "after", actionName: "noop", actionType: "shell", dependsOn: [LOOP_STEP], requiredTags: ["done"] },
+];
+
+/**
+ * A for_each loop's shape declared up front: one job of `n` steps ready at
+ * once, then `after` waiting for all of them (requiring a tag the bench's
+ * workers lack, like `LOOP_JOB`'s, so it stays ready once they are done).
+ */
+export function wide(n: number): StepShape[] {
+  const steps = Array.from({ length: n }, (_, i) => `step-${String(i).padStart(5, "0")}`);
+  return [...steps.map((name) => ({ name })), { name: "after", dependsOn: steps, requiredTags: ["done"] }];
+}
