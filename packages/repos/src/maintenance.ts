@@ -134,7 +134,10 @@ export function builtInSweeps(options: MaintenanceOptions = {}, pool?: Executor)
       intervalMs: requireInt("timeoutsEveryMs", o.timeoutsEveryMs, 0, MAX_MS),
       async run(tx) {
         const result = await sweepTimeouts(tx);
-        return { changed: result.steps.length + result.gates.length + result.jobs.length, result };
+        return {
+          changed: result.steps.length + result.gates.length + result.jobs.length + result.children.length,
+          result,
+        };
       },
     },
     {
