@@ -67,6 +67,37 @@ function other() {
   return { db, pool: db.$client };
 }
 
+/**
+ * A deterministic race: `first` runs in a transaction held open; `second`
+ * starts on another connection and must wait on a lock `first` holds; then
+ * `first` commits, and `second`'s answer (or error) is returned. Whatever
+ * fails, the transaction ends and the second pool closes.
+ */
+async function race<T>(first: (db: Executor) => Promise<unknown>, second: (db: Executor) => Promise<T>) {
+  const conn = other();
+  const holding = deferred();
+  const release = deferred();
+  const held = t.db.transaction(async (tx) => {
+    await first(tx);
+    holding.resolve();
+    await release.promise;
+  });
+  await Promise.race([holding.promise, held]);
+  onTestFinished(async () => {
+    release.resolve();
+    await held.catch(() => undefined);
+    await conn.pool.end();
+  });
+  const late = second(conn.db).then(
+    (answer) => ({ answer, error: undefined }),
+    (error: Error) => ({ answer: undefined, error }),
+  );
+  await waitFor(async () => (await lockWaiters(conn.db)) === 1);
+  release.resolve();
+  await held;
+  return late;
+}
+
 describe("when conditions", () => {
   async function conditional(extra: Record<string, unknown> = {}) {
     return JobRepo.createWithSteps(t.db, api, [
@@ -343,31 +374,10 @@ describe("child tasks", () => {
         const c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, child([shell("c1")]));
         const [claimed] = await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 1);
         expect(claimed?.jobId).toBe(c.childJobId);
-        const second = other();
         const end = (db: Executor) =>
           JobStepRepo.complete(db, { jobId: c.childJobId, stepName: "c1", workerId, attempt: 1 }, "ok");
         const cancel = (db: Executor) => JobRepo.cancel(db, jobId, { reason: "stop" });
-        const holding = deferred();
-        const release = deferred();
-        const first = t.db.transaction(async (tx) => {
-          await (order === "child ends first" ? end(tx) : cancel(tx));
-          holding.resolve();
-          await release.promise;
-        });
-        await holding.promise;
-        onTestFinished(async () => {
-          release.resolve();
-          await first.catch(() => undefined);
-          await second.pool.end();
-        });
-        const late = (order === "child ends first" ? cancel(second.db) : end(second.db)).then(
-          (answer) => ({ answer, error: undefined }),
-          (error: Error) => ({ answer: undefined, error }),
-        );
-        await waitFor(async () => (await lockWaiters(second.db)) === 1);
-        release.resolve();
-        await first;
-        const { error } = await late;
+        const { error } = order === "child ends first" ? await race(end, cancel) : await race(cancel, end);
         expect(error).toBeUndefined();
         const s = await steps(jobId);
         expect(await status(jobId)).toBe("cancelled");
@@ -568,30 +578,10 @@ describe("for_each loops", () => {
 
     it.each(["expand first", "cancel first"] as const)("expand and cancel: %s", async (order) => {
       const jobId = await looping();
-      const second = other();
       const expand = (db: Executor) => JobStepRepo.expandLoop(db, each(jobId), ["a", "b"]);
       const cancel = (db: Executor) => JobRepo.cancel(db, jobId);
-      const holding = deferred();
-      const release = deferred();
-      const first = t.db.transaction(async (tx) => {
-        await (order === "expand first" ? expand(tx) : cancel(tx));
-        holding.resolve();
-        await release.promise;
-      });
-      await holding.promise;
-      onTestFinished(async () => {
-        release.resolve();
-        await first.catch(() => undefined);
-        await second.pool.end();
-      });
-      const late = (order === "expand first" ? cancel(second.db) : expand(second.db)).then(
-        (answer) => ({ answer, error: undefined }),
-        (error: Error) => ({ answer: undefined, error }),
-      );
-      await waitFor(async () => (await lockWaiters(second.db)) === 1);
-      release.resolve();
-      await first;
-      const { answer, error } = await late;
+      const { answer, error } =
+        order === "expand first" ? await race<unknown>(expand, cancel) : await race<unknown>(cancel, expand);
       const s = await steps(jobId);
       expect(await status(jobId)).toBe("cancelled");
       if (order === "expand first") {

@@ -188,7 +188,8 @@ async function decide(
   throw new InvalidTransitionError("step", jobId, stepName, r.step_status ?? "?", approve ? "completed" : "failed");
 }
 
-function checkRef(ref: GateRef): GateRef {
+/** A step reference, checked (a UUID and a step name). Throws `InvalidInputError`. */
+export function checkRef(ref: GateRef): GateRef {
   if (typeof ref !== "object" || ref === null)
     throw new InvalidInputError("ref", "must be an object { jobId, stepName }");
   return { jobId: requireUuid("jobId", ref.jobId), stepName: requireText("stepName", ref.stepName) };

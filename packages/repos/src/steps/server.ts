@@ -14,8 +14,8 @@ import {
   type StartChildRow,
 } from "../sql/server.js";
 import { runStatement } from "../statement.js";
-import { optionalBoolean, optionalJson, requireText, requireUuid } from "../validate.js";
-import type { GateRef } from "./gates.js";
+import { optionalBoolean, optionalJson } from "../validate.js";
+import { checkRef, type GateRef } from "./gates.js";
 
 /**
  * The server's other steps (beside approval gates, `gates.ts`): conditions,
@@ -224,12 +224,6 @@ export async function expandLoop(
     throw new InvalidInputError("stepName", "has no `forEach`: only a loop step is expanded");
   }
   throw new InvalidTransitionError("step", jobId, stepName, r.step_status ?? "?", "expanded");
-}
-
-function checkRef(ref: GateRef): GateRef {
-  if (typeof ref !== "object" || ref === null)
-    throw new InvalidInputError("ref", "must be an object { jobId, stepName }");
-  return { jobId: requireUuid("jobId", ref.jobId), stepName: requireText("stepName", ref.stepName) };
 }
 
 /** A refused condition's step, as the error shows it (a ready step already released names its route). */
