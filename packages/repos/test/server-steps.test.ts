@@ -119,6 +119,8 @@ describe("when conditions", () => {
       status: "ready",
       whenCondition: "{{ build.output.ok }}",
     });
+    // The backlog counts it apart: it waits for the server, not for a worker.
+    expect((await JobStepRepo.readyBacklog(t.db)).find((b) => b.actionType === "@when")?.ready).toBeGreaterThan(0);
     const decided = await JobStepRepo.decideCondition(t.db, { jobId, stepName: "deploy" }, { run: true });
     expect(decided).toEqual({ promoted: [], skipped: [], jobStatus: "running" });
     expect((await JobStepRepo.readyServerSteps(t.db)).some((s) => s.jobId === jobId)).toBe(false);

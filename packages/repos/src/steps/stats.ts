@@ -1,6 +1,7 @@
 import {
   type JobStep,
   jobStepState,
+  SERVER_ROUTES,
   STEP_STATUSES,
   STEP_TERMINAL_STATUSES,
   type StepStatus,
@@ -66,15 +67,24 @@ export interface ReadyBacklog {
   oldestReadyAt: Date | null;
 }
 
-/** Ready steps by action type with the oldest `ready_at` (served by the claim index). */
+/**
+ * Ready steps by action type with the oldest `ready_at` (a read of the ready
+ * rows of `step_live`, the claim index's). Steps waiting for the server's
+ * decision on their `when` or for their loop's expansion are counted apart,
+ * under their route (`@when`, `@loop`: `SERVER_ROUTES`), whatever their
+ * action type: no worker takes them.
+ */
 export async function readyBacklog(db: Executor): Promise<ReadyBacklog[]> {
+  // Literals, not parameters: the GROUP BY must repeat the select's expression exactly.
+  const routes = sql.raw(`'${SERVER_ROUTES.condition}', '${SERVER_ROUTES.loop}'`);
+  const kind = sql<string>`case when ${stepLive.route} in (${routes}) then ${stepLive.route} else ${stepLive.actionType} end`;
   return translateErrors(db, () =>
     db
-      .select({ actionType: stepLive.actionType, ready: count(), oldestReadyAt: min(stepLive.readyAt) })
+      .select({ actionType: kind, ready: count(), oldestReadyAt: min(stepLive.readyAt) })
       .from(stepLive)
       .where(eq(stepLive.status, "ready"))
-      .groupBy(stepLive.actionType)
-      .orderBy(stepLive.actionType),
+      .groupBy(kind)
+      .orderBy(kind),
   );
 }
 
