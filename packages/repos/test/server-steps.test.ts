@@ -559,6 +559,65 @@ describe("for_each loops", () => {
     expect((await steps(rerun)).each?.loopTotal).toBeNull();
   }, 120_000);
 
+  it("a loop of task steps: one child job per item, each ending its instance; the last ends the loop", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, api, [
+      shell("list"),
+      { stepName: "each", actionName: "per-region", actionType: "task", dependsOn: ["list"], forEach: "regions" },
+    ]);
+    await runReady(jobId);
+    await JobStepRepo.expandLoop(t.db, each(jobId), ["eu", "us"]);
+    const ready = (await JobStepRepo.readyServerSteps(t.db)).filter((s) => s.jobId === jobId);
+    expect(ready.map((s) => s.stepName).sort()).toEqual(["each[0]", "each[1]"]);
+    const kids: string[] = [];
+    for (const s of ready) {
+      const c = await JobStepRepo.startChild(
+        t.db,
+        { jobId, stepName: s.stepName },
+        {
+          job: { taskName: "region", sourceType: "api", input: s.loopItem },
+          steps: [shell("work")],
+        },
+      );
+      kids.push(c.childJobId);
+    }
+    const work = (await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 100)).filter((w) =>
+      kids.includes(w.jobId),
+    );
+    for (const w of work) await JobStepRepo.complete(t.db, { jobId: w.jobId, stepName: "work", workerId, attempt: 1 });
+    expect((await steps(jobId)).each).toMatchObject({ status: "completed" });
+    expect(((await steps(jobId)).each?.output as Array<{ childJobId: string }>).map((o) => o.childJobId)).toEqual(
+      ready.sort((a, b) => (a.loopIndex ?? 0) - (b.loopIndex ?? 0)).map((s) => kids[ready.indexOf(s)]),
+    );
+    expect(await status(jobId)).toBe("completed");
+  });
+
+  it("one batch of reports holding a child's last step and its parent's other step", async () => {
+    const jobId = await JobRepo.createWithSteps(t.db, { ...api, taskName: "parent" }, [
+      shell("side"),
+      { stepName: "run", actionName: "child-task", actionType: "task" },
+      shell("finish", { dependsOn: ["run", "side"] }),
+    ]);
+    const c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, { job: api, steps: [shell("c1")] });
+    const claimed = (await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 100)).filter(
+      (s) => s.jobId === jobId || s.jobId === c.childJobId,
+    );
+    expect(claimed.map((s) => s.stepName).sort()).toEqual(["c1", "side"]);
+    const answers = await JobStepRepo.reportMany(
+      t.db,
+      claimed.map((s) => ({
+        jobId: s.jobId,
+        stepName: s.stepName,
+        workerId,
+        attempt: 1,
+        outcome: "completed" as const,
+      })),
+    );
+    expect(answers.every((a) => a.ok)).toBe(true);
+    expect([await status(c.childJobId), (await steps(jobId)).run?.status, (await steps(jobId)).finish?.status]).toEqual(
+      ["completed", "completed", "ready"],
+    );
+  });
+
   describe("races", () => {
     it("the last two instances finishing at once complete the loop once", async () => {
       const jobId = await looping();
