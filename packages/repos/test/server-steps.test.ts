@@ -568,26 +568,27 @@ describe("for_each loops", () => {
     await JobStepRepo.expandLoop(t.db, each(jobId), ["eu", "us"]);
     const ready = (await JobStepRepo.readyServerSteps(t.db)).filter((s) => s.jobId === jobId);
     expect(ready.map((s) => s.stepName).sort()).toEqual(["each[0]", "each[1]"]);
-    const kids: string[] = [];
+    const kidOf = new Map<string, string>();
     for (const s of ready) {
       const c = await JobStepRepo.startChild(
         t.db,
         { jobId, stepName: s.stepName },
-        {
-          job: { taskName: "region", sourceType: "api", input: s.loopItem },
-          steps: [shell("work")],
-        },
+        { job: { taskName: "region", sourceType: "api", input: s.loopItem }, steps: [shell("work")] },
       );
-      kids.push(c.childJobId);
+      kidOf.set(s.stepName, c.childJobId);
     }
+    const kids = [...kidOf.values()];
     const work = (await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 100)).filter((w) =>
       kids.includes(w.jobId),
     );
     for (const w of work) await JobStepRepo.complete(t.db, { jobId: w.jobId, stepName: "work", workerId, attempt: 1 });
-    expect((await steps(jobId)).each).toMatchObject({ status: "completed" });
-    expect(((await steps(jobId)).each?.output as Array<{ childJobId: string }>).map((o) => o.childJobId)).toEqual(
-      ready.sort((a, b) => (a.loopIndex ?? 0) - (b.loopIndex ?? 0)).map((s) => kids[ready.indexOf(s)]),
-    );
+    const loop = (await steps(jobId)).each;
+    expect(loop?.status).toBe("completed");
+    // Its output: each instance's, in index order (an instance's output names its child).
+    expect(((loop?.output ?? []) as Array<{ childJobId: string }>).map((o) => o.childJobId)).toEqual([
+      kidOf.get("each[0]"),
+      kidOf.get("each[1]"),
+    ]);
     expect(await status(jobId)).toBe("completed");
   });
 
