@@ -119,7 +119,7 @@ type JobRow = ReturnType<typeof toJobRow> & {
   stepsUnfinished: number;
   /** Whether the job gets a job_live row (see createManyWithResults). */
   live: boolean;
-  parent?: { jobId: string; stepName: string } | undefined;
+  parent?: { jobId: string; stepName: string; depth: number } | undefined;
 };
 
 /**
@@ -166,6 +166,7 @@ async function insertJobs(
       live: j.live,
       parent_job_id: j.parent?.jobId ?? null,
       parent_step_name: j.parent?.stepName ?? null,
+      depth: j.parent === undefined ? 0 : j.parent.depth + 1,
     })),
   );
   const values = {
@@ -266,8 +267,11 @@ export async function createManyWithResults(
   db: Executor,
   items: readonly NewJobWithSteps[],
   options: AuditOptions = {},
-  /** A child task's parent step (`JobStepRepo.startChild`, which has locked it); not part of the public options. */
-  parent?: { jobId: string; stepName: string },
+  /**
+   * A child task's parent step and its job's depth (`JobStepRepo.startChild`,
+   * which has locked it); not part of the public options.
+   */
+  parent?: { jobId: string; stepName: string; depth: number },
 ): Promise<CreateResult[]> {
   if (!Array.isArray(items)) throw new InvalidInputError("items", "must be an array");
   const actor = checkActor("actor", options?.actor);

@@ -368,6 +368,75 @@ describe("child tasks", () => {
     expect(await auditCount()).toBe(before);
   });
 
+  it("reportMany locks a child before its parent: no deadlock with a child's end waiting for the parent", async () => {
+    // The hazard of job id order: batch B (a step of the parent P, and a stale
+    // report of the child C) would lock P and wait for C while A, ending C,
+    // holds C and waits for P. B now locks C first. Needs P < C in id order.
+    let jobId = "";
+    let c = { childJobId: "" };
+    for (let i = 0; i < 50 && !(jobId && jobId < c.childJobId); i++) {
+      jobId = await JobRepo.createWithSteps(t.db, { ...api, taskName: "parent" }, [
+        shell("side"),
+        { stepName: "run", actionName: "child-task", actionType: "task" },
+      ]);
+      c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, { job: api, steps: [shell("c1")] });
+    }
+    expect(jobId < c.childJobId).toBe(true);
+    const claimed = (await JobStepRepo.claimReadySteps(t.db, ["shell"], workerId, 1000)).filter(
+      (s) => s.jobId === jobId || s.jobId === c.childJobId,
+    );
+    expect(claimed.map((s) => s.stepName).sort()).toEqual(["c1", "side"]);
+    const deadlocks = async () =>
+      Number(
+        (
+          await t.db.execute<{ n: string }>(
+            sql`select deadlocks::text as n from pg_stat_database where datname = current_database()`,
+          )
+        ).rows[0]?.n,
+      );
+    const before = await deadlocks();
+    // T holds the parent's lock, so that B queues for it before A does. One
+    // connection each: their statistics (a deadlock detected) are flushed below.
+    const one = () => {
+      const db = t.openPool({ max: 1 });
+      return { db, pool: db.$client };
+    };
+    const a = one();
+    const b = one();
+    const holding = deferred();
+    const release = deferred();
+    const held = t.db.transaction(async (tx) => {
+      await tx.execute(sql`select 1 from job_live where job_id = ${jobId} for no key update`);
+      holding.resolve();
+      await release.promise;
+    });
+    await holding.promise;
+    onTestFinished(async () => {
+      release.resolve();
+      await held.catch(() => undefined);
+      await a.pool.end();
+      await b.pool.end();
+    });
+    const batch = JobStepRepo.reportMany(b.db, [
+      { jobId, stepName: "side", workerId, attempt: 1, outcome: "completed" },
+      // A stale report of the child (never this attempt): refused, but its job is locked with the batch.
+      { jobId: c.childJobId, stepName: "c1", workerId, attempt: 9, outcome: "completed" },
+    ]);
+    await waitFor(async () => (await lockWaiters(t.db)) === 1);
+    const end = JobStepRepo.complete(a.db, { jobId: c.childJobId, stepName: "c1", workerId, attempt: 1 });
+    await waitFor(async () => (await lockWaiters(t.db)) === 2);
+    release.resolve();
+    await held;
+    const [answers, ended] = await Promise.all([batch, end]);
+    // A deadlock would have been detected (and the victim retried by the repos): count it.
+    for (const x of [a, b]) await x.db.execute(sql`select pg_stat_force_next_flush()`);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(answers.map((x) => x.ok)).toEqual([true, false]);
+    expect(ended.jobStatus).toBe("completed");
+    expect((await steps(jobId)).run?.status).toBe("completed");
+    expect(await deadlocks()).toBe(before);
+  });
+
   describe("races: a child's end and its parent's cancel", () => {
     it.each(["child ends first", "parent cancel first"] as const)(
       "%s (the other waits, no deadlock)",

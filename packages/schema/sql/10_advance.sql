@@ -15,7 +15,10 @@
 --
 -- Lock order, everywhere: the job's live row first (stroem_lock_job: its
 -- job_live row, or for a job of one step that step's live row), then its
--- steps' live rows.
+-- steps' live rows. Between jobs: a child job before its parent (the
+-- statement that ends a child locks its parent next: 47_server_steps.sql),
+-- so a statement locking several jobs takes deeper ones first
+-- (job_live.depth), then by job id.
 
 -- The channel on which steps becoming ready are announced (pg_notify; the
 -- payload is their action type), one per schema, since NOTIFY is

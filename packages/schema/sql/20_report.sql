@@ -345,8 +345,8 @@ DECLARE
   l_collected uuid[];
   v_collected uuid[] := '{}';
 BEGIN
-  -- The jobs' locks (stroem_lock_job for a batch): the job_live rows in job
-  -- id order; then, for the jobs without one, the reported steps' live rows
+  -- The jobs' locks (stroem_lock_job for a batch): the job_live rows,
+  -- deeper jobs first (children before their parents), then in job id order; then, for the jobs without one, the reported steps' live rows
   -- in job id order (a job of one step: the lock of its state); then those
   -- jobs' results (finished) or, without one, `running` (a job of one step).
   -- `= ANY (ARRAY(...))` walks the primary keys: joined to
@@ -357,7 +357,8 @@ BEGIN
   FROM (
     SELECT j.job_id, j.status FROM job_live j
     WHERE j.job_id = ANY (ARRAY(SELECT x.job_id FROM jsonb_to_recordset(p_reports) AS x(job_id uuid)))
-    ORDER BY j.job_id
+    -- A child before its parent (a child's end locks its parent next), then by id.
+    ORDER BY j.depth DESC, j.job_id
     FOR NO KEY UPDATE
   ) AS l;
   PERFORM 1 FROM (

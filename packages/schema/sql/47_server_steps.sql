@@ -6,7 +6,8 @@
 -- lock order), so of two servers deciding the same step, and of a decision
 -- and a cancel, the first decides and the others find it moved on.
 --
--- A child job's lock is taken before its parent's: the statement that ends
+-- A child job's lock is taken before its parent's (between jobs, a deeper
+-- one first: job_live.depth; reportMany locks its jobs so): the statement that ends
 -- a child (its last report, its cancel, its timeout) holds the child and
 -- then ends the parent's step (stroem_child_ended, from the trigger that
 -- moves the child's job_live row to job_result). A cancel of the parent
@@ -83,16 +84,18 @@ $$;
 -- waits for its child; its job `running`). The caller creates the child
 -- job, linked to the step, in the same transaction. `result`: ok |
 -- repeated (suspended already: `child_job_id` is its child) | not_found |
+-- (`depth`: the parent's, the child's is one more)
 -- not_task (another action type) | invalid_transition (not ready, its
 -- condition undecided, or its job finished).
 CREATE OR REPLACE FUNCTION stroem_start_child(p_job_id uuid, p_step_name text,
-  OUT result text, OUT step_status text, OUT job_status text, OUT action_type text, OUT child_job_id uuid)
+  OUT result text, OUT step_status text, OUT job_status text, OUT action_type text, OUT child_job_id uuid,
+  OUT depth integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_step record;
 BEGIN
-  SELECT l.status INTO job_status FROM job_live l WHERE l.job_id = p_job_id FOR UPDATE;
+  SELECT l.status, l.depth INTO job_status, depth FROM job_live l WHERE l.job_id = p_job_id FOR UPDATE;
   IF NOT FOUND THEN
     -- Finished (a job with a task step has a job_live row while unfinished), or no such job.
     SELECT j.status INTO job_status FROM job_state j WHERE j.job_id = p_job_id;

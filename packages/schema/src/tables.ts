@@ -265,11 +265,17 @@ export const jobLive = pgTable(
      */
     parentJobId: uuid("parent_job_id"),
     parentStepName: text("parent_step_name"),
+    /**
+     * Parents above it (0: a job that is no child). The lock order between
+     * jobs: a deeper job before a shallower one (a child's end locks the
+     * child, then its parent), then by job id (`reportMany`, `createSteps`).
+     */
+    depth: integer("depth").notNull().default(0),
   },
   (t) => [
     foreignKey({ name: CONSTRAINTS.jobWorkerFk, columns: [t.workerId], foreignColumns: [worker.workerId] }),
     check("job_live_status_check", oneOf(t.status, JOB_STATUSES)),
-    check("job_live_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0`),
+    check("job_live_step_counts_check", sql`${t.stepsUnfinished} >= 0 and ${t.stepsFailed} >= 0 and ${t.depth} >= 0`),
     // sweepTimeouts' look for orphaned children (their parent step ended
     // without them): child rows only; the column never changes, so updates
     // of the row stay HOT.

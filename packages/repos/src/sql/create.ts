@@ -57,7 +57,7 @@ function createJobsQuery(keyed: boolean) {
       select x.* from jsonb_to_recordset(${sql.placeholder("jobs")}::jsonb) as x(
         job_id uuid, workspace text, task_name text, mode text, input jsonb, source_type text, source_id text,
         revision text, steps_unfinished integer, timeout_secs integer, keyed boolean, live boolean,
-        parent_job_id uuid, parent_step_name text)${keep}
+        parent_job_id uuid, parent_step_name text, depth integer)${keep}
     ), jobs as (
       insert into job (job_id, workspace, task_name, mode, input, source_type, source_id, revision, timeout_secs,
                        parent_job_id, parent_step_name)
@@ -69,8 +69,8 @@ function createJobsQuery(keyed: boolean) {
       -- A job of one step has no job_live row (its step's live row is its
       -- state) unless the caller asks for one (\`live\`: a child job, a job
       -- with a task or loop step).
-      insert into job_live (job_id, steps_unfinished, parent_job_id, parent_step_name)
-      select x.job_id, x.steps_unfinished, x.parent_job_id, x.parent_step_name from new_jobs x where x.live
+      insert into job_live (job_id, steps_unfinished, parent_job_id, parent_step_name, depth)
+      select x.job_id, x.steps_unfinished, x.parent_job_id, x.parent_step_name, x.depth from new_jobs x where x.live
     ), audit as (
       insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
       select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.created', 'job', j.job_id::text,

@@ -47,6 +47,8 @@ export type StartChildRow = {
   job_status: string | null;
   action_type: string | null;
   child_job_id: string | null;
+  /** The parent job's `job_live.depth`. */
+  depth: number | null;
 };
 
 /** The parent's half of `startChild`: its task step suspended under the parent's lock (FOR UPDATE). */

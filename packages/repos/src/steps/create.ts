@@ -184,11 +184,16 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     db,
     () =>
       transaction(db, async (tx) => {
-        // The jobs' locks first (the lock order), in job id order; a cancelled
-        // job takes no new steps (they would be claimable).
+        // The jobs' locks first (the lock order: deeper jobs first, a child
+        // before its parent, then by job id); a cancelled job takes no new
+        // steps (they would be claimable).
+        const depths = await tx.execute<{ job_id: string }>(
+          sql`select u.job_id from unnest(${sql.param(jobIds)}::uuid[]) as u(job_id)
+            left join job_live l on l.job_id = u.job_id order by coalesce(l.depth, 0) desc, u.job_id`,
+        );
         const locked = await tx.execute<{ job_id: string; status: string | null; single: boolean | null }>(
           sql`select u.job_id, l.status, l.single
-            from unnest(${sql.param([...jobIds].sort())}::uuid[]) with ordinality as u(job_id, ord)
+            from unnest(${sql.param(depths.rows.map((r) => r.job_id))}::uuid[]) with ordinality as u(job_id, ord)
             cross join lateral stroem_lock_job(u.job_id) l
             order by u.ord`,
         );

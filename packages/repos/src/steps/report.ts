@@ -187,8 +187,10 @@ export async function fail(db: Executor, ref: StepRef, error: string): Promise<R
  * Any number of reports (up to 10,000, across jobs) in one round trip, one
  * outcome per report in the given order. A refused report (not found, not
  * running, not this worker's) is answered `{ ok: false, error }` and does not
- * spoil the others. Jobs are locked in job id order, so concurrent batches
- * cannot deadlock. Bad input throws `InvalidInputError` before anything is
+ * spoil the others. Jobs are locked children first (deeper jobs before
+ * their parents: a child's end locks its parent next), then in job id
+ * order, so concurrent batches cannot deadlock, with each other or with a
+ * child's end. Bad input throws `InvalidInputError` before anything is
  * written. Transient errors are retried as for `complete` (any of them when
  * every report is guarded).
  */

@@ -139,6 +139,7 @@ export async function startChild(
     const [created] = await createManyWithResults(tx, [{ job: child.job, steps: child.steps }], options, {
       jobId,
       stepName,
+      depth: r.depth ?? 0,
     });
     const childJobId = (created as { jobId: string }).jobId;
     await translateErrors(tx, () =>
