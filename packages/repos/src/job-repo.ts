@@ -455,6 +455,8 @@ export interface FinishJobResult {
   cancelled: string[];
   /** Its running steps, which keep running with `cancelRequestedAt` set (their workers learn it from `heartbeat`). */
   cancelRequested: string[];
+  /** Its child jobs (and theirs) that were unfinished, now cancelled, deepest first. */
+  children: string[];
 }
 
 async function finishJob(
@@ -475,7 +477,7 @@ async function finishJob(
   if (row.result === "invalid_transition") {
     throw new InvalidTransitionError("job", jobId, undefined, row.job_status ?? "?", status);
   }
-  return { cancelled: row.cancelled ?? [], cancelRequested: row.cancel_requested ?? [] };
+  return { cancelled: row.cancelled ?? [], cancelRequested: row.cancel_requested ?? [], children: row.children ?? [] };
 }
 
 /**

@@ -302,15 +302,25 @@ describe("child tasks", () => {
     expect((await JobStepRepo.sweepTimeouts(t.db)).children).toEqual([]);
   });
 
-  it("a parent finished by hand leaves its children to the sweep, which cancels them", async () => {
+  it("a parent finished by hand cancels its children first; one left over is the sweep's", async () => {
     const jobId = await parent();
     const c = await JobStepRepo.startChild(t.db, { jobId, stepName: "run" }, child());
-    await JobRepo.markFailed(t.db, jobId);
-    expect(await status(c.childJobId)).toBe("pending");
-    expect((await JobStepRepo.sweepTimeouts(t.db)).children).toEqual([c.childJobId]);
-    expect(await status(c.childJobId)).toBe("cancelled");
+    expect((await JobRepo.markFailed(t.db, jobId)).children).toEqual([c.childJobId]);
+    expect(await JobRepo.get(t.db, c.childJobId)).toMatchObject({
+      status: "cancelled",
+      cancelReason: `parent job ${jobId} failed by hand`,
+    });
     // The parent's step was closed with its job; the child's cancel left it so.
     expect((await steps(jobId)).run?.status).toBe("cancelled");
+    // A child whose parent step ended without it some other way (here: the
+    // step closed by SQL) is cancelled by the next sweep.
+    const other = await parent();
+    const d = await JobStepRepo.startChild(t.db, { jobId: other, stepName: "run" }, child());
+    await t.db.execute(sql`update step_live set status = 'cancelled', completed_at = now(), propagated = true
+      where job_id = ${other} and step_name = 'run'`);
+    expect(await status(d.childJobId)).toBe("pending");
+    expect((await JobStepRepo.sweepTimeouts(t.db)).children).toEqual([d.childJobId]);
+    expect(await status(d.childJobId)).toBe("cancelled");
   });
 
   it("cancelling the parent cancels its unfinished children and theirs, deepest first; its step is cancelled", async () => {

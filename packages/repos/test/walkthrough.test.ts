@@ -241,7 +241,7 @@ describe("a job finished by hand ends its open steps with it", () => {
         mark === "markCompleted"
           ? await JobRepo.markCompleted(t.db, jobId, { decided: "by hand" })
           : await JobRepo.markFailed(t.db, jobId);
-      expect(result).toEqual({ cancelled: ["b", "c"], cancelRequested: ["a"] });
+      expect(result).toEqual({ cancelled: ["b", "c"], cancelRequested: ["a"], children: [] });
       expect(await statuses(jobId)).toEqual({ a: "running", b: "cancelled", c: "cancelled" });
       expect(await JobRepo.get(t.db, jobId)).toMatchObject({
         status: mark === "markCompleted" ? "completed" : "failed",

@@ -103,10 +103,12 @@ $$;
 -- JobRepo.markCompleted / markFailed (the design note's hand marks): locks
 -- the job row, `pending | running -> p_status` (completed, with p_output, or
 -- failed) with completed_at, then stroem_close_open_steps, so workers never
--- run a step of a finished job. `result`: ok | not_found |
--- invalid_transition (already finished; job_status says how).
+-- run a step of a finished job. Its unfinished children are cancelled first,
+-- as by stroem_cancel_job ("parent job <id> completed / failed by hand"):
+-- `children`. `result`: ok | not_found | invalid_transition (already
+-- finished; job_status says how).
 CREATE OR REPLACE FUNCTION stroem_finish_job(p_job_id uuid, p_status text, p_output jsonb,
-  OUT result text, OUT cancelled text[], OUT cancel_requested text[], OUT job_status text)
+  OUT result text, OUT cancelled text[], OUT cancel_requested text[], OUT job_status text, OUT children uuid[])
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -114,6 +116,15 @@ DECLARE
 BEGIN
   cancelled := '{}';
   cancel_requested := '{}';
+  children := '{}';
+  IF EXISTS (SELECT 1 FROM job c WHERE c.parent_job_id = p_job_id) THEN
+    PERFORM 1 FROM job_live l WHERE l.job_id = p_job_id FOR KEY SHARE;
+    IF FOUND THEN
+      PERFORM set_config('stroem.cascading_cancel', 'on', true);
+      children := stroem_cancel_children(p_job_id, 'parent job ' || p_job_id || ' ' || p_status || ' by hand');
+      PERFORM set_config('stroem.cascading_cancel', '', true);
+    END IF;
+  END IF;
   SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
   IF job_status IS NULL THEN
     result := 'not_found';

@@ -143,8 +143,8 @@ BEGIN
   END LOOP;
 
   -- Orphaned children: unfinished child jobs whose parent step has ended
-  -- without them (its timeout above or earlier, its job's timeout or hand
-  -- mark, a purge of the parent) are cancelled (kind `child`). A child's
+  -- without them (its timeout above or earlier, its job's timeout above, a
+  -- purge of the parent) are cancelled (kind `child`). A child's
   -- lock comes before its parent's, and this statement may hold parents:
   -- a child another transaction holds is skipped, not waited for (the next
   -- sweep finds it, if it is still unfinished). Its end does not touch its

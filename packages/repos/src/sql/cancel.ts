@@ -50,16 +50,29 @@ export type FinishJobRow = {
   cancelled: string[] | null;
   cancel_requested: string[] | null;
   job_status: string | null;
+  children: string[] | null;
 };
 
 /**
- * Ends a job by hand (`completed` with its output, or `failed`): the job row
- * locked first, then its open steps closed as a cancel closes them.
+ * Ends a job by hand (`completed` with its output, or `failed`): its
+ * unfinished children cancelled first (a `job.cancelled` audit event each,
+ * by the system), the job row locked, then its open steps closed as a
+ * cancel closes them.
  */
 export const FINISH_JOB = statement<{ jobId: string; status: "completed" | "failed"; output: string | null }>(
   "finish_job",
-  sql`select * from stroem_finish_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("status")}::text,
-    ${sql.placeholder("output")}::jsonb)`,
+  sql`
+    with r as (
+      select * from stroem_finish_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("status")}::text,
+        ${sql.placeholder("output")}::jsonb)
+    ), child_audit as (
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select 'system', null, 'job.cancelled', 'job', c.job_id::text,
+             jsonb_build_object('reason', l.cancel_reason, 'parentJobId', ${sql.placeholder("jobId")}::text)
+      from r cross join unnest(r.children) as c(job_id) left join job_result l on l.job_id = c.job_id
+      where r.result = 'ok'
+    )
+    select * from r`,
 );
 
 /** What `stroem_cancel_step` returns. */

@@ -114,7 +114,7 @@ export interface TimedOutStep {
  * rejected as timed out (`gates`; its output says `timedOut`), and so is a
  * `task` step waiting that long for its child job (in `gates` too). Child
  * jobs whose parent step ended without them (that timeout, their parent
- * job's timeout or hand mark, a purge) are cancelled (`children`; a
+ * job's timeout, a purge of the parent) are cancelled (`children`; a
  * `job.cancelled` event with `orphaned`), skipping any a report holds. Workers learn
  * both from `WorkerRepo.heartbeat` (a timed-out step when they list what they
  * run, a job's steps as a cancel). Locks job rows in job id order, skipping
