@@ -346,7 +346,8 @@ DECLARE
   v_collected uuid[] := '{}';
 BEGIN
   -- The jobs' locks (stroem_lock_job for a batch): the job_live rows,
-  -- deeper jobs first (children before their parents), then in job id order; then, for the jobs without one, the reported steps' live rows
+  -- deeper jobs first (children before their parents), then in job id
+  -- order; then, for the jobs without one, the reported steps' live rows
   -- in job id order (a job of one step: the lock of its state); then those
   -- jobs' results (finished) or, without one, `running` (a job of one step).
   -- `= ANY (ARRAY(...))` walks the primary keys: joined to

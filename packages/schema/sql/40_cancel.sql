@@ -57,9 +57,9 @@ $$;
 -- `pending | running -> cancelled` with completed_at and the reason, then
 -- stroem_close_open_steps. A job with unfinished children (child tasks)
 -- cancels them first, deepest first, with the reason "parent job <id>
--- cancelled" (stroem_cancel_children, holding this job FOR KEY SHARE: a
--- child's lock comes before its parent's, see 47_server_steps.sql); their
--- ends do not end this job's steps, which its own cancel cancels.
+-- cancelled" (stroem_cancel_children: a child's lock comes before its
+-- parent's); their ends do not end this job's steps, which its own cancel
+-- cancels.
 -- `children`: the jobs cancelled so. `result`:
 -- ok | already (a cancelled job: nothing written) | not_found |
 -- invalid_transition (completed or failed; job_status says which).
@@ -73,15 +73,8 @@ BEGIN
   cancelled := '{}';
   cancel_requested := '{}';
   children := '{}';
-  IF EXISTS (SELECT 1 FROM job c WHERE c.parent_job_id = p_job_id) THEN
-    PERFORM 1 FROM job_live l WHERE l.job_id = p_job_id FOR KEY SHARE;
-    IF FOUND THEN
-      PERFORM set_config('stroem.cascading_cancel', 'on', true);
-      children := stroem_cancel_children(p_job_id,
-        'parent job ' || p_job_id || ' cancelled' || coalesce(': ' || p_reason, ''));
-      PERFORM set_config('stroem.cascading_cancel', '', true);
-    END IF;
-  END IF;
+  children := stroem_cancel_children(p_job_id,
+    'parent job ' || p_job_id || ' cancelled' || coalesce(': ' || p_reason, ''));
   SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
   IF job_status IS NULL THEN
     result := 'not_found';
@@ -117,14 +110,7 @@ BEGIN
   cancelled := '{}';
   cancel_requested := '{}';
   children := '{}';
-  IF EXISTS (SELECT 1 FROM job c WHERE c.parent_job_id = p_job_id) THEN
-    PERFORM 1 FROM job_live l WHERE l.job_id = p_job_id FOR KEY SHARE;
-    IF FOUND THEN
-      PERFORM set_config('stroem.cascading_cancel', 'on', true);
-      children := stroem_cancel_children(p_job_id, 'parent job ' || p_job_id || ' ' || p_status || ' by hand');
-      PERFORM set_config('stroem.cascading_cancel', '', true);
-    END IF;
-  END IF;
+  children := stroem_cancel_children(p_job_id, 'parent job ' || p_job_id || ' ' || p_status || ' by hand');
   SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
   IF job_status IS NULL THEN
     result := 'not_found';

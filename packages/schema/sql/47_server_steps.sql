@@ -152,25 +152,40 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
--- A cancel's walk down a job's children (stroem_cancel_job, with
--- `stroem.cascading_cancel` on, so a child's end does not end the parent's
--- step: the parent is cancelled next). Each unfinished child is held FOR
--- KEY SHARE (no new grandchild meanwhile), its own children cancelled
--- first, then it is locked and cancelled with p_reason. Returns the
--- children it cancelled, deepest first.
+-- The unfinished children of an unfinished job, cancelled with p_reason,
+-- deepest first (stroem_cancel_job and stroem_finish_job, before they lock
+-- the job itself). The job is held FOR KEY SHARE meanwhile: a child's end
+-- does not wait for that lock (so no cycle with the children it waits for),
+-- and stroem_start_child's FOR UPDATE does (no new child meanwhile). Each
+-- child gets the same treatment (its own children first), then is locked
+-- and cancelled. `stroem.cascading_cancel` is on while it runs, so a
+-- child's end does not end its parent's step: the parent's own end closes
+-- it. Re-entrant (the setting is restored, not cleared). Returns the jobs it
+-- cancelled, deepest first.
 CREATE OR REPLACE FUNCTION stroem_cancel_children(p_job_id uuid, p_reason text) RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
   v_child uuid;
   v_status text;
   v_done uuid[] := '{}';
+  v_prev text;
 BEGIN
+  -- The lock before the look at its children: a child started meanwhile is
+  -- seen, or waits and then finds the job finished.
+  PERFORM 1 FROM job_live l WHERE l.job_id = p_job_id FOR KEY SHARE;
+  IF NOT FOUND THEN
+    RETURN v_done; -- finished (or of one step: no children): what is left is the timeout sweep's
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM job c WHERE c.parent_job_id = p_job_id) THEN
+    RETURN v_done;
+  END IF;
+  v_prev := coalesce(current_setting('stroem.cascading_cancel', true), '');
+  PERFORM set_config('stroem.cascading_cancel', 'on', true);
   FOR v_child IN
     SELECT j.job_id FROM job j
     WHERE j.parent_job_id = p_job_id AND EXISTS (SELECT 1 FROM job_live l WHERE l.job_id = j.job_id)
     ORDER BY j.job_id
   LOOP
-    PERFORM 1 FROM job_live l WHERE l.job_id = v_child FOR KEY SHARE;
     v_done := v_done || stroem_cancel_children(v_child, p_reason);
     SELECT l.status INTO v_status FROM stroem_lock_job(v_child) l;
     IF v_status IN ('pending', 'running') THEN
@@ -178,6 +193,7 @@ BEGIN
       v_done := v_done || v_child;
     END IF;
   END LOOP;
+  PERFORM set_config('stroem.cascading_cancel', v_prev, true);
   RETURN v_done;
 END
 $$;
@@ -202,7 +218,6 @@ CREATE OR REPLACE FUNCTION stroem_expand_loop(p_job_id uuid, p_step_name text, p
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-  v_single boolean;
   v_step record;
   v_n integer := jsonb_array_length(p_items);
   v_route text;
@@ -210,7 +225,9 @@ DECLARE
 BEGIN
   promoted := '{}';
   skipped := '{}';
-  SELECT l.status, l.single INTO job_status, v_single FROM stroem_lock_job(p_job_id) l;
+  -- A job with a for_each step always has a job_live row (its creation,
+  -- createSteps and the copies of lineage give it one): the counts below.
+  SELECT l.status INTO job_status FROM stroem_lock_job(p_job_id) l;
   IF job_status IS NULL THEN
     result := 'not_found';
     RETURN;
@@ -248,12 +265,6 @@ BEGIN
     promoted := v_finish.promoted;
     skipped := v_finish.skipped;
     RETURN;
-  END IF;
-  IF v_single THEN
-    -- A job of one step gains steps: it gets the job_live row of a job of several.
-    INSERT INTO job_live (job_id, status, started_at, steps_unfinished)
-    SELECT s.job_id, 'running', coalesce(s.job_started_at, now()), 1 FROM step_live s
-    WHERE s.job_id = p_job_id AND s.step_name = p_step_name;
   END IF;
   WITH defs AS (
     INSERT INTO job_step (job_id, step_name, action_name, action_type, required_ability, required_tags, action_image,

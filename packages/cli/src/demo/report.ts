@@ -1,6 +1,14 @@
 import { planAdvance, toFlow } from "@stroem/orchestrator";
 import { type Database, JobRepo, JobStepRepo } from "@stroem/repos";
-import { isStepTerminal, JOB_STATUSES, type Job, type JobStatus, type JobStep, type StepStatus } from "@stroem/schema";
+import {
+  isServerActionType,
+  isStepTerminal,
+  JOB_STATUSES,
+  type Job,
+  type JobStatus,
+  type JobStep,
+  type StepStatus,
+} from "@stroem/schema";
 import { duration, table } from "../format.js";
 import { renderText } from "../graph.js";
 import type { CancelReport, Run, WorkerStats } from "./workers.js";
@@ -72,7 +80,7 @@ export async function report(
     if (row) (jobIndex.has(jobId) ? jobs : childJobs)[row.status]++;
     for (const st of steps) {
       // Only the server's steps (a gate, a loop, a task) finish without a claim.
-      const server = st.actionType === "approval" || st.actionType === "task" || st.forEach !== null;
+      const server = isServerActionType(st.actionType) || st.forEach !== null;
       if (!server && st.attempts === 0 && (st.status === "completed" || st.status === "failed")) unclaimed++;
       if (st.actionType === "task") parentSteps.set(`${jobId}|${st.stepName}`, st);
       if (st.forEach !== null && st.loopTotal !== null) {

@@ -10,7 +10,7 @@ import {
   type ReportResult,
   WorkerRepo,
 } from "@stroem/repos";
-import type { JobStep } from "@stroem/schema";
+import { isServerActionType, type JobStep } from "@stroem/schema";
 import { bar } from "../format.js";
 import { capabilitiesOf, PIPELINE, REGIONS, SMOKE_TEST, stepOutcome } from "./pipeline.js";
 
@@ -299,9 +299,10 @@ export async function runWorkers(
     }
   };
 
-  // Steps that end in a worker's run, a skip or a cancel: the pipeline's, less its three server steps, plus each
-  // region's deploy and the smoke test's child steps.
-  const total = jobs * (PIPELINE.length - 3 + REGIONS.length + SMOKE_TEST.length);
+  // Steps that end in a worker's run, a skip or a cancel: the pipeline's workers' steps (not its gate, loop or task
+  // step), each region's deploy and the smoke test's child steps.
+  const workerSteps = PIPELINE.filter((s) => !isServerActionType(s.actionType) && !s.forEach).length;
+  const total = jobs * (workerSteps + REGIONS.length + SMOKE_TEST.length);
   const progress = () => {
     const elapsed = (Date.now() - started) / 1000;
     const done = stats.completed + stats.failed + stats.skipped + stats.cancelled;

@@ -1,5 +1,20 @@
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
 import { statement } from "../statement.js";
+
+/**
+ * The CTE `child_audit`: one `job.cancelled` event (by the given actor) per
+ * child job the function's answer `r` lists in `children` (details: the
+ * reason the child was given, `parentJobId`), when `r.result` is `ok`.
+ */
+function childrenCancelled(actorType: SQL, actorId: SQL): SQL {
+  return sql`child_audit as (
+      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
+      select ${actorType}, ${actorId}, 'job.cancelled', 'job', c.job_id::text,
+             jsonb_build_object('reason', l.cancel_reason, 'parentJobId', ${sql.placeholder("jobId")}::text)
+      from r cross join unnest(r.children) as c(job_id) left join job_result l on l.job_id = c.job_id
+      where r.result = 'ok'
+    )`;
+}
 
 /** What `stroem_cancel_job` returns. */
 export type CancelJobRow = {
@@ -34,13 +49,7 @@ export const CANCEL_JOB = statement<{
              jsonb_build_object('reason', ${sql.placeholder("reason")}::text, 'cancelled', to_jsonb(r.cancelled),
                                 'cancelRequested', to_jsonb(r.cancel_requested))
       from r where r.result = 'ok'
-    ), child_audit as (
-      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
-      select ${sql.placeholder("actorType")}::text, ${sql.placeholder("actorId")}::text, 'job.cancelled', 'job',
-             c.job_id::text, jsonb_build_object('reason', l.cancel_reason, 'parentJobId', ${sql.placeholder("jobId")}::text)
-      from r cross join unnest(r.children) as c(job_id) left join job_result l on l.job_id = c.job_id
-      where r.result = 'ok'
-    )
+    ), ${childrenCancelled(sql`${sql.placeholder("actorType")}::text`, sql`${sql.placeholder("actorId")}::text`)}
     select * from r`,
 );
 
@@ -65,13 +74,7 @@ export const FINISH_JOB = statement<{ jobId: string; status: "completed" | "fail
     with r as (
       select * from stroem_finish_job(${sql.placeholder("jobId")}::uuid, ${sql.placeholder("status")}::text,
         ${sql.placeholder("output")}::jsonb)
-    ), child_audit as (
-      insert into audit_event (actor_type, actor_id, action, entity_type, entity_id, details)
-      select 'system', null, 'job.cancelled', 'job', c.job_id::text,
-             jsonb_build_object('reason', l.cancel_reason, 'parentJobId', ${sql.placeholder("jobId")}::text)
-      from r cross join unnest(r.children) as c(job_id) left join job_result l on l.job_id = c.job_id
-      where r.result = 'ok'
-    )
+    ), ${childrenCancelled(sql`'system'`, sql`null::text`)}
     select * from r`,
 );
 

@@ -8,7 +8,6 @@ import {
   type NewJobStep,
   RETRY_LIMITS,
   RETRY_STRATEGIES,
-  SERVER_ROUTES,
   STEP_INITIAL_STATUSES,
   stepLive,
   WORKER_ACTION_TYPES,
@@ -167,19 +166,7 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
     seen.add(key);
   }
   const jobIds = [...new Set(rows.map((r) => r.jobId))];
-  const readyTypes = [
-    ...new Set(
-      rows
-        .filter((r) => r.status === "ready")
-        .map((r) =>
-          r.when !== null
-            ? SERVER_ROUTES.condition
-            : r.forEach !== null
-              ? SERVER_ROUTES.loop
-              : (r.requiredAbility ?? r.actionType),
-        ),
-    ),
-  ];
+  const readyRoutes = new Set<string>();
   await translateErrors(
     db,
     () =>
@@ -218,20 +205,24 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
               requiredTags: sql`stroem_tags(${sql.param(definition.requiredTags)}::text[])`,
             })),
           );
-          await tx.insert(stepLive).values(
-            chunk.map((r) => ({
-              jobId: r.jobId,
-              stepName: r.stepName,
-              actionType: r.actionType,
-              route: routeOf(r),
-              status: r.status,
-              readyAt: r.readyAt,
-              maxRetries: r.maxRetries,
-              depsTotal: r.dependsOn.length,
-              continueOnFailure: r.continueOnFailure,
-              timeoutSecs: r.timeoutSecs,
-            })),
-          );
+          const inserted = await tx
+            .insert(stepLive)
+            .values(
+              chunk.map((r) => ({
+                jobId: r.jobId,
+                stepName: r.stepName,
+                actionType: r.actionType,
+                route: routeOf(r),
+                status: r.status,
+                readyAt: r.readyAt,
+                maxRetries: r.maxRetries,
+                depsTotal: r.dependsOn.length,
+                continueOnFailure: r.continueOnFailure,
+                timeoutSecs: r.timeoutSecs,
+              })),
+            )
+            .returning({ route: stepLive.route, status: stepLive.status });
+          for (const r of inserted) if (r.status === "ready") readyRoutes.add(r.route);
         }
         const tagged = rows.filter((r) => r.requiredTags.length > 0);
         if (tagged.length > 0) {
@@ -249,6 +240,8 @@ export async function createSteps(db: Executor, steps: readonly NewJobStep[]): P
           );
         }
         await tx.execute(recountStatement(jobIds));
+        // The wake-ups' payloads: the abilities of the routes the ready steps got (stroem_step_route).
+        const readyTypes = [...new Set([...readyRoutes].map((route) => route.split("\u001f")[0] as string))];
         if (readyTypes.length > 0) await tx.execute(notifyReadyStatement(readyTypes));
       }),
     (e) => stepConstraintError(e, rows[0]?.jobId),
